@@ -1,0 +1,157 @@
+"""Command line: ``python -m pipeline {weights,image,...}``.
+
+Every command prints JSON on stdout (results, or ``{"error": ...}`` with a stable code) and
+logs to stderr, so it can be driven from scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import PoseError
+from .weights import CacheRoots
+
+logger = logging.getLogger("pipeline")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="put all model caches (4DHumans/, phalp/, iopath_cache/) under this folder instead of "
+        "the upstream defaults (~/.cache/4DHumans, ~/.cache/phalp, ~/.torch/iopath_cache)",
+    )
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="compute dtype; float16/bfloat16 use autocast and need a GPU (default: float32)",
+    )
+    p.add_argument("--offline", action="store_true", help="never download; fail if a file is missing")
+
+
+def roots_from_args(args: argparse.Namespace) -> CacheRoots:
+    return CacheRoots.under(args.cache_dir) if args.cache_dir else CacheRoots.from_env()
+
+
+def _parse_box(text: str) -> list[float]:
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"expected a box as x1,y1,x2,y2, got {text!r}")
+    try:
+        return [float(v) for v in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected four numbers x1,y1,x2,y2, got {text!r}") from None
+
+
+def cmd_weights(args: argparse.Namespace) -> dict[str, Any]:
+    from . import weights
+
+    roots = roots_from_args(args)
+    files = weights.catalog(args.models or None)
+    if args.fetch:
+        try:
+            weights.ensure(files, roots, download=not args.offline)
+        except PoseError as exc:
+            logger.error("%s", exc.message)
+    statuses = weights.report(files, roots)
+    return {
+        "roots": roots.to_dict(),
+        "files": [
+            {
+                "key": st.file.key,
+                "description": st.file.description,
+                "present": st.present,
+                "path": str(st.found or st.looked_in[0]),
+                "downloadable": st.file.download is not None,
+                **({} if st.present else {"looked_in": [str(p) for p in st.looked_in]}),
+            }
+            for st in statuses
+        ],
+        "missing": [st.file.key for st in statuses if not st.present],
+    }
+
+
+def cmd_image(args: argparse.Namespace) -> dict[str, Any]:
+    from .image import run_image
+
+    return run_image(
+        args.photo,
+        boxes=args.boxes,
+        roots=roots_from_args(args),
+        device=args.device,
+        dtype=args.dtype,
+        download=not args.offline,
+        vertices=args.vertices,
+    )
+
+
+def cmd_tiny(args: argparse.Namespace) -> dict[str, Any]:
+    from .tiny import write_tiny_caches
+
+    roots = CacheRoots.under(args.dest)
+    written = write_tiny_caches(roots, seed=args.seed)
+    return {"roots": roots.to_dict(), "written": [str(p) for p in written]}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="4D-Humans in one process: person detection (ViTDet), mesh recovery (HMR2.0), tracking (PHALP).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("weights", help="report which model files are present; --fetch downloads the missing public ones")
+    _add_common(p)
+    p.add_argument("--fetch", action="store_true", help="download missing public files (never the licensed SMPL model)")
+    p.add_argument("--models", nargs="*", choices=["hmr2", "vitdet", "phalp"], help="only these models (default: all)")
+    p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("image", help="people in one image -> JSON (SMPL, camera, keypoints)")
+    _add_common(p)
+    p.add_argument("photo", type=Path, help="image file (JPEG, PNG, ...)")
+    p.add_argument(
+        "--boxes",
+        nargs="+",
+        type=_parse_box,
+        default=None,
+        metavar="X1,Y1,X2,Y2",
+        help="person boxes in image pixels; without them the detector finds the people",
+    )
+    p.add_argument("--vertices", action="store_true", help="include the 6890 mesh vertices per person")
+    p.set_defaults(func=cmd_image)
+
+    p = sub.add_parser("tiny", help="write tiny random-weight models in the official cache layouts (for tests and demos)")
+    p.add_argument("dest", type=Path, help="folder to hold 4DHumans/, phalp/, iopath_cache/")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tiny)
+    return parser
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        result = args.func(args)
+    except PoseError as exc:
+        json.dump(exc.to_dict(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        logger.error("%s", exc)
+        return 2
+    json.dump(result, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 0

@@ -1,0 +1,39 @@
+"""Shared fixtures: the golden reference data and a tiny model cache written by our factory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def golden_root() -> Path:
+    """``$POSE_GOLDEN_DIR`` or ``../shared/golden`` beside the checkout."""
+    env = os.environ.get("POSE_GOLDEN_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "golden"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def golden():
+    """``golden("hmr2")`` -> the fixture folder of one model.
+
+    Absent folder: a skip with the reason, except in CI (``CI=true``) where it is a failure.
+    """
+
+    def get(model: str) -> Path:
+        path = golden_root() / model
+        if not path.is_dir():
+            msg = f"golden fixtures not found at {path} (set POSE_GOLDEN_DIR to the folder holding {model}/)"
+            if _in_ci():
+                pytest.fail(msg)
+            pytest.skip(msg)
+        return path
+
+    return get
