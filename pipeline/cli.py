@@ -62,6 +62,14 @@ def cmd_weights(args: argparse.Namespace) -> dict[str, Any]:
         except PoseError as exc:
             logger.error("%s", exc.message)
     statuses = weights.report(files, roots)
+    problems: dict[str, str] = {}
+    if args.verify:
+        for st in statuses:
+            if st.present:
+                try:
+                    weights.verify(st.file, st.found)  # type: ignore[arg-type]
+                except PoseError as exc:
+                    problems[st.file.key] = exc.message
     return {
         "roots": roots.to_dict(),
         "files": [
@@ -76,6 +84,7 @@ def cmd_weights(args: argparse.Namespace) -> dict[str, Any]:
             for st in statuses
         ],
         "missing": [st.file.key for st in statuses if not st.present],
+        **({"verified": not problems, "problems": problems} if args.verify else {}),
     }
 
 
@@ -112,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("weights", help="report which model files are present; --fetch downloads the missing public ones")
     _add_common(p)
     p.add_argument("--fetch", action="store_true", help="download missing public files (never the licensed SMPL model)")
+    p.add_argument("--verify", action="store_true", help="also read every present file (checksum, format) and report problems")
     p.add_argument("--models", nargs="*", choices=["hmr2", "vitdet", "phalp"], help="only these models (default: all)")
     p.set_defaults(func=cmd_weights)
 

@@ -184,8 +184,9 @@ def ensure(
     if os.environ.get("POSE_OFFLINE", "") not in ("", "0"):
         download = False
     statuses = report(files, roots)
+    absent_before = {st.file.key for st in statuses if not st.present}
     failures: dict[str, str] = {}
-    if download:
+    if download and absent_before:
         pending: dict[Download, list[FileStatus]] = {}
         for st in statuses:
             if not st.present and st.file.download is not None:
@@ -204,18 +205,22 @@ def ensure(
         raise WeightsError("weights_missing", message, details={"missing": [st.file.key for st in missing]})
     paths = {st.file.key: st.found for st in statuses}
     for st in statuses:
-        verify(st.file, st.found)
+        # Fresh downloads get the full check; files already in place only the cheap ones
+        # (their loaders fail with a precise message anyway).
+        verify(st.file, st.found, deep=st.file.key in absent_before)  # type: ignore[arg-type]
     return paths  # type: ignore[return-value]
 
 
-def verify(file: WeightFile, path: Path) -> None:
-    """Size, checksum when known, then the file's own loadability check."""
+def verify(file: WeightFile, path: Path, *, deep: bool = True) -> None:
+    """Size; with ``deep``, the checksum when known and the file's own loadability check."""
     size = path.stat().st_size
     if size < file.min_bytes:
         raise WeightsError(
             "weights_corrupt",
             f"{file.key}: {path} has {size} bytes, expected at least {file.min_bytes}; delete it and fetch again",
         )
+    if not deep:
+        return
     if file.sha256 is not None:
         digest = sha256_of(path)
         if digest != file.sha256:

@@ -1,0 +1,51 @@
+"""One image in process: detect people (unless boxes are given), recover their meshes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .imageio import load_image
+from .models.hmr2.predictor import HMR2Predictor, validate_boxes
+from .schema import ImageInfo, ImageResult, people_from_outputs
+from .weights import CacheRoots
+
+logger = logging.getLogger(__name__)
+
+
+def run_image(
+    photo: str | Path,
+    *,
+    boxes: Sequence[Sequence[float]] | None = None,
+    roots: CacheRoots | None = None,
+    device: str | None = None,
+    dtype: str = "float32",
+    download: bool = True,
+    vertices: bool = False,
+) -> dict[str, Any]:
+    """The result document (`ImageResult` as JSON-able dict) for an image file."""
+    roots = roots or CacheRoots.from_env()
+    image = load_image(photo)
+    scores = None
+    models = {"mesh": "hmr2"}
+    if boxes is None:
+        from .models.vitdet.predictor import VitDetPredictor
+
+        detector = VitDetPredictor.from_cache(roots, device=device, dtype=dtype, download=download)
+        detections = detector([image])[0]
+        box_array, scores = detections.boxes, detections.scores
+        models["detector"] = "vitdet"
+        logger.info("detected %d people", len(box_array))
+    else:
+        box_array = validate_boxes(boxes, image.shape[:2], allow_empty=False)
+    hmr2 = HMR2Predictor.from_cache(roots, device=device, dtype=dtype, download=download)
+    out = hmr2.predict(image, np.asarray(box_array, dtype=np.float32).reshape(-1, 4), vertices=vertices)
+    result = ImageResult(
+        image=ImageInfo(width=image.shape[1], height=image.shape[0]),
+        people=people_from_outputs(out, scores=scores, vertices=vertices),
+        models=models,
+    )
+    return result.model_dump(mode="json")
