@@ -11,6 +11,7 @@ state, from which the numbers are taken. Nothing named in a file is ever importe
 
 from __future__ import annotations
 
+import codecs
 import collections
 import io
 import os
@@ -71,6 +72,7 @@ _BUILTINS = {
     ("__builtin__", "frozenset"): frozenset,
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("collections", "defaultdict"): collections.defaultdict,
+    ("_codecs", "encode"): codecs.encode,  # how Python 3 writes bytes into a protocol-2 pickle
     ("copyreg", "_reconstructor"): None,  # filled below (object.__new__ of an allowed/opaque class)
 }
 
