@@ -37,3 +37,14 @@ def golden():
         return path
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_roots(tmp_path_factory):
+    """Cache roots holding every tiny model, written once per session by the project's factory."""
+    from pipeline.tiny import write_tiny_caches
+    from pipeline.weights import CacheRoots
+
+    roots = CacheRoots.under(tmp_path_factory.mktemp("tiny_cache"))
+    write_tiny_caches(roots)
+    return roots
