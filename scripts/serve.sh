@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv (if missing), install the project, start the whole Ray Serve graph on
+# http://127.0.0.1:8000 (docs at /docs). POSE_SERVICE_PROFILE=tiny runs the tiny models.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e .
+exec .venv/bin/serve run serve_config.yaml "$@"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv (if missing), install the project with its test extras, run the test suite.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k hmr2`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+exec .venv/bin/python -m pytest -q "$@"
