@@ -1,0 +1,95 @@
+"""Named presets for the serving graph: thresholds, batch sizes, request limits, resource shares.
+
+A profile only supplies defaults; every value can be overridden by the application's arguments
+(``serve_config.yaml`` ``args:``) and the batch settings by each deployment's ``user_config``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ProfileName = Literal["full", "tiny"]
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """One ``@serve.batch`` queue."""
+
+    max_batch_size: int  # items per forward (person crops for the regressor, images for the detector)
+    batch_wait_timeout_s: float  # how long the first item waits for company
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a single request may ask for."""
+
+    max_upload_bytes: int  # request body, multipart framing included
+    max_pixels: int  # decoded width x height; checked from the image header before decoding
+    max_people: int  # client boxes per image, and detections passed on to the regressor
+
+
+@dataclass(frozen=True)
+class Fractions:
+    """Share of one device per replica of each deployment (GPU fractions let the stages share a GPU)."""
+
+    detector: float
+    regressor: float
+    tracker: float
+    ingress: float = 0.0  # the ingress never touches a model
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: ProfileName
+    score_thresh: float  # ViTDet person score kept (4D-Humans keeps > 0.5)
+    stage_score_thresh: float  # per cascade stage (4D-Humans' demo sets 0.25)
+    detector_batch: BatchSettings  # whole images
+    regressor_batch: BatchSettings  # person crops, from any number of requests
+    limits: Limits
+    gpu_fractions: Fractions  # applied only when the Ray cluster has GPUs
+    cpu_fractions: Fractions  # always applied; the only resources on a CPU-only cluster
+    tiny_models: bool = False  # models come from the project's tiny factory, not the official caches
+    seed: int = 0  # tiny factory seed
+    notes: str = field(default="", compare=False)
+
+
+def full() -> Profile:
+    """The real ViTDet-H, HMR2.0b and PHALP checkpoints from the upstream caches."""
+    return Profile(
+        name="full",
+        score_thresh=0.5,
+        stage_score_thresh=0.25,
+        detector_batch=BatchSettings(max_batch_size=4, batch_wait_timeout_s=0.01),
+        regressor_batch=BatchSettings(max_batch_size=32, batch_wait_timeout_s=0.01),
+        limits=Limits(max_upload_bytes=32 * 2**20, max_pixels=40_000_000, max_people=64),
+        gpu_fractions=Fractions(detector=0.5, regressor=0.3, tracker=0.1),
+        cpu_fractions=Fractions(detector=1.0, regressor=1.0, tracker=0.5, ingress=0.25),
+        notes="official checkpoints; one GPU holds one replica of each stage",
+    )
+
+
+def tiny() -> Profile:
+    """Tiny random-weight models from the project's factory: the whole graph on a laptop CPU."""
+    return Profile(
+        name="tiny",
+        score_thresh=0.5,
+        stage_score_thresh=0.25,
+        detector_batch=BatchSettings(max_batch_size=4, batch_wait_timeout_s=0.01),
+        regressor_batch=BatchSettings(max_batch_size=16, batch_wait_timeout_s=0.05),
+        limits=Limits(max_upload_bytes=32 * 2**20, max_pixels=40_000_000, max_people=64),
+        gpu_fractions=Fractions(detector=0.1, regressor=0.1, tracker=0.05),
+        cpu_fractions=Fractions(detector=0.25, regressor=0.25, tracker=0.1, ingress=0.1),
+        tiny_models=True,
+        notes="random weights: proves the plumbing, never accuracy",
+    )
+
+
+PROFILES = {"full": full, "tiny": tiny}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]()
+    except KeyError:
+        raise ValueError(f"expected a profile in {sorted(PROFILES)}, got {name!r}") from None

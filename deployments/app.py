@@ -1,0 +1,176 @@
+"""The application builder: ``serve run deployments.app:build_app`` or ``serve_config.yaml``.
+
+Resources are decided here, at build time, where the cluster can be asked: GPU fractions are
+applied only when the Ray cluster has GPUs (a replica asking for ``num_gpus`` never schedules on
+a cluster without them), otherwise every model runs on CPU with small CPU shares. That is why the
+fractions are application arguments and not deployment options in ``serve_config.yaml``: options
+in the config file override the code's, so ``num_gpus`` written there would apply even on a
+CPU-only machine and the graph would wait for resources forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import Application
+
+from configs.profiles import BatchSettings, Fractions, Limits, Profile, get_profile
+
+from .common import ModelSettings
+from .detector import Detector, DetectorSettings
+from .ingress import Ingress, IngressSettings
+from .regressor import MeshRegressor, RegressorSettings
+from .tracker import Tracker, tracker_available
+
+logger = logging.getLogger(__name__)
+
+PROFILE_ENV = "POSE_SERVICE_PROFILE"
+
+
+class BatchArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(ge=0.0, le=10.0)
+
+
+class LimitArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_upload_bytes: int | None = Field(default=None, ge=1024)
+    max_pixels: int | None = Field(default=None, ge=1)
+    max_people: int | None = Field(default=None, ge=1)
+
+
+class FractionArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    detector: float | None = Field(default=None, ge=0.0)
+    regressor: float | None = Field(default=None, ge=0.0)
+    tracker: float | None = Field(default=None, ge=0.0)
+    ingress: float | None = Field(default=None, ge=0.0)
+
+
+class AppArgs(BaseModel):
+    """Typed application arguments (``args:`` in serve_config.yaml). Unset values come from the profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: Literal["full", "tiny"] | None = Field(default=None, description=f"None: ${PROFILE_ENV}, else full")
+    weights_dir: str | None = Field(
+        default=None, description="folder holding the 4DHumans/, phalp/ and iopath_cache/ caches; None: upstream defaults"
+    )
+    tiny_dir: str | None = Field(default=None, description="tiny profile: where models are written on first start")
+    download: bool = Field(default=True, description="fetch missing public checkpoints on replica start")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: GPU when the cluster has one")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    score_thresh: float | None = Field(default=None, ge=0.0, le=1.0)
+    stage_score_thresh: float | None = Field(default=None, ge=0.0, le=1.0)
+    detector_batch: BatchArgs | None = Field(default=None, description="initial user_config of Detector")
+    regressor_batch: BatchArgs | None = Field(default=None, description="initial user_config of MeshRegressor (crops)")
+    limits: LimitArgs = Field(default_factory=LimitArgs)
+    gpu_fractions: FractionArgs = Field(default_factory=FractionArgs)
+    cpu_fractions: FractionArgs = Field(default_factory=FractionArgs)
+    tracker: bool | None = Field(default=None, description="None: include the Tracker when PHALP tracking is installed")
+    auth_token_env: str = Field(default="POSE_SERVICE_TOKEN", description="variable holding the optional bearer token")
+    public_docs: bool = True
+
+
+def _cluster_gpus() -> float:
+    """GPUs in the running Ray cluster (0 when no cluster is connected, e.g. under ``serve build``)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 0.0
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def _merged(base: Fractions, over: FractionArgs) -> Fractions:
+    values = {k: v for k, v in over.model_dump().items() if v is not None}
+    return Fractions(**{**base.__dict__, **values})
+
+
+def _batch(base: BatchSettings, over: BatchArgs | None) -> dict[str, Any]:
+    return over.model_dump() if over is not None else {"max_batch_size": base.max_batch_size, "batch_wait_timeout_s": base.batch_wait_timeout_s}
+
+
+def resolve_profile(args: AppArgs) -> Profile:
+    name = args.profile or os.environ.get(PROFILE_ENV) or "full"
+    try:
+        return get_profile(name)
+    except ValueError as exc:
+        raise ValueError(f"{PROFILE_ENV} / profile: {exc}") from None
+
+
+def build_app(args: AppArgs) -> Application:
+    """Detector + MeshRegressor (+ Tracker) behind the FastAPI ingress, sized for this cluster."""
+    profile = resolve_profile(args)
+    gpus = _cluster_gpus()
+    use_gpu = args.device == "cuda" or (args.device == "auto" and gpus > 0)
+    cpu = _merged(profile.cpu_fractions, args.cpu_fractions)
+    gpu = _merged(profile.gpu_fractions, args.gpu_fractions)
+    if use_gpu:
+        logger.info("serving on GPU (%g in the cluster): fractions %s", gpus, gpu)
+    else:
+        logger.warning(
+            "no GPU in the Ray cluster: serving on CPU (device=%s); CPU shares %s", args.device, cpu
+        )
+
+    def actor_options(stage: str) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_cpus": getattr(cpu, stage)}
+        if use_gpu and stage != "ingress":
+            options["num_gpus"] = getattr(gpu, stage)
+        return options
+
+    common = ModelSettings(
+        profile=profile.name,
+        weights_dir=args.weights_dir,
+        tiny_dir=args.tiny_dir,
+        seed=profile.seed,
+        download=args.download,
+        device="cuda" if use_gpu else "cpu",
+        dtype=args.dtype,
+    ).model_dump()
+    limits = Limits(**{**profile.limits.__dict__, **{k: v for k, v in args.limits.model_dump().items() if v is not None}})
+
+    detector = Detector.options(
+        ray_actor_options=actor_options("detector"), user_config=_batch(profile.detector_batch, args.detector_batch)
+    ).bind(
+        DetectorSettings(
+            **common,
+            score_thresh=args.score_thresh if args.score_thresh is not None else profile.score_thresh,
+            stage_score_thresh=args.stage_score_thresh if args.stage_score_thresh is not None else profile.stage_score_thresh,
+        )
+    )
+    regressor = MeshRegressor.options(
+        ray_actor_options=actor_options("regressor"), user_config=_batch(profile.regressor_batch, args.regressor_batch)
+    ).bind(RegressorSettings(**common, max_people=limits.max_people))
+    with_tracker = args.tracker if args.tracker is not None else tracker_available()
+    if with_tracker and not tracker_available():
+        raise ValueError("tracker: true, but PHALP tracking (pipeline.tracking.tracker) is not installed")
+    tracker = (
+        Tracker.options(ray_actor_options=actor_options("tracker")).bind(ModelSettings(**common))
+        if with_tracker
+        else None
+    )
+    resources = {
+        "device": "cuda" if use_gpu else "cpu",
+        "cluster_gpus": gpus,
+        "num_cpus": cpu.__dict__,
+        "num_gpus": gpu.__dict__ if use_gpu else None,
+        "tracker": bool(with_tracker),
+    }
+    settings = IngressSettings(
+        profile=profile.name,
+        max_upload_bytes=limits.max_upload_bytes,
+        max_pixels=limits.max_pixels,
+        max_people=limits.max_people,
+        auth_token_env=args.auth_token_env,
+        public_docs=args.public_docs,
+        app_info=resources,
+    )
+    return Ingress.options(ray_actor_options=actor_options("ingress")).bind(detector, regressor, tracker, settings)

@@ -1,0 +1,97 @@
+"""What every model replica shares: where its weights are, which device it runs on, and how a
+`PoseError` crosses the process boundary with its code intact."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Literal, ParamSpec, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.errors import PoseError
+from pipeline.weights import CacheRoots, WeightFile, locate, sha256_of
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ModelSettings(BaseModel):
+    """Resolved by the application builder; sent to each model replica's constructor."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: Literal["full", "tiny"]
+    weights_dir: str | None = None  # one folder holding the three caches side by side; None: upstream defaults
+    tiny_dir: str | None = None  # tiny profile: where the factory writes; None: $POSE_TINY_DIR or ~/.cache
+    seed: int = 0
+    download: bool = True
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    def roots(self) -> CacheRoots:
+        """The cache roots on this node (the tiny profile writes its models on first use)."""
+        if self.profile == "tiny":
+            from configs.tiny import tiny_roots
+
+            return tiny_roots(self.tiny_dir, seed=self.seed)
+        if self.weights_dir:
+            return CacheRoots.under(self.weights_dir)
+        return CacheRoots.from_env()
+
+    @property
+    def effective_dtype(self) -> str:
+        """Half precision is a GPU feature; a CPU replica falls back to float32."""
+        return self.dtype if self.device == "cuda" else "float32"
+
+
+class ReplicaError(PoseError):
+    """A `PoseError` that survives pickling (Ray sends exceptions between processes)."""
+
+    @classmethod
+    def wrap(cls, exc: PoseError) -> "ReplicaError":
+        return cls(exc.code, exc.message, status=exc.status, details=exc.details)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.code, self.message, self.status, self.details))
+
+
+def _rebuild(code: str, message: str, status: int, details: dict[str, Any]) -> ReplicaError:
+    return ReplicaError(code, message, status=status, details=details)
+
+
+def pose_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Re-raise `PoseError` as `ReplicaError`, so the client sees its code and status, not a 500."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await func(*args, **kwargs)
+        except ReplicaError:
+            raise
+        except PoseError as exc:
+            raise ReplicaError.wrap(exc) from None
+
+    return wrapper
+
+
+def unwrap_error(exc: BaseException) -> BaseException:
+    """The original exception inside Ray's ``RayTaskError`` wrappers."""
+    seen = 0
+    while getattr(exc, "cause", None) is not None and seen < 8:
+        exc = exc.cause  # type: ignore[assignment]
+        seen += 1
+    return exc
+
+
+def checksums(files: tuple[WeightFile, ...] | list[WeightFile], roots: CacheRoots) -> dict[str, dict[str, str | None]]:
+    """sha256 and path of each model file found (hashing the 2.6 GB ViTDet takes seconds: cache it)."""
+    out: dict[str, dict[str, str | None]] = {}
+    for f in files:
+        st = locate(f, roots)
+        path: Path | None = st.found
+        out[f.key] = {"path": str(path) if path else None, "sha256": sha256_of(path) if path else None}
+    return out

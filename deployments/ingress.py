@@ -1,0 +1,369 @@
+"""``Ingress``: the HTTP API (FastAPI) in front of the model deployments.
+
+Uploads are size-limited while they are read, decoded and validated here (header size check
+before any pixel is decompressed), so a model replica only ever sees a valid BGR image. Every
+error leaves as ``{"error": {"code", "message"}}`` with a stable code and a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipeline.errors import InputError, PoseError
+from pipeline.imageio import decode_image
+from pipeline.models.hmr2.predictor import validate_boxes
+from pipeline.schema import SCHEMA_VERSION, ImageInfo, ImageResult, people_from_outputs
+
+from .common import unwrap_error
+from .metrics import IngressMetrics
+
+logger = logging.getLogger(__name__)
+
+RAW_IMAGE_TYPES = {
+    "image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/tiff", "application/octet-stream",
+}
+_STATUS_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 406: "not_acceptable"}
+
+
+class IngressSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: str
+    max_upload_bytes: int = 32 * 2**20
+    max_pixels: int = 40_000_000
+    max_people: int = 64
+    auth_token_env: str = "POSE_SERVICE_TOKEN"  # bearer token read from this variable on each replica
+    public_docs: bool = True  # /docs and /openapi.json without the token (they hold no data)
+    stage_timeout_s: float = 120.0  # one image through detector + regressor
+    app_info: dict[str, Any] = Field(default_factory=dict)  # resources chosen by the builder, for /v1/info
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="stable, machine-readable")
+    message: str = Field(description="for humans")
+    details: dict[str, Any] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: str
+
+
+_ERRORS = {
+    400: {"model": ErrorResponse, "description": "bad input (image or boxes)"},
+    401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
+    413: {"model": ErrorResponse, "description": "upload or image too large"},
+    415: {"model": ErrorResponse, "description": "unsupported content type"},
+    503: {"model": ErrorResponse, "description": "overloaded or a stage is unavailable; retry"},
+}
+
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary", "description": "JPEG, PNG, WebP, BMP or TIFF"},
+                        "boxes": {"type": "string", "description": "optional JSON [[x1, y1, x2, y2], ...]: skips detection"},
+                    },
+                }
+            },
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def error_response(exc: PoseError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+
+def as_pose_error(exc: BaseException) -> PoseError | None:
+    """Ray and Serve failures a client can retry, as stable codes; None for anything else."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    exc = unwrap_error(exc)
+    if isinstance(exc, PoseError):
+        return exc
+    if isinstance(exc, BackPressureError):
+        return PoseError("overloaded", "the service is at capacity; retry shortly", status=503)
+    if isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)):
+        return PoseError("stage_unavailable", "a model replica is restarting; retry shortly", status=503)
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return PoseError("stage_timeout", "the image took too long to process", status=503)
+    return None
+
+
+def build_api(service: "Ingress") -> FastAPI:
+    """The FastAPI app of one ingress replica (built at replica start, with its settings)."""
+    settings = service.settings
+    protected = [Depends(service.check_token)]
+    app = FastAPI(
+        title="pose-service",
+        version=SCHEMA_VERSION,
+        description="4D-Humans (ViTDet -> HMR2.0 -> PHALP) over HTTP: people, SMPL, cameras and keypoints as JSON.",
+        docs_url="/docs" if settings.public_docs else None,
+        redoc_url=None,
+        dependencies=[] if settings.public_docs else protected,
+    )
+
+    @app.exception_handler(PoseError)
+    async def _pose_error(request: Request, exc: PoseError) -> JSONResponse:
+        service.count_error(request, exc)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.status in (429, 503):
+            headers = {"Retry-After": "1"}
+        return error_response(exc, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        err = PoseError("request_invalid", f"{where}: {first.get('msg', 'invalid request')}", status=422)
+        return await _pose_error(request, err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return await _pose_error(request, PoseError(code, str(exc.detail), status=exc.status_code))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        mapped = as_pose_error(exc)
+        if mapped is None:
+            logger.exception("unexpected error on %s", request.url.path)
+            mapped = PoseError("internal_error", "unexpected server error (logged)", status=500)
+        return await _pose_error(request, mapped)
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz() -> Health:
+        """The ingress is alive (no auth, no call to the models)."""
+        return Health(status="ok")
+
+    @app.get("/readyz", tags=["health"], dependencies=protected, responses={503: _ERRORS[503]})
+    async def readyz() -> dict[str, Any]:
+        """Every deployment answers (each replica has loaded its model before it answers)."""
+        return await service.readiness()
+
+    @app.get("/v1/info", tags=["info"], dependencies=protected, responses={401: _ERRORS[401]})
+    async def info() -> dict[str, Any]:
+        """Profile, models, weight checksums, devices and batch settings (and batch statistics)."""
+        return await service.info()
+
+    @app.post(
+        "/v1/images",
+        response_model=ImageResult,
+        response_model_exclude_none=False,
+        tags=["images"],
+        dependencies=protected,
+        responses=_ERRORS,
+        openapi_extra=_IMAGE_BODY,
+    )
+    async def images(
+        request: Request,
+        vertices: bool = Query(False, description="include the 6890 SMPL vertices per person"),
+        boxes: str | None = Query(None, description="raw uploads: JSON [[x1, y1, x2, y2], ...]; skips detection"),
+    ) -> JSONResponse:
+        """One image (multipart field ``image``, or the raw bytes) -> people with SMPL, cameras, keypoints.
+
+        Without boxes the detector finds the people; with boxes it is skipped and ``score`` is null.
+        """
+        data, form_boxes = await service.read_upload(request)
+        result = await service.process_image(data, form_boxes if form_boxes is not None else boxes, vertices)
+        return JSONResponse(result)
+
+    return app
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=64)
+@serve.ingress()
+class Ingress:
+    """Holds the handles of the model deployments; the routes live in `build_api`."""
+
+    def __init__(
+        self,
+        detector: DeploymentHandle,
+        regressor: DeploymentHandle,
+        tracker: DeploymentHandle | None,
+        settings: IngressSettings,
+    ) -> None:
+        self.detector = detector
+        self.regressor = regressor
+        self.tracker = tracker
+        self.settings = settings
+        self.token = os.environ.get(settings.auth_token_env) or None
+        self.metrics = IngressMetrics()
+        logger.info("Ingress up (profile %s, auth %s)", settings.profile, "on" if self.token else "off")
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        app = build_api(self)
+
+        @app.middleware("http")
+        async def _count(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+            started = time.perf_counter()
+            response = await call_next(request)
+            route = request.scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.metrics.requests.inc(tags={"route": path, "status": str(response.status_code)})
+            self.metrics.latency.observe(time.perf_counter() - started, tags={"route": path})
+            return response
+
+        return app
+
+    # -- helpers used by the routes ------------------------------------------------------
+    async def check_token(self, request: Request) -> None:
+        if self.token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
+            raise PoseError("unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)", status=401)
+
+    def count_error(self, request: Request, exc: PoseError) -> None:
+        route = request.scope.get("route")
+        self.metrics.errors.inc(tags={"route": getattr(route, "path", "unmatched"), "code": exc.code})
+
+    async def read_upload(self, request: Request) -> tuple[bytes, str | None]:
+        """The image bytes (and a multipart ``boxes`` field), reading at most ``max_upload_bytes``."""
+        limit = self.settings.max_upload_bytes
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "multipart/form-data" and ctype not in RAW_IMAGE_TYPES:
+            raise PoseError(
+                "unsupported_media_type",
+                f"expected multipart/form-data or a raw image (image/jpeg, image/png, ..., application/octet-stream), got {ctype or 'no content type'!r}",
+                status=415,
+            )
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise self._too_large(int(declared))
+        body = bytearray()
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise self._too_large(len(body))
+        if ctype != "multipart/form-data":
+            return bytes(body), None
+        return await self._parse_form(request, bytes(body))
+
+    def _too_large(self, size: int) -> PoseError:
+        return PoseError(
+            "request_too_large",
+            f"the request body is {size} bytes or more, the limit is {self.settings.max_upload_bytes} bytes",
+            status=413,
+        )
+
+    async def _parse_form(self, request: Request, body: bytes) -> tuple[bytes, str | None]:
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=1, max_fields=4)
+        except Exception as exc:  # multipart parser errors have no common base class
+            raise InputError("multipart_invalid", f"the multipart body cannot be parsed: {exc}") from exc
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise InputError("image_missing", "expected the image as a file in the multipart field 'image'")
+        data = await upload.read()
+        boxes = form.get("boxes")
+        return data, boxes if isinstance(boxes, str) else None
+
+    async def process_image(self, data: bytes, boxes_json: str | None, vertices: bool) -> dict[str, Any]:
+        started = time.perf_counter()
+        image = await asyncio.to_thread(decode_image, data, max_pixels=self.settings.max_pixels)
+        self.metrics.stage.observe("decode", time.perf_counter() - started)
+        models = {"mesh": "hmr2"}
+        if boxes_json is not None and boxes_json.strip():
+            people: Any = self._parse_boxes(boxes_json, image.shape[:2])
+        else:
+            people = self.detector.detect.remote(image)  # passed on unresolved: no round trip here
+            models["detector"] = "vitdet"
+        started = time.perf_counter()
+        try:
+            mesh = await asyncio.wait_for(
+                self.regressor.regress.remote(image, people, vertices), self.settings.stage_timeout_s
+            )
+        except Exception as exc:
+            mapped = as_pose_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from None
+        self.metrics.stage.observe("image", time.perf_counter() - started)
+        result = ImageResult(
+            image=ImageInfo(width=image.shape[1], height=image.shape[0]),
+            people=people_from_outputs(mesh.output, scores=mesh.scores, vertices=vertices),
+            models=models,
+        )
+        return result.model_dump(mode="json")
+
+    def _parse_boxes(self, text: str, image_hw: tuple[int, int]) -> np.ndarray:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError("boxes_invalid", f"boxes must be JSON [[x1, y1, x2, y2], ...]: {exc}") from exc
+        if isinstance(value, list) and len(value) > self.settings.max_people:
+            raise InputError("too_many_boxes", f"at most {self.settings.max_people} boxes per image, got {len(value)}")
+        return validate_boxes(value, image_hw, allow_empty=False)
+
+    def _stages(self) -> dict[str, DeploymentHandle]:
+        stages = {"detector": self.detector, "regressor": self.regressor}
+        if self.tracker is not None:
+            stages["tracker"] = self.tracker
+        return stages
+
+    async def readiness(self) -> dict[str, Any]:
+        names = list(self._stages())
+        calls = [asyncio.wait_for(h.ready.remote(), 5.0) for h in self._stages().values()]
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        status = {n: (a is True) for n, a in zip(names, answers)}
+        if not all(status.values()):
+            raise PoseError("not_ready", "some deployments are not ready", status=503, details={"deployments": status})
+        return {"status": "ready", "deployments": status}
+
+    async def info(self) -> dict[str, Any]:
+        stages = self._stages()
+        answers = await asyncio.gather(*(h.info.remote() for h in stages.values()), return_exceptions=True)
+        deployments: dict[str, Any] = {}
+        for name, answer in zip(stages, answers):
+            deployments[name] = {"error": repr(unwrap_error(answer))} if isinstance(answer, BaseException) else answer
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "profile": self.settings.profile,
+            "limits": {
+                "max_upload_bytes": self.settings.max_upload_bytes,
+                "max_pixels": self.settings.max_pixels,
+                "max_people": self.settings.max_people,
+            },
+            "auth": self.token is not None,
+            "resources": self.settings.app_info,
+            "deployments": deployments,
+        }

@@ -1,0 +1,46 @@
+"""Service metrics through ``ray.serve.metrics`` (exported on each node's Prometheus endpoint and
+shown in the Ray dashboard's Grafana panels). Serve adds deployment, replica and application tags.
+
+Created per replica, in constructors, never at import.
+"""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Histogram
+
+_LATENCY_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+_CROPS = [1, 2, 4, 8, 16, 32, 64, 128]
+
+
+class IngressMetrics:
+    """Requests and errors as the HTTP client sees them."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "pose_requests_total", description="HTTP requests by route and status", tag_keys=("route", "status")
+        )
+        self.errors = Counter(
+            "pose_errors_total", description="error responses by stable error code", tag_keys=("route", "code")
+        )
+        self.latency = Histogram(
+            "pose_request_latency_s", description="end-to-end request latency", boundaries=_LATENCY_S, tag_keys=("route",)
+        )
+        self.stage = StageMetrics()
+
+
+class StageMetrics:
+    """Per pipeline stage: latency, and how many person crops shared each network forward."""
+
+    def __init__(self) -> None:
+        self.latency = Histogram(
+            "pose_stage_latency_s", description="latency of one pipeline stage", boundaries=_LATENCY_S, tag_keys=("stage",)
+        )
+        self.crops_per_batch = Histogram(
+            "pose_crops_per_batch", description="person crops in one batched HMR2 forward", boundaries=_CROPS
+        )
+        self.images_per_batch = Histogram(
+            "pose_images_per_batch", description="images in one batched ViTDet forward", boundaries=_CROPS
+        )
+
+    def observe(self, stage: str, seconds: float) -> None:
+        self.latency.observe(seconds, tags={"stage": stage})
