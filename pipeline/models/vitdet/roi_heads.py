@@ -47,8 +47,9 @@ def pool_boxes(features: list[torch.Tensor], boxes: list[torch.Tensor], size: in
         inds = torch.nonzero(levels == level).squeeze(1)
         if inds.numel() == 0:
             continue
+        # float32 whatever the autocast dtype: half-precision box corners lose up to 0.5 px
         pooled = roi_align(
-            x, rois[inds].to(x.dtype), (size, size), spatial_scale=1.0 / stride, sampling_ratio=0, aligned=True
+            x.float(), rois[inds].float(), (size, size), spatial_scale=1.0 / stride, sampling_ratio=0, aligned=True
         )
         out[inds] = pooled.to(out.dtype)
     return out
