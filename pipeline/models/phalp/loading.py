@@ -1,0 +1,76 @@
+"""Build PHALP's tracking networks from the files in PHALP's cache layout."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import yaml
+
+from ...errors import WeightsError
+from ...weights import CacheRoots, ensure
+from .config import PosePredictorConfig
+from .convert import hmar_state_from_file, load_strict, pose_predictor_state_from_file, read_mean_std
+from .encoder import PhalpAppearanceEncoder
+from .predictor import PhalpPosePredictor
+
+logger = logging.getLogger(__name__)
+
+
+def default_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def read_pose_predictor_config(path: str | Path) -> PosePredictorConfig:
+    """The pose predictor's yaml (safe YAML: data only)."""
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise WeightsError("pose_predictor_config", f"{path} is not readable YAML: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise WeightsError("pose_predictor_config", f"{path}: expected a mapping, got {type(data).__name__}")
+    return PosePredictorConfig.from_yaml_dict(data, source=str(path))
+
+
+def appearance_config_from_state(state: Mapping[str, torch.Tensor]):
+    """Encoder widths read from the weights (the tiny factory writes narrower ones)."""
+    from .config import AppearanceEncoderConfig
+
+    layers = ("conv1x", "conv2", "conv3", "conv4", "conv5", "conv5_1")
+    channels = tuple(int(state[f"{n}.weight"].shape[0]) for n in layers)
+    return AppearanceEncoderConfig(in_channels=int(state["conv1x.weight"].shape[1]), channels=channels)  # type: ignore[arg-type]
+
+
+def load_tracking_models_from_paths(
+    paths: Mapping[str, Path], *, device: str | torch.device | None = None
+) -> tuple[PhalpPosePredictor, PhalpAppearanceEncoder]:
+    """Pose predictor and appearance encoder from explicit file paths (keys of `files.FILES`)."""
+    dev = default_device(device)
+    config = read_pose_predictor_config(paths["phalp.pose_predictor_config"])
+    predictor = PhalpPosePredictor(config)
+    load_strict(predictor.encoder, pose_predictor_state_from_file(paths["phalp.pose_predictor"]),
+                what=str(paths["phalp.pose_predictor"]))
+    try:
+        predictor.set_mean_std(read_mean_std(paths["phalp.mean_std"]))
+    except ValueError as exc:
+        raise WeightsError("weights_corrupt", f"{paths['phalp.mean_std']}: {exc}") from exc
+    enc_state = hmar_state_from_file(paths["phalp.hmar_weights"])
+    encoder = PhalpAppearanceEncoder(appearance_config_from_state(enc_state))
+    load_strict(encoder, enc_state, what=str(paths["phalp.hmar_weights"]))
+    return predictor.to(dev).eval(), encoder.to(dev).eval()
+
+
+def load_tracking_models(
+    roots: CacheRoots, *, device: str | torch.device | None = None, download: bool = True
+) -> tuple[PhalpPosePredictor, PhalpAppearanceEncoder]:
+    """Find (download when missing and allowed) PHALP's tracking files, then build the networks."""
+    from .files import FILES, TRACKING_KEYS
+
+    files = [f for f in FILES if f.key in TRACKING_KEYS]
+    paths = ensure(files, roots, download=download)
+    return load_tracking_models_from_paths(paths, device=device)
