@@ -149,9 +149,12 @@ def build_app(args: AppArgs) -> Application:
     regressor = MeshRegressor.options(
         ray_actor_options=actor_options("regressor"), user_config=_batch(profile.regressor_batch, args.regressor_batch)
     ).bind(RegressorSettings(**common, max_people=limits.max_people))
-    with_tracker = args.tracker if args.tracker is not None else tracker_available()
-    if with_tracker and not tracker_available():
-        raise ValueError("tracker: true, but PHALP tracking (pipeline.tracking.tracker) is not installed")
+    installed = tracker_available(tiny=profile.tiny_models)
+    with_tracker = args.tracker if args.tracker is not None else installed
+    if with_tracker and not installed:
+        raise ValueError("tracker: true, but PHALP tracking (or, for the tiny profile, its tiny factory) is not installed")
+    if not with_tracker:
+        logger.info("Tracker left out of the graph (tracker=%s, PHALP tracking installed: %s)", args.tracker, installed)
     tracker = (
         Tracker.options(ray_actor_options=actor_options("tracker")).bind(ModelSettings(**common))
         if with_tracker

@@ -24,15 +24,16 @@ logger = logging.getLogger(__name__)
 MAX_JOBS_PER_REPLICA = 64
 
 
-def tracker_available() -> bool:
-    """Whether this installation has the PHALP tracker (the graph leaves the deployment out otherwise)."""
+def tracker_available(*, tiny: bool = False) -> bool:
+    """Whether this installation has the PHALP tracker (and, for the tiny profile, its tiny
+    factory); the graph leaves the deployment out otherwise."""
     import importlib.util
 
+    modules = ["pipeline.tracking.tracker", "pipeline.models.phalp.loading"]
+    if tiny:
+        modules.append("pipeline.tiny.phalp")
     try:
-        return all(
-            importlib.util.find_spec(m) is not None
-            for m in ("pipeline.tracking.tracker", "pipeline.models.phalp.loading")
-        )
+        return all(importlib.util.find_spec(m) is not None for m in modules)
     except ModuleNotFoundError:
         return False
 

@@ -1,0 +1,63 @@
+"""Shared by the serving tests and the serving benchmark: a local Ray + Serve with the tiny profile."""
+
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stick_figures(height: int = 360, width: int = 480) -> np.ndarray:
+    """A BGR scene with three drawn people: what the tiny detector is biased to find."""
+    img = np.full((height, width, 3), 235, np.uint8)
+    for i, cx in enumerate((width // 4, width // 2 + 20, 4 * width // 5)):
+        top = 60 + 20 * i
+        cv2.circle(img, (cx, top), 18, (40, 60, 200), -1)
+        cv2.line(img, (cx, top + 18), (cx, top + 130), (30, 30, 30), 9)
+        cv2.line(img, (cx, top + 50), (cx - 45, top + 100), (30, 120, 30), 7)
+        cv2.line(img, (cx, top + 50), (cx + 45, top + 95), (30, 120, 30), 7)
+        cv2.line(img, (cx, top + 130), (cx - 35, top + 220), (120, 40, 40), 8)
+        cv2.line(img, (cx, top + 130), (cx + 35, top + 220), (120, 40, 40), 8)
+    return img
+
+
+def encode(image: np.ndarray, ext: str = ".png") -> bytes:
+    ok, buf = cv2.imencode(ext, image)
+    assert ok, f"cv2 could not encode {ext}"
+    return buf.tobytes()
+
+
+@contextmanager
+def serve_tiny(
+    tiny_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    num_cpus: int = 2,
+    **app_args: Any,
+) -> Iterator[str]:
+    """Start local Ray and the application (tiny profile); yield its base URL; shut both down."""
+    import ray
+    from ray import serve
+
+    from deployments.app import AppArgs, build_app
+
+    port = free_port()
+    env_vars = {"OMP_NUM_THREADS": "1", **(env or {})}
+    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars})
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(AppArgs(profile="tiny", tiny_dir=str(tiny_dir), **app_args)), name="pose", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,219 @@
+"""The real Ray Serve application (tiny profile, local Ray with 2 CPUs) over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.serve")
+httpx = pytest.importorskip("httpx")
+
+from serve_helpers import encode, serve_tiny, stick_figures  # noqa: E402
+
+TOKEN = "test-token-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+UPLOAD_LIMIT = 2 * 2**20
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny models written once here, so the replicas find them instead of racing to write."""
+    from configs.tiny import tiny_roots
+
+    base = tmp_path_factory.mktemp("tiny")
+    tiny_roots(base)
+    return base
+
+
+@pytest.fixture(scope="module")
+def service(tiny_dir: Path) -> Iterator[str]:
+    with serve_tiny(
+        tiny_dir,
+        env={"POSE_SERVICE_TOKEN": TOKEN},
+        limits={"max_upload_bytes": UPLOAD_LIMIT},
+        regressor_batch={"max_batch_size": 16, "batch_wait_timeout_s": 0.1},
+    ) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(service: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service, timeout=120.0, headers=AUTH) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def scene_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    path.write_bytes(encode(stick_figures()))
+    return path
+
+
+def assert_error(resp: httpx.Response, status: int, code: str) -> None:
+    assert resp.status_code == status, f"expected {status} {code}, got {resp.status_code}: {resp.text[:300]}"
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"]
+
+
+def assert_same_people(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want):
+        assert g["score"] == pytest.approx(w["score"], abs=1e-5) if w["score"] is not None else g["score"] is None
+        for key in ("bbox", "keypoints_2d", "keypoints_3d"):
+            np.testing.assert_allclose(g[key], w[key], rtol=1e-4, atol=1e-3, err_msg=key)
+        for key in ("global_orient", "body_pose", "betas"):
+            np.testing.assert_allclose(g["smpl"][key], w["smpl"][key], rtol=1e-4, atol=1e-4, err_msg=key)
+        for key in ("pred_cam", "t_crop", "t_full"):
+            np.testing.assert_allclose(g["camera"][key], w["camera"][key], rtol=1e-4, atol=1e-4, err_msg=key)
+
+
+def test_health_ready_docs(client: httpx.Client, service: str) -> None:
+    assert httpx.get(f"{service}/healthz").json() == {"status": "ok"}  # no token needed
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    schema = httpx.get(f"{service}/openapi.json").json()
+    assert "/v1/images" in schema["paths"] and "ImageResult" in schema["components"]["schemas"]
+    assert httpx.get(f"{service}/docs").status_code == 200
+
+
+def test_image_matches_in_process(client: httpx.Client, scene_png: Path, tiny_dir: Path) -> None:
+    from configs.tiny import tiny_roots
+    from pipeline.image import run_image
+
+    resp = client.post("/v1/images", files={"image": ("scene.png", scene_png.read_bytes(), "image/png")})
+    assert resp.status_code == 200, resp.text[:500]
+    got = resp.json()
+    want = run_image(scene_png, roots=tiny_roots(tiny_dir), device="cpu", download=False)
+    assert got["schema_version"] == want["schema_version"]
+    assert got["image"] == want["image"] and got["models"] == want["models"]
+    assert_same_people(got["people"], want["people"])
+
+
+def test_client_boxes_skip_detection(client: httpx.Client, scene_png: Path, tiny_dir: Path) -> None:
+    from configs.tiny import tiny_roots
+    from pipeline.image import run_image
+
+    boxes = [[80, 40, 170, 290], [230, 60, 320, 310]]
+    resp = client.post(
+        "/v1/images",
+        content=scene_png.read_bytes(),
+        headers={"content-type": "image/png"},
+        params={"boxes": str(boxes), "vertices": "true"},
+    )
+    assert resp.status_code == 200, resp.text[:500]
+    got = resp.json()
+    assert got["models"] == {"mesh": "hmr2"} and all(p["score"] is None for p in got["people"])
+    assert len(got["people"][0]["vertices"]) == 6890
+    want = run_image(scene_png, boxes=boxes, roots=tiny_roots(tiny_dir), device="cpu", download=False, vertices=True)
+    assert_same_people(got["people"], want["people"])
+    np.testing.assert_allclose(got["people"][1]["vertices"], want["people"][1]["vertices"], atol=1e-4)
+
+
+def test_concurrent_crops_share_a_forward(client: httpx.Client, service: str, scene_png: Path) -> None:
+    data = scene_png.read_bytes()
+
+    async def one(c: httpx.AsyncClient, i: int) -> int:
+        box = [[60 + 10 * i, 40, 180 + 10 * i, 300]]
+        r = await c.post("/v1/images", content=data, headers={"content-type": "image/png"}, params={"boxes": str(box)})
+        return r.status_code
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=service, timeout=120.0, headers=AUTH) as c:
+            return await asyncio.gather(*(one(c, i) for i in range(8)))
+
+    assert asyncio.run(burst()) == [200] * 8
+    batching = client.get("/v1/info").json()["deployments"]["regressor"]["batching"]
+    assert batching["max_items_per_batch"] > 1, batching
+    assert batching["max_batch_size"] == 16
+
+
+def test_info(client: httpx.Client) -> None:
+    info = client.get("/v1/info").json()
+    assert info["profile"] == "tiny" and info["auth"] is True
+    assert info["resources"]["device"] == "cpu"
+    det, reg = info["deployments"]["detector"], info["deployments"]["regressor"]
+    assert det["model"] == "vitdet" and reg["model"] == "hmr2"
+    assert all(len(f["sha256"]) == 64 for f in [*det["files"].values(), *reg["files"].values()])
+    assert det["device"] == reg["device"] == "cpu"
+    assert {"max_batch_size", "batch_wait_timeout_s"} <= set(det["batching"])
+
+
+def _png_50mp() -> bytes:
+    from PIL import Image
+
+    import io
+
+    buf = io.BytesIO()
+    Image.new("L", (10_000, 5_000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, status, code",
+    [
+        ("empty", {"content": b"", "headers": {"content-type": "image/png"}}, 400, "image_empty"),
+        ("not an image", {"content": b"GIF89a not really", "headers": {"content-type": "image/png"}}, 400, "image_unsupported_format"),
+        ("wrong content type", {"content": b"{}", "headers": {"content-type": "application/json"}}, 415, "unsupported_media_type"),
+        ("too large", {"content": b"\xff\xd8\xff" + b"\0" * UPLOAD_LIMIT, "headers": {"content-type": "image/jpeg"}}, 413, "request_too_large"),
+        ("no image field", {"files": {"photo": ("a.png", b"x", "image/png")}}, 400, "image_missing"),
+        ("bad boxes", {"content": b"", "headers": {"content-type": "image/png"}, "params": {"boxes": "[[1, 2"}}, 400, "image_empty"),
+    ],
+)
+def test_bad_uploads(client: httpx.Client, name: str, kwargs: dict[str, Any], status: int, code: str) -> None:
+    assert_error(client.post("/v1/images", **kwargs), status, code)
+
+
+def test_bad_images_and_boxes(client: httpx.Client, scene_png: Path) -> None:
+    jpeg = encode(stick_figures(), ".jpg")
+    png = scene_png.read_bytes()
+    raw = {"content-type": "application/octet-stream"}
+    assert_error(client.post("/v1/images", content=jpeg[: len(jpeg) // 2], headers=raw), 400, "image_truncated")
+    assert_error(client.post("/v1/images", content=png[: len(png) // 2], headers=raw), 400, "image_unreadable")
+    assert_error(client.post("/v1/images", content=_png_50mp(), headers=raw), 413, "image_too_large")
+    assert_error(client.post("/v1/images", content=png, headers=raw, params={"boxes": "[[1, 2"}), 400, "boxes_invalid")
+    assert_error(client.post("/v1/images", content=png, headers=raw, params={"boxes": "[[5, 5, 1, 1]]"}), 400, "box_empty")
+    assert_error(client.post("/v1/images", content=png, headers=raw, params={"vertices": "maybe"}), 422, "request_invalid")
+    assert_error(client.get("/v1/nothing"), 404, "not_found")
+    # and the service still answers
+    ok = client.post("/v1/images", content=png, headers=raw, params={"boxes": "[[80, 40, 170, 290]]"})
+    assert ok.status_code == 200 and len(ok.json()["people"]) == 1
+
+
+def test_token_required(service: str, scene_png: Path) -> None:
+    png = scene_png.read_bytes()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        r = httpx.post(f"{service}/v1/images", content=png, headers={"content-type": "image/png", **headers}, timeout=60)
+        assert_error(r, 401, "unauthorized")
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert_error(httpx.get(f"{service}/v1/info", headers=headers), 401, "unauthorized")
+        assert_error(httpx.get(f"{service}/readyz", headers=headers), 401, "unauthorized")
+    assert httpx.get(f"{service}/healthz").status_code == 200
+
+
+def test_killed_replica_is_replaced(client: httpx.Client, scene_png: Path) -> None:
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "MeshRegressor" in a["name"]]
+    assert len(names) == 1, names
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+
+    png = scene_png.read_bytes()
+    statuses: list[int] = []
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        r = client.post("/v1/images", content=png, headers={"content-type": "image/png"}, params={"boxes": "[[80, 40, 170, 290]]"})
+        statuses.append(r.status_code)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 503 and r.json()["error"]["code"] in {"stage_unavailable", "overloaded"}, r.text[:300]
+        time.sleep(1.0)
+    assert statuses[-1] == 200, statuses
+    replicas = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "MeshRegressor" in a["name"]]
+    assert replicas and replicas != names
