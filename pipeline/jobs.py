@@ -1,0 +1,693 @@
+"""Persistent jobs: a video accepted over HTTP is never lost, and neither is its result.
+
+A web backend cannot hold a request open for the minutes a video takes, so a video is a job:
+accepted at once, processed by a worker, polled for progress, fetched when done. The store is
+one SQLite database (WAL journal, full sync: a job the caller was told about survives a crash)
+beside one folder per job under the data folder::
+
+    <data_dir>/jobs.sqlite3
+    <data_dir>/uploads/<random><suffix>        uploads being received (`new_upload_path`)
+    <data_dir>/jobs/<id>/input.<ext>           the accepted input, moved in by `create`
+    <data_dir>/jobs/<id>/result.json, ...      results, each written atomically
+
+Every method is short and synchronous; one connection guarded by a lock serves all threads and
+asyncio tasks of a process, and SQLite's own locking (``BEGIN IMMEDIATE``) keeps a second
+process, or a restarted one, consistent. `recover_after_restart` assumes the data folder is
+worked by one process at a time: jobs that process left ``running`` are re-queued or failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Iterator, Literal, Mapping
+
+from .errors import InputError, PoseError
+
+log = logging.getLogger(__name__)
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+SCHEMA_VERSION = 1
+
+_ID = re.compile(r"[0-9a-f]{32}")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SUFFIX = re.compile(r"(\.[A-Za-z0-9]{1,10})?")
+_DEFAULT_RETRY_AFTER_S = 30.0  # before any job has finished there is no duration to go by
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    frames_done INTEGER NOT NULL DEFAULT 0,
+    frames_total INTEGER,
+    timings TEXT NOT NULL DEFAULT '{}',
+    error_code TEXT,
+    error_message TEXT,
+    input_path TEXT,
+    options TEXT NOT NULL DEFAULT '{}',
+    idempotency_key TEXT UNIQUE,
+    callback_url TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    results TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at);
+"""
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job failed: a stable code and a message for humans."""
+
+    code: str  # stable, e.g. "video_corrupt", "interrupted", "cancelled"
+    message: str  # human-readable reason
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job as stored. Paths are absolute; `to_dict` leaves them out of what callers see."""
+
+    id: str  # uuid4 hex, 32 characters
+    kind: str  # what the job does, e.g. "video"
+    state: str  # one of JOB_STATES
+    created_at: float  # unix seconds
+    updated_at: float  # unix seconds of the last change (progress doubles as a heartbeat)
+    started_at: float | None  # unix seconds of the latest claim
+    finished_at: float | None  # unix seconds it reached a terminal state
+    frames_done: int  # frames processed so far
+    frames_total: int | None  # frames expected, once known
+    timings: dict[str, float]  # seconds per stage, as last reported by the worker
+    error: JobError | None  # set for failed and cancelled jobs
+    input_path: Path | None  # the input file (inside the job folder, or a referenced media file)
+    options: dict[str, Any]  # the caller's processing options, as JSON
+    idempotency_key: str | None  # the caller's key: a retried create returns this job
+    callback_url: str | None  # where the caller wants to be told about completion
+    attempts: int  # how many times a worker has started it
+    cancel_requested: bool  # cancel was asked while it ran; the worker stops at the next chunk
+    result_paths: dict[str, Path] = field(default_factory=dict)  # result name -> file
+
+    @property
+    def progress(self) -> float | None:
+        """Fraction done in [0, 1], or None before the frame count is known."""
+        if not self.frames_total:
+            return None
+        return min(1.0, self.frames_done / self.frames_total)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a caller may see: no server paths, results by name only."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "progress": {"frames_done": self.frames_done, "frames_total": self.frames_total, "fraction": self.progress},
+            "timings": dict(self.timings),
+            "error": None if self.error is None else {"code": self.error.code, "message": self.error.message},
+            "options": dict(self.options),
+            "idempotency_key": self.idempotency_key,
+            "callback_url": self.callback_url,
+            "attempts": self.attempts,
+            "cancel_requested": self.cancel_requested,
+            "results": sorted(self.result_paths),
+        }
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What `JobStore.recover_after_restart` did."""
+
+    requeued: list[str]  # ids put back in the queue
+    failed: list[str]  # ids failed with code "interrupted" (too many attempts)
+    cancelled: list[str]  # ids whose cancel had been asked before the process died
+    removed_dirs: list[str]  # names of job folders or uploads that no job owned
+
+
+class JobStore:
+    """Jobs in SQLite plus a folder of files per job; see the module docstring for the layout.
+
+    ``max_active`` running jobs at most (`claim_next` hands out no more); ``max_queued`` jobs may
+    wait beyond those, after which `create` refuses with ``too_many_jobs`` (429, ``retry_after``).
+    Finished jobs are deleted by `purge_expired` after ``retention_s`` seconds (None: kept).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        retention_s: float | None = 7 * 24 * 3600.0,
+        max_active: int = 1,
+        max_queued: int = 100,
+    ) -> None:
+        if max_active < 1:
+            raise ValueError(f"max_active must be at least 1, got {max_active}")
+        if max_queued < 0:
+            raise ValueError(f"max_queued must be at least 0, got {max_queued}")
+        if retention_s is not None and retention_s <= 0:
+            raise ValueError(f"retention_s must be positive or None, got {retention_s}")
+        self.data_dir = Path(data_dir)
+        self.retention_s = retention_s
+        self.max_active = max_active
+        self.max_queued = max_queued
+        self.jobs_dir = self.data_dir / "jobs"
+        self.uploads_dir = self.data_dir / "uploads"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        # Jobs this object claimed; recovery leaves them alone, everything else running is orphaned.
+        self._owner = uuid.uuid4().hex
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            self.data_dir / "jobs.sqlite3", isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"job database schema {version} is newer than this code ({SCHEMA_VERSION})")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken before reading so check-then-write is atomic across processes."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- files ----------------------------------------------------------------------------
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / _check_id(job_id)
+
+    def new_upload_path(self, suffix: str = "") -> Path:
+        """A fresh path to receive an upload on the same file system, so `create` can move it in."""
+        if not _SUFFIX.fullmatch(suffix):
+            raise InputError("invalid_suffix", f"expected a file suffix like '.mp4', got {suffix!r}")
+        return self.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
+
+    @contextlib.contextmanager
+    def open_result(self, job_id: str, name: str) -> Iterator[IO[bytes]]:
+        """Write a result file atomically: readers see the old file or the whole new one."""
+        target = self.job_dir(job_id) / _check_name(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(target.parent)
+
+    def write_result(self, job_id: str, name: str, data: bytes) -> Path:
+        with self.open_result(job_id, name) as f:
+            f.write(data)
+        return self.job_dir(job_id) / name
+
+    def write_json_result(self, job_id: str, name: str, document: Any) -> Path:
+        return self.write_result(job_id, name, json.dumps(document, separators=(",", ":")).encode())
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def create(
+        self,
+        kind: str = "video",
+        *,
+        input_file: Path | None = None,
+        move_input: bool = False,
+        options: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+    ) -> Job:
+        """Accept a job, queued. Once this returns, the job and its input survive any restart.
+
+        ``move_input``: the file (an upload, see `new_upload_path`) is moved into the job folder
+        as ``input<suffix>``; otherwise ``input_file`` is only referenced (a media-folder file).
+        A known ``idempotency_key`` returns the existing job and drops the new upload.
+        Raises ``too_many_jobs`` (429, ``details["retry_after"]`` seconds) when full.
+        """
+        if not kind or not isinstance(kind, str):
+            raise InputError("invalid_kind", f"expected a job kind such as 'video', got {kind!r}")
+        options_json = _options_json(options)
+        if idempotency_key is not None and not (isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 255):
+            raise InputError("invalid_idempotency_key", f"expected 1 to 255 characters, got {idempotency_key!r}")
+        if callback_url is not None and not re.match(r"https?://[^\s/]+", str(callback_url)):
+            raise InputError("invalid_callback_url", f"expected an http(s) URL, got {callback_url!r}")
+        if move_input and input_file is None:
+            raise ValueError("move_input needs an input_file")
+
+        if idempotency_key is not None:
+            existing = self.find_by_idempotency_key(idempotency_key)
+            if existing is not None:
+                _discard(input_file, move_input)
+                return existing
+        with self._lock:
+            self._check_capacity(self._db)  # refuse before moving any file
+
+        job_id = uuid.uuid4().hex
+        job_dir = self.jobs_dir / job_id
+        job_dir.mkdir()
+        input_path: Path | None = None
+        if input_file is not None:
+            input_file = Path(input_file)
+            if move_input:
+                input_path = job_dir / ("input" + input_file.suffix.lower())
+                try:
+                    os.replace(input_file, input_path)
+                except OSError:
+                    shutil.rmtree(job_dir, ignore_errors=True)
+                    raise
+                _fsync_dir(job_dir)
+            else:
+                input_path = input_file
+        now = time.time()
+        try:
+            with self._tx() as db:
+                if idempotency_key is not None:
+                    row = db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+                    if row is not None:  # a concurrent retry won the race
+                        shutil.rmtree(job_dir, ignore_errors=True)
+                        return self._job(row)
+                self._check_capacity(db)
+                db.execute(
+                    "INSERT INTO jobs (id, kind, state, created_at, updated_at, input_path, options,"
+                    " idempotency_key, callback_url) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                    (job_id, kind, now, now, None if input_path is None else str(input_path), options_json,
+                     idempotency_key, callback_url),
+                )
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
+        log.info("job %s accepted (%s)", job_id, kind)
+        return self.get(job_id)
+
+    def find_by_idempotency_key(self, key: str) -> Job | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+        return None if row is None else self._job(row)
+
+    def get(self, job_id: str) -> Job:
+        """The job, or ``job_not_found`` (404)."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (_check_id(job_id),)).fetchone()
+        if row is None:
+            raise _not_found(job_id)
+        return self._job(row)
+
+    def list(self, offset: int = 0, limit: int = 50, state: str | None = None) -> tuple[list[Job], int]:
+        """A page of jobs, newest first, and the total count (of that state, if given)."""
+        if not (isinstance(offset, int) and offset >= 0):
+            raise InputError("invalid_paging", f"expected offset >= 0, got {offset!r}")
+        if not (isinstance(limit, int) and 1 <= limit <= 1000):
+            raise InputError("invalid_paging", f"expected 1 <= limit <= 1000, got {limit!r}")
+        if state is not None and state not in JOB_STATES:
+            raise InputError("invalid_state", f"expected one of {', '.join(JOB_STATES)}, got {state!r}")
+        where, args = ("WHERE state = ?", [state]) if state else ("", [])
+        with self._lock:
+            total = self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
+            rows = self._db.execute(
+                f"SELECT * FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+                [*args, limit, offset],
+            ).fetchall()
+        return [self._job(r) for r in rows], total
+
+    def claim_next(self) -> Job | None:
+        """The oldest queued job, now running and owned by this store; None if none or all slots busy."""
+        now = time.time()
+        with self._tx() as db:
+            running = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'running'").fetchone()[0]
+            if running >= self.max_active:
+                return None
+            row = db.execute(
+                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at, rowid LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = 'running', started_at = ?, updated_at = ?, attempts = attempts + 1,"
+                " owner = ?, frames_done = 0 WHERE id = ?",
+                (now, now, self._owner, row["id"]),
+            )
+        return self.get(row["id"])
+
+    def update_progress(
+        self,
+        job_id: str,
+        frames_done: int,
+        frames_total: int | None = None,
+        timings: Mapping[str, float] | None = None,
+    ) -> Job:
+        """Record progress of a running job (also its heartbeat); ``timings`` keys overwrite."""
+        now = time.time()
+        with self._tx() as db:
+            row = self._running_row(db, job_id)
+            merged = json.loads(row["timings"])
+            merged.update({str(k): float(v) for k, v in (timings or {}).items()})
+            db.execute(
+                "UPDATE jobs SET frames_done = ?, frames_total = COALESCE(?, frames_total), timings = ?,"
+                " updated_at = ? WHERE id = ?",
+                (int(frames_done), frames_total, json.dumps(merged), now, job_id),
+            )
+        return self.get(job_id)
+
+    def finish(self, job_id: str, result_paths: Mapping[str, str | Path]) -> Job:
+        """Mark a running job succeeded with its result files (inside its folder, written already).
+
+        A job whose cancel was asked meanwhile ends ``cancelled`` instead.
+        """
+        job_dir = self.job_dir(job_id)
+        names: dict[str, str] = {}
+        for name, path in result_paths.items():
+            full = (job_dir / path).resolve()
+            if not full.is_relative_to(job_dir.resolve()) or not full.is_file():
+                raise ValueError(f"result {name!r} must be an existing file in the job folder, got {path}")
+            names[_check_name(name)] = full.relative_to(job_dir.resolve()).as_posix()
+        now = time.time()
+        with self._tx() as db:
+            row = self._running_row(db, job_id)
+            if row["cancel_requested"]:
+                self._set_cancelled(db, job_id, now)
+            else:
+                db.execute(
+                    "UPDATE jobs SET state = 'succeeded', results = ?, finished_at = ?, updated_at = ?,"
+                    " owner = NULL WHERE id = ?",
+                    (json.dumps(names), now, now, job_id),
+                )
+        return self.get(job_id)
+
+    def fail(self, job_id: str, code: str, message: str) -> Job:
+        """Mark a queued or running job failed with a stable code (cancelled if cancel was asked)."""
+        now = time.time()
+        with self._tx() as db:
+            row = self._row(db, job_id)
+            if row["state"] not in ("queued", "running"):
+                raise _conflict(job_id, row["state"], "queued or running")
+            if row["cancel_requested"]:
+                self._set_cancelled(db, job_id, now)
+            else:
+                db.execute(
+                    "UPDATE jobs SET state = 'failed', error_code = ?, error_message = ?, finished_at = ?,"
+                    " updated_at = ?, owner = NULL WHERE id = ?",
+                    (code, message, now, now, job_id),
+                )
+        return self.get(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel: a queued job at once; a running one is flagged and its worker stops at the next chunk."""
+        now = time.time()
+        with self._tx() as db:
+            row = self._row(db, job_id)
+            if row["state"] == "queued":
+                self._set_cancelled(db, job_id, now)
+            elif row["state"] == "running":
+                db.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?", (now, job_id))
+            elif row["state"] != "cancelled":
+                raise _conflict(job_id, row["state"], "queued or running")
+        return self.get(job_id)
+
+    def is_cancelled(self, job_id: str) -> bool:
+        """For the worker, between chunks: stop when True (also when the job is gone)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT state, cancel_requested FROM jobs WHERE id = ?", (_check_id(job_id),)
+            ).fetchone()
+        return row is None or row["state"] == "cancelled" or bool(row["cancel_requested"])
+
+    def mark_cancelled(self, job_id: str) -> Job:
+        """The worker stopped a running job on request: it ends ``cancelled``."""
+        now = time.time()
+        with self._tx() as db:
+            self._running_row(db, job_id)
+            self._set_cancelled(db, job_id, now)
+        return self.get(job_id)
+
+    def delete(self, job_id: str) -> None:
+        """Remove a job that is not running, and its folder (a referenced media file is kept)."""
+        with self._tx() as db:
+            row = self._row(db, job_id)
+            if row["state"] == "running":
+                raise _conflict(job_id, "running", "not running (cancel it first)")
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+
+    # --- maintenance ------------------------------------------------------------------------
+
+    def recover_after_restart(
+        self,
+        max_attempts: int = 3,
+        *,
+        orphan_grace_s: float = 3600.0,
+        now: float | None = None,
+    ) -> RecoveryReport:
+        """Call on startup: jobs a dead process left ``running`` are re-queued, or failed
+        (``interrupted``) once they were started ``max_attempts`` times; none vanish.
+
+        Folders and uploads no job owns, older than ``orphan_grace_s`` (a crash between moving
+        an upload in and committing its job), are removed.
+        """
+        now = time.time() if now is None else now
+        requeued: list[str] = []
+        failed: list[str] = []
+        cancelled: list[str] = []
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id, attempts, cancel_requested FROM jobs WHERE state = 'running'"
+                " AND (owner IS NULL OR owner != ?)",
+                (self._owner,),
+            ).fetchall()
+            for row in rows:
+                job_id = row["id"]
+                if row["cancel_requested"]:
+                    self._set_cancelled(db, job_id, now)
+                    cancelled.append(job_id)
+                elif row["attempts"] >= max_attempts:
+                    db.execute(
+                        "UPDATE jobs SET state = 'failed', error_code = 'interrupted', error_message = ?,"
+                        " finished_at = ?, updated_at = ?, owner = NULL WHERE id = ?",
+                        (
+                            f"the service stopped while processing this job, {row['attempts']} times; "
+                            f"expected at most {max_attempts} attempts",
+                            now, now, job_id,
+                        ),
+                    )
+                    failed.append(job_id)
+                else:
+                    db.execute(
+                        "UPDATE jobs SET state = 'queued', owner = NULL, frames_done = 0, updated_at = ?"
+                        " WHERE id = ?",
+                        (now, job_id),
+                    )
+                    requeued.append(job_id)
+            known = {r["id"] for r in db.execute("SELECT id FROM jobs").fetchall()}
+        removed: list[str] = []
+        for path in [*self.jobs_dir.iterdir(), *self.uploads_dir.iterdir()]:
+            is_job_dir = path.parent == self.jobs_dir
+            if is_job_dir and path.name in known:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.lstat().st_mtime < orphan_grace_s:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink()
+                removed.append(path.name)
+        if requeued or failed or cancelled:
+            log.warning("recovered jobs: requeued %s, failed %s, cancelled %s", requeued, failed, cancelled)
+        return RecoveryReport(requeued, failed, cancelled, removed)
+
+    def purge_expired(self, now: float | None = None) -> list[str]:
+        """Delete finished jobs older than the retention period; their ids."""
+        if self.retention_s is None:
+            return []
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT id FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at <= ?",
+                (now - self.retention_s,),
+            ).fetchall()
+            ids = [r["id"] for r in rows]
+            db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
+        for job_id in ids:
+            shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+        return ids
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _check_capacity(self, db: sqlite3.Connection) -> None:
+        counts = dict(
+            db.execute(
+                "SELECT state, COUNT(*) FROM jobs WHERE state IN ('queued', 'running') GROUP BY state"
+            ).fetchall()
+        )
+        queued, running = counts.get("queued", 0), counts.get("running", 0)
+        if queued + running < self.max_active + self.max_queued:
+            return
+        retry_after = self._retry_after(db)
+        raise PoseError(
+            "too_many_jobs",
+            f"expected at most {self.max_active} running and {self.max_queued} queued jobs, "
+            f"got {running} running and {queued} queued; retry in {retry_after} s",
+            status=429,
+            details={
+                "retry_after": retry_after,
+                "running": running,
+                "queued": queued,
+                "max_active": self.max_active,
+                "max_queued": self.max_queued,
+            },
+        )
+
+    def _retry_after(self, db: sqlite3.Connection) -> int:
+        """Seconds until a slot is likely free: recent job length over the number of workers."""
+        rows = db.execute(
+            "SELECT finished_at - started_at FROM jobs WHERE state = 'succeeded' AND started_at IS NOT NULL"
+            " ORDER BY finished_at DESC LIMIT 20"
+        ).fetchall()
+        mean = sum(r[0] for r in rows) / len(rows) if rows else _DEFAULT_RETRY_AFTER_S
+        return int(min(3600, max(1, math.ceil(mean / self.max_active))))
+
+    def _row(self, db: sqlite3.Connection, job_id: str) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (_check_id(job_id),)).fetchone()
+        if row is None:
+            raise _not_found(job_id)
+        return row
+
+    def _running_row(self, db: sqlite3.Connection, job_id: str) -> sqlite3.Row:
+        row = self._row(db, job_id)
+        if row["state"] != "running":
+            raise _conflict(job_id, row["state"], "running")
+        return row
+
+    @staticmethod
+    def _set_cancelled(db: sqlite3.Connection, job_id: str, now: float) -> None:
+        db.execute(
+            "UPDATE jobs SET state = 'cancelled', error_code = 'cancelled', error_message = ?,"
+            " finished_at = ?, updated_at = ?, owner = NULL WHERE id = ?",
+            ("cancelled at the caller's request", now, now, job_id),
+        )
+
+    def _job(self, row: sqlite3.Row) -> Job:
+        job_dir = self.jobs_dir / row["id"]
+        error = None if row["error_code"] is None else JobError(row["error_code"], row["error_message"] or "")
+        return Job(
+            id=row["id"],
+            kind=row["kind"],
+            state=row["state"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            frames_done=row["frames_done"],
+            frames_total=row["frames_total"],
+            timings=json.loads(row["timings"]),
+            error=error,
+            input_path=None if row["input_path"] is None else Path(row["input_path"]),
+            options=json.loads(row["options"]),
+            idempotency_key=row["idempotency_key"],
+            callback_url=row["callback_url"],
+            attempts=row["attempts"],
+            cancel_requested=bool(row["cancel_requested"]),
+            result_paths={k: job_dir / v for k, v in json.loads(row["results"]).items()},
+        )
+
+
+def _check_id(job_id: str) -> str:
+    """Job ids name folders: anything but 32 lowercase hex digits is simply not a job."""
+    if not isinstance(job_id, str) or not _ID.fullmatch(job_id):
+        raise _not_found(job_id)
+    return job_id
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
+        raise ValueError(f"expected a plain file name (letters, digits, '._-'), got {name!r}")
+    return name
+
+
+def _not_found(job_id: object) -> PoseError:
+    return PoseError("job_not_found", f"expected an existing job id, got {job_id!r}", status=404)
+
+
+def _conflict(job_id: str, state: str, expected: str) -> PoseError:
+    return PoseError(
+        "job_state_conflict",
+        f"expected job {job_id} to be {expected}, got {state}",
+        status=409,
+        details={"state": state},
+    )
+
+
+def _options_json(options: Mapping[str, Any] | None) -> str:
+    try:
+        return json.dumps(dict(options or {}), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InputError("invalid_options", f"expected JSON-serialisable options, got {exc}") from exc
+
+
+def _discard(input_file: Path | None, moved: bool) -> None:
+    """Drop an upload that a replayed request made redundant (never a referenced file)."""
+    if moved and input_file is not None:
+        with contextlib.suppress(FileNotFoundError):
+            Path(input_file).unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,422 @@
+"""The persistent job store and media-path confinement."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import InputError, PoseError
+from pipeline.jobs import Job, JobStore
+from pipeline.paths import resolve_media_path
+
+
+@pytest.fixture
+def store(tmp_path):
+    with JobStore(tmp_path / "data", retention_s=3600, max_active=1, max_queued=3) as s:
+        yield s
+
+
+def _upload(store: JobStore, data: bytes = b"video bytes", suffix: str = ".mp4") -> Path:
+    path = store.new_upload_path(suffix)
+    path.write_bytes(data)
+    return path
+
+
+def _code(excinfo: pytest.ExceptionInfo) -> str:
+    return excinfo.value.code
+
+
+# --- create, get, files ---------------------------------------------------------------------
+
+
+def test_create_moves_the_upload_in_and_records_everything(store):
+    upload = _upload(store)
+    job = store.create(
+        "video",
+        input_file=upload,
+        move_input=True,
+        options={"vertices": False, "fps": 30},
+        callback_url="https://example.org/hook",
+    )
+    assert isinstance(job, Job)
+    assert len(job.id) == 32 and job.state == "queued" and job.attempts == 0
+    assert job.input_path == store.job_dir(job.id) / "input.mp4"
+    assert job.input_path.read_bytes() == b"video bytes" and not upload.exists()
+    assert job.options == {"fps": 30, "vertices": False}
+    assert job.callback_url == "https://example.org/hook"
+    assert job.error is None and job.progress is None
+    assert store.get(job.id) == job
+    public = job.to_dict()
+    json.dumps(public)
+    assert "input_path" not in public and str(store.data_dir) not in json.dumps(public)
+
+
+def test_referenced_input_is_not_moved(store, tmp_path):
+    media = tmp_path / "clip.mp4"
+    media.write_bytes(b"x")
+    job = store.create(input_file=media)
+    assert job.input_path == media and media.exists()
+    store.delete(job.id)
+    assert media.exists()  # the caller's file is theirs
+
+
+def test_bad_create_arguments(store):
+    with pytest.raises(InputError) as excinfo:
+        store.create(options={"x": float("nan")})
+    assert _code(excinfo) == "invalid_options"
+    with pytest.raises(InputError) as excinfo:
+        store.create(callback_url="file:///etc/passwd")
+    assert _code(excinfo) == "invalid_callback_url"
+    with pytest.raises(InputError) as excinfo:
+        store.new_upload_path("/../x")
+    assert _code(excinfo) == "invalid_suffix"
+
+
+@pytest.mark.parametrize("bad", ["nope", "../" + "0" * 29, "A" * 32, ""])
+def test_unknown_or_malformed_ids_are_not_found(store, bad):
+    with pytest.raises(PoseError) as excinfo:
+        store.get(bad)
+    assert _code(excinfo) == "job_not_found" and excinfo.value.status == 404
+    with pytest.raises(PoseError):
+        store.delete(bad)
+
+
+def test_results_are_written_atomically_and_survive(store, tmp_path):
+    job = store.create(input_file=_upload(store), move_input=True)
+    assert store.claim_next().id == job.id
+    store.update_progress(job.id, 5, 10, {"decode": 0.5})
+    job = store.update_progress(job.id, 10, timings={"detect": 2.0, "decode": 0.75})
+    assert (job.frames_done, job.frames_total, job.progress) == (10, 10, 1.0)
+    assert job.timings == {"decode": 0.75, "detect": 2.0}
+    json_path = store.write_json_result(job.id, "result.json", {"frames": []})
+    with store.open_result(job.id, "result.npz") as f:
+        f.write(b"npz")
+    with pytest.raises(RuntimeError):  # a failed write leaves neither a partial file nor a temp file
+        with store.open_result(job.id, "broken.bin") as f:
+            f.write(b"half")
+            raise RuntimeError("disk full")
+    names = sorted(p.name for p in store.job_dir(job.id).iterdir())
+    assert names == ["input.mp4", "result.json", "result.npz"]
+    done = store.finish(job.id, {"json": json_path, "npz": "result.npz"})
+    assert done.state == "succeeded" and done.finished_at is not None
+    assert done.result_paths == {"json": json_path, "npz": store.job_dir(job.id) / "result.npz"}
+    with pytest.raises(ValueError):
+        store.write_result(job.id, "../escape", b"")
+    with pytest.raises(ValueError):
+        store.finish(job.id, {"x": tmp_path / "elsewhere"})
+
+
+# --- idempotency and limits ------------------------------------------------------------------
+
+
+def test_idempotency_key_returns_the_existing_job(store):
+    first = store.create(input_file=_upload(store), move_input=True, idempotency_key="upload-42")
+    retry_upload = _upload(store, b"same video again")
+    again = store.create(input_file=retry_upload, move_input=True, idempotency_key="upload-42")
+    assert again.id == first.id
+    assert not retry_upload.exists()  # the duplicate upload is dropped
+    assert store.find_by_idempotency_key("upload-42").id == first.id
+    assert store.list()[1] == 1
+
+
+def test_full_queue_refuses_with_429_and_retry_after(store):
+    ids = [store.create(input_file=_upload(store), move_input=True).id for _ in range(4)]  # 1 active + 3 queued
+    upload = _upload(store)
+    with pytest.raises(PoseError) as excinfo:
+        store.create(input_file=upload, move_input=True)
+    err = excinfo.value
+    assert err.code == "too_many_jobs" and err.status == 429
+    assert err.details["retry_after"] >= 1 and err.details["queued"] == 4
+    assert err.to_dict()["error"]["details"]["retry_after"] == err.details["retry_after"]
+    assert upload.exists()  # refused before anything moved: the caller decides what to do with it
+    assert len(list(store.jobs_dir.iterdir())) == 4
+    # a retried request with a known key still gets its job, even when full
+    store.cancel(ids[-1])
+    assert store.create(idempotency_key="k").state == "queued"
+    assert store.create(idempotency_key="k").state == "queued"
+
+
+def test_claim_respects_max_active_and_order(store):
+    a = store.create()
+    time.sleep(0.002)
+    b = store.create()
+    assert store.claim_next().id == a.id
+    assert store.claim_next() is None  # max_active = 1
+    store.finish(a.id, {})
+    claimed = store.claim_next()
+    assert claimed.id == b.id and claimed.state == "running" and claimed.attempts == 1
+    assert claimed.started_at is not None
+
+
+def test_claims_are_atomic_across_threads(tmp_path):
+    with JobStore(tmp_path / "d", retention_s=None, max_active=50, max_queued=50) as store:
+        ids = {store.create().id for _ in range(40)}
+        got: list[str] = []
+        lock = threading.Lock()
+
+        def worker() -> None:
+            while (job := store.claim_next()) is not None:
+                with lock:
+                    got.append(job.id)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(got) == sorted(ids)  # each job exactly once
+
+
+def test_two_store_objects_on_one_folder_claim_each_job_once(tmp_path):
+    with JobStore(tmp_path / "d", retention_s=None, max_active=10, max_queued=10) as one, JobStore(
+        tmp_path / "d", retention_s=None, max_active=10, max_queued=10
+    ) as two:
+        ids = {one.create().id for _ in range(6)}
+        got = []
+        for s in [one, two] * 4:
+            job = s.claim_next()
+            if job is not None:
+                got.append(job.id)
+        assert sorted(got) == sorted(ids)
+
+
+def test_usable_from_asyncio_tasks(store):
+    async def main() -> list[str]:
+        async def make(i: int) -> str:
+            await asyncio.sleep(0)
+            return store.create(idempotency_key=f"k{i % 2}").id
+
+        return await asyncio.gather(*(make(i) for i in range(6)))
+
+    ids = asyncio.run(main())
+    assert len(set(ids)) == 2
+
+
+# --- cancel, fail, delete ---------------------------------------------------------------------
+
+
+def test_cancel_queued_and_running(store):
+    queued = store.create()
+    running = store.create()
+    assert store.claim_next().id == queued.id  # claim the first, then cancel the second
+    gone = store.cancel(running.id)
+    assert gone.state == "cancelled" and gone.error.code == "cancelled"
+    assert store.cancel(running.id).state == "cancelled"  # idempotent
+    flagged = store.cancel(queued.id)
+    assert flagged.state == "running" and flagged.cancel_requested
+    assert store.is_cancelled(queued.id)
+    assert store.mark_cancelled(queued.id).state == "cancelled"
+    with pytest.raises(PoseError) as excinfo:
+        store.update_progress(queued.id, 1)
+    assert _code(excinfo) == "job_state_conflict" and excinfo.value.status == 409
+
+
+def test_finish_after_a_cancel_request_ends_cancelled(store):
+    job = store.create()
+    store.claim_next()
+    store.cancel(job.id)
+    assert store.finish(job.id, {}).state == "cancelled"
+
+
+def test_fail_records_code_and_message(store):
+    job = store.create()
+    store.claim_next()
+    failed = store.fail(job.id, "video_corrupt", "the video stream is damaged after 3 frames")
+    assert failed.state == "failed"
+    assert failed.error.code == "video_corrupt" and "damaged" in failed.error.message
+    with pytest.raises(PoseError) as excinfo:
+        store.cancel(job.id)
+    assert _code(excinfo) == "job_state_conflict"
+
+
+def test_delete_removes_files_but_not_a_running_job(store):
+    job = store.create(input_file=_upload(store), move_input=True)
+    store.claim_next()
+    with pytest.raises(PoseError) as excinfo:
+        store.delete(job.id)
+    assert _code(excinfo) == "job_state_conflict"
+    store.fail(job.id, "x", "y")
+    store.delete(job.id)
+    assert not store.job_dir(job.id).exists()
+    with pytest.raises(PoseError) as excinfo:
+        store.get(job.id)
+    assert _code(excinfo) == "job_not_found"
+    assert store.is_cancelled(job.id)  # a worker whose job is gone stops
+
+
+# --- listing ----------------------------------------------------------------------------------
+
+
+def test_list_pages_newest_first_and_filters_by_state(tmp_path):
+    with JobStore(tmp_path / "d", retention_s=None, max_active=2, max_queued=20) as store:
+        ids = []
+        for _ in range(7):
+            ids.append(store.create().id)
+            time.sleep(0.002)
+        store.claim_next()
+        page, total = store.list(offset=0, limit=3)
+        assert total == 7 and [j.id for j in page] == ids[::-1][:3]
+        page, total = store.list(offset=6, limit=3)
+        assert [j.id for j in page] == [ids[0]]
+        running, total = store.list(state="running")
+        assert total == 1 and running[0].id == ids[0]
+        assert store.list(offset=100)[0] == []
+        for bad in [{"limit": 0}, {"offset": -1}, {"state": "done"}]:
+            with pytest.raises(InputError):
+                store.list(**bad)
+
+
+# --- restart --------------------------------------------------------------------------------
+
+
+def test_restart_requeues_then_fails_interrupted_jobs(tmp_path):
+    data = tmp_path / "d"
+    store = JobStore(data, retention_s=None, max_active=1, max_queued=5)
+    job = store.create(input_file=_upload(store), move_input=True, idempotency_key="once")
+    assert store.claim_next().attempts == 1
+    waiting = store.create()
+    store.close()  # the process dies with the job running
+    del store
+
+    for attempt in (2, 3):
+        store = JobStore(data, retention_s=None, max_active=1, max_queued=5)
+        report = store.recover_after_restart(max_attempts=3)
+        assert report.requeued == [job.id] and not report.failed
+        assert store.get(job.id).state == "queued" and store.get(waiting.id).state == "queued"
+        assert store.get(job.id).input_path.read_bytes() == b"video bytes"
+        claimed = store.claim_next()
+        assert claimed.id == job.id and claimed.attempts == attempt
+        store.close()
+
+    store = JobStore(data, retention_s=None, max_active=1, max_queued=5)
+    report = store.recover_after_restart(max_attempts=3)
+    assert report.failed == [job.id]
+    failed = store.get(job.id)
+    assert failed.state == "failed" and failed.error.code == "interrupted"
+    assert "3 times" in failed.error.message
+    assert store.get(waiting.id).state == "queued"  # nothing vanished
+    assert store.find_by_idempotency_key("once").id == job.id
+    store.close()
+
+
+def test_recovery_leaves_its_own_running_jobs_alone(store):
+    job = store.create()
+    store.claim_next()
+    assert store.recover_after_restart().requeued == []
+    assert store.get(job.id).state == "running"
+
+
+def test_recovery_honours_a_cancel_asked_before_the_crash(tmp_path):
+    store = JobStore(tmp_path / "d", retention_s=None, max_active=1, max_queued=5)
+    job = store.create()
+    store.claim_next()
+    store.cancel(job.id)
+    store.close()
+    with JobStore(tmp_path / "d", retention_s=None, max_active=1, max_queued=5) as again:
+        assert again.recover_after_restart().cancelled == [job.id]
+        assert again.get(job.id).state == "cancelled"
+
+
+def test_recovery_removes_orphans_after_a_grace_period(store):
+    orphan = store.jobs_dir / ("f" * 32)
+    orphan.mkdir()
+    stale_upload = _upload(store)
+    kept = store.create(input_file=_upload(store), move_input=True)
+    assert store.recover_after_restart().removed_dirs == []  # young: maybe being created right now
+    later = time.time() + 7200
+    removed = store.recover_after_restart(now=later).removed_dirs
+    assert sorted(removed) == sorted([orphan.name, stale_upload.name])
+    assert store.job_dir(kept.id).is_dir()
+
+
+def test_database_is_wal(store):
+    db = sqlite3.connect(store.data_dir / "jobs.sqlite3")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
+# --- retention ---------------------------------------------------------------------------------
+
+
+def test_purge_expired_deletes_only_old_finished_jobs(store):
+    done = store.create(input_file=_upload(store), move_input=True)
+    store.claim_next()
+    store.finish(done.id, {})
+    queued = store.create()
+    now = time.time()
+    assert store.purge_expired(now) == []
+    assert store.purge_expired(now + 3601) == [done.id]
+    assert not store.job_dir(done.id).exists()
+    assert store.get(queued.id).state == "queued"
+
+
+def test_no_retention_keeps_everything(tmp_path):
+    with JobStore(tmp_path / "d", retention_s=None, max_active=1, max_queued=1) as store:
+        job = store.create()
+        store.claim_next()
+        store.finish(job.id, {})
+        assert store.purge_expired(time.time() + 1e9) == []
+
+
+# --- media path confinement -----------------------------------------------------------------
+
+
+@pytest.fixture
+def media(tmp_path):
+    root = tmp_path / "media"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "clip.mp4").write_bytes(b"x")
+    (tmp_path / "secret.mp4").write_bytes(b"s")
+    return root
+
+
+def test_paths_inside_the_media_folder(media):
+    expected = (media / "sub" / "clip.mp4").resolve()
+    assert resolve_media_path("sub/clip.mp4", media) == expected
+    assert resolve_media_path(str(media / "sub" / "clip.mp4"), media) == expected
+    assert resolve_media_path("sub/../sub/./clip.mp4", media) == expected
+    os.symlink(media / "sub" / "clip.mp4", media / "link.mp4")
+    assert resolve_media_path("link.mp4", media) == expected
+
+
+@pytest.mark.parametrize("user_path", ["../secret.mp4", "sub/../../secret.mp4", "ABS", "/etc/passwd", "../nope.mp4"])
+def test_paths_outside_are_refused(media, user_path):
+    if user_path == "ABS":
+        user_path = str(media.parent / "secret.mp4")
+    with pytest.raises(InputError) as excinfo:
+        resolve_media_path(user_path, media)
+    assert _code(excinfo) == "path_outside_media_root" and excinfo.value.status == 403
+    assert repr(user_path) in excinfo.value.message  # what the caller sent, nothing resolved
+
+
+def test_symlink_out_of_the_media_folder_is_refused(media):
+    os.symlink(media.parent / "secret.mp4", media / "escape.mp4")
+    os.symlink(media.parent, media / "sub" / "up")
+    for user_path in ["escape.mp4", "sub/up/secret.mp4"]:
+        with pytest.raises(InputError) as excinfo:
+            resolve_media_path(user_path, media)
+        assert _code(excinfo) == "path_outside_media_root"
+
+
+def test_missing_and_non_regular_paths(media):
+    with pytest.raises(InputError) as excinfo:
+        resolve_media_path("sub/missing.mp4", media)
+    assert _code(excinfo) == "path_not_found" and excinfo.value.status == 404
+    with pytest.raises(InputError) as excinfo:
+        resolve_media_path("sub", media)
+    assert _code(excinfo) == "path_not_a_file"
+    os.mkfifo(media / "pipe.mp4")
+    with pytest.raises(InputError) as excinfo:
+        resolve_media_path("pipe.mp4", media)
+    assert _code(excinfo) == "path_not_a_file"
+    for bad in ["", "  ", "a\x00b"]:
+        with pytest.raises(InputError) as excinfo:
+            resolve_media_path(bad, media)
+        assert _code(excinfo) == "path_invalid"
