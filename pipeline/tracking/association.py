@@ -102,15 +102,22 @@ class EncoderTextureCost:
     def __call__(
         self, track_uv: list[np.ndarray | None], det_uv: list[np.ndarray | None], rows: np.ndarray, cols: np.ndarray
     ) -> np.ndarray:
-        blank = np.zeros((4, self.uv_size, self.uv_size), dtype=np.float32)
         out = np.zeros(len(rows), dtype=np.float64)
-        # Stack at most a few batches at a time: K maps of 4x256x256 add up quickly.
+        # With no texel seen in both maps, both encoder inputs are all zeros: identical embeddings
+        # and a cue of exactly 0, so those pairs (and maps that are None) skip the encoder.
+        seen_t = [None if m is None else np.asarray(m[3]) > 0.5 for m in track_uv]
+        seen_d = [None if m is None else np.asarray(m[3]) > 0.5 for m in det_uv]
+        todo = [
+            k for k, (i, j) in enumerate(zip(rows, cols))
+            if seen_t[i] is not None and seen_d[j] is not None and bool(np.any(seen_t[i] & seen_d[j]))
+        ]
+        # Stack a few batches at a time: K maps of 4x256x256 add up quickly.
         step = max(1, self.batch_size) * 4
-        for s in range(0, len(rows), step):
-            r_, c_ = rows[s : s + step], cols[s : s + step]
-            t_maps = np.stack([blank if track_uv[i] is None else np.asarray(track_uv[i], np.float32) for i in r_])
-            d_maps = np.stack([blank if det_uv[j] is None else np.asarray(det_uv[j], np.float32) for j in c_])
-            out[s : s + step] = texture_distance(self.encoder, t_maps, d_maps, batch_size=self.batch_size)
+        for s in range(0, len(todo), step):
+            ks = todo[s : s + step]
+            t_maps = np.stack([np.asarray(track_uv[rows[k]], np.float32) for k in ks])
+            d_maps = np.stack([np.asarray(det_uv[cols[k]], np.float32) for k in ks])
+            out[ks] = texture_distance(self.encoder, t_maps, d_maps, batch_size=self.batch_size)
         return out
 
 
