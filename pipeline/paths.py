@@ -34,7 +34,9 @@ def resolve_media_path(user_path: str, media_root: Path) -> Path:
     try:
         real = lexical.resolve(strict=True)
     except (FileNotFoundError, NotADirectoryError):
-        raise InputError("path_not_found", f"expected an existing file in the media folder, got {user_path!r}", status=404) from None
+        raise InputError(
+            "path_not_found", f"expected an existing file in the media folder, got {user_path!r}", status=404
+        ) from None
     except (OSError, RuntimeError) as exc:  # symlink loops, permissions
         raise InputError("path_not_found", f"cannot resolve {user_path!r}: {exc}", status=404) from None
     if not real.is_relative_to(root):

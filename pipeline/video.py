@@ -150,6 +150,7 @@ def probe_video(path: str | Path, limits: VideoLimits = VideoLimits()) -> VideoI
     """
     with _open_video(path, limits) as opened:
         stream = opened.container.streams.video[0]
+        _check_stream_limits(opened.container, stream, limits)  # before a huge frame is decoded
         first = _first_frame(opened.container, stream)
         rotation = _rotation_of(first, stream)
         info = _describe(opened, stream, first, rotation)
@@ -360,7 +361,9 @@ def _check_mp4_boxes(f: IO[bytes], size: int, max_boxes: int = 1_000_000) -> Non
         elif box_size == 0:
             return
         if box_size < 8:
-            raise InputError("video_corrupt", f"expected an MP4 box of at least 8 bytes at byte {offset}, got size {box_size}")
+            raise InputError(
+                "video_corrupt", f"expected an MP4 box of at least 8 bytes at byte {offset}, got size {box_size}"
+            )
         if offset + box_size > size:
             kind = header[4:8].decode("latin-1")
             kind = repr(kind) if kind.isascii() and kind.isprintable() else "a"
@@ -399,7 +402,9 @@ def _check_matroska_segment(f: IO[bytes], size: int) -> None:
     if seg_id is None or seg_size is None:
         raise _truncated("the Matroska segment header is cut off")
     if seg_id[0] != 0x18538067:
-        raise InputError("video_corrupt", f"expected a Matroska Segment after the EBML header, got element 0x{seg_id[0]:x}")
+        raise InputError(
+            "video_corrupt", f"expected a Matroska Segment after the EBML header, got element 0x{seg_id[0]:x}"
+        )
     if seg_size[2]:
         return  # unknown size: live recordings (browser MediaRecorder) write this; nothing to check
     end = f.tell() + seg_size[0]
@@ -530,14 +535,13 @@ def _too_large(width: int, height: int, limits: VideoLimits) -> InputError:
 
 def _check_stream_limits(container: Any, stream: Any, limits: VideoLimits) -> None:
     """What the container declares, before decoding starts (rotation does not change the area)."""
-    width, height = stream.codec_context.width, stream.codec_context.height
+    width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
+    if width * height > limits.max_pixels:
+        raise _too_large(width, height, limits)
     duration = _seconds(stream.duration, stream.time_base)
     if duration is None and container.duration is not None:
-        duration = container.duration / 1_000_000
-    info_like = dict(width=width or 0, height=height or 0, duration_s=duration or 0.0)
-    if info_like["width"] * info_like["height"] > limits.max_pixels:
-        raise _too_large(width, height, limits)
-    _check_length(info_like["duration_s"], int(stream.frames or 0), bool(stream.frames), limits)
+        duration = container.duration / 1_000_000  # AV_TIME_BASE
+    _check_length(duration or 0.0, int(stream.frames or 0), bool(stream.frames), limits)
 
 
 def _check_declared_limits(info: VideoInfo, limits: VideoLimits) -> None:
