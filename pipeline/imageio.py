@@ -81,20 +81,25 @@ def _header_size(data: bytes) -> tuple[int, int]:
         raise InputError("image_unreadable", f"the image header cannot be read: {exc}") from exc
 
 
-def as_bgr_image(image: np.ndarray) -> np.ndarray:
-    """Accept (H, W) gray, (H, W, 3) BGR or (H, W, 4) BGRA uint8 arrays; return (H, W, 3) BGR."""
+def as_bgr_image(image: object, index: int | None = None) -> np.ndarray:
+    """A (H, W, 3) BGR uint8 image from (H, W) gray, (H, W, 3) BGR or (H, W, 4) BGRA uint8 arrays.
+
+    Gray is replicated and alpha dropped, as ``cv2.imread(..., IMREAD_COLOR)`` does for such
+    files. ``index`` names the image in messages when it is one of several.
+    """
+    where = "image" if index is None else f"image {index}"
     if not isinstance(image, np.ndarray):
-        raise InputError("image_invalid", f"expected a numpy array, got {type(image).__name__}")
+        raise InputError("image_invalid", f"{where}: expected a numpy array, got {type(image).__name__}")
     if image.dtype != np.uint8:
-        raise InputError("image_invalid", f"expected uint8 pixels, got {image.dtype}")
+        raise InputError("image_dtype", f"{where}: expected dtype uint8 (BGR 0..255), got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
     if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        image = np.repeat(image[:, :, None], 3, axis=2)
     elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    elif image.ndim == 3 and image.shape[2] == 1:
-        image = cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
+        image = image[:, :, :3]
     if image.ndim != 3 or image.shape[2] != 3:
-        raise InputError("image_invalid", f"expected an (H, W, 3) BGR image, got shape {image.shape}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise InputError("image_invalid", f"the image has no pixels (shape {image.shape})")
+        raise InputError("image_shape", f"{where}: expected HxW, HxWx3 (BGR) or HxWx4 (BGRA), got shape {tuple(image.shape)}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise InputError("image_empty", f"{where}: expected a non-empty image, got shape {tuple(image.shape)}")
     return image

@@ -30,11 +30,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """Compute dtype; half precision runs as autocast, on GPU only (CPU kernels are slow or missing)."""
+    """Compute dtype; half precision runs as autocast on GPU only.
+
+    On a CPU a half dtype falls back to float32 with a warning, so one serving config starts on
+    any machine (CPU half kernels are slow or missing).
+    """
     if dtype not in _DTYPES:
         raise PoseError("dtype_invalid", f"expected one of {sorted(_DTYPES)}, got {dtype!r}", status=500)
     if dtype != "float32" and device.type != "cuda":
-        raise PoseError("dtype_unsupported", f"{dtype} needs a CUDA device; on {device.type} use float32", status=500)
+        logger.warning("dtype %s needs a GPU; running in float32 on %s", dtype, device.type)
+        return torch.float32
     return _DTYPES[dtype]
 
 

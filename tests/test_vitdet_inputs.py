@@ -106,7 +106,7 @@ def test_resize_rule() -> None:
 def test_half_precision_on_cpu_falls_back(roots: CacheRoots, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         p = VitDetPredictor.from_cache(roots, device="cpu", dtype="float16", download=False)
-    assert p.dtype == "float32" and "float32" in caplog.text
+    assert p.dtype == torch.float32 and "float32" in caplog.text
 
 
 def test_offline_missing_checkpoint_is_clear(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...errors import InputError
+from ...imageio import as_bgr_image
+from ...runtime import autocast, resolve_device, resolve_dtype
 from ...weights import CacheRoots, ensure
 from .boxes import clip_boxes, nonempty
 from .config import VitDetConfig
@@ -31,8 +33,6 @@ from .roi_heads import RawDetections
 logger = logging.getLogger(__name__)
 
 PERSON_CLASS = 0
-DType = Literal["float32", "float16", "bfloat16"]
-_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -69,29 +69,6 @@ def resized_hw(height: int, width: int, size: int) -> tuple[int, int]:
         shrink = size / max(new_h, new_w)
         new_h, new_w = new_h * shrink, new_w * shrink
     return int(new_h + 0.5), int(new_w + 0.5)
-
-
-def as_bgr(image: object, index: int = 0) -> np.ndarray:
-    """A (H, W, 3) BGR uint8 view of one input image; grayscale is replicated, alpha dropped
-    (what ``cv2.imread(..., IMREAD_COLOR)`` gives for such files). `InputError` otherwise."""
-    where = f"image {index}"
-    if not isinstance(image, np.ndarray):
-        raise InputError("image_invalid", f"{where}: expected a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise InputError("image_dtype", f"{where}: expected dtype uint8 (BGR 0..255), got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise InputError(
-            "image_shape", f"{where}: expected HxW, HxWx3 (BGR) or HxWx4 (BGRA), got shape {tuple(image.shape)}"
-        )
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise InputError("image_empty", f"{where}: expected a non-empty image, got shape {tuple(image.shape)}")
-    return image
 
 
 def resize_rgb(bgr: np.ndarray, size: int, index: int = 0) -> np.ndarray:
@@ -183,10 +160,6 @@ def postprocess(
     )
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class VitDetPredictor:
     """Owns the model, its device and compute dtype, and the image pre/post-processing.
 
@@ -201,18 +174,13 @@ class VitDetPredictor:
         model: VitDetModel,
         *,
         device: str | None = None,
-        dtype: DType = "float32",
+        dtype: str = "float32",
         score_thresh: float = 0.5,
         stage_score_thresh: float = 0.25,
         max_batch: int = 8,
     ) -> None:
-        if dtype not in _DTYPES:
-            raise InputError("dtype_invalid", f"expected dtype one of {sorted(_DTYPES)}, got {dtype!r}")
-        self.device = torch.device(device or default_device())
-        if dtype != "float32" and self.device.type == "cpu":
-            logger.warning("dtype %s needs a GPU; running ViTDet in float32 on CPU", dtype)
-            dtype = "float32"
-        self.dtype: DType = dtype
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device).eval()
         self.cfg = model.cfg
         self.score_thresh = score_thresh
@@ -254,11 +222,11 @@ class VitDetPredictor:
     def _images(self, images: list[np.ndarray] | np.ndarray) -> list[np.ndarray]:
         if isinstance(images, np.ndarray):
             if images.ndim == 4:
-                return [as_bgr(im, i) for i, im in enumerate(images)]
-            return [as_bgr(images)]
+                return [as_bgr_image(im, i) for i, im in enumerate(images)]
+            return [as_bgr_image(images)]
         if not isinstance(images, (list, tuple)):
             raise InputError("image_invalid", f"expected a numpy image or a list of them, got {type(images).__name__}")
-        return [as_bgr(im, i) for i, im in enumerate(images)]
+        return [as_bgr_image(im, i) for i, im in enumerate(images)]
 
     def preprocess(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """BGR uint8 images -> (B, 3, S, S) network input and the resized (h, w) of each."""
@@ -269,7 +237,7 @@ class VitDetPredictor:
     def infer(self, images: list[np.ndarray], *, masks: bool) -> list[tuple[RawDetections, tuple[int, int]]]:
         """Network outputs in the resized frame (all classes above the stage threshold)."""
         batch, sizes = self.preprocess(images)
-        with torch.autocast(self.device.type, dtype=_DTYPES[self.dtype], enabled=self.dtype != "float32"):
+        with autocast(self.device, self.dtype):
             raws = self.model(batch, sizes, score_thresh=self.stage_score_thresh, masks=masks)
         return list(zip(raws, sizes))
 
