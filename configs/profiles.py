@@ -64,7 +64,8 @@ def full() -> Profile:
         regressor_batch=BatchSettings(max_batch_size=32, batch_wait_timeout_s=0.01),
         limits=Limits(max_upload_bytes=32 * 2**20, max_pixels=40_000_000, max_people=64),
         gpu_fractions=Fractions(detector=0.5, regressor=0.3, tracker=0.1),
-        cpu_fractions=Fractions(detector=1.0, regressor=1.0, tracker=0.5, ingress=0.25),
+        # Shares, not thread counts: small enough that the whole graph fits on a 2-core laptop.
+        cpu_fractions=Fractions(detector=0.5, regressor=0.5, tracker=0.1, ingress=0.1),
         notes="official checkpoints; one GPU holds one replica of each stage",
     )
 

@@ -8,8 +8,8 @@ in the config file override the code's, so ``num_gpus`` written there would appl
 CPU-only machine and the graph would wait for resources forever.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: Serve reads ``build_app``'s annotation at
+# runtime to validate the ``args:`` of serve_config.yaml into `AppArgs`.
 import logging
 import os
 from typing import Any, Literal
@@ -80,6 +80,12 @@ class AppArgs(BaseModel):
     public_docs: bool = True
 
 
+def _cluster_connected() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
 def _cluster_gpus() -> float:
     """GPUs in the running Ray cluster (0 when no cluster is connected, e.g. under ``serve build``)."""
     import ray
@@ -108,6 +114,8 @@ def resolve_profile(args: AppArgs) -> Profile:
 
 def build_app(args: AppArgs) -> Application:
     """Detector + MeshRegressor (+ Tracker) behind the FastAPI ingress, sized for this cluster."""
+    if not isinstance(args, AppArgs):
+        args = AppArgs.model_validate(args)
     profile = resolve_profile(args)
     gpus = _cluster_gpus()
     use_gpu = args.device == "cuda" or (args.device == "auto" and gpus > 0)
@@ -115,6 +123,8 @@ def build_app(args: AppArgs) -> Application:
     gpu = _merged(profile.gpu_fractions, args.gpu_fractions)
     if use_gpu:
         logger.info("serving on GPU (%g in the cluster): fractions %s", gpus, gpu)
+    elif not _cluster_connected():
+        logger.info("no Ray cluster connected (e.g. serve build): CPU shares only, %s", cpu)
     else:
         logger.warning(
             "no GPU in the Ray cluster: serving on CPU (device=%s); CPU shares %s", args.device, cpu

@@ -83,7 +83,7 @@ class Detector:
         return {
             "model": "vitdet",
             "device": str(self.predictor.device),
-            "dtype": self.predictor.dtype,
+            "dtype": self.settings.effective_dtype,
             "score_thresh": self.predictor.score_thresh,
             "stage_score_thresh": self.predictor.stage_score_thresh,
             "files": self._checksums,

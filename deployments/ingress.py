@@ -355,7 +355,7 @@ class Ingress:
         deployments: dict[str, Any] = {}
         for name, answer in zip(stages, answers):
             deployments[name] = {"error": repr(unwrap_error(answer))} if isinstance(answer, BaseException) else answer
-        return {
+        info = {
             "schema_version": SCHEMA_VERSION,
             "profile": self.settings.profile,
             "limits": {
@@ -367,3 +367,4 @@ class Ingress:
             "resources": self.settings.app_info,
             "deployments": deployments,
         }
+        return json.loads(json.dumps(info, default=str))  # devices, dtypes and paths as text

@@ -30,14 +30,15 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
+APP_ARGS: dict[str, Any] = {
+    "limits": {"max_upload_bytes": UPLOAD_LIMIT},
+    "regressor_batch": {"max_batch_size": 16, "batch_wait_timeout_s": 0.1},
+}
+
+
 @pytest.fixture(scope="module")
 def service(tiny_dir: Path) -> Iterator[str]:
-    with serve_tiny(
-        tiny_dir,
-        env={"POSE_SERVICE_TOKEN": TOKEN},
-        limits={"max_upload_bytes": UPLOAD_LIMIT},
-        regressor_batch={"max_batch_size": 16, "batch_wait_timeout_s": 0.1},
-    ) as url:
+    with serve_tiny(tiny_dir, env={"POSE_SERVICE_TOKEN": TOKEN}, **APP_ARGS) as url:
         yield url
 
 
@@ -143,6 +144,8 @@ def test_info(client: httpx.Client) -> None:
     assert all(len(f["sha256"]) == 64 for f in [*det["files"].values(), *reg["files"].values()])
     assert det["device"] == reg["device"] == "cpu"
     assert {"max_batch_size", "batch_wait_timeout_s"} <= set(det["batching"])
+    if info["resources"]["tracker"]:
+        assert info["deployments"]["tracker"]["model"] == "phalp"
 
 
 def _png_50mp() -> bytes:
@@ -195,6 +198,19 @@ def test_token_required(service: str, scene_png: Path) -> None:
         assert_error(httpx.get(f"{service}/v1/info", headers=headers), 401, "unauthorized")
         assert_error(httpx.get(f"{service}/readyz", headers=headers), 401, "unauthorized")
     assert httpx.get(f"{service}/healthz").status_code == 200
+
+
+def test_batch_settings_follow_user_config(client: httpx.Client, tiny_dir: Path) -> None:
+    """``reconfigure`` applies new batch settings (with ``serve deploy`` of a config file, where the
+    code version is stable, Serve does this on the running replica; ``serve.run`` restarts it)."""
+    from ray import serve
+
+    from deployments.app import AppArgs, build_app
+
+    args = {**APP_ARGS, "regressor_batch": {"max_batch_size": 4, "batch_wait_timeout_s": 0.02}}
+    serve.run(build_app(AppArgs(profile="tiny", tiny_dir=str(tiny_dir), **args)), name="pose", route_prefix="/")
+    after = client.get("/v1/info").json()["deployments"]["regressor"]
+    assert after["batching"]["max_batch_size"] == 4 and after["batching"]["batch_wait_timeout_s"] == 0.02
 
 
 def test_killed_replica_is_replaced(client: httpx.Client, scene_png: Path) -> None:
