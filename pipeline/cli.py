@@ -102,6 +102,23 @@ def cmd_image(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def cmd_video(args: argparse.Namespace) -> dict[str, Any]:
+    from .runner import VideoRunner
+
+    runner = VideoRunner.from_cache(
+        roots_from_args(args), device=args.device, dtype=args.dtype, download=not args.offline, chunk_size=args.chunk_size
+    )
+    result = runner.run(args.clip, vertices=args.vertices, progress=not args.no_progress)
+    document = result.model_dump(mode="json")
+    if args.out is None:
+        return document
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(document))
+    tmp.replace(args.out)
+    return {"out": str(args.out), "frames": len(result.frames), "tracks": len(result.tracks)}
+
+
 def cmd_tiny(args: argparse.Namespace) -> dict[str, Any]:
     from .tiny import write_tiny_caches
 
@@ -138,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--vertices", action="store_true", help="include the 6890 mesh vertices per person")
     p.set_defaults(func=cmd_image)
+
+    p = sub.add_parser("video", help="people tracked through a video -> JSON (detection, HMR2, PHALP)")
+    _add_common(p)
+    p.add_argument("clip", type=Path, help="video file (MP4/MOV, Matroska/WebM, AVI)")
+    p.add_argument("--out", type=Path, default=None, help="write the result JSON here (default: stdout)")
+    p.add_argument("--vertices", action="store_true", help="include the 6890 mesh vertices per person and frame")
+    p.add_argument("--chunk-size", type=int, default=8, help="frames decoded and run through the models together")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=cmd_video)
 
     p = sub.add_parser("tiny", help="write tiny random-weight models in the official cache layouts (for tests and demos)")
     p.add_argument("dest", type=Path, help="folder to hold 4DHumans/, phalp/, iopath_cache/")

@@ -106,3 +106,33 @@ def people_from_outputs(
             )
         )
     return people
+
+
+class VideoMeta(BaseModel):
+    width: int = Field(description="frame width after applying rotation metadata")
+    height: int
+    fps: Optional[float] = Field(default=None, description="average frame rate")
+    frame_count: int = Field(description="frames decoded")
+    duration_s: Optional[float] = None
+    rotation: int = Field(default=0, description="clockwise rotation applied from the file's metadata, degrees")
+
+
+class Frame(BaseModel):
+    frame_index: int
+    time_s: float = Field(description="presentation time from the stream start, seconds")
+    people: list[Person]
+
+
+class TrackSummary(BaseModel):
+    track_id: int
+    first_frame: int
+    last_frame: int
+    num_frames: int = Field(description="frames in which the track has a detection")
+
+
+class VideoResult(BaseModel):
+    schema_version: str = SCHEMA_VERSION
+    video: VideoMeta
+    frames: list[Frame]
+    tracks: list[TrackSummary]
+    models: dict[str, str] = Field(default_factory=dict)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ...errors import InputError
-from ...weights import CacheRoots, ensure
+from ...weights import CacheRoots
 from .encoder import PhalpAppearanceEncoder
 from .texture import PhalpTextureSampler
 
@@ -66,18 +66,9 @@ class AppearanceModel:
         cls, roots: CacheRoots, *, device: str | torch.device | None = None, download: bool = True
     ) -> "AppearanceModel":
         """PHALP's atlas and encoder from PHALP's cache; SMPL faces from the SMPL model file."""
-        from ...weights import catalog
-        from ..smpl import read_smpl_pickle
-        from .files import ATLAS_KEYS, FILES, TRACKING_KEYS
-        from .loading import default_device, load_tracking_models_from_paths
+        from .loading import load_appearance_and_tracking
 
-        files = [f for f in FILES if f.key in ATLAS_KEYS + TRACKING_KEYS]
-        smpl = [f for f in catalog(["hmr2"]) if f.key == "smpl.neutral"]
-        paths = ensure(files + smpl, roots, download=download)
-        _, encoder = load_tracking_models_from_paths(paths, device=device)
-        faces = read_smpl_pickle(paths["smpl.neutral"])["f"]
-        sampler = PhalpTextureSampler(np.load(paths["phalp.bmap"]), np.load(paths["phalp.fmap"]), faces)
-        return cls(sampler.to(default_device(device)), encoder)
+        return load_appearance_and_tracking(roots, device=device, download=download)[0]
 
     @torch.no_grad()
     def __call__(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 import yaml
@@ -15,6 +15,10 @@ from .config import PosePredictorConfig
 from .convert import hmar_state_from_file, load_strict, pose_predictor_state_from_file, read_mean_std
 from .encoder import PhalpAppearanceEncoder
 from .predictor import PhalpPosePredictor
+
+if TYPE_CHECKING:
+    from ...tracking.tracker import TrackerModels
+    from .appearance import AppearanceModel
 
 logger = logging.getLogger(__name__)
 
@@ -74,3 +78,26 @@ def load_tracking_models(
     files = [f for f in FILES if f.key in TRACKING_KEYS]
     paths = ensure(files, roots, download=download)
     return load_tracking_models_from_paths(paths, device=device)
+
+
+def load_appearance_and_tracking(
+    roots: CacheRoots, *, device: str | torch.device | None = None, download: bool = True
+) -> tuple[AppearanceModel, TrackerModels]:
+    """The appearance step and the tracker's networks sharing one encoder, for a video runner."""
+    import numpy as np
+
+    from ...tracking.tracker import TrackerModels
+    from ...weights import catalog
+    from ..smpl import read_smpl_pickle
+    from .appearance import AppearanceModel
+    from .files import ATLAS_KEYS, FILES, TRACKING_KEYS
+    from .texture import PhalpTextureSampler
+
+    files = [f for f in FILES if f.key in ATLAS_KEYS + TRACKING_KEYS]
+    smpl = [f for f in catalog(["hmr2"]) if f.key == "smpl.neutral"]
+    paths = ensure(files + smpl, roots, download=download)
+    pose_predictor, encoder = load_tracking_models_from_paths(paths, device=device)
+    faces = read_smpl_pickle(paths["smpl.neutral"])["f"]
+    sampler = PhalpTextureSampler(np.load(paths["phalp.bmap"]), np.load(paths["phalp.fmap"]), faces)
+    appearance = AppearanceModel(sampler.to(default_device(device)), encoder)
+    return appearance, TrackerModels(pose_predictor, encoder)
