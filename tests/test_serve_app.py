@@ -184,6 +184,9 @@ def test_bad_images_and_boxes(client: httpx.Client, scene_png: Path) -> None:
     assert_error(client.post("/v1/images", content=png, headers=raw, params={"boxes": "[[5, 5, 1, 1]]"}), 400, "box_empty")
     assert_error(client.post("/v1/images", content=png, headers=raw, params={"vertices": "maybe"}), 422, "request_invalid")
     assert_error(client.get("/v1/nothing"), 404, "not_found")
+    # raised inside the Detector replica: crosses Ray with its code and status
+    sliver = encode(np.full((1, 3000, 3), 128, np.uint8))
+    assert_error(client.post("/v1/images", content=sliver, headers=raw), 400, "image_too_elongated")
     # and the service still answers
     ok = client.post("/v1/images", content=png, headers=raw, params={"boxes": "[[80, 40, 170, 290]]"})
     assert ok.status_code == 200 and len(ok.json()["people"]) == 1
