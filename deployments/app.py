@@ -15,7 +15,6 @@ import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from ray import serve
 from ray.serve import Application
 
 from configs.profiles import BatchSettings, Fractions, Limits, Profile, get_profile

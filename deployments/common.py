@@ -1,16 +1,13 @@
-"""What every model replica shares: where its weights are, which device it runs on, and how a
-`PoseError` crosses the process boundary with its code intact."""
+"""What every model replica shares: where its weights are and which device it runs on."""
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal, ParamSpec, TypeVar
+from typing import Literal, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.errors import PoseError
 from pipeline.weights import CacheRoots, WeightFile, locate, sha256_of
 
 logger = logging.getLogger(__name__)
@@ -46,36 +43,6 @@ class ModelSettings(BaseModel):
     def effective_dtype(self) -> str:
         """Half precision is a GPU feature; a CPU replica falls back to float32."""
         return self.dtype if self.device == "cuda" else "float32"
-
-
-class ReplicaError(PoseError):
-    """A `PoseError` that survives pickling (Ray sends exceptions between processes)."""
-
-    @classmethod
-    def wrap(cls, exc: PoseError) -> "ReplicaError":
-        return cls(exc.code, exc.message, status=exc.status, details=exc.details)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self.code, self.message, self.status, self.details))
-
-
-def _rebuild(code: str, message: str, status: int, details: dict[str, Any]) -> ReplicaError:
-    return ReplicaError(code, message, status=status, details=details)
-
-
-def pose_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Re-raise `PoseError` as `ReplicaError`, so the client sees its code and status, not a 500."""
-
-    @functools.wraps(func)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await func(*args, **kwargs)
-        except ReplicaError:
-            raise
-        except PoseError as exc:
-            raise ReplicaError.wrap(exc) from None
-
-    return wrapper
 
 
 def unwrap_error(exc: BaseException) -> BaseException:

@@ -13,7 +13,7 @@ from ray import serve
 from pipeline.models.vitdet.predictor import Detections
 
 from .batching import BatchConfig, BatchStats
-from .common import ModelSettings, checksums, pose_errors
+from .common import ModelSettings, checksums
 from .metrics import StageMetrics
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ class Detector:
         self._detect_batch.set_batch_wait_timeout_s(batch.batch_wait_timeout_s)
         logger.info("Detector batching: %s", batch.model_dump())
 
-    @pose_errors
     async def detect(self, image: np.ndarray) -> Detections:
         """People in one BGR uint8 image: boxes xyxy in image pixels, scores, sorted by score."""
         return await self._detect_batch(image)

@@ -17,7 +17,7 @@ from pipeline.models.hmr2.predictor import HMR2Output
 from pipeline.models.vitdet.predictor import Detections
 
 from .batching import BatchConfig, BatchStats
-from .common import ModelSettings, checksums, pose_errors
+from .common import ModelSettings, checksums
 from .metrics import StageMetrics
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,6 @@ class MeshRegressor:
         self._forward.set_batch_wait_timeout_s(batch.batch_wait_timeout_s)
         logger.info("MeshRegressor batching: %s", batch.model_dump())
 
-    @pose_errors
     async def regress(self, image: np.ndarray, people: Detections | np.ndarray, vertices: bool = False) -> MeshResult:
         """One BGR uint8 image and its people: `Detections` (scores kept) or (N, 4) xyxy boxes."""
         if isinstance(people, Detections):

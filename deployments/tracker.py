@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from ray import serve
 
-from .common import ModelSettings, checksums, pose_errors
+from .common import ModelSettings, checksums
 from .metrics import StageMetrics
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,6 @@ class Tracker:
         logger.info("tracking job %s", job_id)
         return PhalpTracker(self.models)
 
-    @pose_errors
     async def step(self, frame_index: int, people: Sequence[Any], image_size: tuple[int, int]) -> Any:
         """Track one frame of the calling job (`PersonObservation` list) -> `FrameTracks`."""
         tracker = await self._job(serve.get_multiplexed_model_id())
@@ -70,11 +69,9 @@ class Tracker:
         self.metrics.observe("track", time.perf_counter() - started)
         return out
 
-    @pose_errors
     async def export_state(self) -> dict[str, Any]:
         return (await self._job(serve.get_multiplexed_model_id())).state_dict()
 
-    @pose_errors
     async def import_state(self, state: dict[str, Any]) -> None:
         (await self._job(serve.get_multiplexed_model_id())).load_state_dict(state)
 

@@ -30,6 +30,11 @@ class PoseError(Exception):
             self.status = status
         self.details = details or {}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep code, status and details when the error crosses a process boundary (Ray pickles
+        # exceptions raised in replicas); the default would call __init__ with the message only.
+        return (type(self), (self.code, self.message), self.__dict__)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON error body: ``{"error": {"code", "message", "details"}}``."""
         body: dict[str, Any] = {"code": self.code, "message": self.message}

@@ -19,7 +19,7 @@ from ...errors import InputError, WeightsError
 from ...imageio import as_bgr_image
 from ...runtime import autocast, resolve_device, resolve_dtype
 from ...weights import CacheRoots, ensure
-from ..smpl import SMPLBodyModel, read_joint_regressor, read_smpl_pickle
+from ..smpl import read_joint_regressor, read_smpl_pickle
 from . import files as hmr2_files
 from .config import HMR2Config
 from .convert import convert_state_dict, load_state_dict_strict, read_checkpoint_state_dict

@@ -8,7 +8,6 @@ sampling 4D-Humans' ``HMR2023TextureSampler``, the embedding ``HMAR.autoencoder_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
