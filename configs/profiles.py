@@ -37,6 +37,7 @@ class Fractions:
     regressor: float
     tracker: float
     ingress: float = 0.0  # the ingress never touches a model
+    video: float = 0.0  # the video worker decodes frames (CPU) and drives the stages
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,20 @@ class Profile:
     limits: Limits
     gpu_fractions: Fractions  # applied only when the Ray cluster has GPUs
     cpu_fractions: Fractions  # always applied; the only resources on a CPU-only cluster
+    # ViTDet test-time options (`VitDetPredictor` ``input_size`` / ``post_nms_topk``); None: the
+    # checkpoint's own (1024 px, 1000 proposals). The in-process runner and the served Detector
+    # both read them from here, so a profile gives the same detections in both.
+    detector_input_size: int | None = None
+    detector_post_nms_topk: int | None = None
+    video_chunk_size: int = 8  # frames decoded and sent through the models together
     tiny_models: bool = False  # models come from the project's tiny factory, not the official caches
     seed: int = 0  # tiny factory seed
     notes: str = field(default="", compare=False)
+
+    def detector_options(self) -> dict[str, int]:
+        """Keyword arguments for `VitDetPredictor.from_cache` beyond the thresholds (unset ones left out)."""
+        options = {"input_size": self.detector_input_size, "post_nms_topk": self.detector_post_nms_topk}
+        return {k: v for k, v in options.items() if v is not None}
 
 
 def full() -> Profile:
@@ -65,13 +77,17 @@ def full() -> Profile:
         limits=Limits(max_upload_bytes=32 * 2**20, max_pixels=40_000_000, max_people=64),
         gpu_fractions=Fractions(detector=0.5, regressor=0.3, tracker=0.1),
         # Shares, not thread counts: small enough that the whole graph fits on a 2-core laptop.
-        cpu_fractions=Fractions(detector=0.5, regressor=0.5, tracker=0.1, ingress=0.1),
+        cpu_fractions=Fractions(detector=0.5, regressor=0.5, tracker=0.1, ingress=0.1, video=0.2),
         notes="official checkpoints; one GPU holds one replica of each stage",
     )
 
 
 def tiny() -> Profile:
     """Tiny random-weight models from the project's factory: the whole graph on a laptop CPU."""
+    # The tiny detector's weights are calibrated for its fast settings; they live beside its factory.
+    from pipeline.tiny.vitdet import tiny_detector_settings
+
+    fast = tiny_detector_settings()
     return Profile(
         name="tiny",
         score_thresh=0.5,
@@ -80,7 +96,9 @@ def tiny() -> Profile:
         regressor_batch=BatchSettings(max_batch_size=16, batch_wait_timeout_s=0.05),
         limits=Limits(max_upload_bytes=32 * 2**20, max_pixels=40_000_000, max_people=64),
         gpu_fractions=Fractions(detector=0.1, regressor=0.1, tracker=0.05),
-        cpu_fractions=Fractions(detector=0.25, regressor=0.25, tracker=0.1, ingress=0.1),
+        cpu_fractions=Fractions(detector=0.25, regressor=0.25, tracker=0.1, ingress=0.1, video=0.1),
+        detector_input_size=fast.input_size,
+        detector_post_nms_topk=fast.post_nms_topk,
         tiny_models=True,
         notes="random weights: proves the plumbing, never accuracy",
     )

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from pipeline.weights import CacheRoots
 
@@ -65,3 +66,19 @@ def tiny_roots(base: str | os.PathLike[str] | None = None, *, seed: int = 0) -> 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return CacheRoots.under(final)
+
+
+def runner_settings() -> dict[str, Any]:
+    """Keyword arguments for `VideoRunner.from_cache` that match the served ``tiny`` profile
+    (detector options and chunk size), so in-process and served results can be compared."""
+    from .profiles import tiny
+
+    profile = tiny()
+    return {
+        "chunk_size": profile.video_chunk_size,
+        "detector_options": {
+            "score_thresh": profile.score_thresh,
+            "stage_score_thresh": profile.stage_score_thresh,
+            **profile.detector_options(),
+        },
+    }

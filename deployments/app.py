@@ -12,6 +12,7 @@ CPU-only machine and the graph would wait for resources forever.
 # runtime to validate the ``args:`` of serve_config.yaml into `AppArgs`.
 import logging
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,10 +25,13 @@ from .detector import Detector, DetectorSettings
 from .ingress import Ingress, IngressSettings
 from .regressor import MeshRegressor, RegressorSettings
 from .tracker import Tracker, tracker_available
+from .video import JobSettings, VideoLimitArgs, VideoPipeline
+from .video_api import VideoApiSettings
 
 logger = logging.getLogger(__name__)
 
 PROFILE_ENV = "POSE_SERVICE_PROFILE"
+DATA_DIR_ENV = "POSE_SERVICE_DATA_DIR"
 
 
 class BatchArgs(BaseModel):
@@ -52,6 +56,21 @@ class FractionArgs(BaseModel):
     regressor: float | None = Field(default=None, ge=0.0)
     tracker: float | None = Field(default=None, ge=0.0)
     ingress: float | None = Field(default=None, ge=0.0)
+    video: float | None = Field(default=None, ge=0.0)
+
+
+class JobArgs(BaseModel):
+    """Video jobs: how many run and wait, how long results are kept, how a video is cut up."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_active: int = Field(default=2, ge=1, description="jobs processed at once")
+    max_queued: int = Field(default=32, ge=0, description="accepted jobs waiting beyond those; then 429 + Retry-After")
+    retention_s: float | None = Field(default=7 * 24 * 3600.0, gt=0, description="finished jobs kept; None: forever")
+    max_attempts: int = Field(default=3, ge=1, description="starts of one job (restarts included) before it fails")
+    chunk_size: int | None = Field(default=None, ge=1, le=256, description="frames per chunk; None: the profile's")
+    sync_timeout_s: float = Field(default=300.0, gt=0, description="POST /pose/video waits this long, then 202")
+    allow_callbacks: bool = Field(default=True, description="accept callback_url on uploads")
 
 
 class AppArgs(BaseModel):
@@ -76,6 +95,13 @@ class AppArgs(BaseModel):
     cpu_fractions: FractionArgs = Field(default_factory=FractionArgs)
     tracker: bool | None = Field(default=None, description="None: include the Tracker when PHALP tracking is installed")
     auth_token_env: str = Field(default="POSE_SERVICE_TOKEN", description="variable holding the optional bearer token")
+    data_dir: str | None = Field(
+        default=None,
+        description="video jobs and results (SQLite + files); None: $POSE_SERVICE_DATA_DIR, else ~/.cache/pose-service/data",
+    )
+    media_dir: str | None = Field(default=None, description="POST /pose/video reads videos from here only; None: route off")
+    jobs: JobArgs = Field(default_factory=JobArgs)
+    video_limits: VideoLimitArgs = Field(default_factory=VideoLimitArgs)
     public_docs: bool = True
 
 
@@ -101,6 +127,14 @@ def _merged(base: Fractions, over: FractionArgs) -> Fractions:
 
 def _batch(base: BatchSettings, over: BatchArgs | None) -> dict[str, Any]:
     return over.model_dump() if over is not None else {"max_batch_size": base.max_batch_size, "batch_wait_timeout_s": base.batch_wait_timeout_s}
+
+
+def resolve_data_dir(args: AppArgs) -> str:
+    """Where jobs live: the argument, else the environment, else a per-user cache folder."""
+    if args.data_dir:
+        return str(Path(args.data_dir).expanduser())
+    env = os.environ.get(DATA_DIR_ENV)
+    return str(Path(env).expanduser() if env else Path.home() / ".cache" / "pose-service" / "data")
 
 
 def resolve_profile(args: AppArgs) -> Profile:
@@ -131,7 +165,7 @@ def build_app(args: AppArgs) -> Application:
 
     def actor_options(stage: str) -> dict[str, Any]:
         options: dict[str, Any] = {"num_cpus": getattr(cpu, stage)}
-        if use_gpu and stage != "ingress":
+        if use_gpu and stage in ("detector", "regressor", "tracker"):
             options["num_gpus"] = getattr(gpu, stage)
         return options
 
@@ -153,15 +187,17 @@ def build_app(args: AppArgs) -> Application:
             **common,
             score_thresh=args.score_thresh if args.score_thresh is not None else profile.score_thresh,
             stage_score_thresh=args.stage_score_thresh if args.stage_score_thresh is not None else profile.stage_score_thresh,
+            input_size=profile.detector_input_size,
+            post_nms_topk=profile.detector_post_nms_topk,
         )
     )
-    regressor = MeshRegressor.options(
-        ray_actor_options=actor_options("regressor"), user_config=_batch(profile.regressor_batch, args.regressor_batch)
-    ).bind(RegressorSettings(**common, max_people=limits.max_people))
     installed = tracker_available(tiny=profile.tiny_models)
     with_tracker = args.tracker if args.tracker is not None else installed
     if with_tracker and not installed:
         raise ValueError("tracker: true, but PHALP tracking (or, for the tiny profile, its tiny factory) is not installed")
+    regressor = MeshRegressor.options(
+        ray_actor_options=actor_options("regressor"), user_config=_batch(profile.regressor_batch, args.regressor_batch)
+    ).bind(RegressorSettings(**common, max_people=limits.max_people, appearance=bool(with_tracker)))
     if not with_tracker:
         logger.info("Tracker left out of the graph (tracker=%s, PHALP tracking installed: %s)", args.tracker, installed)
     tracker = (
@@ -185,4 +221,24 @@ def build_app(args: AppArgs) -> Application:
         public_docs=args.public_docs,
         app_info=resources,
     )
-    return Ingress.options(ray_actor_options=actor_options("ingress")).bind(detector, regressor, tracker, settings)
+    jobs = JobSettings(
+        data_dir=resolve_data_dir(args),
+        max_active=args.jobs.max_active,
+        max_queued=args.jobs.max_queued,
+        retention_s=args.jobs.retention_s,
+        max_attempts=args.jobs.max_attempts,
+        chunk_size=args.jobs.chunk_size or profile.video_chunk_size,
+        video_limits=args.video_limits,
+    )
+    # Video jobs need tracking: without a Tracker the video routes answer 503 videos_unavailable.
+    video = (
+        VideoPipeline.options(ray_actor_options=actor_options("video")).bind(detector, regressor, tracker, jobs)
+        if tracker is not None
+        else None
+    )
+    video_api = VideoApiSettings(
+        media_dir=args.media_dir, sync_timeout_s=args.jobs.sync_timeout_s, allow_callbacks=args.jobs.allow_callbacks
+    )
+    return Ingress.options(ray_actor_options=actor_options("ingress")).bind(
+        detector, regressor, tracker, settings, video, jobs if video is not None else None, video_api
+    )

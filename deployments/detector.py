@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 class DetectorSettings(ModelSettings):
     score_thresh: float = 0.5  # person score kept
     stage_score_thresh: float = 0.25  # per cascade stage
+    input_size: int | None = None  # resize/pad side; None: the checkpoint's (1024)
+    post_nms_topk: int | None = None  # RPN proposals kept per image; None: the checkpoint's (1000)
 
 
 @serve.deployment(name="Detector", max_ongoing_requests=16, health_check_period_s=10)
@@ -42,6 +44,8 @@ class Detector:
             download=settings.download,
             score_thresh=settings.score_thresh,
             stage_score_thresh=settings.stage_score_thresh,
+            input_size=settings.input_size,
+            post_nms_topk=settings.post_nms_topk,
         )
         self._files = FILES
         self._checksums: dict[str, Any] | None = None
@@ -58,6 +62,8 @@ class Detector:
         self.batch_config = batch
         self._detect_batch.set_max_batch_size(batch.max_batch_size)
         self._detect_batch.set_batch_wait_timeout_s(batch.batch_wait_timeout_s)
+        self._detect_masks_batch.set_max_batch_size(batch.max_batch_size)
+        self._detect_masks_batch.set_batch_wait_timeout_s(batch.batch_wait_timeout_s)
         logger.info("Detector batching: %s", batch.model_dump())
 
     async def detect(self, image: np.ndarray) -> Detections:
@@ -68,6 +74,21 @@ class Detector:
     async def _detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
         started = time.perf_counter()
         out = await asyncio.to_thread(self.predictor, images)
+        self.stats.record(len(images))
+        self.metrics.images_per_batch.observe(len(images))
+        self.metrics.observe("detect", time.perf_counter() - started)
+        return out
+
+    async def detect_with_masks(self, image: np.ndarray) -> Detections:
+        """As `detect`, plus full-image person masks (video jobs: PHALP's appearance crops use them).
+
+        A queue of its own, so image requests never pay for masks they do not use."""
+        return await self._detect_masks_batch(image)
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
+    async def _detect_masks_batch(self, images: list[np.ndarray]) -> list[Detections]:
+        started = time.perf_counter()
+        out = await asyncio.to_thread(self.predictor, images, masks=True)
         self.stats.record(len(images))
         self.metrics.images_per_batch.observe(len(images))
         self.metrics.observe("detect", time.perf_counter() - started)
@@ -85,6 +106,8 @@ class Detector:
             "dtype": self.settings.effective_dtype,
             "score_thresh": self.predictor.score_thresh,
             "stage_score_thresh": self.predictor.stage_score_thresh,
+            "input_size": self.predictor.input_size,
+            "post_nms_topk": self.predictor.post_nms_topk,
             "files": self._checksums,
             "batching": {**self.batch_config.model_dump(), **self.stats.to_dict()},
             "replica": serve.get_replica_context().replica_id.unique_id,

@@ -31,6 +31,8 @@ from pipeline.schema import SCHEMA_VERSION, ImageInfo, ImageResult, people_from_
 
 from .common import unwrap_error
 from .metrics import IngressMetrics
+from .video import JobSettings
+from .video_api import VideoApiSettings, VideoJobs, add_video_routes
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +138,7 @@ def build_api(service: "Ingress") -> FastAPI:
         service.count_error(request, exc)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         if exc.status in (429, 503):
-            headers = {"Retry-After": "1"}
+            headers = {"Retry-After": str(int(exc.details.get("retry_after", 1)))}
         return error_response(exc, headers)
 
     @app.exception_handler(RequestValidationError)
@@ -196,6 +198,7 @@ def build_api(service: "Ingress") -> FastAPI:
         result = await service.process_image(data, form_boxes if form_boxes is not None else boxes, vertices)
         return JSONResponse(result)
 
+    add_video_routes(app, service, protected)
     return app
 
 
@@ -210,11 +213,19 @@ class Ingress:
         regressor: DeploymentHandle,
         tracker: DeploymentHandle | None,
         settings: IngressSettings,
+        video: DeploymentHandle | None = None,
+        jobs: JobSettings | None = None,
+        video_api: VideoApiSettings | None = None,
     ) -> None:
         self.detector = detector
         self.regressor = regressor
         self.tracker = tracker
+        self.video = video
         self.settings = settings
+        # Video jobs need the worker and the store; without a Tracker the graph has neither.
+        self.videos = (
+            VideoJobs(video, jobs, video_api or VideoApiSettings()) if video is not None and jobs is not None else None
+        )
         self.token = os.environ.get(settings.auth_token_env) or None
         self.metrics = IngressMetrics()
         logger.info("Ingress up (profile %s, auth %s)", settings.profile, "on" if self.token else "off")
@@ -338,6 +349,8 @@ class Ingress:
         stages = {"detector": self.detector, "regressor": self.regressor}
         if self.tracker is not None:
             stages["tracker"] = self.tracker
+        if self.video is not None:
+            stages["video"] = self.video
         return stages
 
     async def readiness(self) -> dict[str, Any]:
@@ -364,6 +377,15 @@ class Ingress:
                 "max_people": self.settings.max_people,
             },
             "auth": self.token is not None,
+            "videos": None
+            if self.videos is None
+            else {
+                "max_active": self.videos.jobs.max_active,
+                "max_queued": self.videos.jobs.max_queued,
+                "retention_s": self.videos.jobs.retention_s,
+                "video_limits": self.videos.jobs.video_limits.model_dump(),
+                "pose_video_route": self.videos.media_root is not None,
+            },
             "resources": self.settings.app_info,
             "deployments": deployments,
         }

@@ -16,12 +16,23 @@ from typing import Any, Sequence
 
 from ray import serve
 
+from pipeline.errors import PoseError
+
 from .common import ModelSettings, checksums
 from .metrics import StageMetrics
 
 logger = logging.getLogger(__name__)
 
 MAX_JOBS_PER_REPLICA = 64
+
+
+class _JobTracker:
+    """One job's PHALP tracker and how many frames it has stepped (to detect lost state)."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
+        self.steps = 0
+        self.lock = asyncio.Lock()  # a job's frames are tracked one after the other
 
 
 def tracker_available(*, tiny: bool = False) -> bool:
@@ -59,21 +70,44 @@ class Tracker:
         from pipeline.tracking.tracker import Tracker as PhalpTracker
 
         logger.info("tracking job %s", job_id)
-        return PhalpTracker(self.models)
+        return _JobTracker(PhalpTracker(self.models))
 
-    async def step(self, frame_index: int, people: Sequence[Any], image_size: tuple[int, int]) -> Any:
-        """Track one frame of the calling job (`PersonObservation` list) -> `FrameTracks`."""
-        tracker = await self._job(serve.get_multiplexed_model_id())
+    async def step(
+        self,
+        frame_index: int,
+        people: Sequence[Any],
+        image_size: tuple[int, int],
+        frames_before: int | None = None,
+    ) -> Any:
+        """Track one frame of the calling job (`PersonObservation` list) -> `FrameTracks`.
+
+        ``frames_before``: how many frames the caller has already tracked for this job. A replica
+        that restarted (or evicted the job) holds fresh state; continuing on it would silently
+        start new tracks mid-video, so that case is an error (``tracker_state_lost``) the caller
+        answers by re-running the job.
+        """
+        job = await self._job(serve.get_multiplexed_model_id())
+        if frames_before is not None and frames_before != job.steps:
+            raise PoseError(
+                "tracker_state_lost",
+                f"expected a tracker that has seen {frames_before} frames of this job, got one that has seen {job.steps}",
+                status=503,
+            )
         started = time.perf_counter()
-        out = await asyncio.to_thread(tracker.step, frame_index, list(people), image_size)
+        async with job.lock:
+            out = await asyncio.to_thread(job.tracker.step, frame_index, list(people), image_size)
+            job.steps += 1
         self.metrics.observe("track", time.perf_counter() - started)
         return out
 
     async def export_state(self) -> dict[str, Any]:
-        return (await self._job(serve.get_multiplexed_model_id())).state_dict()
+        job = await self._job(serve.get_multiplexed_model_id())
+        return {"steps": job.steps, "tracker": job.tracker.state_dict()}
 
     async def import_state(self, state: dict[str, Any]) -> None:
-        (await self._job(serve.get_multiplexed_model_id())).load_state_dict(state)
+        job = await self._job(serve.get_multiplexed_model_id())
+        job.tracker.load_state_dict(state["tracker"])
+        job.steps = int(state["steps"])
 
     async def ready(self) -> bool:
         return True

@@ -105,8 +105,26 @@ def cmd_image(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_video(args: argparse.Namespace) -> dict[str, Any]:
     from .runner import VideoRunner
 
+    detector_options: dict[str, Any] = {}
+    chunk_size = args.chunk_size
+    if args.profile is not None:
+        # configs/ sits beside pipeline/ in this repository; imported only when asked for
+        from configs.profiles import get_profile
+
+        profile = get_profile(args.profile)
+        detector_options = {
+            "score_thresh": profile.score_thresh,
+            "stage_score_thresh": profile.stage_score_thresh,
+            **profile.detector_options(),
+        }
+        chunk_size = chunk_size or profile.video_chunk_size
     runner = VideoRunner.from_cache(
-        roots_from_args(args), device=args.device, dtype=args.dtype, download=not args.offline, chunk_size=args.chunk_size
+        roots_from_args(args),
+        device=args.device,
+        dtype=args.dtype,
+        download=not args.offline,
+        chunk_size=chunk_size or 8,
+        detector_options=detector_options,
     )
     result = runner.run(args.clip, vertices=args.vertices, progress=not args.no_progress)
     document = result.model_dump(mode="json")
@@ -161,7 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("clip", type=Path, help="video file (MP4/MOV, Matroska/WebM, AVI)")
     p.add_argument("--out", type=Path, default=None, help="write the result JSON here (default: stdout)")
     p.add_argument("--vertices", action="store_true", help="include the 6890 mesh vertices per person and frame")
-    p.add_argument("--chunk-size", type=int, default=8, help="frames decoded and run through the models together")
+    p.add_argument(
+        "--chunk-size", type=int, default=None, help="frames decoded and run through the models together (default: 8)"
+    )
+    p.add_argument(
+        "--profile",
+        choices=["full", "tiny"],
+        default=None,
+        help="use a serving profile's detector settings (thresholds, input size, proposals), "
+        "so the result matches the service's; the weights still come from --cache-dir",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_video)
 

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -125,13 +125,19 @@ class VideoRunner:
         device: str | None = None,
         dtype: str = "float32",
         download: bool = True,
+        detector_options: Mapping[str, Any] | None = None,
         **kwargs: object,
     ) -> "VideoRunner":
+        """The three models from the caches. ``detector_options``: further `VitDetPredictor.from_cache`
+        arguments (thresholds, ``input_size``, ``post_nms_topk``), e.g. a serving profile's, so the
+        in-process result equals the served one."""
         from .models.phalp.loading import load_appearance_and_tracking
         from .models.vitdet.predictor import VitDetPredictor
 
         roots = roots or CacheRoots.from_env()
-        detector = VitDetPredictor.from_cache(roots, device=device, dtype=dtype, download=download)
+        detector = VitDetPredictor.from_cache(
+            roots, device=device, dtype=dtype, download=download, **dict(detector_options or {})
+        )
         hmr2 = HMR2Predictor.from_cache(roots, device=device, dtype=dtype, download=download)
         appearance, tracker_models = load_appearance_and_tracking(roots, device=device, download=download)
         return cls(detector, hmr2, appearance, tracker_models, **kwargs)  # type: ignore[arg-type]

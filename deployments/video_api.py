@@ -1,0 +1,625 @@
+"""Video jobs over HTTP: upload, status, result, cancel, list, and the drop-in ``/pose/video`` route.
+
+The Ingress accepts a video only once it is safely on disk and known to be a video: the upload
+is streamed to a file in the job store's uploads folder (the size limit enforced while
+streaming, never the whole body in memory), probed by `pipeline.video.probe_video` (content,
+not file name), and only then is a job created, so a bad upload is a 4xx at once and a 202
+means the job survives any restart. The `VideoPipeline` deployment runs the job; this side only
+reads the store (status, results) and nudges the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Optional
+
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.errors import InputError, PoseError
+from pipeline.jobs import Job, JobStore
+from pipeline.schema import VideoResult
+
+if TYPE_CHECKING:
+    from ray.serve.handle import DeploymentHandle
+
+    from .ingress import Ingress
+    from .video import JobSettings
+
+logger = logging.getLogger(__name__)
+
+RAW_VIDEO_TYPES = {
+    "video/mp4", "video/quicktime", "video/x-matroska", "video/webm", "video/x-msvideo", "video/avi",
+    "application/octet-stream",
+}
+_FORM_FIELD_BYTES = 4096  # a text field of the upload form (options, callback URL)
+_MULTIPART_SLACK = 64 * 1024  # multipart framing and text fields on top of the video's own limit
+
+
+# -- HTTP bodies ---------------------------------------------------------------------------------
+
+
+class JobProgress(BaseModel):
+    frames_done: int = Field(description="frames decoded, run through the models and tracked")
+    frames_total: Optional[int] = Field(default=None, description="frames in the video, once known")
+    fraction: Optional[float] = Field(default=None, description="frames_done / frames_total")
+
+
+class JobErrorInfo(BaseModel):
+    code: str = Field(description="stable, machine-readable (e.g. video_corrupt, interrupted, cancelled)")
+    message: str
+
+
+class JobStatus(BaseModel):
+    """One job as a caller sees it (no server paths)."""
+
+    id: str
+    kind: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    created_at: float = Field(description="unix seconds")
+    updated_at: float
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    progress: JobProgress
+    timings: dict[str, float] = Field(description="seconds per stage so far: decode_s, models_s, tracking_s, write_s, total_s")
+    error: Optional[JobErrorInfo] = None
+    options: dict[str, Any]
+    idempotency_key: Optional[str] = None
+    callback_url: Optional[str] = None
+    attempts: int = Field(description="times a worker started the job (restarts included)")
+    cancel_requested: bool
+    results: list[str] = Field(description="result formats available: json, npz")
+    links: dict[str, str] = Field(description="status and result URLs")
+
+    @classmethod
+    def of(cls, job: Job) -> "JobStatus":
+        links = {"self": f"/v1/jobs/{job.id}"}
+        if job.state == "succeeded":
+            links["result"] = f"/v1/jobs/{job.id}/result"
+        return cls(**job.to_dict(), links=links)
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus]
+    total: int = Field(description="jobs matching the filter, all pages")
+    offset: int
+    limit: int
+
+
+class VideoPathRequest(BaseModel):
+    """The body of ``POST /pose/video`` (the call the replaced ``track.py`` wrapper received)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    video_path: str = Field(description="a file inside the configured media folder (relative, or absolute inside it)")
+    vertices: bool = Field(default=False, description="include the 6890 SMPL vertices per person and frame")
+    callback_url: Optional[str] = None
+
+
+class VideoApiSettings(BaseModel):
+    """What the Ingress needs for video jobs (the worker's settings live in `JobSettings`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    media_dir: Optional[str] = None  # POST /pose/video reads files from here only; None: route disabled
+    sync_timeout_s: float = 300.0  # POST /pose/video waits this long, then answers 202 with the job
+    allow_callbacks: bool = True  # accept callback_url (the worker POSTs to it when a job ends)
+
+
+# -- the service side ----------------------------------------------------------------------------
+
+
+class VideoJobs:
+    """The Ingress's view of video jobs: the store (read, create, cancel) and the worker's handle."""
+
+    def __init__(self, pipeline: "DeploymentHandle", jobs: "JobSettings", api: VideoApiSettings) -> None:
+        self.pipeline = pipeline
+        self.jobs = jobs
+        self.api = api
+        self.limits = jobs.video_limits.limits()
+        self.store: JobStore = jobs.open_store()
+        self.media_root = Path(api.media_dir).expanduser() if api.media_dir else None
+
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Store calls are short but synchronous (SQLite, fsync): off the event loop."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def _nudge(self) -> None:
+        """Tell the worker a job is queued (best effort: it also polls the store)."""
+        try:
+            self.pipeline.wake.remote()
+        except Exception as exc:  # the worker restarting: it will find the job when it is back
+            logger.warning("could not wake the video worker: %s", exc)
+
+    async def check_capacity(self) -> None:
+        """Refuse before reading a large upload when the queue is already full (the store checks
+        again, atomically, when the job is created)."""
+        counts = await self.call(self._counts)
+        if counts["queued"] + counts["running"] >= self.jobs.max_active + self.jobs.max_queued:
+            raise PoseError(
+                "too_many_jobs",
+                f"expected at most {self.jobs.max_active} running and {self.jobs.max_queued} queued jobs, "
+                f"got {counts['running']} running and {counts['queued']} queued; retry later",
+                status=429,
+                details={"retry_after": 5, **counts},
+            )
+
+    def _counts(self) -> dict[str, int]:
+        return {s: self.store.list(limit=1, state=s)[1] for s in ("queued", "running")}
+
+    async def accept(
+        self,
+        path: Path,
+        *,
+        move: bool,
+        options: dict[str, Any],
+        idempotency_key: str | None,
+        callback_url: str | None,
+    ) -> Job:
+        """Probe the video (a bad one is refused here, as a 4xx), then queue a job for it."""
+        if callback_url is not None and not self.api.allow_callbacks:
+            raise InputError("callbacks_disabled", "this service does not call callback URLs (allow_callbacks: false)")
+        try:
+            info = await self.call(_probe, path, self.limits)
+        except BaseException:
+            if move:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            raise
+        options = {**options, "frames_expected": info.frame_count}
+        job = await self.call(
+            self.store.create,
+            "video",
+            input_file=path,
+            move_input=move,
+            options=options,
+            idempotency_key=idempotency_key,
+            callback_url=callback_url,
+        )
+        self._nudge()
+        return job
+
+    async def cancel_and_delete(self, job_id: str, wait_s: float = 10.0) -> Job | None:
+        """Cancel (a running job stops at its next chunk) and delete; None once deleted, else the
+        job still stopping (it is deleted by the worker when it stops)."""
+        job = await self.call(self.store.get, job_id)
+        if job.state in ("queued", "running"):
+            job = await self.call(self.store.cancel, job_id)
+        if job.state != "running":
+            await self.call(self.store.delete, job_id)
+            return None
+        await self.pipeline.cancel.remote(job_id, True)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            try:
+                job = await self.call(self.store.get, job_id)
+            except PoseError as exc:
+                if exc.code == "job_not_found":
+                    return None
+                raise
+            if job.state != "running":
+                with contextlib.suppress(PoseError):
+                    await self.call(self.store.delete, job_id)
+                return None
+        return job
+
+    async def wait(self, job_id: str, timeout_s: float) -> Job:
+        deadline = time.monotonic() + timeout_s
+        delay = 0.1
+        while True:
+            job = await self.call(self.store.get, job_id)
+            if job.state in ("succeeded", "failed", "cancelled") or time.monotonic() >= deadline:
+                return job
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(1.0, delay * 1.5)
+
+    async def result_response(self, job: Job, fmt: str, vertices: bool) -> Response:
+        """The result of a finished job as JSON or NPZ (vertices only if the job computed them)."""
+        if job.state != "succeeded":
+            raise PoseError(
+                "job_not_finished" if job.state in ("queued", "running") else "job_" + job.state,
+                f"expected a succeeded job, got one that is {job.state}",
+                status=409,
+                details={"state": job.state, **({"error": job.error.__dict__} if job.error else {})},
+            )
+        has_vertices = bool(job.options.get("vertices", False))
+        if vertices and not has_vertices:
+            raise InputError(
+                "vertices_not_computed",
+                "this job was submitted without vertices=true, so its result has none; submit it again with vertices",
+                status=409,
+            )
+        name = "npz" if fmt == "npz" else "json"
+        path = job.result_paths.get(name)
+        if path is None or not path.is_file():
+            raise PoseError("result_missing", f"the {name} result of job {job.id} is not on disk", status=500)
+        if fmt == "npz":
+            if has_vertices and not vertices:
+                data = await self.call(_npz_without_vertices, job.result_paths["json"])
+                return Response(data, media_type="application/octet-stream", headers=_attachment(job.id, "npz"))
+            return FileResponse(path, media_type="application/octet-stream", headers=_attachment(job.id, "npz"))
+        if has_vertices and not vertices:
+            data = await self.call(_json_without_vertices, path)
+            return Response(data, media_type="application/json")
+        return FileResponse(path, media_type="application/json")
+
+
+def _probe(path: Path, limits: Any) -> Any:
+    from pipeline.video import probe_video
+
+    return probe_video(path, limits)
+
+
+def _attachment(job_id: str, ext: str) -> dict[str, str]:
+    return {"content-disposition": f'attachment; filename="{job_id}.{ext}"'}
+
+
+def _json_without_vertices(path: Path) -> bytes:
+    document = json.loads(path.read_bytes())
+    for frame in document["frames"]:
+        for person in frame["people"]:
+            person["vertices"] = None
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _npz_without_vertices(json_path: Path) -> bytes:
+    from pipeline.result_npz import video_result_npz
+
+    return video_result_npz(json.loads(json_path.read_bytes()), vertices=False)
+
+
+# -- streaming uploads ---------------------------------------------------------------------------
+
+
+class _FormSink:
+    """python-multipart callbacks: the one file part goes to disk, text fields are kept (small)."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.file: Any = None
+        self.got_file = False
+        self.fields: dict[str, str] = {}
+        self.error: PoseError | None = None
+        self._headers: dict[bytes, bytes] = {}
+        self._field = b""
+        self._value = b""
+        self._name: str | None = None
+        self._is_file = False
+        self._text = bytearray()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._add(d, s, e, "_field"),
+            "on_header_value": lambda d, s, e: self._add(d, s, e, "_value"),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_done,
+            "on_part_data": self._data,
+            "on_part_end": self._part_end,
+        }
+
+    def _add(self, data: bytes, start: int, end: int, attr: str) -> None:
+        setattr(self, attr, getattr(self, attr) + data[start:end])
+
+    def _part_begin(self) -> None:
+        self._headers, self._name, self._is_file, self._text = {}, None, False, bytearray()
+
+    def _header_end(self) -> None:
+        self._headers[self._field.lower()] = self._value
+        self._field, self._value = b"", b""
+
+    def _headers_done(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._name = params.get(b"name", b"").decode("utf-8", "replace")
+        self._is_file = b"filename" in params or self._name == "video"
+        if self._is_file:
+            if self.got_file or self._name != "video":
+                self.error = InputError(
+                    "multipart_invalid", f"expected one file, in the field 'video', got a file in {self._name!r}"
+                )
+                return
+            self.got_file = True
+            self.file = open(self.dest, "wb")  # noqa: SIM115 - closed by close()
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self.error is not None:
+            return
+        if self._is_file:
+            self.file.write(data[start:end])
+            return
+        self._text += data[start:end]
+        if len(self._text) > _FORM_FIELD_BYTES:
+            self.error = InputError("multipart_invalid", f"form field {self._name!r} is over {_FORM_FIELD_BYTES} bytes")
+
+    def _part_end(self) -> None:
+        if self._is_file:
+            self.close()
+        elif self._name and self.error is None:
+            self.fields[self._name] = self._text.decode("utf-8", "replace")
+
+
+async def stream_upload(request: Request, dest: Path, limit: int) -> dict[str, str]:
+    """The video of a multipart (field ``video``) or raw request body, streamed to ``dest``;
+    returns the text fields. Raises 413 past ``limit`` bytes, 415 for other content types."""
+    ctype = request.headers.get("content-type", "")
+    kind = ctype.split(";")[0].strip().lower()
+    if kind != "multipart/form-data" and kind not in RAW_VIDEO_TYPES:
+        raise PoseError(
+            "unsupported_media_type",
+            f"expected multipart/form-data (field 'video') or a raw video body (video/mp4, ..., "
+            f"application/octet-stream), got {kind or 'no content type'!r}",
+            status=415,
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    received = 0
+    if kind != "multipart/form-data":
+        with open(dest, "wb") as f:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise _too_large(received, limit)
+                f.write(chunk)
+        return {}
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, params = parse_options_header(ctype)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise InputError("multipart_invalid", "multipart/form-data without a boundary")
+    sink = _FormSink(dest)
+    try:
+        parser = MultipartParser(boundary, sink.callbacks())
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise _too_large(received, limit)
+            parser.write(chunk)
+            if sink.error is not None:
+                raise sink.error
+        parser.finalize()
+    except PoseError:
+        raise
+    except Exception as exc:  # the parser's errors have no common base class
+        raise InputError("multipart_invalid", f"the multipart body cannot be parsed: {exc}") from exc
+    finally:
+        sink.close()
+    if not sink.got_file:
+        raise InputError("video_missing", "expected the video as a file in the multipart field 'video'")
+    return sink.fields
+
+
+def _too_large(size: int, limit: int) -> PoseError:
+    return PoseError(
+        "request_too_large",
+        f"the request body is {size} bytes or more, the limit is {limit} bytes",
+        status=413,
+        details={"max_bytes": limit},
+    )
+
+
+def _flag(value: str | bool | None, name: str) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise InputError("request_invalid", f"{name}: expected true or false, got {value!r}")
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+_VIDEO_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "bad upload: video_corrupt (truncated), video_empty, multipart_invalid, video_missing"},
+    403: {"description": "path_outside_media_root (/pose/video)"},
+    404: {"description": "job_not_found, path_not_found"},
+    409: {"description": "job_not_finished, job_failed, job_cancelled, job_state_conflict, vertices_not_computed"},
+    413: {"description": "request_too_large, video_too_large (pixels or bytes), video_too_long"},
+    415: {"description": "unsupported_media_type, video_unsupported_format (not a video)"},
+    422: {"description": "video_no_video_stream (audio only), request_invalid"},
+    429: {"description": "too_many_jobs: the queue is full; retry after Retry-After seconds"},
+    503: {"description": "videos_unavailable, stage_unavailable; retry after Retry-After seconds"},
+}
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["video"],
+                    "properties": {
+                        "video": {"type": "string", "format": "binary", "description": "MP4/MOV, Matroska/WebM or AVI"},
+                        "vertices": {"type": "boolean", "description": "keep the 6890 SMPL vertices per person"},
+                        "callback_url": {"type": "string", "description": "POSTed the job status when it ends"},
+                    },
+                }
+            },
+            "video/mp4": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> None:
+    """The video routes on the Ingress's FastAPI app."""
+
+    def jobs() -> VideoJobs:
+        if service.videos is None:
+            raise PoseError(
+                "videos_unavailable", "video jobs are not enabled in this deployment (no tracker or no data folder)",
+                status=503,
+            )
+        return service.videos
+
+    def accepted(job: Job, replayed: bool) -> JSONResponse:
+        headers = {"Location": f"/v1/jobs/{job.id}"}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return JSONResponse(JobStatus.of(job).model_dump(mode="json"), status_code=202, headers=headers)
+
+    @app.post(
+        "/v1/videos",
+        status_code=202,
+        response_model=JobStatus,
+        tags=["videos"],
+        dependencies=protected,
+        responses=_VIDEO_ERRORS,
+        openapi_extra=_UPLOAD_BODY,
+    )
+    async def upload_video(
+        request: Request,
+        vertices: bool = Query(False, description="keep the 6890 SMPL vertices per person (large results)"),
+        callback_url: Optional[str] = Query(None, description="POSTed the job status when the job ends"),
+        idempotency_key: Optional[str] = Header(None, description="a retried upload with the same key returns the same job"),
+    ) -> JSONResponse:
+        """Upload a video (multipart field ``video``, or the raw bytes) -> 202 with the job; poll ``links.self``."""
+        v = jobs()
+        if idempotency_key is not None:
+            existing = await v.call(v.store.find_by_idempotency_key, idempotency_key)
+            if existing is not None:  # the body is not even read: the job has its video already
+                return accepted(existing, True)
+        await v.check_capacity()
+        dest = v.store.new_upload_path(".upload")
+        try:
+            fields = await stream_upload(request, dest, v.limits.max_bytes + _MULTIPART_SLACK)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                dest.unlink()
+            raise
+        job = await v.accept(
+            dest,
+            move=True,
+            options={"vertices": vertices or _flag(fields.get("vertices"), "vertices"), "source": "upload"},
+            idempotency_key=idempotency_key,
+            callback_url=callback_url or fields.get("callback_url") or None,
+        )
+        return accepted(job, False)
+
+    @app.get("/v1/jobs", response_model=JobList, tags=["videos"], dependencies=protected)
+    async def list_jobs(
+        offset: int = Query(0, ge=0),
+        limit: int = Query(50, ge=1, le=1000),
+        state: Optional[Literal["queued", "running", "succeeded", "failed", "cancelled"]] = Query(None),
+    ) -> JobList:
+        """Jobs, newest first, a page at a time."""
+        v = jobs()
+        page, total = await v.call(v.store.list, offset, limit, state)
+        return JobList(jobs=[JobStatus.of(j) for j in page], total=total, offset=offset, limit=limit)
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobStatus, tags=["videos"], dependencies=protected, responses=_VIDEO_ERRORS)
+    async def job_status(job_id: str) -> JobStatus:
+        """State, progress (frames done / total), stage timings, and the error of a failed job."""
+        v = jobs()
+        return JobStatus.of(await v.call(v.store.get, job_id))
+
+    @app.get(
+        "/v1/jobs/{job_id}/result",
+        response_model=VideoResult,
+        tags=["videos"],
+        dependencies=protected,
+        responses={
+            **_VIDEO_ERRORS,
+            200: {"content": {"application/octet-stream": {"description": "format=npz: see pipeline.result_npz"}}},
+        },
+    )
+    async def job_result(
+        job_id: str,
+        format: Literal["json", "npz"] = Query("json", description="json: the VideoResult document; npz: flat arrays"),
+        vertices: bool = Query(False, description="include vertices (only for jobs submitted with vertices=true)"),
+    ) -> Response:
+        """The result of a succeeded job: the versioned `VideoResult` document, or NPZ arrays."""
+        v = jobs()
+        return await v.result_response(await v.call(v.store.get, job_id), format, vertices)
+
+    @app.delete(
+        "/v1/jobs/{job_id}",
+        status_code=204,
+        tags=["videos"],
+        dependencies=protected,
+        responses={**_VIDEO_ERRORS, 202: {"model": JobStatus, "description": "still stopping; deleted when it stops"}},
+    )
+    async def delete_job(job_id: str) -> Response:
+        """Cancel the job (a running one stops at its next chunk) and delete it with its files."""
+        v = jobs()
+        job = await v.cancel_and_delete(job_id)
+        if job is None:
+            return Response(status_code=204)
+        return JSONResponse(JobStatus.of(job).model_dump(mode="json"), status_code=202)
+
+    @app.post(
+        "/pose/video",
+        response_model=VideoResult,
+        tags=["videos"],
+        dependencies=protected,
+        responses={**_VIDEO_ERRORS, 202: {"model": JobStatus, "description": "not done within sync_timeout_s: poll the job"}},
+    )
+    async def pose_video(
+        body: VideoPathRequest,
+        idempotency_key: Optional[str] = Header(None),
+    ) -> Response:
+        """Drop-in for the old ``track.py`` wrapper: a video already in the media folder -> the result JSON.
+
+        Answers when the job ends; past ``sync_timeout_s`` it answers 202 with the job to poll.
+        """
+        from pipeline.paths import resolve_media_path
+
+        v = jobs()
+        if v.media_root is None:
+            raise PoseError("media_dir_not_configured", "POST /pose/video needs the media_dir setting", status=404)
+        path = await v.call(resolve_media_path, body.video_path, v.media_root)
+        job = None
+        if idempotency_key is not None:
+            job = await v.call(v.store.find_by_idempotency_key, idempotency_key)
+        if job is None:
+            await v.check_capacity()
+            job = await v.accept(
+                path,
+                move=False,
+                options={"vertices": body.vertices, "source": "media_dir"},
+                idempotency_key=idempotency_key,
+                callback_url=body.callback_url,
+            )
+        job = await v.wait(job.id, v.api.sync_timeout_s)
+        if job.state == "succeeded":
+            return await v.result_response(job, "json", body.vertices)
+        if job.state in ("failed", "cancelled"):
+            err = job.error
+            code = err.code if err else "job_" + job.state
+            raise PoseError(code, err.message if err else f"the job ended {job.state}", status=_failed_status(code),
+                            details={"job_id": job.id})
+        return accepted(job, False)
+
+
+def _failed_status(code: str) -> int:
+    """The HTTP status of a failed job's stable code (the store keeps the code, not the status)."""
+    if code in ("video_too_large", "video_too_long"):
+        return 413
+    if code == "video_unsupported_format":
+        return 415
+    if code.startswith("video_"):
+        return 422
+    if code == "cancelled":
+        return 409
+    if code in ("interrupted", "stage_unavailable", "tracker_state_lost"):
+        return 503
+    return 500

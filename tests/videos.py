@@ -1,0 +1,42 @@
+"""Synthetic test videos: figures drawn with OpenCV, written with PyAV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import av
+import cv2
+import numpy as np
+
+COLOURS = [(40, 40, 160), (150, 60, 40), (40, 140, 40)]
+
+
+def figure_frame(positions: Sequence[int], size: tuple[int, int] = (360, 640)) -> np.ndarray:
+    """A light frame with one standing stick figure per x position (BGR uint8)."""
+    img = np.full((*size, 3), 190, np.uint8)
+    for k, x in enumerate(positions):
+        cv2.circle(img, (x, 80), 22, (60, 80, 120), -1)
+        cv2.rectangle(img, (x - 25, 105), (x + 25, 220), COLOURS[k % 3], -1)
+        cv2.line(img, (x - 12, 220), (x - 20, 320), (30, 30, 30), 10)
+        cv2.line(img, (x + 12, 220), (x + 20, 320), (30, 30, 30), 10)
+    return img
+
+
+def write_video(path: Path, frames: Sequence[np.ndarray], fps: int = 10, codec: str = "libx264") -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for img in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img[:, :, ::-1]), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def crossing_video(path: Path, n: int = 12, fps: int = 10) -> Path:
+    """Two figures walking towards each other."""
+    return write_video(path, [figure_frame([120 + 14 * i, 520 - 14 * i]) for i in range(n)], fps=fps)
