@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -167,6 +167,12 @@ class VitDetPredictor:
     BGRA (H, W, 4) are converted. Output per image: `Detections` with boxes ``x0, y0, x1, y1``
     in original pixels. ``float16``/``bfloat16`` run under autocast on a GPU; on CPU they fall
     back to float32 with a logged warning, so one serving config starts on any machine.
+
+    Two test-time speed knobs, both defaulting to the model's configuration (detectron2's
+    behaviour): ``input_size``, the ResizeShortestEdge target, long-edge cap and square padding
+    side (1024 for ViTDet-H; a positive multiple of the patch size), and ``post_nms_topk``, the
+    RPN proposals kept per image (1000). Smaller values trade recall for time; the trunk's
+    position tables are resized to the new grid as detectron2 does for any input size.
     """
 
     def __init__(
@@ -178,11 +184,23 @@ class VitDetPredictor:
         score_thresh: float = 0.5,
         stage_score_thresh: float = 0.25,
         max_batch: int = 8,
+        input_size: int | None = None,
+        post_nms_topk: int | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device).eval()
-        self.cfg = model.cfg
+        size = model.cfg.image_size if input_size is None else int(input_size)
+        if size <= 0 or size % model.cfg.patch_size:
+            raise ValueError(f"expected input_size a positive multiple of {model.cfg.patch_size}, got {input_size}")
+        if post_nms_topk is not None:
+            if int(post_nms_topk) < 1:
+                raise ValueError(f"expected post_nms_topk >= 1, got {post_nms_topk}")
+            self.model.proposal_generator.post_nms_topk = int(post_nms_topk)
+        # the network still sees ``model.cfg``; only pre-processing uses the test-time size
+        self.cfg = replace(model.cfg, image_size=size)
+        self.input_size = size
+        self.post_nms_topk = self.model.proposal_generator.post_nms_topk
         self.score_thresh = score_thresh
         self.stage_score_thresh = stage_score_thresh
         self.max_batch = max_batch
@@ -208,8 +226,11 @@ class VitDetPredictor:
         download: bool = True,
         score_thresh: float = 0.5,
         stage_score_thresh: float = 0.25,
+        input_size: int | None = None,
+        post_nms_topk: int | None = None,
     ) -> "VitDetPredictor":
-        """The checkpoint from detectron2's cache (downloaded when missing and ``download``)."""
+        """The checkpoint from detectron2's cache (downloaded when missing and ``download``);
+        ``input_size`` / ``post_nms_topk`` as in the class docstring (None: the config's)."""
         paths = ensure(list(FILES), roots, download=download)
         return cls.from_checkpoint(
             paths[FILES[0].key],
@@ -217,6 +238,8 @@ class VitDetPredictor:
             dtype=dtype,
             score_thresh=score_thresh,
             stage_score_thresh=stage_score_thresh,
+            input_size=input_size,
+            post_nms_topk=post_nms_topk,
         )
 
     def _images(self, images: list[np.ndarray] | np.ndarray) -> list[np.ndarray]:

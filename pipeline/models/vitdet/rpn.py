@@ -62,12 +62,16 @@ class VitDetRPNHead(nn.Module):
 
 
 class VitDetRPN(nn.Module):
-    """Anchors, decoding and per-level NMS to 1000 proposals per image (detectron2 ``RPN``)."""
+    """Anchors, decoding and per-level NMS to ``post_nms_topk`` (1000) proposals per image
+    (detectron2 ``RPN``)."""
 
     def __init__(self, cfg: VitDetConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.rpn_head = VitDetRPNHead(cfg.fpn_channels, len(cfg.anchor_ratios))
+        # Proposals kept per image after NMS (detectron2's POST_NMS_TOPK_TEST): a test-time knob
+        # outside the frozen config so a predictor can lower it for speed without a new model.
+        self.post_nms_topk = cfg.rpn_post_nms_topk
 
     def anchors(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Anchors of each level for the given feature maps; built from the config, not stored."""
@@ -114,7 +118,7 @@ class VitDetRPN(nn.Module):
             keep = nonempty(boxes)
             if not bool(keep.all()):
                 boxes, scores, ids = boxes[keep], scores[keep], ids[keep]
-            keep = batched_nms(boxes, scores, ids, cfg.rpn_nms_thresh)[: cfg.rpn_post_nms_topk]
+            keep = batched_nms(boxes, scores, ids, cfg.rpn_nms_thresh)[: self.post_nms_topk]
             results.append((boxes[keep], scores[keep]))
         return results
 
