@@ -49,9 +49,9 @@ from __future__ import annotations
 import logging
 import math
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
