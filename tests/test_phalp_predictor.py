@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from pipeline.models.phalp.config import PosePredictorConfig
+from pipeline.models.checkpoint import load_strict
 from pipeline.models.phalp.convert import (
     hmar_state_from_file,
-    load_strict,
     pose_predictor_state_from_file,
     read_mean_std,
 )
@@ -31,7 +31,7 @@ def predictor(phalp_dir):
         config = PosePredictorConfig.from_yaml_dict(yaml.safe_load(fh))
     model = PhalpPosePredictor(config).eval()
     ckpt = next(phalp_dir.glob("pose_predictor*.ckpt*"))
-    load_strict(model.encoder, pose_predictor_state_from_file(ckpt), what=str(ckpt))
+    load_strict(model.encoder, pose_predictor_state_from_file(ckpt), source=str(ckpt))
     model.set_mean_std(read_mean_std(phalp_dir / "mean_std.npy"))
     return model
 
@@ -91,7 +91,7 @@ def test_pose_predictor_per_row_readout_differs_only_in_row_slots(phalp_dir, pre
 def encoder(phalp_dir):
     model = PhalpAppearanceEncoder().eval()
     path = next(phalp_dir.glob("hmar_v2_weights.pth*"))
-    load_strict(model, hmar_state_from_file(path), what=str(path))
+    load_strict(model, hmar_state_from_file(path), source=str(path))
     return model
 
 

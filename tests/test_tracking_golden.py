@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from pipeline.models.phalp.config import PhalpConfig, PosePredictorConfig
+from pipeline.models.checkpoint import load_strict
 from pipeline.models.phalp.convert import (
     hmar_state_from_file,
-    load_strict,
     pose_predictor_state_from_file,
     read_mean_std,
 )
@@ -34,11 +34,11 @@ def models(phalp_dir):
         pconfig = PosePredictorConfig.from_yaml_dict(yaml.safe_load(fh))
     predictor = PhalpPosePredictor(pconfig).eval()
     ckpt = next(phalp_dir.glob("pose_predictor*.ckpt*"))
-    load_strict(predictor.encoder, pose_predictor_state_from_file(ckpt), what=str(ckpt))
+    load_strict(predictor.encoder, pose_predictor_state_from_file(ckpt), source=str(ckpt))
     predictor.set_mean_std(read_mean_std(phalp_dir / "mean_std.npy"))
     encoder = PhalpAppearanceEncoder().eval()
     hmar = next(phalp_dir.glob("hmar_v2_weights.pth*"))
-    load_strict(encoder, hmar_state_from_file(hmar), what=str(hmar))
+    load_strict(encoder, hmar_state_from_file(hmar), source=str(hmar))
     return TrackerModels(predictor, encoder)
 
 

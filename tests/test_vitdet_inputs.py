@@ -12,7 +12,8 @@ import torch
 
 from pipeline.errors import InputError, WeightsError
 from pipeline.models.vitdet.config import VitDetConfig, vitdet_tiny
-from pipeline.models.vitdet.convert import load_strict, read_model_zoo, to_state_dict
+from pipeline.models.checkpoint import load_strict
+from pipeline.models.vitdet.convert import read_model_zoo, to_state_dict
 from pipeline.models.vitdet.files import CHECKPOINT_PATH, FILES
 from pipeline.models.vitdet.model import VitDetModel
 from pipeline.models.vitdet.predictor import Detections, VitDetPredictor, resized_hw
@@ -123,7 +124,7 @@ def test_strict_load_names_missing_and_unexpected(roots: CacheRoots) -> None:
     del state["roi_heads.mask_head.deconv.bias"]
     model = VitDetModel(vitdet_tiny())
     with pytest.raises(WeightsError) as info:
-        load_strict(model, state)
+        load_strict(model, state, source="tiny.pkl")
     assert "backbone.extra" in info.value.message and "mask_head.deconv.bias" in info.value.message
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from torch import nn
 
 from ...errors import WeightsError
 from ...safe_pickle import torch_load
@@ -49,25 +48,3 @@ def convert_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     return {
         k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY_PREFIXES) and k not in TRAINING_ONLY_KEYS
     }
-
-
-def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` with the mismatches spelled out in a `WeightsError`."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[:5]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:5]})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:3]})")
-        raise WeightsError(
-            "checkpoint_mismatch",
-            f"{source} does not fit the model built from its config: " + "; ".join(parts),
-            details={"missing": missing[:50], "unexpected": unexpected[:50], "shape_mismatch": shapes[:50]},
-        )
-    model.load_state_dict(state, strict=True)

@@ -22,7 +22,8 @@ from ...weights import CacheRoots, ensure
 from ..smpl import read_joint_regressor, read_smpl_pickle
 from . import files as hmr2_files
 from .config import HMR2Config
-from .convert import convert_state_dict, load_state_dict_strict, read_checkpoint_state_dict
+from ..checkpoint import load_strict
+from .convert import convert_state_dict, read_checkpoint_state_dict
 from .model import HMR2
 from .preprocess import CropBatch, cam_crop_to_full, full_image_focal, make_crops
 
@@ -212,7 +213,7 @@ def build_hmr2(checkpoint: str | Path, model_config: str | Path, smpl: str | Pat
         raise WeightsError("smpl_unreadable", f"{joint_regressor}: expected {model.smpl.joint_regressor_extra.shape[0]} joints, got {extra.shape[0]}")
     model.smpl.fill_from_pickles(read_smpl_pickle(smpl), extra)
     state = convert_state_dict(read_checkpoint_state_dict(checkpoint))
-    load_state_dict_strict(model, state, str(checkpoint))
+    load_strict(model, state, source=str(checkpoint))
     logger.info("HMR2 loaded from %s (ViT %d x %d)", checkpoint, cfg.backbone.depth, cfg.backbone.embed_dim)
     return model
 

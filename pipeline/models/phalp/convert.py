@@ -20,7 +20,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from torch import nn
 
 from ...errors import WeightsError
 
@@ -113,24 +112,6 @@ def convert_pose_predictor_state_dict(original: Mapping[str, torch.Tensor]) -> d
 
 # ---------------------------------------------------------------------------------------------
 # Strict loading
-
-
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], *, what: str) -> None:
-    """``load_state_dict(strict=True)`` with shapes checked first; errors name every key."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad_shape = [
-        f"{k}: expected {tuple(own[k].shape)}, got {tuple(state[k].shape)}"
-        for k in own
-        if k in state and tuple(own[k].shape) != tuple(state[k].shape)
-    ]
-    if missing or unexpected or bad_shape:
-        raise WeightsError(
-            "weights_mismatch",
-            f"{what}: missing keys {missing}, unexpected keys {unexpected}, wrong shapes {bad_shape}",
-        )
-    module.load_state_dict(dict(state), strict=True)
 
 
 def read_torch_file(path: str | Path) -> Any:

@@ -10,9 +10,11 @@ import torch
 import yaml
 
 from ...errors import WeightsError
+from ...runtime import resolve_device
 from ...weights import CacheRoots, ensure
 from .config import PosePredictorConfig
-from .convert import hmar_state_from_file, load_strict, pose_predictor_state_from_file, read_mean_std
+from ..checkpoint import load_strict
+from .convert import hmar_state_from_file, pose_predictor_state_from_file, read_mean_std
 from .encoder import PhalpAppearanceEncoder
 from .predictor import PhalpPosePredictor
 
@@ -21,12 +23,6 @@ if TYPE_CHECKING:
     from .appearance import AppearanceModel
 
 logger = logging.getLogger(__name__)
-
-
-def default_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def read_pose_predictor_config(path: str | Path) -> PosePredictorConfig:
@@ -54,18 +50,18 @@ def load_tracking_models_from_paths(
     paths: Mapping[str, Path], *, device: str | torch.device | None = None
 ) -> tuple[PhalpPosePredictor, PhalpAppearanceEncoder]:
     """Pose predictor and appearance encoder from explicit file paths (keys of `files.FILES`)."""
-    dev = default_device(device)
+    dev = resolve_device(device)
     config = read_pose_predictor_config(paths["phalp.pose_predictor_config"])
     predictor = PhalpPosePredictor(config)
     load_strict(predictor.encoder, pose_predictor_state_from_file(paths["phalp.pose_predictor"]),
-                what=str(paths["phalp.pose_predictor"]))
+                source=str(paths["phalp.pose_predictor"]))
     try:
         predictor.set_mean_std(read_mean_std(paths["phalp.mean_std"]))
     except ValueError as exc:
         raise WeightsError("weights_corrupt", f"{paths['phalp.mean_std']}: {exc}") from exc
     enc_state = hmar_state_from_file(paths["phalp.hmar_weights"])
     encoder = PhalpAppearanceEncoder(appearance_config_from_state(enc_state))
-    load_strict(encoder, enc_state, what=str(paths["phalp.hmar_weights"]))
+    load_strict(encoder, enc_state, source=str(paths["phalp.hmar_weights"]))
     return predictor.to(dev).eval(), encoder.to(dev).eval()
 
 
@@ -99,5 +95,5 @@ def load_appearance_and_tracking(
     pose_predictor, encoder = load_tracking_models_from_paths(paths, device=device)
     faces = read_smpl_pickle(paths["smpl.neutral"])["f"]
     sampler = PhalpTextureSampler(np.load(paths["phalp.bmap"]), np.load(paths["phalp.fmap"]), faces)
-    appearance = AppearanceModel(sampler.to(default_device(device)), encoder)
+    appearance = AppearanceModel(sampler.to(resolve_device(device)), encoder)
     return appearance, TrackerModels(pose_predictor, encoder)

@@ -20,7 +20,6 @@ from typing import IO, Any, Mapping
 
 import numpy as np
 import torch
-from torch import nn
 
 from ...errors import WeightsError
 
@@ -108,34 +107,3 @@ def model_zoo_arrays(obj: Any, *, source: str = "checkpoint") -> dict[str, np.nd
 def to_state_dict(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """float32 tensors, names unchanged (the checkpoint already uses our module names)."""
     return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}
-
-
-def load_strict(
-    model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str = "checkpoint", assign: bool = False
-) -> None:
-    """Copy ``state`` into ``model``; every key must be present with its exact shape, none extra.
-
-    ``assign`` adopts the tensors instead of copying (for a model built on the meta device).
-    """
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(state[k].shape)}"
-        for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {missing[:10]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {unexpected[:10]}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es): {mismatched[:10]}")
-        raise WeightsError(
-            "weights_mismatch",
-            f"{source} does not match the ViTDet model: " + "; ".join(parts),
-            details={"missing": missing, "unexpected": unexpected, "mismatched": mismatched},
-        )
-    model.load_state_dict(dict(state), strict=True, assign=assign)

@@ -25,7 +25,8 @@ from ...runtime import autocast, resolve_device, resolve_dtype
 from ...weights import CacheRoots, ensure
 from .boxes import clip_boxes, nonempty
 from .config import VitDetConfig
-from .convert import load_strict, read_model_zoo, to_state_dict
+from ..checkpoint import load_strict
+from .convert import read_model_zoo, to_state_dict
 from .files import FILES
 from .model import VitDetModel
 from .roi_heads import RawDetections
