@@ -147,7 +147,12 @@ class VideoJobs:
                 f"expected at most {self.jobs.max_active} running and {self.jobs.max_queued} queued jobs, "
                 f"got {counts['running']} running and {counts['queued']} queued; retry later",
                 status=429,
-                details={"retry_after": 5, **counts},
+                details={
+                    "retry_after": 5,
+                    **counts,
+                    "max_active": self.jobs.max_active,
+                    "max_queued": self.jobs.max_queued,
+                },
             )
 
     def _counts(self) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
@@ -23,17 +24,50 @@ def figure_frame(positions: Sequence[int], size: tuple[int, int] = (360, 640)) -
     return img
 
 
-def write_video(path: Path, frames: Sequence[np.ndarray], fps: int = 10, codec: str = "libx264") -> Path:
+def write_video(
+    path: Path,
+    frames: Sequence[np.ndarray],
+    fps: int = 10,
+    codec: str = "libx264",
+    *,
+    size: tuple[int, int] | None = None,
+    rotation: int | None = None,
+    pts_ms: Sequence[int] | None = None,
+) -> Path:
+    """Encode BGR frames; ``size`` (h, w) for a stream without frames, ``rotation`` a display
+    matrix (degrees counter-clockwise, as phones write it), ``pts_ms`` variable frame times."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
+        stream.height, stream.width = size if size is not None else frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
-        for img in frames:
+        if pts_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+            stream.time_base = Fraction(1, 1000)
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        container.start_encoding()
+        for i, img in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img[:, :, ::-1]), format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[i], Fraction(1, 1000)
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
+
+
+def audio_only(path: Path) -> Path:
+    """An MP4 holding a short silent AAC track and no video."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=8000)
+        for i in range(4):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 8000, i * 1024
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
     return path
 
 

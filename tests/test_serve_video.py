@@ -1,0 +1,384 @@
+"""Video jobs through the real Ray Serve application (tiny profile, local Ray with 2 CPUs).
+
+Upload -> poll -> result against the in-process runner, concurrency, idempotency, backpressure,
+cancel/delete, paging, each video edge case's documented answer, the drop-in ``/pose/video``
+route and its confinement, NPZ, callbacks, and a worker crash in the middle of a job.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.serve")
+httpx = pytest.importorskip("httpx")
+jsonschema = pytest.importorskip("jsonschema")
+
+from serve_helpers import free_port, serve_tiny  # noqa: E402
+from videos import audio_only, crossing_video, figure_frame, write_video  # noqa: E402
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+MAX_ACTIVE, MAX_QUEUED = 2, 1
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny models written once here, so the replicas find them instead of racing to write."""
+    from configs.tiny import tiny_roots
+
+    base = tmp_path_factory.mktemp("tiny")
+    tiny_roots(base)
+    return base
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every clip the tests send; those in ``media/`` are also reachable through /pose/video."""
+    base = tmp_path_factory.mktemp("clips")
+    media = base / "media"
+    media.mkdir()
+    people = [figure_frame([200, 440])]
+    out = {
+        "crossing": crossing_video(media / "crossing.mp4"),
+        "long": write_video(base / "long.mp4", [figure_frame([120 + 8 * i, 520 - 8 * i]) for i in range(32)]),
+        "one": write_video(media / "one.mp4", people),
+        "second": write_video(base / "second.mp4", [figure_frame([150 + 20 * i]) for i in range(6)]),
+        "empty_scene": write_video(base / "empty_scene.mp4", [np.full((240, 320, 3), 128, np.uint8)] * 4),
+        "rotated": write_video(base / "phone.mp4", people * 3, rotation=-90),
+        "vfr": write_video(base / "vfr.mp4", people * 4, pts_ms=[0, 40, 300, 340]),
+        "zero": write_video(base / "zero.mp4", [], size=(240, 320)),
+        "audio": audio_only(base / "voice.mp4"),
+        "huge": write_video(base / "huge.mp4", [np.zeros((2304, 4096 + 64, 3), np.uint8)], codec="mpeg4"),
+    }
+    text = base / "notes.mp4"
+    text.write_text("#EXTM3U\n/etc/passwd\n")
+    out["not_a_video"] = text
+    whole = out["long"].read_bytes()
+    cut = base / "cut.mp4"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    out["truncated"] = cut
+    outside = base / "outside.mp4"
+    outside.write_bytes(out["one"].read_bytes())
+    out["outside"] = outside
+    os.symlink(outside, media / "link.mp4")
+    out["media"] = media
+    return out
+
+
+@pytest.fixture(scope="module")
+def service(tiny_dir: Path, clips: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data = tmp_path_factory.mktemp("data")
+    args = {
+        "data_dir": str(data),
+        "media_dir": str(clips["media"]),
+        "jobs": {"max_active": MAX_ACTIVE, "max_queued": MAX_QUEUED, "sync_timeout_s": 120.0},
+        "regressor_batch": {"max_batch_size": 16, "batch_wait_timeout_s": 0.02},
+    }
+    with serve_tiny(tiny_dir, **args) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(service: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service, timeout=180.0) as c:
+        yield c
+
+
+def upload(client: httpx.Client, path: Path, **kw: Any) -> httpx.Response:
+    headers = kw.pop("headers", None)
+    return client.post("/v1/videos", files={"video": (path.name, path.read_bytes(), "video/mp4")}, data=kw, headers=headers)
+
+
+def wait_job(client: httpx.Client, job_id: str, timeout: float = 240.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in TERMINAL:
+            return job
+        time.sleep(0.25)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {job}")
+
+
+def run_job(client: httpx.Client, path: Path, **kw: Any) -> dict[str, Any]:
+    resp = upload(client, path, **kw)
+    assert resp.status_code == 202, resp.text
+    return wait_job(client, resp.json()["id"])
+
+
+def assert_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert resp.status_code == status, f"expected {status} {code}, got {resp.status_code}: {resp.text[:300]}"
+    body = resp.json()
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"]
+    return body
+
+
+def assert_same_result(got: dict[str, Any], want: dict[str, Any]) -> None:
+    """Same frames, people and track ids; numbers within 1e-4 (batching may change rounding)."""
+    assert got["video"] == want["video"] and got["tracks"] == want["tracks"] and got["models"] == want["models"]
+    assert len(got["frames"]) == len(want["frames"])
+    for fg, fw in zip(got["frames"], want["frames"]):
+        assert (fg["frame_index"], fg["time_s"]) == (fw["frame_index"], fw["time_s"])
+        assert [p["track_id"] for p in fg["people"]] == [p["track_id"] for p in fw["people"]]
+        for pg, pw in zip(fg["people"], fw["people"]):
+            assert pg["score"] == pytest.approx(pw["score"], abs=1e-4)
+            for key in ("bbox", "keypoints_2d", "keypoints_3d"):
+                np.testing.assert_allclose(pg[key], pw[key], rtol=1e-4, atol=1e-4, err_msg=key)
+            for group in ("smpl", "camera"):
+                for key, value in pw[group].items():
+                    np.testing.assert_allclose(pg[group][key], value, rtol=1e-4, atol=1e-4, err_msg=f"{group}.{key}")
+
+
+@pytest.fixture(scope="module")
+def crossing_job(client: httpx.Client, clips: dict[str, Path]) -> dict[str, Any]:
+    job = run_job(client, clips["crossing"])
+    assert job["state"] == "succeeded", job
+    return job
+
+
+# -- the main path -------------------------------------------------------------------------------
+
+
+def test_upload_poll_result_equals_the_in_process_runner(client, clips, crossing_job, tiny_dir):
+    from configs.tiny import runner_settings, tiny_roots
+    from pipeline.runner import VideoRunner
+
+    job = crossing_job
+    assert job["progress"] == {"frames_done": 12, "frames_total": 12, "fraction": 1.0}
+    assert {"decode_s", "models_s", "tracking_s", "total_s"} <= set(job["timings"])
+    assert job["results"] == ["json", "npz"] and job["error"] is None
+    got = client.get(job["links"]["result"]).json()
+    runner = VideoRunner.from_cache(tiny_roots(tiny_dir), download=False, device="cpu", **runner_settings())
+    want = json.loads(runner.run(clips["crossing"]).model_dump_json())
+    assert got["tracks"], "the tiny models should track the two drawn figures"
+    assert_same_result(got, want)
+
+
+def test_result_validates_against_the_published_schema(client, crossing_job):
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert "VideoResult" in schemas and "JobStatus" in schemas
+    result_schema = {**schemas["VideoResult"], "components": spec["components"]}
+    jsonschema.Draft202012Validator(result_schema).validate(client.get(crossing_job["links"]["result"]).json())
+    status_schema = {**schemas["JobStatus"], "components": spec["components"]}
+    jsonschema.Draft202012Validator(status_schema).validate(client.get(crossing_job["links"]["self"]).json())
+    op = spec["paths"]["/v1/jobs/{job_id}/result"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert op["$ref"].endswith("/VideoResult")
+
+
+def test_npz_result_holds_the_same_numbers(client, crossing_job):
+    doc = client.get(crossing_job["links"]["result"]).json()
+    resp = client.get(crossing_job["links"]["result"], params={"format": "npz"})
+    assert resp.status_code == 200 and resp.headers["content-type"] == "application/octet-stream"
+    arrays = np.load(io.BytesIO(resp.content), allow_pickle=False)
+    people = [p for f in doc["frames"] for p in f["people"]]
+    assert arrays["bbox"].shape == (len(people), 4) and arrays["body_pose"].shape == (len(people), 23, 3, 3)
+    np.testing.assert_allclose(arrays["keypoints_3d"][0], people[0]["keypoints_3d"], atol=1e-6)
+    assert arrays["track_id"].tolist() == [-1 if p["track_id"] is None else p["track_id"] for p in people]
+    assert "vertices" not in arrays.files
+    assert json.loads(str(arrays["meta"]))["tracks"] == doc["tracks"]
+    assert_error(client.get(crossing_job["links"]["result"], params={"vertices": "true"}), 409, "vertices_not_computed")
+
+
+def test_vertices_on_request(client, clips):
+    job = run_job(client, clips["one"], vertices="true")
+    assert job["state"] == "succeeded" and job["options"]["vertices"] is True
+    url = job["links"]["result"]
+    with_vertices = client.get(url, params={"vertices": "true"}).json()
+    people = [p for f in with_vertices["frames"] for p in f["people"]]
+    assert people and len(people[0]["vertices"]) == 6890
+    assert all(p["vertices"] is None for f in client.get(url).json()["frames"] for p in f["people"])
+    arrays = np.load(io.BytesIO(client.get(url, params={"format": "npz", "vertices": "true"}).content))
+    assert arrays["vertices"].shape == (len(people), 6890, 3)
+
+
+def test_two_videos_at_once_both_finish(client, clips):
+    a = upload(client, clips["crossing"])
+    b = upload(client, clips["second"])
+    assert a.status_code == b.status_code == 202
+    ja, jb = wait_job(client, a.json()["id"]), wait_job(client, b.json()["id"])
+    assert ja["state"] == jb["state"] == "succeeded", (ja, jb)
+    assert jb["started_at"] < ja["finished_at"], "the two jobs should have run at the same time"
+    assert len(client.get(jb["links"]["result"]).json()["frames"]) == 6
+
+
+def test_idempotency_key_returns_the_same_job(client, clips):
+    key = {"Idempotency-Key": "retry-me-123"}
+    first = upload(client, clips["one"], headers=key)
+    again = upload(client, clips["one"], headers=key)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert first.headers["location"] == f"/v1/jobs/{first.json()['id']}"
+    assert wait_job(client, first.json()["id"])["state"] == "succeeded"
+
+
+def test_full_queue_is_429_with_retry_after_then_cancel_and_delete(client, clips):
+    ids = []
+    for _ in range(MAX_ACTIVE + MAX_QUEUED):
+        resp = upload(client, clips["long"])
+        assert resp.status_code == 202, resp.text
+        ids.append(resp.json()["id"])
+    refused = upload(client, clips["one"])
+    body = assert_error(refused, 429, "too_many_jobs")
+    assert int(refused.headers["retry-after"]) >= 1 and body["error"]["details"]["max_queued"] == MAX_QUEUED
+    for job_id in ids:
+        resp = client.delete(f"/v1/jobs/{job_id}")
+        assert resp.status_code in (202, 204), resp.text
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and any(client.get(f"/v1/jobs/{i}").status_code != 404 for i in ids):
+        time.sleep(0.5)
+    for job_id in ids:
+        assert_error(client.get(f"/v1/jobs/{job_id}"), 404, "job_not_found")
+    assert_error(client.delete(f"/v1/jobs/{ids[0]}"), 404, "job_not_found")
+
+
+def test_list_paging_and_filter(client, crossing_job):
+    everything = client.get("/v1/jobs", params={"limit": 1000}).json()
+    assert everything["total"] == len(everything["jobs"]) >= 2
+    first = client.get("/v1/jobs", params={"limit": 1}).json()
+    second = client.get("/v1/jobs", params={"limit": 1, "offset": 1}).json()
+    assert first["total"] == everything["total"] and len(first["jobs"]) == 1
+    assert [first["jobs"][0]["id"], second["jobs"][0]["id"]] == [j["id"] for j in everything["jobs"][:2]]
+    done = client.get("/v1/jobs", params={"state": "succeeded", "limit": 1000}).json()
+    assert crossing_job["id"] in [j["id"] for j in done["jobs"]]
+    assert all(j["state"] == "succeeded" for j in done["jobs"])
+    assert_error(client.get("/v1/jobs", params={"state": "nope"}), 422, "request_invalid")
+    assert_error(client.get("/v1/jobs", params={"limit": 0}), 422, "request_invalid")
+    assert_error(client.get("/v1/jobs/not-a-job"), 404, "job_not_found")
+
+
+# -- edge cases: each with its documented answer ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("clip", "status", "code"),
+    [
+        ("not_a_video", 415, "video_unsupported_format"),
+        ("truncated", 400, "video_corrupt"),
+        ("zero", 400, "video_empty"),
+        ("audio", 422, "video_no_video_stream"),
+        ("huge", 413, "video_too_large"),
+    ],
+)
+def test_bad_uploads_are_refused_at_once(client, clips, clip, status, code):
+    before = client.get("/v1/jobs").json()["total"]
+    assert_error(upload(client, clips[clip]), status, code)
+    assert client.get("/v1/jobs").json()["total"] == before, "a refused upload must not create a job"
+
+
+def test_upload_protocol_errors(client, clips):
+    assert_error(client.post("/v1/videos", content=b"x", headers={"content-type": "text/plain"}), 415, "unsupported_media_type")
+    assert_error(client.post("/v1/videos", files={"image": ("a.mp4", b"1234", "video/mp4")}), 400, "multipart_invalid")
+    raw = client.post("/v1/videos", content=clips["one"].read_bytes(), headers={"content-type": "video/mp4"})
+    assert raw.status_code == 202, raw.text
+    assert wait_job(client, raw.json()["id"])["state"] == "succeeded"
+
+
+def test_one_frame(client, clips):
+    job = run_job(client, clips["one"])
+    doc = client.get(job["links"]["result"]).json()
+    assert job["state"] == "succeeded" and len(doc["frames"]) == 1 and doc["video"]["frame_count"] == 1
+
+
+def test_no_people_is_a_valid_empty_result(client, clips):
+    job = run_job(client, clips["empty_scene"])
+    doc = client.get(job["links"]["result"]).json()
+    assert len(doc["frames"]) == 4 and all(f["people"] == [] for f in doc["frames"]) and doc["tracks"] == []
+
+
+def test_rotation_metadata_is_applied(client, clips):
+    doc = client.get(run_job(client, clips["rotated"])["links"]["result"]).json()
+    assert doc["video"]["rotation"] == 90
+    assert (doc["video"]["width"], doc["video"]["height"]) == (360, 640)
+
+
+def test_variable_frame_rate_keeps_real_times(client, clips):
+    doc = client.get(run_job(client, clips["vfr"])["links"]["result"]).json()
+    np.testing.assert_allclose([f["time_s"] for f in doc["frames"]], [0.0, 0.04, 0.3, 0.34], atol=1e-6)
+
+
+# -- /pose/video ----------------------------------------------------------------------------------
+
+
+def test_pose_video_inside_the_media_folder(client, clips):
+    resp = client.post("/pose/video", json={"video_path": "one.mp4"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["schema_version"] and len(resp.json()["frames"]) == 1
+    absolute = client.post("/pose/video", json={"video_path": str(clips["media"] / "one.mp4")})
+    assert absolute.status_code == 200, absolute.text
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/etc/passwd", 403, "path_outside_media_root"),
+        ("../outside.mp4", 403, "path_outside_media_root"),
+        ("link.mp4", 403, "path_outside_media_root"),
+        ("missing.mp4", 404, "path_not_found"),
+        ("", 400, "path_invalid"),
+    ],
+)
+def test_pose_video_refuses_paths_outside(client, path, status, code):
+    assert_error(client.post("/pose/video", json={"video_path": path}), status, code)
+
+
+# -- callbacks and restarts -----------------------------------------------------------------------
+
+
+def test_callback_is_called_when_the_job_ends(client, clips):
+    received: list[dict[str, Any]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", free_port()), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        job = run_job(client, clips["one"], callback_url=f"http://127.0.0.1:{server.server_port}/hook")
+        deadline = time.monotonic() + 30
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert received and received[0]["event"] == "job.succeeded" and received[0]["job"]["id"] == job["id"]
+
+
+def test_worker_crash_mid_job_loses_nothing(client, clips, crossing_job):
+    """The VideoPipeline replica is killed while a job runs: Serve starts a new one, which re-queues
+    the job; it finishes (or fails with a reason), and earlier results are still there."""
+    import ray
+
+    resp = upload(client, clips["long"])
+    assert resp.status_code == 202
+    job_id = resp.json()["id"]
+    deadline = time.monotonic() + 180
+    while client.get(f"/v1/jobs/{job_id}").json()["progress"]["frames_done"] == 0:
+        assert time.monotonic() < deadline, "the job never made progress"
+        time.sleep(0.2)
+    (name,) = [a for a in ray.util.list_named_actors(all_namespaces=True) if "VideoPipeline" in a["name"]]
+    ray.kill(ray.get_actor(name["name"], namespace=name["namespace"]), no_restart=True)
+    job = wait_job(client, job_id, timeout=300)
+    if job["state"] == "succeeded":
+        assert job["attempts"] == 2
+        assert len(client.get(job["links"]["result"]).json()["frames"]) == 32
+    else:
+        assert job["state"] == "failed" and job["error"]["code"] and job["error"]["message"], job
+    earlier = client.get(crossing_job["links"]["result"])
+    assert earlier.status_code == 200 and len(earlier.json()["frames"]) == 12
