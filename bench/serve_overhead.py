@@ -37,7 +37,10 @@ def in_process_images_per_s(roots: Any, image: Any, n: int) -> float:
     from pipeline.models.hmr2.predictor import HMR2Predictor
     from pipeline.models.vitdet.predictor import VitDetPredictor
 
-    detector = VitDetPredictor.from_cache(roots, device="cpu", download=False)
+    from configs.tiny import runner_settings
+
+    # the tiny profile's detector settings, as the served Detector runs them
+    detector = VitDetPredictor.from_cache(roots, device="cpu", download=False, **runner_settings()["detector_options"])
     hmr2 = HMR2Predictor.from_cache(roots, device="cpu", download=False)
 
     def one() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -25,8 +25,12 @@ def run_image(
     dtype: str = "float32",
     download: bool = True,
     vertices: bool = False,
+    detector_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The result document (`ImageResult` as JSON-able dict) for an image file."""
+    """The result document (`ImageResult` as JSON-able dict) for an image file.
+
+    ``detector_options``: further `VitDetPredictor.from_cache` arguments (thresholds,
+    ``input_size``, ``post_nms_topk``), e.g. a serving profile's, to match the service."""
     roots = roots or CacheRoots.from_env()
     image = load_image(photo)
     scores = None
@@ -34,7 +38,9 @@ def run_image(
     if boxes is None:
         from .models.vitdet.predictor import VitDetPredictor
 
-        detector = VitDetPredictor.from_cache(roots, device=device, dtype=dtype, download=download)
+        detector = VitDetPredictor.from_cache(
+            roots, device=device, dtype=dtype, download=download, **dict(detector_options or {})
+        )
         detections = detector([image])[0]
         box_array, scores = detections.boxes, detections.scores
         models["detector"] = "vitdet"

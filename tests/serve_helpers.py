@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,17 +19,11 @@ def free_port() -> int:
 
 
 def stick_figures(height: int = 360, width: int = 480) -> np.ndarray:
-    """A BGR scene with three drawn people: what the tiny detector is biased to find."""
-    img = np.full((height, width, 3), 235, np.uint8)
-    for i, cx in enumerate((width // 4, width // 2 + 20, 4 * width // 5)):
-        top = 60 + 20 * i
-        cv2.circle(img, (cx, top), 18, (40, 60, 200), -1)
-        cv2.line(img, (cx, top + 18), (cx, top + 130), (30, 30, 30), 9)
-        cv2.line(img, (cx, top + 50), (cx - 45, top + 100), (30, 120, 30), 7)
-        cv2.line(img, (cx, top + 50), (cx + 45, top + 95), (30, 120, 30), 7)
-        cv2.line(img, (cx, top + 130), (cx - 35, top + 220), (120, 40, 40), 8)
-        cv2.line(img, (cx, top + 130), (cx + 35, top + 220), (120, 40, 40), 8)
-    return img
+    """A BGR scene with three drawn people: the figures the tiny detector is calibrated to find
+    (also at the tiny profile's fast detector settings)."""
+    from pipeline.tiny.vitdet import draw_figures
+
+    return draw_figures([width // 4, width // 2 + 20, 4 * width // 5], size=(height, width))
 
 
 def encode(image: np.ndarray, ext: str = ".png") -> bytes:
@@ -51,6 +46,8 @@ def serve_tiny(
 
     from deployments.app import AppArgs, build_app
 
+    if "data_dir" not in app_args:  # video jobs: never the user's default data folder in tests
+        app_args["data_dir"] = tempfile.mkdtemp(prefix="pose-data-")
     port = free_port()
     env_vars = {"OMP_NUM_THREADS": "1", **(env or {})}
     ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars})

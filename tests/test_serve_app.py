@@ -85,13 +85,15 @@ def test_health_ready_docs(client: httpx.Client, service: str) -> None:
 
 
 def test_image_matches_in_process(client: httpx.Client, scene_png: Path, tiny_dir: Path) -> None:
-    from configs.tiny import tiny_roots
+    from configs.tiny import runner_settings, tiny_roots
     from pipeline.image import run_image
 
     resp = client.post("/v1/images", files={"image": ("scene.png", scene_png.read_bytes(), "image/png")})
     assert resp.status_code == 200, resp.text[:500]
     got = resp.json()
-    want = run_image(scene_png, roots=tiny_roots(tiny_dir), device="cpu", download=False)
+    # the tiny profile's detector settings, as the served Detector runs them
+    options = runner_settings()["detector_options"]
+    want = run_image(scene_png, roots=tiny_roots(tiny_dir), device="cpu", download=False, detector_options=options)
     assert got["schema_version"] == want["schema_version"]
     assert got["image"] == want["image"] and got["models"] == want["models"]
     assert_same_people(got["people"], want["people"])
