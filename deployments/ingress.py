@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipeline.errors import InputError, PoseError
 from pipeline.imageio import decode_image
 from pipeline.models.hmr2.predictor import validate_boxes
-from pipeline.schema import SCHEMA_VERSION, ImageInfo, ImageResult, people_from_outputs
+from pipeline.schema import SCHEMA_VERSION, ImageInfo, ImageResult, models_used, people_from_outputs
 
 from .common import unwrap_error
 from .metrics import IngressMetrics
@@ -312,12 +312,12 @@ class Ingress:
         started = time.perf_counter()
         image = await asyncio.to_thread(decode_image, data, max_pixels=self.settings.max_pixels)
         self.metrics.stage.observe("decode", time.perf_counter() - started)
-        models = {"mesh": "hmr2"}
+        models = models_used("mesh")
         if boxes_json is not None and boxes_json.strip():
             people: Any = self._parse_boxes(boxes_json, image.shape[:2])
         else:
             people = self.detector.detect.remote(image)  # passed on unresolved: no round trip here
-            models["detector"] = "vitdet"
+            models = models_used("detector", "mesh")
         started = time.perf_counter()
         try:
             mesh = await asyncio.wait_for(

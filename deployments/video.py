@@ -222,7 +222,8 @@ class VideoPipeline:
     async def _process(self, job: Job, retry: int) -> dict[str, str]:
         """Decode, detect, regress, track one job; write its result files; their names."""
         from pipeline.result_npz import video_result_npz
-        from pipeline.runner import MODEL_NAMES, VideoResultBuilder, video_meta
+        from pipeline.runner import VideoResultBuilder, video_meta
+        from pipeline.schema import MODEL_NAMES
         from pipeline.video import iter_frames, probe_video
 
         if job.input_path is None:

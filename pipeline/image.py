@@ -10,7 +10,7 @@ import numpy as np
 
 from .imageio import load_image
 from .models.hmr2.predictor import HMR2Predictor, validate_boxes
-from .schema import ImageInfo, ImageResult, people_from_outputs
+from .schema import ImageInfo, ImageResult, models_used, people_from_outputs
 from .weights import CacheRoots
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def run_image(
     roots = roots or CacheRoots.from_env()
     image = load_image(photo)
     scores = None
-    models = {"mesh": "hmr2"}
+    models = models_used("mesh")
     if boxes is None:
         from .models.vitdet.predictor import VitDetPredictor
 
@@ -43,7 +43,7 @@ def run_image(
         )
         detections = detector([image])[0]
         box_array, scores = detections.boxes, detections.scores
-        models["detector"] = "vitdet"
+        models = models_used("detector", "mesh")
         logger.info("detected %d people", len(box_array))
     else:
         box_array = validate_boxes(boxes, image.shape[:2], allow_empty=False)

@@ -18,15 +18,13 @@ import numpy as np
 
 from .errors import PoseError
 from .models.hmr2.predictor import HMR2Output, HMR2Predictor
-from .schema import Frame, Person, TrackSummary, VideoMeta, VideoResult, people_from_outputs
+from .schema import MODEL_NAMES, Frame, Person, TrackSummary, VideoMeta, VideoResult, people_from_outputs
 from .tracking.observation import PersonObservation
 from .tracking.tracker import FrameTracks, Tracker, TrackerModels
 from .video import VideoInfo, VideoLimits, iter_frames, probe_video
 from .weights import CacheRoots
 
 logger = logging.getLogger(__name__)
-
-MODEL_NAMES = {"detector": "vitdet_h_cascade", "mesh": "hmr2.0b", "tracker": "phalp"}
 
 
 def observations_for(out: HMR2Output, scores: np.ndarray, uv: np.ndarray | None, embeddings: np.ndarray | None) -> list[PersonObservation]:

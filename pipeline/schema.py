@@ -16,6 +16,14 @@ from .models.hmr2.predictor import HMR2Output
 
 SCHEMA_VERSION = "1.0"
 
+# What the ``models`` field of a result names, per stage.
+MODEL_NAMES = {"detector": "vitdet_h_cascade", "mesh": "hmr2.0b", "tracker": "phalp"}
+
+
+def models_used(*stages: str) -> dict[str, str]:
+    """The ``models`` field for the stages that produced a result."""
+    return {stage: MODEL_NAMES[stage] for stage in stages}
+
 Mat3 = list[list[float]]
 
 

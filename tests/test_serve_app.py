@@ -112,7 +112,7 @@ def test_client_boxes_skip_detection(client: httpx.Client, scene_png: Path, tiny
     )
     assert resp.status_code == 200, resp.text[:500]
     got = resp.json()
-    assert got["models"] == {"mesh": "hmr2"} and all(p["score"] is None for p in got["people"])
+    assert got["models"] == {"mesh": "hmr2.0b"} and all(p["score"] is None for p in got["people"])
     assert len(got["people"][0]["vertices"]) == 6890
     want = run_image(scene_png, boxes=boxes, roots=tiny_roots(tiny_dir), device="cpu", download=False, vertices=True)
     assert_same_people(got["people"], want["people"])
