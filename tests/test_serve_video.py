@@ -75,15 +75,18 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def service(tiny_dir: Path, clips: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data = tmp_path_factory.mktemp("data")
-    args = {
-        "data_dir": str(data),
+def app_args(clips: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return {
+        "data_dir": str(tmp_path_factory.mktemp("data")),
         "media_dir": str(clips["media"]),
         "jobs": {"max_active": MAX_ACTIVE, "max_queued": MAX_QUEUED, "sync_timeout_s": 120.0},
         "regressor_batch": {"max_batch_size": 16, "batch_wait_timeout_s": 0.02},
     }
-    with serve_tiny(tiny_dir, **args) as url:
+
+
+@pytest.fixture(scope="module")
+def service(tiny_dir: Path, app_args: dict[str, Any]) -> Iterator[str]:
+    with serve_tiny(tiny_dir, **app_args) as url:
         yield url
 
 
@@ -382,3 +385,32 @@ def test_worker_crash_mid_job_loses_nothing(client, clips, crossing_job):
         assert job["state"] == "failed" and job["error"]["code"] and job["error"]["message"], job
     earlier = client.get(crossing_job["links"]["result"])
     assert earlier.status_code == 200 and len(earlier.json()["frames"]) == 12
+
+
+def test_application_restart_mid_job_loses_nothing(client, clips, crossing_job, tiny_dir, app_args):
+    """The whole application is deleted while a job runs and started again on the same data
+    folder: the job is resumed (or fails with a reason) and finished results are still there.
+    Runs last: it replaces the application the other tests use."""
+    from ray import serve
+
+    from deployments.app import AppArgs, build_app
+
+    resp = upload(client, clips["long"])
+    assert resp.status_code == 202
+    job_id = resp.json()["id"]
+    deadline = time.monotonic() + 180
+    while client.get(f"/v1/jobs/{job_id}").json()["progress"]["frames_done"] == 0:
+        assert time.monotonic() < deadline, "the job never made progress"
+        time.sleep(0.2)
+    serve.delete("pose")
+    serve.run(build_app(AppArgs(profile="tiny", tiny_dir=str(tiny_dir), **app_args)), name="pose", route_prefix="/")
+    job = wait_job(client, job_id, timeout=300)
+    if job["state"] == "succeeded":
+        assert job["attempts"] >= 2
+        assert len(client.get(job["links"]["result"]).json()["frames"]) == 32
+    else:
+        assert job["state"] == "failed" and job["error"]["code"] and job["error"]["message"], job
+    earlier = client.get(crossing_job["links"]["result"])
+    assert earlier.status_code == 200 and len(earlier.json()["frames"]) == 12
+    listed = client.get("/v1/jobs", params={"limit": 100}).json()
+    assert {crossing_job["id"], job_id} <= {j["id"] for j in listed["jobs"]}
