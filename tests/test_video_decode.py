@@ -17,6 +17,7 @@ import pytest
 from pipeline import video as video_mod
 from pipeline.errors import InputError
 from pipeline.video import FrameChunk, VideoInfo, VideoLimits, iter_frames, probe_video
+from videos import audio_only
 
 REAL_CLIP = Path(__file__).resolve().parents[2] / "shared" / "media" / "phalp_vid.mp4"
 W, H = 64, 48
@@ -245,16 +246,7 @@ def test_empty_missing_and_non_regular_files(tmp_path):
 
 
 def test_audio_only_file(tmp_path):
-    path = tmp_path / "voice.mp4"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("aac", rate=8000)
-        for i in range(4):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 8000, i * 1024
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    path = audio_only(tmp_path / "voice.mp4")
     with pytest.raises(InputError) as excinfo:
         probe_video(path)
     assert _code(excinfo) == "video_no_video_stream"

@@ -8,27 +8,12 @@ import numpy as np
 import pytest
 
 from pipeline.models.vitdet.predictor import Detections, VitDetPredictor
-from pipeline.tiny.vitdet import tiny_detector_settings, write_tiny_vitdet
+from pipeline.tiny.vitdet import draw_figures as figure_frame
+from pipeline.tiny.vitdet import figure_box, tiny_detector_settings, write_tiny_vitdet
 from pipeline.weights import CacheRoots
 
 # PHALP drops detections below these (its tracking filter)
 MIN_WIDTH, MIN_HEIGHT, MIN_SCORE = 50.0, 100.0, 0.8
-
-
-def figure_frame(positions: list[int], size: tuple[int, int] = (360, 640)) -> np.ndarray:
-    """The synthetic video generator: one drawn figure per x position on light grey."""
-    img = np.full((*size, 3), 190, np.uint8)
-    colours = [(40, 40, 160), (150, 60, 40), (40, 140, 40)]
-    for k, x in enumerate(positions):
-        cv2.circle(img, (x, 80), 22, (60, 80, 120), -1)
-        cv2.rectangle(img, (x - 25, 105), (x + 25, 220), colours[k % 3], -1)
-        cv2.line(img, (x - 12, 220), (x - 20, 320), (30, 30, 30), 10)
-        cv2.line(img, (x + 12, 220), (x + 20, 320), (30, 30, 30), 10)
-    return img
-
-
-def figure_box(x: int) -> np.ndarray:
-    return np.array([x - 27, 58, x + 27, 325], np.float32)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

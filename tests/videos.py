@@ -7,21 +7,14 @@ from pathlib import Path
 from typing import Sequence
 
 import av
-import cv2
 import numpy as np
 
-COLOURS = [(40, 40, 160), (150, 60, 40), (40, 140, 40)]
-
+from pipeline.tiny.vitdet import draw_figures
 
 def figure_frame(positions: Sequence[int], size: tuple[int, int] = (360, 640)) -> np.ndarray:
-    """A light frame with one standing stick figure per x position (BGR uint8)."""
-    img = np.full((*size, 3), 190, np.uint8)
-    for k, x in enumerate(positions):
-        cv2.circle(img, (x, 80), 22, (60, 80, 120), -1)
-        cv2.rectangle(img, (x - 25, 105), (x + 25, 220), COLOURS[k % 3], -1)
-        cv2.line(img, (x - 12, 220), (x - 20, 320), (30, 30, 30), 10)
-        cv2.line(img, (x + 12, 220), (x + 20, 320), (30, 30, 30), 10)
-    return img
+    """A light frame with one standing figure per x position (BGR uint8): the figures the tiny
+    detector is built to find."""
+    return draw_figures(positions, size=size)
 
 
 def write_video(
