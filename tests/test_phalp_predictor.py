@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from pipeline.models.phalp.config import PosePredictorConfig
 from pipeline.models.checkpoint import load_strict
+from pipeline.models.phalp.config import PosePredictorConfig
 from pipeline.models.phalp.convert import (
     hmar_state_from_file,
     pose_predictor_state_from_file,

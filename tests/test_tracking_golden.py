@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from pipeline.models.phalp.config import PhalpConfig, PosePredictorConfig
 from pipeline.models.checkpoint import load_strict
+from pipeline.models.phalp.config import PhalpConfig, PosePredictorConfig
 from pipeline.models.phalp.convert import (
     hmar_state_from_file,
     pose_predictor_state_from_file,
