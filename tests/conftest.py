@@ -48,3 +48,19 @@ def tiny_roots(tmp_path_factory):
     roots = CacheRoots.under(tmp_path_factory.mktemp("tiny_cache"))
     write_tiny_caches(roots)
     return roots
+
+
+@pytest.fixture(scope="session")
+def phalp_golden_models(golden):
+    """PHALP's pose predictor and appearance encoder from the golden files, built by the same
+    loader the service uses (gzip'ed weight files are read as they are)."""
+    from pipeline.models.phalp.loading import load_tracking_models_from_paths
+
+    folder = golden("phalp")
+    paths = {
+        "phalp.pose_predictor_config": folder / "pose_predictor.yaml",
+        "phalp.pose_predictor": next(folder.glob("pose_predictor*.ckpt*")),
+        "phalp.mean_std": folder / "mean_std.npy",
+        "phalp.hmar_weights": next(folder.glob("hmar_v2_weights.pth*")),
+    }
+    return load_tracking_models_from_paths(paths, device="cpu")

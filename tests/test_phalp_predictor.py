@@ -7,17 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from pipeline.models.checkpoint import load_strict
-from pipeline.models.phalp.config import PosePredictorConfig
-from pipeline.models.phalp.convert import (
-    hmar_state_from_file,
-    pose_predictor_state_from_file,
-    read_mean_std,
-)
-from pipeline.models.phalp.encoder import PhalpAppearanceEncoder, process_uv_image
-from pipeline.models.phalp.predictor import PhalpPosePredictor
+from pipeline.models.phalp.encoder import process_uv_image
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +17,8 @@ def phalp_dir(golden):
 
 
 @pytest.fixture(scope="module")
-def predictor(phalp_dir):
-    with open(phalp_dir / "pose_predictor.yaml") as fh:
-        config = PosePredictorConfig.from_yaml_dict(yaml.safe_load(fh))
-    model = PhalpPosePredictor(config).eval()
-    ckpt = next(phalp_dir.glob("pose_predictor*.ckpt*"))
-    load_strict(model.encoder, pose_predictor_state_from_file(ckpt), source=str(ckpt))
-    model.set_mean_std(read_mean_std(phalp_dir / "mean_std.npy"))
-    return model
+def predictor(phalp_golden_models):
+    return phalp_golden_models[0]
 
 
 def _cases(phalp_dir):
@@ -88,11 +73,8 @@ def test_pose_predictor_per_row_readout_differs_only_in_row_slots(phalp_dir, pre
 
 
 @pytest.fixture(scope="module")
-def encoder(phalp_dir):
-    model = PhalpAppearanceEncoder().eval()
-    path = next(phalp_dir.glob("hmar_v2_weights.pth*"))
-    load_strict(model, hmar_state_from_file(path), source=str(path))
-    return model
+def encoder(phalp_golden_models):
+    return phalp_golden_models[1]
 
 
 def test_appearance_encoder_matches_reference(phalp_dir, encoder):

@@ -8,17 +8,8 @@ import os
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from pipeline.models.checkpoint import load_strict
-from pipeline.models.phalp.config import PhalpConfig, PosePredictorConfig
-from pipeline.models.phalp.convert import (
-    hmar_state_from_file,
-    pose_predictor_state_from_file,
-    read_mean_std,
-)
-from pipeline.models.phalp.encoder import PhalpAppearanceEncoder
-from pipeline.models.phalp.predictor import PhalpPosePredictor
+from pipeline.models.phalp.config import PhalpConfig
 from pipeline.tracking import PersonObservation, Tracker, TrackerModels, collect_outputs
 from pipeline.tracking.observation import build_detection
 
@@ -29,17 +20,8 @@ def phalp_dir(golden):
 
 
 @pytest.fixture(scope="module")
-def models(phalp_dir):
-    with open(phalp_dir / "pose_predictor.yaml") as fh:
-        pconfig = PosePredictorConfig.from_yaml_dict(yaml.safe_load(fh))
-    predictor = PhalpPosePredictor(pconfig).eval()
-    ckpt = next(phalp_dir.glob("pose_predictor*.ckpt*"))
-    load_strict(predictor.encoder, pose_predictor_state_from_file(ckpt), source=str(ckpt))
-    predictor.set_mean_std(read_mean_std(phalp_dir / "mean_std.npy"))
-    encoder = PhalpAppearanceEncoder().eval()
-    hmar = next(phalp_dir.glob("hmar_v2_weights.pth*"))
-    load_strict(encoder, hmar_state_from_file(hmar), source=str(hmar))
-    return TrackerModels(predictor, encoder)
+def models(phalp_golden_models):
+    return TrackerModels(*phalp_golden_models)
 
 
 def _config(phalp_dir) -> PhalpConfig:
