@@ -154,18 +154,20 @@ def report(files: Sequence[WeightFile], roots: CacheRoots) -> list[FileStatus]:
 def missing_message(missing: Sequence[FileStatus]) -> str:
     """One message naming each missing file, where it was looked for, and how to provide it."""
     lines = [f"{len(missing)} model file(s) missing:"]
+    downloads: dict[Download, list[str]] = {}
     for st in missing:
         f = st.file
         lines.append(f"- {f.key} ({f.description})")
         lines.append("    looked for: " + "; ".join(str(p) for p in st.looked_in))
         if f.download is not None:
-            lines.append(
-                f"    provide it: run `python -m pipeline weights --fetch` with network access "
-                f"(downloads {f.download.name} from {f.download.urls[0]}), or place the file at "
-                f"{st.looked_in[0]}"
-            )
+            downloads.setdefault(f.download, []).append(f.key)
         if f.how_to_get:
             lines.append("    " + f.how_to_get)
+    for dl, keys in downloads.items():
+        lines.append(
+            f"{', '.join(keys)}: run `python -m pipeline weights --fetch` with network access (downloads "
+            f"{dl.name} from {dl.urls[0]}), or place the files at the first path listed for each"
+        )
     return "\n".join(lines)
 
 
