@@ -162,8 +162,12 @@ def iter_frames(
     path: str | Path,
     limits: VideoLimits = VideoLimits(),
     chunk_size: int = 16,
+    start_frame: int = 0,
 ) -> Iterator[FrameChunk]:
     """Decoded frames in chunks of at most ``chunk_size``; only the current chunk is held.
+
+    ``start_frame``: frames before it are decoded (frame-exact, limits still checked) but not
+    converted or returned; chunks then start there (resuming a job).
 
     Limits are enforced as frames arrive; damage found mid-stream raises ``video_corrupt``
     after the chunks before it. A stream that decodes to nothing raises ``video_empty``.
@@ -180,7 +184,8 @@ def iter_frames(
         frames: list[np.ndarray] = []
         times: list[float] = []
         index = 0
-        chunk_start = 0
+        skip = max(0, int(start_frame))
+        chunk_start = skip
         last_time = -1.0
         for frame in _decode(opened.container, stream, frames_done=lambda: index):
             if info_rotation is None:
@@ -203,9 +208,11 @@ def iter_frames(
                     details={"max_duration_s": limits.max_duration_s},
                 )
             last_time = t
+            index += 1
+            if index <= skip:
+                continue
             frames.append(_upright(frame.to_ndarray(format="bgr24"), info_rotation))
             times.append(t)
-            index += 1
             if len(frames) == chunk_size:
                 yield _chunk(chunk_start, frames, times)
                 chunk_start, frames, times = index, [], []

@@ -142,6 +142,18 @@ class Tracker:
         # Frames in which the tracker held at least one track, newest last (back-filling indexes these).
         self.tracked_frames: deque[int] = deque(maxlen=max(1, self.config.n_init))
 
+    def settled_before(self) -> int | None:
+        """Frames before this index can no longer get a back-filled track id; None: no frame can.
+
+        A later confirmation back-fills at most the ``n_init - 1`` frames before it among the
+        frames in which the tracker held tracks (``tracked_frames``), so only those stay open.
+        """
+        reach = self.config.n_init - 1
+        if reach <= 0 or not self.tracked_frames:
+            return None
+        frames = list(self.tracked_frames)[-reach:]
+        return int(frames[0])
+
     # -----------------------------------------------------------------------------------------
     # Per frame
 

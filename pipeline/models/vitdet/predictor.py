@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,10 @@ class Detections:
     scores: np.ndarray  # (N,) float32 in [0, 1]
     classes: np.ndarray  # (N,) int64 contiguous COCO ids, 0 = person
     masks: np.ndarray | None = None  # (N, H, W) bool full-image masks, only when requested
+    # (N, M, M) float32 mask-head probabilities in box coordinates (``masks="probs"``): what
+    # travels between processes; `full_masks` pastes them where the full-size masks are needed.
+    mask_probs: np.ndarray | None = None
+    mask_threshold: float = 0.5
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -55,7 +59,21 @@ class Detections:
             scores=self.scores[keep],
             classes=self.classes[keep],
             masks=None if self.masks is None else self.masks[keep],
+            mask_probs=None if self.mask_probs is None else self.mask_probs[keep],
+            mask_threshold=self.mask_threshold,
         )
+
+    def full_masks(self, height: int, width: int) -> np.ndarray | None:
+        """(N, height, width) bool masks: the pasted ones, or pasted now from ``mask_probs``
+        (the same paste as ``masks=True``, so the same pixels)."""
+        if self.masks is not None:
+            return self.masks
+        if self.mask_probs is None:
+            return None
+        return paste_masks(
+            torch.from_numpy(np.ascontiguousarray(self.mask_probs)), torch.from_numpy(np.ascontiguousarray(self.boxes)),
+            height, width, self.mask_threshold,
+        ).numpy()
 
 
 def resized_hw(height: int, width: int, size: int) -> tuple[int, int]:
@@ -132,13 +150,14 @@ def postprocess(
     original_hw: tuple[int, int],
     resized: tuple[int, int],
     *,
-    masks: bool,
+    masks: bool | Literal["probs"],
     mask_threshold: float = 0.5,
     person_above: float | None = None,
 ) -> Detections:
     """Resized frame -> original frame (detectron2 ``detector_postprocess``): scale x and y
     separately, clip, drop empty boxes, paste masks with the final boxes. With ``person_above``
-    only persons scoring above it are kept, before the (costly) full-resolution paste."""
+    only persons scoring above it are kept, before the (costly) full-resolution paste.
+    ``masks="probs"`` keeps the mask head's probabilities instead of pasting them."""
     h, w = original_hw
     boxes = raw.boxes.clone()
     boxes[:, 0::2] *= w / resized[1]
@@ -148,16 +167,21 @@ def postprocess(
     if person_above is not None:
         keep &= (raw.classes == PERSON_CLASS) & (raw.scores > person_above)
     boxes, scores, classes = boxes[keep], raw.scores[keep], raw.classes[keep]
-    pasted = None
+    pasted = probs = None
     if masks:
         if raw.mask_probs is None:
             raise ValueError("masks requested but the model ran without the mask head")
-        pasted = paste_masks(raw.mask_probs[keep], boxes, h, w, mask_threshold).cpu().numpy()
+        if masks == "probs":
+            probs = raw.mask_probs[keep].float().cpu().numpy()
+        else:
+            pasted = paste_masks(raw.mask_probs[keep], boxes, h, w, mask_threshold).cpu().numpy()
     return Detections(
         boxes=boxes.cpu().numpy().astype(np.float32),
         scores=scores.float().cpu().numpy(),
         classes=classes.cpu().numpy().astype(np.int64),
         masks=pasted,
+        mask_probs=probs,
+        mask_threshold=mask_threshold,
     )
 
 
@@ -265,19 +289,19 @@ class VitDetPredictor:
             raws = self.model(batch, sizes, score_thresh=self.stage_score_thresh, masks=masks)
         return list(zip(raws, sizes))
 
-    def detect_raw(self, images: list[np.ndarray] | np.ndarray, *, masks: bool = False) -> list[Detections]:
+    def detect_raw(self, images: list[np.ndarray] | np.ndarray, *, masks: bool | Literal["probs"] = False) -> list[Detections]:
         """All detections of every class above the stage threshold, original frame, unfiltered."""
         return self._detect(images, masks=masks, person_above=None)
 
     @torch.inference_mode()
     def _detect(
-        self, images: list[np.ndarray] | np.ndarray, *, masks: bool, person_above: float | None
+        self, images: list[np.ndarray] | np.ndarray, *, masks: bool | Literal["probs"], person_above: float | None
     ) -> list[Detections]:
         frames = self._images(images)
         out: list[Detections] = []
         for start in range(0, len(frames), self.max_batch):
             chunk = frames[start : start + self.max_batch]
-            for frame, (raw, size) in zip(chunk, self.infer(chunk, masks=masks)):
+            for frame, (raw, size) in zip(chunk, self.infer(chunk, masks=bool(masks))):
                 out.append(
                     postprocess(
                         raw,
@@ -290,6 +314,9 @@ class VitDetPredictor:
                 )
         return out
 
-    def __call__(self, images: list[np.ndarray] | np.ndarray, *, masks: bool = False) -> list[Detections]:
-        """People only: class person with score > ``score_thresh`` (4D-Humans' filter)."""
+    def __call__(self, images: list[np.ndarray] | np.ndarray, *, masks: bool | Literal["probs"] = False) -> list[Detections]:
+        """People only: class person with score > ``score_thresh`` (4D-Humans' filter).
+
+        ``masks``: True for full-image masks, ``"probs"`` for the mask head's M x M
+        probabilities (`Detections.full_masks` pastes them later, e.g. in another process)."""
         return self._detect(images, masks=masks, person_above=self.score_thresh)
