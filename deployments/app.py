@@ -24,8 +24,7 @@ from .common import ModelSettings
 from .detector import Detector, DetectorSettings
 from .ingress import Ingress, IngressSettings
 from .regressor import MeshRegressor, RegressorSettings
-from .tracker import Tracker, tracker_available
-from .video import JobSettings, VideoLimitArgs, VideoPipeline
+from .video import JobSettings, VideoLimitArgs, VideoPipeline, tracker_available
 from .video_api import VideoApiSettings
 
 logger = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ class FractionArgs(BaseModel):
 
     detector: float | None = Field(default=None, ge=0.0)
     regressor: float | None = Field(default=None, ge=0.0)
-    tracker: float | None = Field(default=None, ge=0.0)
+    tracker: float | None = Field(default=None, ge=0.0, description="GPU share of each video worker (appearance + tracking)")
     ingress: float | None = Field(default=None, ge=0.0)
     video: float | None = Field(default=None, ge=0.0)
 
@@ -71,6 +70,8 @@ class JobArgs(BaseModel):
     chunk_size: int | None = Field(default=None, ge=1, le=256, description="frames per chunk; None: the profile's")
     sync_timeout_s: float = Field(default=300.0, gt=0, description="POST /pose/video waits this long, then 202")
     allow_callbacks: bool = Field(default=True, description="accept callback_url on uploads")
+    lease_s: float = Field(default=60.0, gt=0, description="a running job not heard of this long is taken over by another attempt")
+    max_stage_wait_s: float = Field(default=120.0, gt=0, description="stage failures in a row retried this long, then the job fails")
 
 
 class AppArgs(BaseModel):
@@ -93,7 +94,7 @@ class AppArgs(BaseModel):
     limits: LimitArgs = Field(default_factory=LimitArgs)
     gpu_fractions: FractionArgs = Field(default_factory=FractionArgs)
     cpu_fractions: FractionArgs = Field(default_factory=FractionArgs)
-    tracker: bool | None = Field(default=None, description="None: include the Tracker when PHALP tracking is installed")
+    tracker: bool | None = Field(default=None, description="video jobs (PHALP tracking in the video workers); None: when installed")
     auth_token_env: str = Field(default="POSE_SERVICE_TOKEN", description="variable holding the optional bearer token")
     data_dir: str | None = Field(
         default=None,
@@ -165,8 +166,10 @@ def build_app(args: AppArgs) -> Application:
 
     def actor_options(stage: str) -> dict[str, Any]:
         options: dict[str, Any] = {"num_cpus": getattr(cpu, stage)}
-        if use_gpu and stage in ("detector", "regressor", "tracker"):
+        if use_gpu and stage in ("detector", "regressor"):
             options["num_gpus"] = getattr(gpu, stage)
+        elif use_gpu and stage == "video":  # the video workers run PHALP's appearance step and tracker
+            options["num_gpus"] = gpu.tracker
         return options
 
     common = ModelSettings(
@@ -197,14 +200,9 @@ def build_app(args: AppArgs) -> Application:
         raise ValueError("tracker: true, but PHALP tracking (or, for the tiny profile, its tiny factory) is not installed")
     regressor = MeshRegressor.options(
         ray_actor_options=actor_options("regressor"), user_config=_batch(profile.regressor_batch, args.regressor_batch)
-    ).bind(RegressorSettings(**common, max_people=limits.max_people, appearance=bool(with_tracker)))
+    ).bind(RegressorSettings(**common, max_people=limits.max_people))
     if not with_tracker:
-        logger.info("Tracker left out of the graph (tracker=%s, PHALP tracking installed: %s)", args.tracker, installed)
-    tracker = (
-        Tracker.options(ray_actor_options=actor_options("tracker")).bind(ModelSettings(**common))
-        if with_tracker
-        else None
-    )
+        logger.info("video jobs left out of the graph (tracker=%s, PHALP tracking installed: %s)", args.tracker, installed)
     resources = {
         "device": "cuda" if use_gpu else "cpu",
         "cluster_gpus": gpus,
@@ -229,16 +227,18 @@ def build_app(args: AppArgs) -> Application:
         max_attempts=args.jobs.max_attempts,
         chunk_size=args.jobs.chunk_size or profile.video_chunk_size,
         video_limits=args.video_limits,
+        lease_s=args.jobs.lease_s,
+        max_stage_wait_s=args.jobs.max_stage_wait_s,
     )
-    # Video jobs need tracking: without a Tracker the video routes answer 503 videos_unavailable.
+    # Video jobs need tracking: without it the video routes answer 503 videos_unavailable.
     video = (
-        VideoPipeline.options(ray_actor_options=actor_options("video")).bind(detector, regressor, tracker, jobs)
-        if tracker is not None
+        VideoPipeline.options(ray_actor_options=actor_options("video")).bind(detector, regressor, jobs, ModelSettings(**common))
+        if with_tracker
         else None
     )
     video_api = VideoApiSettings(
         media_dir=args.media_dir, sync_timeout_s=args.jobs.sync_timeout_s, allow_callbacks=args.jobs.allow_callbacks
     )
     return Ingress.options(ray_actor_options=actor_options("ingress")).bind(
-        detector, regressor, tracker, settings, video, jobs if video is not None else None, video_api
+        detector, regressor, settings, video, jobs if video is not None else None, video_api
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Literal, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.errors import PoseError
 from pipeline.weights import CacheRoots, WeightFile, locate, sha256_of
 
 logger = logging.getLogger(__name__)
@@ -62,3 +64,20 @@ def checksums(files: tuple[WeightFile, ...] | list[WeightFile], roots: CacheRoot
         path: Path | None = st.found
         out[f.key] = {"path": str(path) if path else None, "sha256": sha256_of(path) if path else None}
     return out
+
+
+def as_pose_error(exc: BaseException) -> PoseError | None:
+    """Ray and Serve failures a client can retry, as stable codes; None for anything else."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    exc = unwrap_error(exc)
+    if isinstance(exc, PoseError):
+        return exc
+    if isinstance(exc, BackPressureError):
+        return PoseError("overloaded", "the service is at capacity; retry shortly", status=503)
+    if isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)):
+        return PoseError("stage_unavailable", "a model replica is restarting; retry shortly", status=503)
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return PoseError("stage_timeout", "the image took too long to process", status=503)
+    return None

@@ -79,8 +79,9 @@ class Detector:
         self.metrics.observe("detect", time.perf_counter() - started)
         return out
 
-    async def detect_with_masks(self, image: np.ndarray) -> Detections:
-        """As `detect`, plus full-image person masks (video jobs: PHALP's appearance crops use them).
+    async def detect_for_video(self, image: np.ndarray) -> Detections:
+        """As `detect`, plus the mask head's M x M probabilities per person (not full-image
+        masks: the video worker pastes them where PHALP's appearance step needs them).
 
         A queue of its own, so image requests never pay for masks they do not use."""
         return await self._detect_masks_batch(image)
@@ -88,10 +89,11 @@ class Detector:
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def _detect_masks_batch(self, images: list[np.ndarray]) -> list[Detections]:
         started = time.perf_counter()
-        out = await asyncio.to_thread(self.predictor, images, masks=True)
+        out = await asyncio.to_thread(self.predictor, images, masks="probs")
         self.stats.record(len(images))
         self.metrics.images_per_batch.observe(len(images))
         self.metrics.observe("detect", time.perf_counter() - started)
+        self.metrics.observe_traffic("detector_out", sum(_nbytes(d) for d in out) / max(1, len(out)))
         return out
 
     async def ready(self) -> bool:
@@ -112,3 +114,8 @@ class Detector:
             "batching": {**self.batch_config.model_dump(), **self.stats.to_dict()},
             "replica": serve.get_replica_context().replica_id.unique_id,
         }
+
+
+def _nbytes(det: Detections) -> int:
+    """Array bytes of one answer (what crosses to the caller, serialisation aside)."""
+    return int(sum(a.nbytes for a in (det.boxes, det.scores, det.classes, det.masks, det.mask_probs) if a is not None))

@@ -29,7 +29,7 @@ from pipeline.imageio import decode_image
 from pipeline.models.hmr2.predictor import validate_boxes
 from pipeline.schema import SCHEMA_VERSION, ImageInfo, ImageResult, models_used, people_from_outputs
 
-from .common import unwrap_error
+from .common import as_pose_error, unwrap_error
 from .metrics import IngressMetrics
 from .video import JobSettings
 from .video_api import VideoApiSettings, VideoJobs, add_video_routes
@@ -101,23 +101,6 @@ _IMAGE_BODY = {
 
 def error_response(exc: PoseError, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
-
-
-def as_pose_error(exc: BaseException) -> PoseError | None:
-    """Ray and Serve failures a client can retry, as stable codes; None for anything else."""
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-
-    exc = unwrap_error(exc)
-    if isinstance(exc, PoseError):
-        return exc
-    if isinstance(exc, BackPressureError):
-        return PoseError("overloaded", "the service is at capacity; retry shortly", status=503)
-    if isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)):
-        return PoseError("stage_unavailable", "a model replica is restarting; retry shortly", status=503)
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return PoseError("stage_timeout", "the image took too long to process", status=503)
-    return None
 
 
 def build_api(service: "Ingress") -> FastAPI:
@@ -211,7 +194,6 @@ class Ingress:
         self,
         detector: DeploymentHandle,
         regressor: DeploymentHandle,
-        tracker: DeploymentHandle | None,
         settings: IngressSettings,
         video: DeploymentHandle | None = None,
         jobs: JobSettings | None = None,
@@ -219,10 +201,9 @@ class Ingress:
     ) -> None:
         self.detector = detector
         self.regressor = regressor
-        self.tracker = tracker
         self.video = video
         self.settings = settings
-        # Video jobs need the worker and the store; without a Tracker the graph has neither.
+        # Video jobs need the worker and the store; without PHALP tracking the graph has neither.
         self.videos = (
             VideoJobs(video, jobs, video_api or VideoApiSettings()) if video is not None and jobs is not None else None
         )
@@ -347,8 +328,6 @@ class Ingress:
 
     def _stages(self) -> dict[str, DeploymentHandle]:
         stages = {"detector": self.detector, "regressor": self.regressor}
-        if self.tracker is not None:
-            stages["tracker"] = self.tracker
         if self.video is not None:
             stages["video"] = self.video
         return stages

@@ -10,6 +10,7 @@ from ray.serve.metrics import Counter, Histogram
 
 _LATENCY_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 _CROPS = [1, 2, 4, 8, 16, 32, 64, 128]
+_BYTES = [1e3, 1e4, 1e5, 3e5, 1e6, 3e6, 1e7, 3e7]
 
 
 class IngressMetrics:
@@ -42,5 +43,15 @@ class StageMetrics:
             "pose_images_per_batch", description="images in one batched ViTDet forward", boundaries=_CROPS
         )
 
+        self.boundary_bytes = Histogram(
+            "pose_boundary_bytes",
+            description="array bytes of one frame's answer crossing a deployment boundary",
+            boundaries=_BYTES,
+            tag_keys=("boundary",),
+        )
+
     def observe(self, stage: str, seconds: float) -> None:
         self.latency.observe(seconds, tags={"stage": stage})
+
+    def observe_traffic(self, boundary: str, nbytes: float) -> None:
+        self.boundary_bytes.observe(float(nbytes), tags={"boundary": boundary})

@@ -32,18 +32,8 @@ class MeshResult:
     scores: np.ndarray | None
 
 
-@dataclass
-class VideoMeshResult:
-    """One video frame: HMR2 outputs plus what PHALP's tracker reads of each person's appearance."""
-
-    mesh: MeshResult
-    uv: np.ndarray  # (N, 4, U, U) float32 processed UV textures (`PersonObservation.uv`)
-    embedding: np.ndarray  # (N, D) float32 appearance embeddings (`PersonObservation.appearance`)
-
-
 class RegressorSettings(ModelSettings):
     max_people: int = 64  # detections beyond this (lowest scores) are not regressed
-    appearance: bool = False  # also load PHALP's texture sampler + appearance encoder (video jobs)
 
 
 @serve.deployment(name="MeshRegressor", max_ongoing_requests=32, health_check_period_s=10)
@@ -61,15 +51,6 @@ class MeshRegressor:
         self.predictor = HMR2Predictor.from_cache(
             self.roots, device=settings.device, dtype=settings.effective_dtype, download=settings.download
         )
-        self.appearance: Any = None
-        if settings.appearance:
-            from pipeline.models.phalp.loading import load_appearance_and_tracking
-
-            # The sampler and encoder exactly as the in-process runner builds them; the tracker's
-            # networks built beside them are dropped (the Tracker deployment has its own).
-            self.appearance, _ = load_appearance_and_tracking(
-                self.roots, device=settings.device, download=settings.download
-            )
         self._files = FILES
         self._checksums: dict[str, Any] | None = None
         self.batch_config = BatchConfig(max_batch_size=16, batch_wait_timeout_s=0.01)
@@ -93,25 +74,23 @@ class MeshRegressor:
         """One BGR uint8 image and its people: `Detections` (scores kept) or (N, 4) xyxy boxes."""
         return await self._mesh(image, people, vertices)
 
-    async def regress_with_appearance(self, image: np.ndarray, people: Detections, vertices: bool = False) -> VideoMeshResult:
-        """One video frame and its detections (with masks): HMR2 plus PHALP's appearance step.
+    async def regress_video(self, image: np.ndarray, people: Detections) -> Any:
+        """One video frame and its detections -> `pipeline.video_loop.FrameModels`: the HMR2
+        outputs with vertices (the worker's appearance step needs them) and the detections as
+        they came (boxes, scores, mask-head probabilities), so the worker needs one answer.
 
-        The crops share the same ``@serve.batch`` queue as image requests and other jobs' frames;
-        the appearance step needs the mesh, so vertices are always computed and dropped after.
-        """
-        if self.appearance is None:
-            raise PoseError("appearance_unavailable", "this MeshRegressor was started without the appearance model", status=503)
+        The crops share the same ``@serve.batch`` queue as image requests and other jobs' frames."""
+        from pipeline.video_loop import FrameModels
+
         result = await self._mesh(image, people, True)
-        out = result.output
-        masks = people.masks[: len(out)] if isinstance(people, Detections) and people.masks is not None else None
-        started = time.perf_counter()
-        app = await asyncio.to_thread(
-            self.appearance, image, out.box_center, out.box_size, out.vertices, out.cam_t, masks=masks, boxes=out.boxes
+        keep = len(result.output)
+        detections = people.select(np.arange(keep)) if len(people) > keep else people
+        answer = FrameModels(detections=detections, output=result.output)
+        self.metrics.observe_traffic(
+            "regressor_out",
+            sum(getattr(result.output, f).nbytes for f in vars(result.output) if getattr(result.output, f) is not None),
         )
-        self.metrics.observe("appearance", time.perf_counter() - started)
-        if not vertices:
-            out.vertices = None
-        return VideoMeshResult(mesh=result, uv=app.uv, embedding=app.embedding)
+        return answer
 
     async def _mesh(self, image: np.ndarray, people: Detections | np.ndarray, vertices: bool) -> MeshResult:
         if isinstance(people, Detections):
@@ -154,7 +133,6 @@ class MeshRegressor:
             "model": "hmr2",
             "device": str(self.predictor.device),
             "dtype": self.settings.effective_dtype,
-            "appearance": self.appearance is not None,
             "files": self._checksums,
             "batching": {**self.batch_config.model_dump(), **self.stats.to_dict()},
             "replica": serve.get_replica_context().replica_id.unique_id,

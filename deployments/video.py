@@ -1,18 +1,20 @@
-"""``VideoPipeline``: runs video jobs from the job store through the model deployments.
-
-One replica owns job execution (the store's recovery assumes one worker process per data
-folder). At start it re-queues or fails what a previous replica left running, then a background
-loop claims queued jobs, up to ``max_active`` at once, and drives each chunk by chunk:
+"""``VideoPipeline``: the video workers. Each replica claims jobs from the store and runs them
+through `pipeline.video_loop.VideoLoop`, the same loop as ``python -m pipeline video``, with the
+Detector and MeshRegressor deployments as its stages:
 
 * frames are decoded in a worker thread and put into Ray's object store once (``ray.put``); the
   Detector and the MeshRegressor both receive the reference, and the detections go from the
   Detector straight to the MeshRegressor (a response passed as an argument), never through here;
-* chunk ``k + 1`` is submitted to detection and mesh recovery before chunk ``k`` is tracked, so
-  decoding, the models and tracking overlap; crops of all jobs share the MeshRegressor's batches;
-* tracking is sequential per job on the Tracker replica holding that job's state (multiplexed by
-  job id); a Tracker that lost the state (restart, eviction) makes the job start over rather
-  than continue with fresh tracks;
-* the result document is assembled by the same `VideoResultBuilder` as the in-process runner.
+  what comes back is small: boxes, scores, mask-head probabilities, HMR2 outputs;
+* chunk ``k + 1`` is submitted before chunk ``k`` is tracked; crops of all jobs share the
+  MeshRegressor's batches;
+* the appearance step and PHALP tracking run here, in the process that holds the job, so a
+  job's state has one home and the 1 MiB UV maps never cross a process boundary;
+* after every chunk the finished frames are appended to the job's result on disk and the loop's
+  state (tracker included) is checkpointed with the job, fenced by the attempt's token; a new
+  attempt (this replica restarted, another worker took an expired lease) resumes there, so a
+  lost replica costs at most the chunks in flight; a stage replica that dies or pushes back is
+  retried with back-off inside the job.
 
 Progress and stage timings go to the store after each chunk; cancellation is checked between
 chunks; a job's optional callback URL is POSTed once it ends (failures are logged, never fail it).
@@ -24,10 +26,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -37,9 +40,22 @@ from pipeline.errors import PoseError
 from pipeline.jobs import Job, JobStore
 from pipeline.video import FrameChunk, VideoLimits
 
-from .common import unwrap_error
+from .common import ModelSettings, as_pose_error, unwrap_error
 
 logger = logging.getLogger(__name__)
+
+def tracker_available(*, tiny: bool = False) -> bool:
+    """Whether this installation has the PHALP tracker (and, for the tiny profile, its tiny
+    factory); the graph leaves video jobs out otherwise."""
+    import importlib.util
+
+    modules = ["pipeline.tracking.tracker", "pipeline.models.phalp.loading"]
+    if tiny:
+        modules.append("pipeline.tiny.phalp")
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in modules)
+    except ModuleNotFoundError:
+        return False
 
 
 class VideoLimitArgs(BaseModel):
@@ -70,6 +86,8 @@ class JobSettings(BaseModel):
     video_limits: VideoLimitArgs = Field(default_factory=VideoLimitArgs)
     poll_interval_s: float = Field(default=1.0, gt=0)  # queue check when no one wakes the worker
     callback_timeout_s: float = Field(default=5.0, gt=0)
+    lease_s: float = Field(default=60.0, gt=0)  # a running job whose attempt stops renewing this long is taken over
+    max_stage_wait_s: float = Field(default=120.0, gt=0)  # stage failures in a row retried this long, then the job fails
 
     def open_store(self) -> JobStore:
         return JobStore(
@@ -80,38 +98,68 @@ class JobSettings(BaseModel):
         )
 
 
-class _Cancelled(Exception):
-    """The job was cancelled between chunks."""
+VIDEO_WORK_DIR = "work"  # segments of the result being written, inside the job folder
+TRANSIENT_CODES = ("stage_unavailable", "overloaded", "stage_timeout")
 
 
-class _Restart(Exception):
-    """The job must start over (the Tracker lost its state)."""
+class RemoteStages:
+    """`pipeline.video_loop.FrameStages` over the Detector and MeshRegressor deployments.
 
+    Used from the job's worker thread: ``.remote()`` and ``.result()`` are Serve's blocking
+    handle API, which runs outside the replica's event loop."""
 
-_RETRYABLE = ("stage_unavailable", "tracker_state_lost")
+    def __init__(self, detector: DeploymentHandle, regressor: DeploymentHandle) -> None:
+        self.detector = detector
+        self.regressor = regressor
+
+    def submit(self, chunk: FrameChunk) -> Callable[[], list[Any]]:
+        import ray
+
+        inflight = []
+        for frame in chunk.frames:
+            ref = ray.put(frame)
+            detections = self.detector.detect_for_video.remote(ref)
+            inflight.append((ref, self.regressor.regress_video.remote(ref, detections)))
+
+        def wait() -> list[Any]:
+            return [response.result() for _, response in inflight]
+
+        return wait
+
+    def transient(self, exc: BaseException) -> PoseError | None:
+        mapped = as_pose_error(exc)
+        return mapped if mapped is not None and mapped.code in TRANSIENT_CODES else None
 
 
 @serve.deployment(name="VideoPipeline", num_replicas=1, max_ongoing_requests=256, health_check_period_s=10)
 class VideoPipeline:
-    """Owns job execution; its methods only nudge the background worker (`wake`, `cancel`)."""
+    """A video worker; its methods only nudge the background loop (`wake`, `cancel`)."""
 
     def __init__(
         self,
         detector: DeploymentHandle,
         regressor: DeploymentHandle,
-        tracker: DeploymentHandle,
         settings: JobSettings,
+        models: ModelSettings,
     ) -> None:
-        self.detector = detector
-        self.regressor = regressor
-        self.tracker = tracker
+        from pipeline.models.phalp.loading import load_appearance_and_tracking
+        from pipeline.video_loop import VideoLoop
+
         self.settings = settings
         self.limits = settings.video_limits.limits()
+        started = time.perf_counter()
+        appearance, tracker_models = load_appearance_and_tracking(
+            models.roots(), device=models.device, download=models.download
+        )
+        self.loop = VideoLoop(
+            RemoteStages(detector, regressor), appearance, tracker_models,
+            chunk_size=settings.chunk_size, limits=self.limits, max_stage_wait_s=settings.max_stage_wait_s,
+        )
         self.store = settings.open_store()
         report = self.store.recover_after_restart(settings.max_attempts)
         logger.info(
-            "VideoPipeline up on %s: requeued %d, failed %d, cancelled %d jobs after restart",
-            settings.data_dir, len(report.requeued), len(report.failed), len(report.cancelled),
+            "VideoPipeline up on %s in %.1f s: requeued %d, failed %d, cancelled %d jobs after restart",
+            settings.data_dir, time.perf_counter() - started, len(report.requeued), len(report.failed), len(report.cancelled),
         )
         for job_id in report.failed + report.cancelled:
             self._schedule_callback(job_id)
@@ -146,6 +194,7 @@ class VideoPipeline:
             "chunk_size": self.settings.chunk_size,
             "worker_alive": not self._loop_task.done(),
             "replica": serve.get_replica_context().replica_id.unique_id,
+            "pid": os.getpid(),
         }
 
     # -- the worker --------------------------------------------------------------------------
@@ -166,150 +215,126 @@ class VideoPipeline:
 
     async def _claim_jobs(self) -> None:
         while len(self._active) < self.settings.max_active:
-            job = await asyncio.to_thread(self.store.claim_next)
+            job = await asyncio.to_thread(self.store.claim_next, self.settings.lease_s)
             if job is None:
                 return
-            logger.info("job %s claimed (attempt %d)", job.id, job.attempts)
+            where = "from its checkpoint at frame %d" % job.checkpoint["next_frame"] if job.checkpoint else "from the start"
+            logger.info("job %s claimed (attempt %d), %s", job.id, job.attempts, where)
             self._active[job.id] = asyncio.get_running_loop().create_task(self._run(job))
 
     async def _run(self, job: Job) -> None:
-        """One job to its end state; never raises."""
+        """One attempt of a job to its end state (or until a newer attempt owns it); never raises."""
+        token = job.attempts
+        beat = asyncio.get_running_loop().create_task(self._heartbeat(job.id, token))
+        superseded = False
         try:
-            retries = 0
-            while True:
-                try:
-                    paths = await self._process(job, retries)
-                    break
-                except _Restart as exc:
-                    retries += 1
-                    if job.attempts + retries > self.settings.max_attempts:
-                        raise PoseError(
-                            "interrupted",
-                            f"{exc}; started {job.attempts + retries - 1} times, expected at most {self.settings.max_attempts}",
-                            status=503,
-                        ) from None
-                    logger.warning("job %s starts over: %s", job.id, exc)
-            await asyncio.to_thread(self.store.finish, job.id, paths)
-            logger.info("job %s succeeded", job.id)
+            names = await asyncio.to_thread(self._process, job, token)
+            await asyncio.to_thread(self.store.finish, job.id, names, token)
+            logger.info("job %s succeeded (attempt %d)", job.id, token)
+            await asyncio.to_thread(self._clean_after_finish, job.id, names)
         except _Cancelled:
-            await asyncio.to_thread(self._stopped_cancelled, job.id)
+            with contextlib.suppress(PoseError):
+                await asyncio.to_thread(self.store.mark_cancelled, job.id, token)
             logger.info("job %s cancelled", job.id)
         except Exception as exc:
             err = _as_job_error(exc)
-            if err.code == "internal_error":
-                logger.exception("job %s failed unexpectedly", job.id)
+            if err.code == "attempt_superseded":
+                superseded = True
+                logger.warning("job %s: attempt %d stops, %s", job.id, token, err.message)
             else:
-                logger.info("job %s failed: %s", job.id, err)
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.store.fail, job.id, err.code, err.message)
+                if err.code == "internal_error":
+                    logger.exception("job %s failed unexpectedly", job.id)
+                else:
+                    logger.info("job %s failed: %s", job.id, err)
+                await asyncio.to_thread(self._record_failure, job.id, token, err)
         finally:
+            beat.cancel()
             self._active.pop(job.id, None)
             self._wake.set()
+        if superseded:
+            return
         if job.id in self._delete_when_stopped:
             await asyncio.to_thread(self._delete_if_finished, job.id)
         elif job.callback_url:
             self._schedule_callback(job.id)
 
-    def _stopped_cancelled(self, job_id: str) -> None:
-        with contextlib.suppress(PoseError):
-            self.store.mark_cancelled(job_id)
+    def _record_failure(self, job_id: str, token: int, err: PoseError) -> None:
+        try:
+            self.store.fail(job_id, err.code, err.message, token)
+        except PoseError as exc:  # another attempt owns it, or it ended meanwhile: theirs to record
+            logger.warning("job %s: failure not recorded: %s", job_id, exc)
+
+    async def _heartbeat(self, job_id: str, token: int) -> None:
+        """Renew the attempt's lease while a long chunk runs (checkpoints renew it too)."""
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            try:
+                await asyncio.to_thread(self.store.heartbeat, job_id, token, self.settings.lease_s)
+            except PoseError:
+                return
+            except Exception:
+                logger.exception("job %s: heartbeat failed", job_id)
+
+    def _process(self, job: Job, token: int) -> dict[str, str]:
+        """Run (or resume) the job in this thread; write its result files; their names."""
+        from pipeline.schema import MODEL_NAMES
+        from pipeline.tracking.state import load_state
+
+        if job.input_path is None:
+            raise PoseError("input_missing", "the job has no input video")
+        job_dir = self.store.job_dir(job.id)
+        vertices = bool(job.options.get("vertices", False))
+        resume = None
+        if job.checkpoint:
+            resume = load_state(job_dir / job.checkpoint["file"])
+        committed = {"file": None if not job.checkpoint else job.checkpoint["file"]}
+        started = time.perf_counter()
+
+        def on_chunk(state: dict[str, Any], done: int, total: int | None, timings: dict[str, float]) -> None:
+            name = f"checkpoint-a{token}-{int(state['chunks']):06d}.npz"
+            _save_checkpoint(state, job_dir / name)
+            timings = {**timings, "total_s": time.perf_counter() - started}
+            self.store.save_checkpoint(
+                job.id, token, {"file": name, "next_frame": done, "chunks": int(state["chunks"])},
+                done, total, timings, self.settings.lease_s,
+            )
+            previous, committed["file"] = committed["file"], name
+            if previous and previous != name:
+                with contextlib.suppress(FileNotFoundError):
+                    (job_dir / previous).unlink()
+
+        def should_stop() -> bool:
+            return self.store.is_cancelled(job.id)
+
+        try:
+            done = self.loop.run(
+                job.input_path, job_dir / VIDEO_WORK_DIR, token=token, vertices=vertices,
+                resume=resume, on_chunk=on_chunk, should_stop=should_stop,
+            )
+        except PoseError as exc:
+            if exc.code == "cancelled":
+                raise _Cancelled() from None
+            raise
+        if done.resumed_from:
+            logger.info("job %s: attempt %d resumed at frame %d", job.id, token, done.resumed_from)
+        return done.writer.finalize(job_dir, done.meta, dict(MODEL_NAMES), suffix=f"a{token}")
+
+    def _clean_after_finish(self, job_id: str, names: dict[str, str]) -> None:
+        """The published files stay; segments, checkpoints and earlier attempts' files go."""
+        import shutil
+
+        job_dir = self.store.job_dir(job_id)
+        shutil.rmtree(job_dir / VIDEO_WORK_DIR, ignore_errors=True)
+        keep = set(names.values())
+        for path in job_dir.iterdir():
+            if path.is_file() and (path.name.startswith("checkpoint-") or path.name.startswith("result")) and path.name not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     def _delete_if_finished(self, job_id: str) -> None:
         with contextlib.suppress(PoseError):
             self.store.delete(job_id)
             self._delete_when_stopped.discard(job_id)
-
-    async def _process(self, job: Job, retry: int) -> dict[str, str]:
-        """Decode, detect, regress, track one job; write its result files; their names."""
-        from pipeline.result_npz import video_result_npz
-        from pipeline.runner import VideoResultBuilder, video_meta
-        from pipeline.schema import MODEL_NAMES
-        from pipeline.video import iter_frames, probe_video
-
-        if job.input_path is None:
-            raise PoseError("input_missing", "the job has no input video")
-        vertices = bool(job.options.get("vertices", False))
-        started = time.perf_counter()
-        info = await asyncio.to_thread(probe_video, job.input_path, self.limits)
-        total = info.frame_count if info.frame_count_exact else None
-        await asyncio.to_thread(self.store.update_progress, job.id, 0, total)
-        # A fresh tracker state per start: an earlier, interrupted attempt must not leak in.
-        tracker = self.tracker.options(multiplexed_model_id=f"{job.id}-{job.attempts}-{retry}")
-        builder = VideoResultBuilder()
-        timings = {"decode_s": 0.0, "models_s": 0.0, "tracking_s": 0.0}
-        frames = iter_frames(job.input_path, self.limits, chunk_size=self.settings.chunk_size)
-        done = 0
-        pending: list[_Submitted] | None = None
-        try:
-            while True:
-                t0 = time.perf_counter()
-                chunk = await asyncio.to_thread(_next_chunk, frames)
-                timings["decode_s"] += time.perf_counter() - t0
-                submitted = self._submit(chunk, vertices) if chunk is not None else None
-                if pending is not None:
-                    done = await self._track(pending, tracker, builder, vertices, done, timings)
-                    timings["total_s"] = time.perf_counter() - started
-                    await asyncio.to_thread(self.store.update_progress, job.id, done, total, timings)
-                    if await asyncio.to_thread(self.store.is_cancelled, job.id):
-                        raise _Cancelled()
-                if submitted is None:
-                    break
-                pending = submitted
-        finally:
-            await asyncio.to_thread(frames.close)
-        document = builder.result(video_meta(info, done), dict(MODEL_NAMES)).model_dump(mode="json")
-        t0 = time.perf_counter()
-        await asyncio.to_thread(self.store.write_json_result, job.id, "result.json", document)
-        npz = await asyncio.to_thread(video_result_npz, document)
-        await asyncio.to_thread(self.store.write_result, job.id, "result.npz", npz)
-        timings["write_s"] = time.perf_counter() - t0
-        timings["total_s"] = time.perf_counter() - started
-        await asyncio.to_thread(self.store.update_progress, job.id, done, done, timings)
-        return {"json": "result.json", "npz": "result.npz"}
-
-    def _submit(self, chunk: FrameChunk, vertices: bool) -> list[_Submitted]:
-        """Every frame of the chunk into the object store once, and on to detection + mesh recovery."""
-        import ray
-
-        out = []
-        for index, time_s, frame in zip(chunk.indices, chunk.timestamps, chunk.frames):
-            ref = ray.put(frame)
-            detections = self.detector.detect_with_masks.remote(ref)
-            mesh = self.regressor.regress_with_appearance.remote(ref, detections, vertices)
-            out.append(_Submitted(int(index), float(time_s), (int(frame.shape[0]), int(frame.shape[1])), ref, mesh))
-        return out
-
-    async def _track(
-        self,
-        submitted: list[_Submitted],
-        tracker: DeploymentHandle,
-        builder: Any,
-        vertices: bool,
-        done: int,
-        timings: dict[str, float],
-    ) -> int:
-        from pipeline.runner import observations_for
-        from pipeline.schema import people_from_outputs
-
-        for item in submitted:
-            t0 = time.perf_counter()
-            try:
-                result = await item.mesh
-            except Exception as exc:
-                raise _retryable_or_raise(exc) from None
-            t1 = time.perf_counter()
-            timings["models_s"] += t1 - t0
-            out, scores = result.mesh.output, result.mesh.scores
-            people = people_from_outputs(out, scores=scores, vertices=vertices)
-            observations = observations_for(out, scores, result.uv, result.embedding)
-            try:
-                tracks = await tracker.step.remote(item.index, observations, item.size, frames_before=done)
-            except Exception as exc:
-                raise _retryable_or_raise(exc) from None
-            timings["tracking_s"] += time.perf_counter() - t1
-            builder.add(item.index, item.time_s, people, tracks)
-            done += 1
-        return done
 
     # -- callbacks ---------------------------------------------------------------------------
     def _schedule_callback(self, job_id: str) -> None:
@@ -335,35 +360,26 @@ class VideoPipeline:
             logger.warning("job %s: callback to its URL failed: %s", job_id, exc)
 
 
-class _Submitted:
-    """One frame in flight: where it is in the video and its pending mesh + appearance answer."""
-
-    __slots__ = ("index", "time_s", "size", "ref", "mesh")
-
-    def __init__(self, index: int, time_s: float, size: tuple[int, int], ref: Any, mesh: Any) -> None:
-        self.index = index
-        self.time_s = time_s
-        self.size = size
-        self.ref = ref  # keeps the frame in the object store until its answer is in
-        self.mesh = mesh
+class _Cancelled(Exception):
+    """The job was cancelled between chunks."""
 
 
-def _next_chunk(frames: Iterator[FrameChunk]) -> FrameChunk | None:
-    return next(frames, None)
+def _save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """The loop's state as one uncompressed .npz, atomically (written every chunk: no zlib)."""
+    from pipeline.tracking.state import save_state
 
-
-def _retryable_or_raise(exc: BaseException) -> BaseException:
-    """A stage failure that a fresh start can get past becomes `_Restart`; others pass through."""
-    from .ingress import as_pose_error
-
-    mapped = as_pose_error(exc)
-    if mapped is not None and mapped.code in _RETRYABLE:
-        return _Restart(f"{mapped.code}: {mapped.message}")
-    return mapped if mapped is not None else unwrap_error(exc)
+    tmp = path.with_name("." + path.name + ".tmp")
+    save_state(state, tmp, compress=False)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _as_job_error(exc: BaseException) -> PoseError:
     exc = unwrap_error(exc)
     if isinstance(exc, PoseError):
         return exc
+    mapped = as_pose_error(exc)
+    if mapped is not None:
+        return mapped
     return PoseError("internal_error", f"unexpected error while processing the video: {type(exc).__name__}", status=500)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from fastapi import FastAPI, Header, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.errors import InputError, PoseError
@@ -74,7 +74,7 @@ class JobStatus(BaseModel):
     callback_url: Optional[str] = None
     attempts: int = Field(description="times a worker started the job (restarts included)")
     cancel_requested: bool
-    results: list[str] = Field(description="result formats available: json, npz")
+    results: list[str] = Field(description="result formats available: json, jsonl, npz")
     links: dict[str, str] = Field(description="status and result URLs")
 
     @classmethod
@@ -82,7 +82,7 @@ class JobStatus(BaseModel):
         links = {"self": f"/v1/jobs/{job.id}"}
         if job.state == "succeeded":
             links["result"] = f"/v1/jobs/{job.id}/result"
-        return cls(**job.to_dict(), links=links)
+        return cls(**{**job.to_dict(), "results": result_formats(job)}, links=links)
 
 
 class JobList(BaseModel):
@@ -98,7 +98,7 @@ class VideoPathRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     video_path: str = Field(description="a file inside the configured media folder (relative, or absolute inside it)")
-    vertices: bool = Field(default=False, description="include the 6890 SMPL vertices per person and frame")
+    vertices: bool = Field(default=False, description="also keep the 6890 SMPL vertices per person and frame (in the NPZ result)")
     callback_url: Optional[str] = None
 
 
@@ -226,7 +226,11 @@ class VideoJobs:
             delay = min(1.0, delay * 1.5)
 
     async def result_response(self, job: Job, fmt: str, vertices: bool) -> Response:
-        """The result of a finished job as JSON or NPZ (vertices only if the job computed them)."""
+        """The result of a finished job, streamed from its files: the JSON document, JSON Lines
+        (one frame a line) or NPZ. Vertices are in the NPZ only (a long video's mesh as JSON
+        would be tens of GB)."""
+        from pipeline.result_stream import iter_json_document
+
         if job.state != "succeeded":
             raise PoseError(
                 "job_not_finished" if job.state in ("queued", "running") else "job_" + job.state,
@@ -241,19 +245,30 @@ class VideoJobs:
                 "this job was submitted without vertices=true, so its result has none; submit it again with vertices",
                 status=409,
             )
-        name = "npz" if fmt == "npz" else "json"
-        path = job.result_paths.get(name)
-        if path is None or not path.is_file():
-            raise PoseError("result_missing", f"the {name} result of job {job.id} is not on disk", status=500)
+        if vertices and fmt != "npz":
+            raise InputError(
+                "vertices_npz_only", "vertices are served in the binary form only: ask for format=npz&vertices=true"
+            )
+        names = ("npz_vertices",) if fmt == "npz" and vertices else ("npz",) if fmt == "npz" else ("jsonl", "meta")
+        paths = [job.result_paths.get(n) for n in names]
+        if any(p is None or not p.is_file() for p in paths):
+            raise PoseError("result_missing", f"the {fmt} result of job {job.id} is not on disk", status=500)
         if fmt == "npz":
-            if has_vertices and not vertices:
-                data = await self.call(_npz_without_vertices, job.result_paths["json"])
-                return Response(data, media_type="application/octet-stream", headers=_attachment(job.id, "npz"))
-            return FileResponse(path, media_type="application/octet-stream", headers=_attachment(job.id, "npz"))
-        if has_vertices and not vertices:
-            data = await self.call(_json_without_vertices, path)
-            return Response(data, media_type="application/json")
-        return FileResponse(path, media_type="application/json")
+            return FileResponse(paths[0], media_type="application/octet-stream", headers=_attachment(job.id, "npz"))
+        if fmt == "jsonl":
+            return FileResponse(paths[0], media_type="application/jsonl")
+        return StreamingResponse(iter_json_document(paths[0], paths[1]), media_type="application/json")
+
+
+def result_formats(job: Job) -> list[str]:
+    """The formats a succeeded job's result can be fetched in."""
+    have = set(job.result_paths)
+    out = []
+    if {"jsonl", "meta"} <= have:
+        out += ["json", "jsonl"]
+    if "npz" in have:
+        out.append("npz")
+    return out
 
 
 def _probe(path: Path, limits: Any) -> Any:
@@ -264,20 +279,6 @@ def _probe(path: Path, limits: Any) -> Any:
 
 def _attachment(job_id: str, ext: str) -> dict[str, str]:
     return {"content-disposition": f'attachment; filename="{job_id}.{ext}"'}
-
-
-def _json_without_vertices(path: Path) -> bytes:
-    document = json.loads(path.read_bytes())
-    for frame in document["frames"]:
-        for person in frame["people"]:
-            person["vertices"] = None
-    return json.dumps(document, separators=(",", ":")).encode()
-
-
-def _npz_without_vertices(json_path: Path) -> bytes:
-    from pipeline.result_npz import video_result_npz
-
-    return video_result_npz(json.loads(json_path.read_bytes()), vertices=False)
 
 
 # -- streaming uploads ---------------------------------------------------------------------------
@@ -432,7 +433,7 @@ def _flag(value: str | bool | None, name: str) -> bool:
 # -- routes --------------------------------------------------------------------------------------
 
 _VIDEO_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "bad upload: video_corrupt (truncated), video_empty, multipart_invalid, video_missing"},
+    400: {"description": "bad upload: video_corrupt (truncated), video_empty, multipart_invalid, video_missing; vertices_npz_only"},
     403: {"description": "path_outside_media_root (/pose/video)"},
     404: {"description": "job_not_found, path_not_found"},
     409: {"description": "job_not_finished, job_failed, job_cancelled, job_state_conflict, vertices_not_computed"},
@@ -544,13 +545,20 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         dependencies=protected,
         responses={
             **_VIDEO_ERRORS,
-            200: {"content": {"application/octet-stream": {"description": "format=npz: see pipeline.result_npz"}}},
+            200: {
+                "content": {
+                    "application/octet-stream": {"description": "format=npz: see pipeline.result_npz"},
+                    "application/jsonl": {"description": "format=jsonl: one Frame object a line"},
+                }
+            },
         },
     )
     async def job_result(
         job_id: str,
-        format: Literal["json", "npz"] = Query("json", description="json: the VideoResult document; npz: flat arrays"),
-        vertices: bool = Query(False, description="include vertices (only for jobs submitted with vertices=true)"),
+        format: Literal["json", "jsonl", "npz"] = Query(
+            "json", description="json: the VideoResult document; jsonl: one frame a line; npz: flat arrays"
+        ),
+        vertices: bool = Query(False, description="npz with vertices (only for jobs submitted with vertices=true)"),
     ) -> Response:
         """The result of a succeeded job: the versioned `VideoResult` document, or NPZ arrays."""
         v = jobs()
@@ -606,7 +614,7 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
             )
         job = await v.wait(job.id, v.api.sync_timeout_s)
         if job.state == "succeeded":
-            return await v.result_response(job, "json", body.vertices)
+            return await v.result_response(job, "json", False)
         if job.state in ("failed", "cancelled"):
             err = job.error
             code = err.code if err else "job_" + job.state
@@ -625,6 +633,6 @@ def _failed_status(code: str) -> int:
         return 422
     if code == "cancelled":
         return 409
-    if code in ("interrupted", "stage_unavailable", "tracker_state_lost"):
+    if code in ("interrupted", "stage_unavailable", "overloaded"):
         return 503
     return 500

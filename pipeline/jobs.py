@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Columns added after version 1, for databases created before them.
+_ADDED_COLUMNS = (("checkpoint", "TEXT"), ("lease_until", "REAL"))
 
 _ID = re.compile(r"[0-9a-f]{32}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -69,7 +71,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     owner TEXT,
-    results TEXT NOT NULL DEFAULT '{}'
+    results TEXT NOT NULL DEFAULT '{}',
+    checkpoint TEXT,
+    lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at);
@@ -103,9 +107,11 @@ class Job:
     options: dict[str, Any]  # the caller's processing options, as JSON
     idempotency_key: str | None  # the caller's key: a retried create returns this job
     callback_url: str | None  # where the caller wants to be told about completion
-    attempts: int  # how many times a worker has started it
+    attempts: int  # how many times a worker has started it; the running attempt's fencing token
     cancel_requested: bool  # cancel was asked while it ran; the worker stops at the next chunk
     result_paths: dict[str, Path] = field(default_factory=dict)  # result name -> file
+    checkpoint: dict[str, Any] | None = None  # the last committed checkpoint (small; see `save_checkpoint`)
+    lease_until: float | None = None  # unix seconds; a running job past it may be taken over
 
     @property
     def progress(self) -> float | None:
@@ -191,6 +197,10 @@ class JobStore:
             if version > SCHEMA_VERSION:
                 raise RuntimeError(f"job database schema {version} is newer than this code ({SCHEMA_VERSION})")
             self._db.executescript(_SCHEMA)
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)").fetchall()}
+            for name, kind in _ADDED_COLUMNS:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -358,24 +368,79 @@ class JobStore:
             ).fetchall()
         return [self._job(r) for r in rows], total
 
-    def claim_next(self) -> Job | None:
-        """The oldest queued job, now running and owned by this store; None if none or all slots busy."""
+    def claim_next(self, lease_s: float = 60.0) -> Job | None:
+        """The oldest queued job, or a running one whose lease ran out (its worker died), now
+        running for this store with a new attempt number (its fencing token) and a lease of
+        ``lease_s``; None if none, or all slots are busy."""
         now = time.time()
         with self._tx() as db:
-            running = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'running'").fetchone()[0]
-            if running >= self.max_active:
-                return None
             row = db.execute(
-                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at, rowid LIMIT 1"
+                "SELECT id, state FROM jobs WHERE state = 'running' AND lease_until IS NOT NULL AND lease_until < ?"
+                " ORDER BY created_at, rowid LIMIT 1",
+                (now,),
             ).fetchone()
             if row is None:
-                return None
+                running = db.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND (lease_until IS NULL OR lease_until >= ?)",
+                    (now,),
+                ).fetchone()[0]
+                if running >= self.max_active:
+                    return None
+                row = db.execute(
+                    "SELECT id, state FROM jobs WHERE state = 'queued' ORDER BY created_at, rowid LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    return None
+            else:
+                log.warning("job %s: its attempt stopped renewing its lease; taking it over", row["id"])
             db.execute(
                 "UPDATE jobs SET state = 'running', started_at = ?, updated_at = ?, attempts = attempts + 1,"
-                " owner = ?, frames_done = 0 WHERE id = ?",
-                (now, now, self._owner, row["id"]),
+                " owner = ?, lease_until = ? WHERE id = ?",
+                (now, now, self._owner, now + lease_s, row["id"]),
             )
         return self.get(row["id"])
+
+    def _fenced_row(self, db: sqlite3.Connection, job_id: str, token: int | None) -> sqlite3.Row:
+        """The job's row if it is running under attempt ``token`` (None: any attempt); else
+        ``attempt_superseded`` (409): a newer attempt owns the job, this one must stop."""
+        row = self._running_row(db, job_id)
+        if token is not None and row["attempts"] != token:
+            raise PoseError(
+                "attempt_superseded",
+                f"job {job_id} is run by attempt {row['attempts']} now, not by attempt {token}",
+                status=409,
+            )
+        return row
+
+    def heartbeat(self, job_id: str, token: int, lease_s: float = 60.0) -> None:
+        """Renew the lease of attempt ``token`` (fenced)."""
+        now = time.time()
+        with self._tx() as db:
+            self._fenced_row(db, job_id, token)
+            db.execute("UPDATE jobs SET lease_until = ? WHERE id = ?", (now + lease_s, job_id))
+
+    def save_checkpoint(
+        self,
+        job_id: str,
+        token: int,
+        checkpoint: Mapping[str, Any],
+        frames_done: int,
+        frames_total: int | None = None,
+        timings: Mapping[str, float] | None = None,
+        lease_s: float = 60.0,
+    ) -> None:
+        """Commit attempt ``token``'s checkpoint (a small JSON-able dict naming its files) with
+        the progress it stands for, and renew the lease; refused once another attempt took over."""
+        now = time.time()
+        with self._tx() as db:
+            row = self._fenced_row(db, job_id, token)
+            merged = json.loads(row["timings"])
+            merged.update({str(k): float(v) for k, v in (timings or {}).items()})
+            db.execute(
+                "UPDATE jobs SET checkpoint = ?, frames_done = ?, frames_total = COALESCE(?, frames_total),"
+                " timings = ?, updated_at = ?, lease_until = ? WHERE id = ?",
+                (json.dumps(dict(checkpoint)), int(frames_done), frames_total, json.dumps(merged), now, now + lease_s, job_id),
+            )
 
     def update_progress(
         self,
@@ -383,11 +448,12 @@ class JobStore:
         frames_done: int,
         frames_total: int | None = None,
         timings: Mapping[str, float] | None = None,
+        token: int | None = None,
     ) -> Job:
-        """Record progress of a running job (also its heartbeat); ``timings`` keys overwrite."""
+        """Record progress of a running job; ``timings`` keys overwrite; fenced by ``token``."""
         now = time.time()
         with self._tx() as db:
-            row = self._running_row(db, job_id)
+            row = self._fenced_row(db, job_id, token)
             merged = json.loads(row["timings"])
             merged.update({str(k): float(v) for k, v in (timings or {}).items()})
             db.execute(
@@ -397,10 +463,11 @@ class JobStore:
             )
         return self.get(job_id)
 
-    def finish(self, job_id: str, result_paths: Mapping[str, str | Path]) -> Job:
+    def finish(self, job_id: str, result_paths: Mapping[str, str | Path], token: int | None = None) -> Job:
         """Mark a running job succeeded with its result files (inside its folder, written already).
 
-        A job whose cancel was asked meanwhile ends ``cancelled`` instead.
+        A job whose cancel was asked meanwhile ends ``cancelled`` instead. With ``token`` only
+        that attempt may publish (``attempt_superseded`` otherwise).
         """
         job_dir = self.job_dir(job_id)
         names: dict[str, str] = {}
@@ -411,24 +478,27 @@ class JobStore:
             names[_check_name(name)] = full.relative_to(job_dir.resolve()).as_posix()
         now = time.time()
         with self._tx() as db:
-            row = self._running_row(db, job_id)
+            row = self._fenced_row(db, job_id, token)
             if row["cancel_requested"]:
                 self._set_cancelled(db, job_id, now)
             else:
                 db.execute(
                     "UPDATE jobs SET state = 'succeeded', results = ?, finished_at = ?, updated_at = ?,"
-                    " owner = NULL WHERE id = ?",
+                    " owner = NULL, lease_until = NULL WHERE id = ?",
                     (json.dumps(names), now, now, job_id),
                 )
         return self.get(job_id)
 
-    def fail(self, job_id: str, code: str, message: str) -> Job:
-        """Mark a queued or running job failed with a stable code (cancelled if cancel was asked)."""
+    def fail(self, job_id: str, code: str, message: str, token: int | None = None) -> Job:
+        """Mark a queued or running job failed with a stable code (cancelled if cancel was asked);
+        with ``token`` only while that attempt runs it."""
         now = time.time()
         with self._tx() as db:
             row = self._row(db, job_id)
             if row["state"] not in ("queued", "running"):
                 raise _conflict(job_id, row["state"], "queued or running")
+            if token is not None:
+                self._fenced_row(db, job_id, token)
             if row["cancel_requested"]:
                 self._set_cancelled(db, job_id, now)
             else:
@@ -460,11 +530,11 @@ class JobStore:
             ).fetchone()
         return row is None or row["state"] == "cancelled" or bool(row["cancel_requested"])
 
-    def mark_cancelled(self, job_id: str) -> Job:
+    def mark_cancelled(self, job_id: str, token: int | None = None) -> Job:
         """The worker stopped a running job on request: it ends ``cancelled``."""
         now = time.time()
         with self._tx() as db:
-            self._running_row(db, job_id)
+            self._fenced_row(db, job_id, token)
             self._set_cancelled(db, job_id, now)
         return self.get(job_id)
 
@@ -519,8 +589,9 @@ class JobStore:
                     )
                     failed.append(job_id)
                 else:
+                    # progress stays: the next attempt resumes from the job's last checkpoint
                     db.execute(
-                        "UPDATE jobs SET state = 'queued', owner = NULL, frames_done = 0, updated_at = ?"
+                        "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, updated_at = ?"
                         " WHERE id = ?",
                         (now, job_id),
                     )
@@ -636,6 +707,8 @@ class JobStore:
             attempts=row["attempts"],
             cancel_requested=bool(row["cancel_requested"]),
             result_paths={k: job_dir / v for k, v in json.loads(row["results"]).items()},
+            checkpoint=None if row["checkpoint"] is None else json.loads(row["checkpoint"]),
+            lease_until=row["lease_until"],
         )
 
 

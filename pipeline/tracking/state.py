@@ -39,13 +39,14 @@ def _join(value: Any, arrays: Any) -> Any:
     return value
 
 
-def save_state(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write a `Tracker.state_dict` (non-array values must be JSON-able) to ``path`` (.npz)."""
+def save_state(state: dict[str, Any], path: str | os.PathLike[str], *, compress: bool = True) -> Path:
+    """Write a `Tracker.state_dict` (non-array values must be JSON-able) to ``path`` (.npz);
+    ``compress=False`` trades disk for time (a state written every few frames)."""
     arrays: dict[str, np.ndarray] = {}
     meta = _split(state, arrays)
     path = Path(path)
     with open(path, "wb") as fh:
-        np.savez_compressed(fh, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+        (np.savez_compressed if compress else np.savez)(fh, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
     return path
 
 
