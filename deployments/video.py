@@ -288,6 +288,7 @@ class VideoPipeline:
         if job.checkpoint:
             resume = load_state(job_dir / job.checkpoint["file"])
         committed = {"file": None if not job.checkpoint else job.checkpoint["file"]}
+        resumed_from = int(job.checkpoint["next_frame"]) if job.checkpoint else 0
         started = time.perf_counter()
 
         def on_chunk(state: dict[str, Any], done: int, total: int | None, timings: dict[str, float]) -> None:
@@ -295,7 +296,8 @@ class VideoPipeline:
             _save_checkpoint(state, job_dir / name)
             timings = {**timings, "total_s": time.perf_counter() - started}
             self.store.save_checkpoint(
-                job.id, token, {"file": name, "next_frame": done, "chunks": int(state["chunks"])},
+                job.id, token,
+                {"file": name, "next_frame": done, "chunks": int(state["chunks"]), "resumed_from": resumed_from},
                 done, total, timings, self.settings.lease_s,
             )
             previous, committed["file"] = committed["file"], name

@@ -49,6 +49,9 @@ class JobProgress(BaseModel):
     frames_done: int = Field(description="frames decoded, run through the models and tracked")
     frames_total: Optional[int] = Field(default=None, description="frames in the video, once known")
     fraction: Optional[float] = Field(default=None, description="frames_done / frames_total")
+    resumed_from_frame: Optional[int] = Field(
+        default=None, description="where the running attempt resumed from its checkpoint (0: from the start)"
+    )
 
 
 class JobErrorInfo(BaseModel):

@@ -130,7 +130,12 @@ class Job:
             "updated_at": self.updated_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
-            "progress": {"frames_done": self.frames_done, "frames_total": self.frames_total, "fraction": self.progress},
+            "progress": {
+                "frames_done": self.frames_done,
+                "frames_total": self.frames_total,
+                "fraction": self.progress,
+                "resumed_from_frame": None if not self.checkpoint else self.checkpoint.get("resumed_from"),
+            },
             "timings": dict(self.timings),
             "error": None if self.error is None else {"code": self.error.code, "message": self.error.message},
             "options": dict(self.options),

@@ -146,8 +146,8 @@ def test_info(client: httpx.Client) -> None:
     assert all(len(f["sha256"]) == 64 for f in [*det["files"].values(), *reg["files"].values()])
     assert det["device"] == reg["device"] == "cpu"
     assert {"max_batch_size", "batch_wait_timeout_s"} <= set(det["batching"])
-    if info["resources"]["tracker"]:
-        assert info["deployments"]["tracker"]["model"] == "phalp"
+    if info["resources"]["tracker"]:  # video workers (appearance + tracking) are in the graph
+        assert info["deployments"]["video"]["worker_alive"] is True
 
 
 def _png_50mp() -> bytes:

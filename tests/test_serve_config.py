@@ -29,13 +29,13 @@ def test_serve_config_validates_and_builds() -> None:
         assert "num_gpus" not in dep.get("ray_actor_options", {}), dep["name"]
     from ray.serve._private.build_app import build_app as flatten  # what `serve build` uses
 
-    from deployments.tracker import tracker_available
+    from deployments.video import tracker_available
 
     built = flatten(build_app(args), name="pose")
     names = {d.name for d in built.deployments}
     configured = {d.name for d in app_cfg.deployments}
-    if not tracker_available():  # video jobs need the tracker; without it there is no VideoPipeline
-        configured -= {"VideoPipeline", "Tracker"}
+    if not tracker_available():  # video jobs need PHALP tracking; without it there is no VideoPipeline
+        configured -= {"VideoPipeline"}
     assert configured <= names
 
 
