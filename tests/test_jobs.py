@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import InputError, PoseError
+import pipeline.jobs as pipeline_jobs
 from pipeline.jobs import Job, JobStore
 from pipeline.paths import resolve_media_path
 
@@ -420,3 +421,73 @@ def test_missing_and_non_regular_paths(media):
         with pytest.raises(InputError) as excinfo:
             resolve_media_path(bad, media)
         assert _code(excinfo) == "path_invalid"
+
+
+# --- checkpoints, leases and fencing --------------------------------------------------------------
+
+
+def test_a_checkpoint_is_committed_with_its_progress_and_survives_a_requeue(tmp_path):
+    with JobStore(tmp_path / "data", retention_s=None, max_active=1) as first:
+        job = first.create()
+        claimed = first.claim_next(lease_s=30)
+        assert claimed.attempts == 1 and claimed.checkpoint is None and claimed.lease_until > time.time()
+        first.save_checkpoint(job.id, 1, {"file": "checkpoint-a1-000002.npz", "next_frame": 16}, 16, 40, {"models_s": 1.5})
+        got = first.get(job.id)
+        assert got.checkpoint == {"file": "checkpoint-a1-000002.npz", "next_frame": 16}
+        assert (got.frames_done, got.frames_total, got.timings["models_s"]) == (16, 40, 1.5)
+    with JobStore(tmp_path / "data", retention_s=None, max_active=1) as second:  # the process restarted
+        assert second.recover_after_restart(max_attempts=3).requeued == [job.id]
+        again = second.claim_next()
+        assert again.attempts == 2 and again.frames_done == 16
+        assert again.checkpoint == {"file": "checkpoint-a1-000002.npz", "next_frame": 16}
+
+
+def test_an_expired_lease_is_taken_over_and_the_old_attempt_cannot_publish(tmp_path):
+    with JobStore(tmp_path / "data", retention_s=None, max_active=1) as store:
+        job = store.create()
+        old = store.claim_next(lease_s=0.05)
+        assert store.claim_next(lease_s=30) is None  # the lease is live: the slot is taken
+        time.sleep(0.1)
+        new = store.claim_next(lease_s=30)  # the old attempt stopped renewing: taken over
+        assert (new.id, old.attempts, new.attempts) == (job.id, 1, 2)
+        stale = [
+            lambda: store.save_checkpoint(job.id, old.attempts, {"file": "x", "next_frame": 8}, 8),
+            lambda: store.heartbeat(job.id, old.attempts),
+            lambda: store.update_progress(job.id, 8, token=old.attempts),
+            lambda: store.finish(job.id, {}, token=old.attempts),
+            lambda: store.fail(job.id, "internal_error", "late", token=old.attempts),
+            lambda: store.mark_cancelled(job.id, token=old.attempts),
+        ]
+        for call in stale:
+            with pytest.raises(PoseError) as err:
+                call()
+            assert _code(err) == "attempt_superseded" and err.value.status == 409
+        current = store.get(job.id)
+        assert current.state == "running" and current.attempts == 2 and current.checkpoint is None
+        store.heartbeat(job.id, 2, lease_s=30)
+        assert store.finish(job.id, {}, token=2).state == "succeeded"
+
+
+def test_a_live_lease_is_never_taken_over(tmp_path):
+    with JobStore(tmp_path / "data", retention_s=None, max_active=2) as store:
+        job = store.create()
+        store.claim_next(lease_s=30)
+        assert store.claim_next(lease_s=30) is None
+        assert store.get(job.id).attempts == 1
+
+
+def test_a_database_of_the_first_schema_gains_the_new_columns(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    db = sqlite3.connect(data / "jobs.sqlite3")
+    schema = pipeline_jobs._SCHEMA.replace(",\n    checkpoint TEXT,\n    lease_until REAL", "")
+    db.executescript(schema)
+    db.execute("PRAGMA user_version=1")
+    db.execute(
+        "INSERT INTO jobs (id, kind, state, created_at, updated_at) VALUES (?, 'video', 'queued', 1.0, 1.0)", ("a" * 32,)
+    )
+    db.commit()
+    db.close()
+    with JobStore(data, retention_s=None) as store:
+        job = store.claim_next()
+        assert job.id == "a" * 32 and job.checkpoint is None and job.lease_until is not None

@@ -71,7 +71,7 @@ class Detections:
         if self.mask_probs is None:
             return None
         return paste_masks(
-            torch.from_numpy(np.ascontiguousarray(self.mask_probs)), torch.from_numpy(np.ascontiguousarray(self.boxes)),
+            torch.from_numpy(np.array(self.mask_probs, dtype=np.float32)), torch.from_numpy(np.array(self.boxes, dtype=np.float32)),
             height, width, self.mask_threshold,
         ).numpy()
 
