@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from pipeline.models.phalp.loading import tracker_models_from_cache
 from pipeline.models.phalp.encoder import PhalpAppearanceEncoder
 from pipeline.models.phalp.predictor import PhalpPosePredictor
 from pipeline.tracking import Tracker, TrackerModels
@@ -36,8 +37,8 @@ def build_models(kind: str, device: str) -> TrackerModels:
 
         roots = CacheRoots.under(tempfile.mkdtemp(prefix="tiny-phalp-"))
         write_tiny_phalp(roots)
-        return Tracker.from_cache(roots, device=device, download=False).models
-    return Tracker.from_cache(CacheRoots.from_env(), device=device, download=False).models
+        return tracker_models_from_cache(roots, device=device, download=False)
+    return tracker_models_from_cache(CacheRoots.from_env(), device=device, download=False)
 
 
 def frames_for(n_people: int, n_frames: int, seed: int = 0):

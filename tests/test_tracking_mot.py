@@ -9,6 +9,7 @@ import pytest
 
 mm = pytest.importorskip("motmetrics")
 
+from pipeline.models.phalp.loading import tracker_models_from_cache  # noqa: E402
 from pipeline.tiny.phalp import write_tiny_phalp  # noqa: E402
 from pipeline.tracking import Tracker, collect_outputs  # noqa: E402
 from pipeline.tracking.synthetic import sequence  # noqa: E402
@@ -46,7 +47,7 @@ def test_reference_level_on_golden_scenario(golden):
 def test_synthetic_crossings_keep_identities(tmp_path):
     roots = CacheRoots.under(tmp_path)
     write_tiny_phalp(roots)
-    tracker = Tracker.from_cache(roots, device="cpu", download=False)
+    tracker = Tracker(tracker_models_from_cache(roots, device="cpu", download=False))
     missing = {0: {12}, 1: set(range(20, 24)), 2: {30}}
     frames, gts = zip(*sequence(4, 40, missing=missing, uv=False, seed=3))
     results = tracker.run(frames)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError, WeightsError
+from pipeline.models.phalp.loading import tracker_models_from_cache
 from pipeline.tiny.phalp import write_tiny_phalp
 from pipeline.tracking import Tracker, collect_outputs
 from pipeline.tracking.state import load_state, save_state
@@ -25,7 +26,7 @@ def roots(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(roots):
-    return Tracker.from_cache(roots, device="cpu", download=False).models
+    return tracker_models_from_cache(roots, device="cpu", download=False)
 
 
 def _frames(n_people, n_frames, **kw):
@@ -34,7 +35,7 @@ def _frames(n_people, n_frames, **kw):
 
 def test_missing_files_fail_fast_offline(tmp_path):
     with pytest.raises(WeightsError) as err:
-        Tracker.from_cache(CacheRoots.under(tmp_path), download=False)
+        tracker_models_from_cache(CacheRoots.under(tmp_path), download=False)
     assert "hmar_v2_weights.pth" in err.value.message and "pose_predictor" in err.value.message
 
 

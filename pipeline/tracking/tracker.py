@@ -119,21 +119,6 @@ class Tracker:
         self._texture = models.texture(self.config)
         self.reset()
 
-    @classmethod
-    def from_cache(
-        cls,
-        roots: Any,
-        *,
-        device: str | torch.device | None = None,
-        download: bool = True,
-        config: PhalpConfig | None = None,
-    ) -> "Tracker":
-        """Load PHALP's files from their cache layout (downloading missing ones) and build a tracker."""
-        from ..models.phalp.loading import load_tracking_models
-
-        pose_predictor, encoder = load_tracking_models(roots, device=device, download=download)
-        return cls(TrackerModels(pose_predictor, encoder), config)
-
     def reset(self) -> None:
         """Forget every track (a new video)."""
         self.tracks: list[Track] = []
@@ -413,13 +398,6 @@ class Tracker:
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError("bad_tracker_state", f"tracker state is incomplete or malformed: {exc!r}") from exc
         self.tracks = tracks
-
-    @classmethod
-    def load_models(cls, paths: dict[str, Path], *, device: str | torch.device | None = None) -> TrackerModels:
-        from ..models.phalp.loading import load_tracking_models_from_paths
-
-        pose_predictor, encoder = load_tracking_models_from_paths(paths, device=device)
-        return TrackerModels(pose_predictor, encoder)
 
 
 def collect_outputs(frames: Sequence[FrameTracks]) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ import yaml
 
 from ...errors import WeightsError
 from ...runtime import resolve_device
+from ...tracking.tracker import TrackerModels
 from ...weights import CacheRoots, ensure
 from .config import PosePredictorConfig
 from ..checkpoint import load_strict
@@ -19,7 +20,6 @@ from .encoder import PhalpAppearanceEncoder
 from .predictor import PhalpPosePredictor
 
 if TYPE_CHECKING:
-    from ...tracking.tracker import TrackerModels
     from .appearance import AppearanceModel
 
 logger = logging.getLogger(__name__)
@@ -76,13 +76,19 @@ def load_tracking_models(
     return load_tracking_models_from_paths(paths, device=device)
 
 
+def tracker_models_from_cache(
+    roots: CacheRoots, *, device: str | torch.device | None = None, download: bool = True
+) -> TrackerModels:
+    """The networks `pipeline.tracking.Tracker` runs, from PHALP's cache layout."""
+    return TrackerModels(*load_tracking_models(roots, device=device, download=download))
+
+
 def load_appearance_and_tracking(
     roots: CacheRoots, *, device: str | torch.device | None = None, download: bool = True
 ) -> tuple[AppearanceModel, TrackerModels]:
     """The appearance step and the tracker's networks sharing one encoder, for a video runner."""
     import numpy as np
 
-    from ...tracking.tracker import TrackerModels
     from ...weights import catalog
     from ..smpl import read_smpl_pickle
     from .appearance import AppearanceModel
