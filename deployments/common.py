@@ -49,11 +49,21 @@ class ModelSettings(BaseModel):
 
 def unwrap_error(exc: BaseException) -> BaseException:
     """The original exception inside Ray's ``RayTaskError`` wrappers."""
-    seen = 0
-    while getattr(exc, "cause", None) is not None and seen < 8:
-        exc = exc.cause  # type: ignore[assignment]
-        seen += 1
-    return exc
+    return _chain(exc)[-1]
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it wraps: Ray's ``cause`` (not its non-exception contexts),
+    else the ``raise ... from`` cause (Serve's "upstream actor died" error wraps the actor's)."""
+    out = [exc]
+    while len(out) < 8:
+        inner = getattr(out[-1], "cause", None)
+        if not isinstance(inner, BaseException):
+            inner = out[-1].__cause__
+        if inner is None or inner in out:
+            break
+        out.append(inner)
+    return out
 
 
 def checksums(files: tuple[WeightFile, ...] | list[WeightFile], roots: CacheRoots) -> dict[str, dict[str, str | None]]:
@@ -71,13 +81,15 @@ def as_pose_error(exc: BaseException) -> PoseError | None:
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-    exc = unwrap_error(exc)
-    if isinstance(exc, PoseError):
-        return exc
-    if isinstance(exc, BackPressureError):
-        return PoseError("overloaded", "the service is at capacity; retry shortly", status=503)
-    if isinstance(exc, (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)):
-        return PoseError("stage_unavailable", "a model replica is restarting; retry shortly", status=503)
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return PoseError("stage_timeout", "the image took too long to process", status=503)
+    chain = _chain(exc)
+    for link in reversed(chain):  # the innermost error says most
+        if isinstance(link, PoseError):
+            return link
+    for link in chain:
+        if isinstance(link, BackPressureError):
+            return PoseError("overloaded", "the service is at capacity; retry shortly", status=503)
+        if isinstance(link, (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)):
+            return PoseError("stage_unavailable", "a model replica is restarting; retry shortly", status=503)
+        if isinstance(link, (asyncio.TimeoutError, TimeoutError)):
+            return PoseError("stage_timeout", "the image took too long to process", status=503)
     return None

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -102,9 +103,12 @@ def cmd_image(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def cmd_video(args: argparse.Namespace) -> dict[str, Any]:
+def cmd_video(args: argparse.Namespace) -> dict[str, Any] | None:
+    from .result_stream import iter_json_document
     from .runner import VideoRunner
 
+    if args.vertices and args.out_dir is None:
+        raise PoseError("vertices_npz_only", "vertices are written to the NPZ only: add --out-dir DIR", status=400)
     detector_options: dict[str, Any] = {}
     chunk_size = args.chunk_size
     if args.profile is not None:
@@ -126,15 +130,24 @@ def cmd_video(args: argparse.Namespace) -> dict[str, Any]:
         chunk_size=chunk_size or 8,
         detector_options=detector_options,
     )
-    result = runner.run(args.clip, vertices=args.vertices, progress=not args.no_progress)
-    document = result.model_dump(mode="json")
-    if args.out is None:
-        return document
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(document))
-    tmp.replace(args.out)
-    return {"out": str(args.out), "frames": len(result.frames), "tracks": len(result.tracks)}
+    if args.out_dir is not None:
+        files = runner.run_to(args.clip, args.out_dir, vertices=args.vertices, progress=not args.no_progress)
+        out = files.write_json(args.out) if args.out is not None else None
+        return {
+            "out": None if out is None else str(out),
+            "files": {k: str(v) for k, v in vars(files).items() if isinstance(v, Path)},
+            "frames": files.frames,
+            "tracks": files.tracks,
+        }
+    with tempfile.TemporaryDirectory(prefix=".pose-video-", dir=args.out.parent if args.out else None) as tmp:
+        files = runner.run_to(args.clip, tmp, vertices=False, progress=not args.no_progress)
+        if args.out is None:  # the document to stdout, streamed
+            for part in iter_json_document(files.jsonl, files.meta):
+                sys.stdout.buffer.write(part)
+            sys.stdout.flush()
+            return None
+        files.write_json(args.out)
+    return {"out": str(args.out), "frames": files.frames, "tracks": files.tracks}
 
 
 def cmd_tiny(args: argparse.Namespace) -> dict[str, Any]:
@@ -178,7 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("clip", type=Path, help="video file (MP4/MOV, Matroska/WebM, AVI)")
     p.add_argument("--out", type=Path, default=None, help="write the result JSON here (default: stdout)")
-    p.add_argument("--vertices", action="store_true", help="include the 6890 mesh vertices per person and frame")
+    p.add_argument(
+        "--out-dir", type=Path, default=None,
+        help="write every result file here: result.jsonl (one frame a line), result-meta.json, result.npz "
+        "(and result-vertices.npz with --vertices)",
+    )
+    p.add_argument("--vertices", action="store_true", help="also keep the 6890 mesh vertices per person and frame (NPZ only; needs --out-dir)")
     p.add_argument(
         "--chunk-size", type=int, default=None, help="frames decoded and run through the models together (default: 8)"
     )
@@ -215,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write("\n")
         logger.error("%s", exc)
         return 2
-    json.dump(result, sys.stdout, indent=1)
+    if result is not None:  # None: the command wrote its own output
+        json.dump(result, sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0

@@ -90,3 +90,32 @@ def test_cli_video_writes_the_result(tiny_roots, crossing, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["frames"] == 12
     assert len(json.loads(out.read_text())["frames"]) == 12
+
+
+def test_cli_video_out_dir_writes_every_file(tiny_roots, crossing, tmp_path):
+    out_dir = tmp_path / "files"
+    cmd = [sys.executable, "-m", "pipeline", "video", str(crossing), "--cache-dir", str(tiny_roots.hmr2.parent),
+           "--offline", "--out-dir", str(out_dir), "--vertices", "--no-progress", "--profile", "tiny"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["result-meta.json", "result-vertices.npz", "result.jsonl", "result.npz"]
+    frames = [json.loads(line) for line in (out_dir / "result.jsonl").read_text().splitlines()]
+    assert len(frames) == 12 and all(p["vertices"] is None for f in frames for p in f["people"])
+    with np.load(out_dir / "result-vertices.npz", allow_pickle=False) as arrays:
+        assert arrays["vertices"].shape == (sum(len(f["people"]) for f in frames), 6890, 3)
+
+
+def test_cli_video_vertices_need_the_binary_form(tiny_roots, crossing):
+    cmd = [sys.executable, "-m", "pipeline", "video", str(crossing), "--cache-dir", str(tiny_roots.hmr2.parent),
+           "--offline", "--vertices", "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2
+    assert json.loads(done.stdout)["error"]["code"] == "vertices_npz_only"
+
+
+def test_result_streams_to_stdout(tiny_roots, crossing_result, crossing):
+    cmd = [sys.executable, "-m", "pipeline", "video", str(crossing), "--cache-dir", str(tiny_roots.hmr2.parent),
+           "--offline", "--no-progress", "--profile", "tiny"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == json.loads(crossing_result.model_dump_json())

@@ -1,0 +1,52 @@
+"""Which failures of a model stage a video job retries: Ray's and Serve's errors as stable codes."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("ray.serve")
+
+from ray.exceptions import ActorDiedError  # noqa: E402
+from ray.serve.exceptions import BackPressureError, RayServeException  # noqa: E402
+
+from deployments.common import as_pose_error  # noqa: E402
+from deployments.video import TRANSIENT_CODES  # noqa: E402
+from pipeline.errors import InputError  # noqa: E402
+
+
+def _raised(exc: BaseException, wrapper: BaseException | None = None) -> BaseException:
+    try:
+        try:
+            raise exc
+        except BaseException as inner:
+            if wrapper is None:
+                raise
+            raise wrapper from inner
+    except BaseException as caught:
+        return caught
+
+
+@pytest.mark.parametrize(
+    "exc, code",
+    [
+        (_raised(ActorDiedError()), "stage_unavailable"),
+        # Serve's "an upstream actor died before finishing a dependent task" (a chained response
+        # whose first stage died) wraps the actor's error as its cause.
+        (_raised(ActorDiedError(), RayServeException("upstream actor died")), "stage_unavailable"),
+        (_raised(BackPressureError(num_queued_requests=9, max_queued_requests=8)), "overloaded"),
+        (_raised(TimeoutError()), "stage_timeout"),
+    ],
+)
+def test_transient_stage_failures_have_retryable_codes(exc, code):
+    mapped = as_pose_error(exc)
+    assert mapped is not None and mapped.code == code and mapped.status == 503
+    assert code in TRANSIENT_CODES
+
+
+def test_a_replica_error_with_a_code_keeps_it_and_is_not_retried():
+    mapped = as_pose_error(_raised(InputError("box_empty", "empty box"), RayServeException("wrapped")))
+    assert mapped is not None and mapped.code == "box_empty" and mapped.code not in TRANSIENT_CODES
+
+
+def test_other_errors_are_not_stage_failures():
+    assert as_pose_error(_raised(ValueError("bug"))) is None
