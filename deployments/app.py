@@ -70,7 +70,11 @@ class JobArgs(BaseModel):
     chunk_size: int | None = Field(default=None, ge=1, le=256, description="frames per chunk; None: the profile's")
     sync_timeout_s: float = Field(default=300.0, gt=0, description="POST /pose/video waits this long, then 202")
     allow_callbacks: bool = Field(default=True, description="accept callback_url on uploads")
-    lease_s: float = Field(default=60.0, gt=0, description="a running job not heard of this long is taken over by another attempt")
+    lease_s: float = Field(default=30.0, gt=0, description="a running job not heard of this long is taken over by another attempt")
+    job_store: str | None = Field(
+        default=None, description="postgresql://user@host/db for a cluster; None: $job_store_env, else SQLite in data_dir"
+    )
+    job_store_env: str = Field(default="POSE_JOB_STORE_URL", description="variable holding the job store URL on each node")
     max_stage_wait_s: float = Field(default=120.0, gt=0, description="stage failures in a row retried this long, then the job fails")
 
 
@@ -144,6 +148,20 @@ def resolve_profile(args: AppArgs) -> Profile:
         return get_profile(name)
     except ValueError as exc:
         raise ValueError(f"{PROFILE_ENV} / profile: {exc}") from None
+
+
+def _check_store_placement(jobs: JobSettings) -> None:
+    """Fail at start, loudly, when jobs would be kept per node: SQLite on a multi-node cluster."""
+    from .video import alive_nodes
+
+    url = jobs.store_url()
+    nodes = alive_nodes() if _cluster_connected() else 1
+    if (url is None or url.startswith("sqlite:")) and nodes > 1:
+        raise ValueError(
+            f"job store is node-local; configure job_store for a cluster: the Ray cluster has {nodes} nodes, and a "
+            f"SQLite store in {jobs.data_dir} would keep jobs per node. Set jobs.job_store (or ${jobs.job_store_env} on "
+            "every node) to a postgresql:// URL and data_dir to storage every node mounts."
+        )
 
 
 def build_app(args: AppArgs) -> Application:
@@ -229,7 +247,10 @@ def build_app(args: AppArgs) -> Application:
         video_limits=args.video_limits,
         lease_s=args.jobs.lease_s,
         max_stage_wait_s=args.jobs.max_stage_wait_s,
+        job_store=args.jobs.job_store,
+        job_store_env=args.jobs.job_store_env,
     )
+    _check_store_placement(jobs)
     # Video jobs need tracking: without it the video routes answer 503 videos_unavailable.
     video = (
         VideoPipeline.options(ray_actor_options=actor_options("video")).bind(detector, regressor, jobs, ModelSettings(**common))

@@ -77,7 +77,9 @@ class JobSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    data_dir: str  # SQLite database + one folder per job; must be the same folder for both deployments
+    data_dir: str  # one folder per job (+ the SQLite database when no job_store is set); shared storage on a cluster
+    job_store: str | None = None  # postgresql://... for a cluster; None: $<job_store_env>, else SQLite in data_dir
+    job_store_env: str = "POSE_JOB_STORE_URL"  # read on each replica's node (a Secret in Kubernetes)
     max_active: int = Field(default=2, ge=1)  # jobs processed at once
     max_queued: int = Field(default=32, ge=0)  # accepted jobs waiting beyond those; then 429
     retention_s: float | None = Field(default=7 * 24 * 3600.0, gt=0)  # finished jobs kept this long; None: forever
@@ -86,16 +88,41 @@ class JobSettings(BaseModel):
     video_limits: VideoLimitArgs = Field(default_factory=VideoLimitArgs)
     poll_interval_s: float = Field(default=1.0, gt=0)  # queue check when no one wakes the worker
     callback_timeout_s: float = Field(default=5.0, gt=0)
-    lease_s: float = Field(default=60.0, gt=0)  # a running job whose attempt stops renewing this long is taken over
+    lease_s: float = Field(default=30.0, gt=0)  # a running job whose attempt stops renewing this long is taken over
     max_stage_wait_s: float = Field(default=120.0, gt=0)  # stage failures in a row retried this long, then the job fails
 
+    def store_url(self) -> str | None:
+        return self.job_store or os.environ.get(self.job_store_env) or None
+
     def open_store(self) -> JobStore:
-        return JobStore(
+        """The job store, checked against where it is used: a node-local store (SQLite) on a
+        cluster of several nodes fails here, loudly, rather than split the jobs per node."""
+        store = JobStore(
             Path(self.data_dir).expanduser(),
             retention_s=self.retention_s,
             max_active=self.max_active,
             max_queued=self.max_queued,
+            url=self.store_url(),
         )
+        nodes = alive_nodes()
+        if store.node_local and nodes > 1:
+            store.close()
+            raise PoseError(
+                "job_store_node_local",
+                f"job store is node-local; configure job_store for a cluster (the Ray cluster has {nodes} nodes: "
+                f"set jobs.job_store or ${self.job_store_env} to a postgresql:// URL and data_dir to shared storage)",
+                status=500,
+            )
+        return store
+
+
+def alive_nodes() -> int:
+    """Alive nodes of the connected Ray cluster (1 without one)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 1
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
 VIDEO_WORK_DIR = "work"  # segments of the result being written, inside the job folder
@@ -156,7 +183,8 @@ class VideoPipeline:
             chunk_size=settings.chunk_size, limits=self.limits, max_stage_wait_s=settings.max_stage_wait_s,
         )
         self.store = settings.open_store()
-        report = self.store.recover_after_restart(settings.max_attempts)
+        # Jobs of other workers come back only through their expired leases (`expire_leases`).
+        report = self.store.recover_after_restart(settings.max_attempts, requeue_running=False)
         logger.info(
             "VideoPipeline up on %s in %.1f s: requeued %d, failed %d, cancelled %d jobs after restart",
             settings.data_dir, time.perf_counter() - started, len(report.requeued), len(report.failed), len(report.cancelled),
@@ -214,8 +242,11 @@ class VideoPipeline:
             self._wake.clear()
 
     async def _claim_jobs(self) -> None:
+        expired = await asyncio.to_thread(self.store.expire_leases, self.settings.max_attempts)
+        for job_id in expired.failed + expired.cancelled:
+            self._schedule_callback(job_id)
         while len(self._active) < self.settings.max_active:
-            job = await asyncio.to_thread(self.store.claim_next, self.settings.lease_s)
+            job = await asyncio.to_thread(self.store.claim_next, self.settings.lease_s, limit_running=False)
             if job is None:
                 return
             where = "from its checkpoint at frame %d" % job.checkpoint["next_frame"] if job.checkpoint else "from the start"

@@ -1,19 +1,22 @@
 """Persistent jobs: a video accepted over HTTP is never lost, and neither is its result.
 
 A web backend cannot hold a request open for the minutes a video takes, so a video is a job:
-accepted at once, processed by a worker, polled for progress, fetched when done. The store is
-one SQLite database (WAL journal, full sync: a job the caller was told about survives a crash)
-beside one folder per job under the data folder::
+accepted at once, processed by a worker, polled for progress, fetched when done. The jobs table
+lives in a database (`pipeline.job_db`: SQLite beside the files by default, PostgreSQL for a
+cluster) and every job has a folder under the storage folder, which on a cluster is a mount
+every node shares::
 
-    <data_dir>/jobs.sqlite3
+    <data_dir>/jobs.sqlite3                    the SQLite database (when no job_store URL is set)
     <data_dir>/uploads/<random><suffix>        uploads being received (`new_upload_path`)
     <data_dir>/jobs/<id>/input.<ext>           the accepted input, moved in by `create`
-    <data_dir>/jobs/<id>/result.json, ...      results, each written atomically
+    <data_dir>/jobs/<id>/result*.*, ...        results and checkpoints, each written atomically
 
-Every method is short and synchronous; one connection guarded by a lock serves all threads and
-asyncio tasks of a process, and SQLite's own locking (``BEGIN IMMEDIATE``) keeps a second
-process, or a restarted one, consistent. `recover_after_restart` assumes the data folder is
-worked by one process at a time: jobs that process left ``running`` are re-queued or failed.
+Every method is short and synchronous and one connection guarded by a lock serves all threads
+and asyncio tasks of a process. A worker claims a job with a lease that it renews
+(`heartbeat`, `save_checkpoint`); the claim's attempt number is its fencing token, and every
+write of a running job (checkpoint, progress, finish, fail) is refused once another attempt
+holds the job. A job whose lease runs out goes back to the queue (`expire_leases`) and the
+next attempt resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import math
 import os
 import re
 import shutil
-import sqlite3
 import tempfile
 import threading
 import time
@@ -35,50 +37,18 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Literal, Mapping
 
 from .errors import InputError, PoseError
+from .job_db import Connection, Row, open_database
 
 log = logging.getLogger(__name__)
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-SCHEMA_VERSION = 2
-# Columns added after version 1, for databases created before them.
-_ADDED_COLUMNS = (("checkpoint", "TEXT"), ("lease_until", "REAL"))
 
 _ID = re.compile(r"[0-9a-f]{32}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SUFFIX = re.compile(r"(\.[A-Za-z0-9]{1,10})?")
 _DEFAULT_RETRY_AFTER_S = 30.0  # before any job has finished there is no duration to go by
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    frames_done INTEGER NOT NULL DEFAULT 0,
-    frames_total INTEGER,
-    timings TEXT NOT NULL DEFAULT '{}',
-    error_code TEXT,
-    error_message TEXT,
-    input_path TEXT,
-    options TEXT NOT NULL DEFAULT '{}',
-    idempotency_key TEXT UNIQUE,
-    callback_url TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    owner TEXT,
-    results TEXT NOT NULL DEFAULT '{}',
-    checkpoint TEXT,
-    lease_until REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
-CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at);
-"""
-
 
 @dataclass(frozen=True)
 class JobError:
@@ -172,6 +142,7 @@ class JobStore:
         retention_s: float | None = 7 * 24 * 3600.0,
         max_active: int = 1,
         max_queued: int = 100,
+        url: str | None = None,
     ) -> None:
         if max_active < 1:
             raise ValueError(f"max_active must be at least 1, got {max_active}")
@@ -189,30 +160,21 @@ class JobStore:
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         # Jobs this object claimed; recovery leaves them alone, everything else running is orphaned.
         self._owner = uuid.uuid4().hex
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.data_dir / "jobs.sqlite3", isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        self._db.row_factory = sqlite3.Row
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=30000")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(f"job database schema {version} is newer than this code ({SCHEMA_VERSION})")
-            self._db.executescript(_SCHEMA)
-            have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)").fetchall()}
-            for name, kind in _ADDED_COLUMNS:
-                if name not in have:
-                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._db = open_database(url, self.data_dir)
+
+    @property
+    def node_local(self) -> bool:
+        """True for SQLite: only processes on this machine can share this store."""
+        return self._db.node_local
+
+    @property
+    def url(self) -> str:
+        return self._db.url
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def __enter__(self) -> JobStore:
         return self
@@ -220,17 +182,17 @@ class JobStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken before reading so check-then-write is atomic across processes."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self, *, lock_all: bool = False) -> Any:
+        """One write transaction; ``lock_all`` also serialises it with other multi-row writes."""
+
+        @contextlib.contextmanager
+        def tx() -> Iterator[Connection]:
+            with self._db.write() as db:
+                if lock_all:
+                    db.lock_all()
+                yield db
+
+        return tx()
 
     # --- files ----------------------------------------------------------------------------
 
@@ -303,8 +265,8 @@ class JobStore:
             if existing is not None:
                 _discard(input_file, move_input)
                 return existing
-        with self._lock:
-            self._check_capacity(self._db)  # refuse before moving any file
+        with self._db.read() as db:
+            self._check_capacity(db)  # refuse before moving any file
 
         job_id = uuid.uuid4().hex
         job_dir = self.jobs_dir / job_id
@@ -324,17 +286,18 @@ class JobStore:
                 input_path = input_file
         now = time.time()
         try:
-            with self._tx() as db:
+            with self._tx(lock_all=True) as db:
                 if idempotency_key is not None:
                     row = db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
                     if row is not None:  # a concurrent retry won the race
                         shutil.rmtree(job_dir, ignore_errors=True)
                         return self._job(row)
                 self._check_capacity(db)
+                seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
                 db.execute(
-                    "INSERT INTO jobs (id, kind, state, created_at, updated_at, input_path, options,"
-                    " idempotency_key, callback_url) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-                    (job_id, kind, now, now, None if input_path is None else str(input_path), options_json,
+                    "INSERT INTO jobs (id, seq, kind, state, created_at, updated_at, input_path, options,"
+                    " idempotency_key, callback_url) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                    (job_id, seq, kind, now, now, None if input_path is None else str(input_path), options_json,
                      idempotency_key, callback_url),
                 )
         except BaseException:
@@ -344,14 +307,14 @@ class JobStore:
         return self.get(job_id)
 
     def find_by_idempotency_key(self, key: str) -> Job | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+        with self._db.read() as db:
+            row = db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
         return None if row is None else self._job(row)
 
     def get(self, job_id: str) -> Job:
         """The job, or ``job_not_found`` (404)."""
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (_check_id(job_id),)).fetchone()
+        with self._db.read() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (_check_id(job_id),)).fetchone()
         if row is None:
             raise _not_found(job_id)
         return self._job(row)
@@ -365,39 +328,37 @@ class JobStore:
         if state is not None and state not in JOB_STATES:
             raise InputError("invalid_state", f"expected one of {', '.join(JOB_STATES)}, got {state!r}")
         where, args = ("WHERE state = ?", [state]) if state else ("", [])
-        with self._lock:
-            total = self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
-            rows = self._db.execute(
-                f"SELECT * FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+        with self._db.read() as db:
+            total = db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
+            rows = db.execute(
+                f"SELECT * FROM jobs {where} ORDER BY created_at DESC, seq DESC LIMIT ? OFFSET ?",
                 [*args, limit, offset],
             ).fetchall()
         return [self._job(r) for r in rows], total
 
-    def claim_next(self, lease_s: float = 60.0) -> Job | None:
-        """The oldest queued job, or a running one whose lease ran out (its worker died), now
-        running for this store with a new attempt number (its fencing token) and a lease of
-        ``lease_s``; None if none, or all slots are busy."""
+    def claim_next(self, lease_s: float = 30.0, *, limit_running: bool = True) -> Job | None:
+        """The oldest queued job, now running for this store with a new attempt number (its
+        fencing token) and a lease of ``lease_s``; None if none is queued.
+
+        ``limit_running``: also None while ``max_active`` jobs with live leases run anywhere
+        (one worker); a worker among many passes False and bounds its own jobs. The row is
+        taken with ``FOR UPDATE SKIP LOCKED`` where the database has row locks, so concurrent
+        workers claim different jobs.
+        """
         now = time.time()
         with self._tx() as db:
-            row = db.execute(
-                "SELECT id, state FROM jobs WHERE state = 'running' AND lease_until IS NOT NULL AND lease_until < ?"
-                " ORDER BY created_at, rowid LIMIT 1",
-                (now,),
-            ).fetchone()
-            if row is None:
+            if limit_running:
                 running = db.execute(
                     "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND (lease_until IS NULL OR lease_until >= ?)",
                     (now,),
                 ).fetchone()[0]
                 if running >= self.max_active:
                     return None
-                row = db.execute(
-                    "SELECT id, state FROM jobs WHERE state = 'queued' ORDER BY created_at, rowid LIMIT 1"
-                ).fetchone()
-                if row is None:
-                    return None
-            else:
-                log.warning("job %s: its attempt stopped renewing its lease; taking it over", row["id"])
+            row = db.execute(
+                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY created_at, seq LIMIT 1" + db.skip_locked
+            ).fetchone()
+            if row is None:
+                return None
             db.execute(
                 "UPDATE jobs SET state = 'running', started_at = ?, updated_at = ?, attempts = attempts + 1,"
                 " owner = ?, lease_until = ? WHERE id = ?",
@@ -405,7 +366,55 @@ class JobStore:
             )
         return self.get(row["id"])
 
-    def _fenced_row(self, db: sqlite3.Connection, job_id: str, token: int | None) -> sqlite3.Row:
+    def expire_leases(self, max_attempts: int = 3, now: float | None = None) -> RecoveryReport:
+        """Running jobs whose attempt stopped renewing its lease (its worker died, hangs or lost
+        its node) go back to the queue, keeping their checkpoint, so any worker resumes them;
+        or end ``cancelled`` (cancel was asked) or ``interrupted`` (started ``max_attempts``
+        times). The old attempt's token is stale from here on: it can publish nothing."""
+        now = time.time() if now is None else now
+        with self._tx(lock_all=True) as db:
+            rows = db.execute(
+                "SELECT id, attempts, cancel_requested FROM jobs WHERE state = 'running'"
+                " AND lease_until IS NOT NULL AND lease_until < ?",
+                (now,),
+            ).fetchall()
+            report = self._recover_rows(db, rows, max_attempts, now, "stopped renewing its lease")
+        if report.requeued or report.failed or report.cancelled:
+            log.warning(
+                "expired leases: requeued %s, failed %s, cancelled %s", report.requeued, report.failed, report.cancelled
+            )
+        return report
+
+    def _recover_rows(self, db: Connection, rows: list[Row], max_attempts: int, now: float, why: str) -> RecoveryReport:
+        requeued: list[str] = []
+        failed: list[str] = []
+        cancelled: list[str] = []
+        for row in rows:
+            job_id = row["id"]
+            if row["cancel_requested"]:
+                self._set_cancelled(db, job_id, now)
+                cancelled.append(job_id)
+            elif row["attempts"] >= max_attempts:
+                db.execute(
+                    "UPDATE jobs SET state = 'failed', error_code = 'interrupted', error_message = ?,"
+                    " finished_at = ?, updated_at = ?, owner = NULL, lease_until = NULL WHERE id = ?",
+                    (
+                        f"the worker processing this job {why}, {row['attempts']} times; "
+                        f"expected at most {max_attempts} attempts",
+                        now, now, job_id,
+                    ),
+                )
+                failed.append(job_id)
+            else:
+                # progress stays: the next attempt resumes from the job's last checkpoint
+                db.execute(
+                    "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
+                    (now, job_id),
+                )
+                requeued.append(job_id)
+        return RecoveryReport(requeued, failed, cancelled, [])
+
+    def _fenced_row(self, db: Connection, job_id: str, token: int | None) -> Row:
         """The job's row if it is running under attempt ``token`` (None: any attempt); else
         ``attempt_superseded`` (409): a newer attempt owns the job, this one must stop."""
         row = self._running_row(db, job_id)
@@ -417,7 +426,7 @@ class JobStore:
             )
         return row
 
-    def heartbeat(self, job_id: str, token: int, lease_s: float = 60.0) -> None:
+    def heartbeat(self, job_id: str, token: int, lease_s: float = 30.0) -> None:
         """Renew the lease of attempt ``token`` (fenced)."""
         now = time.time()
         with self._tx() as db:
@@ -432,7 +441,7 @@ class JobStore:
         frames_done: int,
         frames_total: int | None = None,
         timings: Mapping[str, float] | None = None,
-        lease_s: float = 60.0,
+        lease_s: float = 30.0,
     ) -> None:
         """Commit attempt ``token``'s checkpoint (a small JSON-able dict naming its files) with
         the progress it stands for, and renew the lease; refused once another attempt took over."""
@@ -529,8 +538,8 @@ class JobStore:
 
     def is_cancelled(self, job_id: str) -> bool:
         """For the worker, between chunks: stop when True (also when the job is gone)."""
-        with self._lock:
-            row = self._db.execute(
+        with self._db.read() as db:
+            row = db.execute(
                 "SELECT state, cancel_requested FROM jobs WHERE id = ?", (_check_id(job_id),)
             ).fetchone()
         return row is None or row["state"] == "cancelled" or bool(row["cancel_requested"])
@@ -558,49 +567,29 @@ class JobStore:
         self,
         max_attempts: int = 3,
         *,
+        requeue_running: bool = True,
         orphan_grace_s: float = 3600.0,
         now: float | None = None,
     ) -> RecoveryReport:
         """Call on startup: jobs a dead process left ``running`` are re-queued, or failed
         (``interrupted``) once they were started ``max_attempts`` times; none vanish.
 
+        ``requeue_running``: every running job not claimed by this store object is taken back
+        at once (one worker per store, which has just restarted). Where several workers share
+        the store pass False: their jobs come back only when their leases expire
+        (`expire_leases`); only jobs without a lease are taken back now.
+
         Folders and uploads no job owns, older than ``orphan_grace_s`` (a crash between moving
         an upload in and committing its job), are removed.
         """
         now = time.time() if now is None else now
-        requeued: list[str] = []
-        failed: list[str] = []
-        cancelled: list[str] = []
-        with self._tx() as db:
+        with self._tx(lock_all=True) as db:
             rows = db.execute(
                 "SELECT id, attempts, cancel_requested FROM jobs WHERE state = 'running'"
-                " AND (owner IS NULL OR owner != ?)",
+                " AND (owner IS NULL OR owner != ?)" + ("" if requeue_running else " AND lease_until IS NULL"),
                 (self._owner,),
             ).fetchall()
-            for row in rows:
-                job_id = row["id"]
-                if row["cancel_requested"]:
-                    self._set_cancelled(db, job_id, now)
-                    cancelled.append(job_id)
-                elif row["attempts"] >= max_attempts:
-                    db.execute(
-                        "UPDATE jobs SET state = 'failed', error_code = 'interrupted', error_message = ?,"
-                        " finished_at = ?, updated_at = ?, owner = NULL WHERE id = ?",
-                        (
-                            f"the service stopped while processing this job, {row['attempts']} times; "
-                            f"expected at most {max_attempts} attempts",
-                            now, now, job_id,
-                        ),
-                    )
-                    failed.append(job_id)
-                else:
-                    # progress stays: the next attempt resumes from the job's last checkpoint
-                    db.execute(
-                        "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, updated_at = ?"
-                        " WHERE id = ?",
-                        (now, job_id),
-                    )
-                    requeued.append(job_id)
+            report = self._recover_rows(db, rows, max_attempts, now, "stopped")
             known = {r["id"] for r in db.execute("SELECT id FROM jobs").fetchall()}
         removed: list[str] = []
         for path in [*self.jobs_dir.iterdir(), *self.uploads_dir.iterdir()]:
@@ -615,29 +604,30 @@ class JobStore:
                 else:
                     path.unlink()
                 removed.append(path.name)
-        if requeued or failed or cancelled:
-            log.warning("recovered jobs: requeued %s, failed %s, cancelled %s", requeued, failed, cancelled)
-        return RecoveryReport(requeued, failed, cancelled, removed)
+        if report.requeued or report.failed or report.cancelled:
+            log.warning("recovered jobs: requeued %s, failed %s, cancelled %s", report.requeued, report.failed, report.cancelled)
+        return RecoveryReport(report.requeued, report.failed, report.cancelled, removed)
 
     def purge_expired(self, now: float | None = None) -> list[str]:
         """Delete finished jobs older than the retention period; their ids."""
         if self.retention_s is None:
             return []
         now = time.time() if now is None else now
-        with self._tx() as db:
+        with self._tx(lock_all=True) as db:
             rows = db.execute(
                 "SELECT id FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at <= ?",
                 (now - self.retention_s,),
             ).fetchall()
             ids = [r["id"] for r in rows]
-            db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in ids])
+            for job_id in ids:
+                db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         for job_id in ids:
             shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
         return ids
 
     # --- internals --------------------------------------------------------------------------
 
-    def _check_capacity(self, db: sqlite3.Connection) -> None:
+    def _check_capacity(self, db: Connection) -> None:
         counts = dict(
             db.execute(
                 "SELECT state, COUNT(*) FROM jobs WHERE state IN ('queued', 'running') GROUP BY state"
@@ -661,7 +651,7 @@ class JobStore:
             },
         )
 
-    def _retry_after(self, db: sqlite3.Connection) -> int:
+    def _retry_after(self, db: Connection) -> int:
         """Seconds until a slot is likely free: recent job length over the number of workers."""
         rows = db.execute(
             "SELECT finished_at - started_at FROM jobs WHERE state = 'succeeded' AND started_at IS NOT NULL"
@@ -670,27 +660,28 @@ class JobStore:
         mean = sum(r[0] for r in rows) / len(rows) if rows else _DEFAULT_RETRY_AFTER_S
         return int(min(3600, max(1, math.ceil(mean / self.max_active))))
 
-    def _row(self, db: sqlite3.Connection, job_id: str) -> sqlite3.Row:
-        row = db.execute("SELECT * FROM jobs WHERE id = ?", (_check_id(job_id),)).fetchone()
+    def _row(self, db: Connection, job_id: str) -> Row:
+        """The job's row, locked for the rest of the write transaction."""
+        row = db.execute("SELECT * FROM jobs WHERE id = ?" + db.for_update, (_check_id(job_id),)).fetchone()
         if row is None:
             raise _not_found(job_id)
         return row
 
-    def _running_row(self, db: sqlite3.Connection, job_id: str) -> sqlite3.Row:
+    def _running_row(self, db: Connection, job_id: str) -> Row:
         row = self._row(db, job_id)
         if row["state"] != "running":
             raise _conflict(job_id, row["state"], "running")
         return row
 
     @staticmethod
-    def _set_cancelled(db: sqlite3.Connection, job_id: str, now: float) -> None:
+    def _set_cancelled(db: Connection, job_id: str, now: float) -> None:
         db.execute(
             "UPDATE jobs SET state = 'cancelled', error_code = 'cancelled', error_message = ?,"
             " finished_at = ?, updated_at = ?, owner = NULL WHERE id = ?",
             ("cancelled at the caller's request", now, now, job_id),
         )
 
-    def _job(self, row: sqlite3.Row) -> Job:
+    def _job(self, row: Row) -> Job:
         job_dir = self.jobs_dir / row["id"]
         error = None if row["error_code"] is None else JobError(row["error_code"], row["error_message"] or "")
         return Job(

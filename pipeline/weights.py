@@ -16,6 +16,7 @@ extracted without letting an archive write outside its folder, then verified. Li
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -27,7 +28,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 from .errors import WeightsError
 
@@ -252,6 +253,35 @@ def fetch(dl: Download, roots: CacheRoots, *, progress: bool = True, timeout: fl
     root = roots.root(dl.root)
     dest = root / dl.target
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(dest.with_name(dest.name + ".lock")):
+        return _fetch_locked(dl, root, dest, progress=progress, timeout=timeout)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """One holder at a time across the processes of a machine (replicas starting together):
+    the second waits, then finds the file the first one downloaded."""
+    import fcntl
+
+    with open(path, "a+b") as fh:
+        if not _try_lock(fh, fcntl):
+            logger.info("waiting for another process to finish downloading %s", path.name.removesuffix(".lock"))
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _try_lock(fh: Any, fcntl: Any) -> bool:
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _fetch_locked(dl: Download, root: Path, dest: Path, *, progress: bool, timeout: float) -> Path:
     errors: list[str] = []
     if not (dest.is_file() and _download_ok(dl, dest)):
         for url in dl.urls:
@@ -295,8 +325,11 @@ def _download(url: str, dest: Path, dl: Download, *, progress: bool, timeout: fl
             for chunk in iter(lambda: response.read(_CHUNK), b""):
                 out.write(chunk)
                 bar.update(len(chunk))
-    if dl.size is not None and part.stat().st_size != dl.size:
-        raise WeightsError("download_failed", f"{url}: got {part.stat().st_size} bytes, expected {dl.size}")
+    got = part.stat().st_size
+    if total_bytes is not None and got != total_bytes:  # the connection was cut: resume next time
+        raise WeightsError("download_failed", f"{url}: got {got} bytes, the server announced {total_bytes}")
+    if dl.size is not None and got != dl.size:
+        raise WeightsError("download_failed", f"{url}: got {got} bytes, expected {dl.size}")
     if dl.sha256 is not None:
         digest = sha256_of(part)
         if digest != dl.sha256:

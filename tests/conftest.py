@@ -64,3 +64,44 @@ def phalp_golden_models(golden):
         "phalp.hmar_weights": next(folder.glob("hmar_v2_weights.pth*")),
     }
     return load_tracking_models_from_paths(paths, device="cpu")
+
+
+POSTGRES_URL_ENV = "POSE_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """URL of a reachable PostgreSQL server (``$POSE_TEST_POSTGRES_URL`` or the local default).
+
+    None answering: a skip with the reason, except in CI (``CI=true``) where it is a failure.
+    """
+    url = os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL)
+    try:
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:  # not installed, refused, wrong credentials: all mean "no server"
+        msg = f"no PostgreSQL server answers at {url} ({type(exc).__name__}: {exc}); set {POSTGRES_URL_ENV}"
+        if _in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str):
+    """A URL whose connections use a fresh schema of their own, dropped after the test."""
+    import uuid
+    from urllib.parse import quote
+
+    import psycopg
+
+    schema = f"pose_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in postgres_server else "?"
+    yield f"{postgres_server}{sep}options={quote(f'-csearch_path={schema}')}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")

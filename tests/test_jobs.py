@@ -1,8 +1,15 @@
-"""The persistent job store and media-path confinement."""
+"""The persistent job store and media-path confinement.
+
+Every store test runs twice: on SQLite (the embedded default) and on a real PostgreSQL server
+(the cluster store), ``$POSE_TEST_POSTGRES_URL`` or ``postgresql://postgres@127.0.0.1:5432/test``,
+each test in a schema of its own. Without a server the PostgreSQL half skips with the reason,
+except under CI=true, where it fails.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -13,14 +20,30 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import InputError, PoseError
-import pipeline.jobs as pipeline_jobs
 from pipeline.jobs import Job, JobStore
 from pipeline.paths import resolve_media_path
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_store(request, tmp_path):
+    """``open_store(data_dir, **kw)``: a `JobStore` on this test's backend (same database each call)."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    opened: list[JobStore] = []
+
+    def make(data_dir, **kw) -> JobStore:
+        store = JobStore(data_dir, url=url, **kw)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        with contextlib.suppress(Exception):
+            store.close()
+
+
 @pytest.fixture
-def store(tmp_path):
-    with JobStore(tmp_path / "data", retention_s=3600, max_active=1, max_queued=3) as s:
+def store(open_store, tmp_path):
+    with open_store(tmp_path / "data", retention_s=3600, max_active=1, max_queued=3) as s:
         yield s
 
 
@@ -156,8 +179,8 @@ def test_claim_respects_max_active_and_order(store):
     assert claimed.started_at is not None
 
 
-def test_claims_are_atomic_across_threads(tmp_path):
-    with JobStore(tmp_path / "d", retention_s=None, max_active=50, max_queued=50) as store:
+def test_claims_are_atomic_across_threads(open_store, tmp_path):
+    with open_store(tmp_path / "d", retention_s=None, max_active=50, max_queued=50) as store:
         ids = {store.create().id for _ in range(40)}
         got: list[str] = []
         lock = threading.Lock()
@@ -175,8 +198,8 @@ def test_claims_are_atomic_across_threads(tmp_path):
         assert sorted(got) == sorted(ids)  # each job exactly once
 
 
-def test_two_store_objects_on_one_folder_claim_each_job_once(tmp_path):
-    with JobStore(tmp_path / "d", retention_s=None, max_active=10, max_queued=10) as one, JobStore(
+def test_two_store_objects_on_one_folder_claim_each_job_once(open_store, tmp_path):
+    with open_store(tmp_path / "d", retention_s=None, max_active=10, max_queued=10) as one, open_store(
         tmp_path / "d", retention_s=None, max_active=10, max_queued=10
     ) as two:
         ids = {one.create().id for _ in range(6)}
@@ -255,8 +278,8 @@ def test_delete_removes_files_but_not_a_running_job(store):
 # --- listing ----------------------------------------------------------------------------------
 
 
-def test_list_pages_newest_first_and_filters_by_state(tmp_path):
-    with JobStore(tmp_path / "d", retention_s=None, max_active=2, max_queued=20) as store:
+def test_list_pages_newest_first_and_filters_by_state(open_store, tmp_path):
+    with open_store(tmp_path / "d", retention_s=None, max_active=2, max_queued=20) as store:
         ids = []
         for _ in range(7):
             ids.append(store.create().id)
@@ -277,9 +300,9 @@ def test_list_pages_newest_first_and_filters_by_state(tmp_path):
 # --- restart --------------------------------------------------------------------------------
 
 
-def test_restart_requeues_then_fails_interrupted_jobs(tmp_path):
+def test_restart_requeues_then_fails_interrupted_jobs(open_store, tmp_path):
     data = tmp_path / "d"
-    store = JobStore(data, retention_s=None, max_active=1, max_queued=5)
+    store = open_store(data, retention_s=None, max_active=1, max_queued=5)
     job = store.create(input_file=_upload(store), move_input=True, idempotency_key="once")
     assert store.claim_next().attempts == 1
     waiting = store.create()
@@ -287,7 +310,7 @@ def test_restart_requeues_then_fails_interrupted_jobs(tmp_path):
     del store
 
     for attempt in (2, 3):
-        store = JobStore(data, retention_s=None, max_active=1, max_queued=5)
+        store = open_store(data, retention_s=None, max_active=1, max_queued=5)
         report = store.recover_after_restart(max_attempts=3)
         assert report.requeued == [job.id] and not report.failed
         assert store.get(job.id).state == "queued" and store.get(waiting.id).state == "queued"
@@ -296,7 +319,7 @@ def test_restart_requeues_then_fails_interrupted_jobs(tmp_path):
         assert claimed.id == job.id and claimed.attempts == attempt
         store.close()
 
-    store = JobStore(data, retention_s=None, max_active=1, max_queued=5)
+    store = open_store(data, retention_s=None, max_active=1, max_queued=5)
     report = store.recover_after_restart(max_attempts=3)
     assert report.failed == [job.id]
     failed = store.get(job.id)
@@ -314,13 +337,13 @@ def test_recovery_leaves_its_own_running_jobs_alone(store):
     assert store.get(job.id).state == "running"
 
 
-def test_recovery_honours_a_cancel_asked_before_the_crash(tmp_path):
-    store = JobStore(tmp_path / "d", retention_s=None, max_active=1, max_queued=5)
+def test_recovery_honours_a_cancel_asked_before_the_crash(open_store, tmp_path):
+    store = open_store(tmp_path / "d", retention_s=None, max_active=1, max_queued=5)
     job = store.create()
     store.claim_next()
     store.cancel(job.id)
     store.close()
-    with JobStore(tmp_path / "d", retention_s=None, max_active=1, max_queued=5) as again:
+    with open_store(tmp_path / "d", retention_s=None, max_active=1, max_queued=5) as again:
         assert again.recover_after_restart().cancelled == [job.id]
         assert again.get(job.id).state == "cancelled"
 
@@ -337,10 +360,29 @@ def test_recovery_removes_orphans_after_a_grace_period(store):
     assert store.job_dir(kept.id).is_dir()
 
 
-def test_database_is_wal(store):
-    db = sqlite3.connect(store.data_dir / "jobs.sqlite3")
-    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    db.close()
+def test_embedded_database_is_sqlite_in_wal_mode_and_node_local(tmp_path):
+    with JobStore(tmp_path / "data") as store:
+        assert store.node_local and store.url.startswith("sqlite:///")
+        db = sqlite3.connect(store.data_dir / "jobs.sqlite3")
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.close()
+
+
+def test_postgresql_store_is_shared_and_hides_the_password(postgres_url, tmp_path):
+    from pipeline.job_db import redact
+
+    with JobStore(tmp_path / "data", url=postgres_url) as store:
+        assert not store.node_local and not (tmp_path / "data" / "jobs.sqlite3").exists()
+    assert redact("postgresql://pose:s3cret@db:5432/jobs") == "postgresql://pose:***@db:5432/jobs"
+
+
+def test_unreachable_or_unknown_job_store_is_a_clear_error(tmp_path):
+    with pytest.raises(PoseError) as err:
+        JobStore(tmp_path / "data", url="postgresql://nobody:pw@127.0.0.1:9/none?connect_timeout=1")
+    assert err.value.code == "job_store_unavailable" and "pw" not in err.value.message
+    with pytest.raises(PoseError) as err:
+        JobStore(tmp_path / "data", url="mysql://db/jobs")
+    assert err.value.code == "job_store_invalid"
 
 
 # --- retention ---------------------------------------------------------------------------------
@@ -358,8 +400,8 @@ def test_purge_expired_deletes_only_old_finished_jobs(store):
     assert store.get(queued.id).state == "queued"
 
 
-def test_no_retention_keeps_everything(tmp_path):
-    with JobStore(tmp_path / "d", retention_s=None, max_active=1, max_queued=1) as store:
+def test_no_retention_keeps_everything(open_store, tmp_path):
+    with open_store(tmp_path / "d", retention_s=None, max_active=1, max_queued=1) as store:
         job = store.create()
         store.claim_next()
         store.finish(job.id, {})
@@ -426,8 +468,8 @@ def test_missing_and_non_regular_paths(media):
 # --- checkpoints, leases and fencing --------------------------------------------------------------
 
 
-def test_a_checkpoint_is_committed_with_its_progress_and_survives_a_requeue(tmp_path):
-    with JobStore(tmp_path / "data", retention_s=None, max_active=1) as first:
+def test_a_checkpoint_is_committed_with_its_progress_and_survives_a_requeue(open_store, tmp_path):
+    with open_store(tmp_path / "data", retention_s=None, max_active=1) as first:
         job = first.create()
         claimed = first.claim_next(lease_s=30)
         assert claimed.attempts == 1 and claimed.checkpoint is None and claimed.lease_until > time.time()
@@ -435,20 +477,22 @@ def test_a_checkpoint_is_committed_with_its_progress_and_survives_a_requeue(tmp_
         got = first.get(job.id)
         assert got.checkpoint == {"file": "checkpoint-a1-000002.npz", "next_frame": 16}
         assert (got.frames_done, got.frames_total, got.timings["models_s"]) == (16, 40, 1.5)
-    with JobStore(tmp_path / "data", retention_s=None, max_active=1) as second:  # the process restarted
+    with open_store(tmp_path / "data", retention_s=None, max_active=1) as second:  # the process restarted
         assert second.recover_after_restart(max_attempts=3).requeued == [job.id]
         again = second.claim_next()
         assert again.attempts == 2 and again.frames_done == 16
         assert again.checkpoint == {"file": "checkpoint-a1-000002.npz", "next_frame": 16}
 
 
-def test_an_expired_lease_is_taken_over_and_the_old_attempt_cannot_publish(tmp_path):
-    with JobStore(tmp_path / "data", retention_s=None, max_active=1) as store:
+def test_an_expired_lease_is_taken_over_and_the_old_attempt_cannot_publish(open_store, tmp_path):
+    with open_store(tmp_path / "data", retention_s=None, max_active=1) as store:
         job = store.create()
         old = store.claim_next(lease_s=0.05)
         assert store.claim_next(lease_s=30) is None  # the lease is live: the slot is taken
+        assert store.expire_leases(max_attempts=3).requeued == []
         time.sleep(0.1)
-        new = store.claim_next(lease_s=30)  # the old attempt stopped renewing: taken over
+        assert store.expire_leases(max_attempts=3).requeued == [job.id]  # stopped renewing: back in the queue
+        new = store.claim_next(lease_s=30)
         assert (new.id, old.attempts, new.attempts) == (job.id, 1, 2)
         stale = [
             lambda: store.save_checkpoint(job.id, old.attempts, {"file": "x", "next_frame": 8}, 8),
@@ -468,20 +512,55 @@ def test_an_expired_lease_is_taken_over_and_the_old_attempt_cannot_publish(tmp_p
         assert store.finish(job.id, {}, token=2).state == "succeeded"
 
 
-def test_a_live_lease_is_never_taken_over(tmp_path):
-    with JobStore(tmp_path / "data", retention_s=None, max_active=2) as store:
+def test_a_live_lease_is_never_taken_over(open_store, tmp_path):
+    with open_store(tmp_path / "data", retention_s=None, max_active=2) as store:
         job = store.create()
         store.claim_next(lease_s=30)
         assert store.claim_next(lease_s=30) is None
-        assert store.get(job.id).attempts == 1
+        assert store.expire_leases(max_attempts=3).requeued == []
+        assert store.recover_after_restart(requeue_running=False).requeued == []  # another worker's live job
+        assert store.get(job.id).attempts == 1 and store.get(job.id).state == "running"
+
+
+def test_an_expired_lease_of_a_job_started_too_often_fails_interrupted(open_store, tmp_path):
+    with open_store(tmp_path / "data", retention_s=None, max_active=1) as store:
+        job = store.create()
+        for _ in range(2):
+            store.claim_next(lease_s=0.01)
+            time.sleep(0.05)
+            report = store.expire_leases(max_attempts=2)
+        assert report.failed == [job.id]
+        ended = store.get(job.id)
+        assert ended.state == "failed" and ended.error.code == "interrupted"
+
+
+def test_workers_claim_different_jobs_at_once(open_store, tmp_path):
+    """Several worker processes' stores on one database (threads here): each queued job is
+    claimed exactly once, with no global limit on running jobs."""
+    with open_store(tmp_path / "d", retention_s=None, max_active=1, max_queued=100) as first:
+        ids = {first.create().id for _ in range(30)}
+        stores = [first] + [open_store(tmp_path / "d", retention_s=None, max_active=1, max_queued=100) for _ in range(3)]
+        claimed: list[str] = []
+        lock = threading.Lock()
+
+        def work(store):
+            while (job := store.claim_next(lease_s=30, limit_running=False)) is not None:
+                with lock:
+                    claimed.append(job.id)
+
+        threads = [threading.Thread(target=work, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(claimed) == sorted(ids)
 
 
 def test_a_database_of_the_first_schema_gains_the_new_columns(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     db = sqlite3.connect(data / "jobs.sqlite3")
-    schema = pipeline_jobs._SCHEMA.replace(",\n    checkpoint TEXT,\n    lease_until REAL", "")
-    db.executescript(schema)
+    db.executescript(_FIRST_SCHEMA)
     db.execute("PRAGMA user_version=1")
     db.execute(
         "INSERT INTO jobs (id, kind, state, created_at, updated_at) VALUES (?, 'video', 'queued', 1.0, 1.0)", ("a" * 32,)
@@ -491,3 +570,16 @@ def test_a_database_of_the_first_schema_gains_the_new_columns(tmp_path):
     with JobStore(data, retention_s=None) as store:
         job = store.claim_next()
         assert job.id == "a" * 32 and job.checkpoint is None and job.lease_until is not None
+
+
+# The jobs table as the first release created it (no checkpoint, lease or sequence columns).
+_FIRST_SCHEMA = """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL,
+    updated_at REAL NOT NULL, started_at REAL, finished_at REAL, frames_done INTEGER NOT NULL DEFAULT 0,
+    frames_total INTEGER, timings TEXT NOT NULL DEFAULT '{}', error_code TEXT, error_message TEXT,
+    input_path TEXT, options TEXT NOT NULL DEFAULT '{}', idempotency_key TEXT UNIQUE, callback_url TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT,
+    results TEXT NOT NULL DEFAULT '{}'
+);
+"""

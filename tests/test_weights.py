@@ -6,10 +6,12 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -182,3 +184,45 @@ def test_weights_command_reports_present_and_missing(tiny_roots, tmp_path):
     empty = subprocess.run(cmd[:5] + [str(tmp_path)] + cmd[6:], capture_output=True, text=True, timeout=300)
     keys = json.loads(empty.stdout)["missing"]
     assert "hmr2.checkpoint" in keys and "smpl.neutral" in keys
+
+
+def test_two_processes_download_a_file_once(tmp_path):
+    """Replicas starting together on one node: the second waits for the first's download
+    (an inter-process lock beside the file), then finds it in place instead of fetching again."""
+    import multiprocessing
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    payload = os.urandom(200_000)
+    hits: list[str] = []
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            for i in range(0, len(payload), 20_000):
+                self.wfile.write(payload[i : i + 20_000])
+                time.sleep(0.05)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/model.bin"
+        dl = Download(name="model.bin", urls=(url,), root="phalp", target="weights/model.bin", size=len(payload))
+        roots = CacheRoots.under(tmp_path)
+        ctx = multiprocessing.get_context("fork")
+        procs = [ctx.Process(target=fetch, args=(dl, roots), kwargs={"progress": False}) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0]
+        assert (tmp_path / "phalp" / "weights" / "model.bin").read_bytes() == payload
+        assert hits == ["/model.bin"]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -107,6 +107,8 @@ class AppearanceModel:
             crops.append(crop_person(image, mask, np.asarray(crop_centers[i]), float(crop_sizes[i]), self.sampler.image_size))
         dev = self.device
         rgba = torch.from_numpy(np.stack(crops)).to(dev)
-        out = self.sampler(rgba, torch.as_tensor(np.asarray(vertices), device=dev), torch.as_tensor(np.asarray(cam_t), device=dev))
+        # copies: arrays that came through Ray's object store are read-only
+        verts = torch.tensor(np.asarray(vertices), device=dev)
+        out = self.sampler(rgba, verts, torch.tensor(np.asarray(cam_t), device=dev))
         emb = self.encoder.embed(out["uv_vector"])
         return AppearanceOutput(out["uv_vector"].cpu().numpy(), emb.float().cpu().numpy())
