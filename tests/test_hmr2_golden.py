@@ -87,11 +87,13 @@ def predictor(cache_root, manifest) -> HMR2Predictor:
 
 
 def _cases(inputs: dict):
-    return [(img, img["fixture"]) for img in inputs["images"]]
+    cases = [(img, img["fixture"]) for img in inputs["images"]]
+    assert cases, "no images in inputs.json"
+    return cases
 
 
 def test_decoded_images_match_reference(gold, inputs):
-    for img in inputs["images"]:
+    for img, _ in _cases(inputs):
         bgr = load_image(gold / img["file"])
         assert list(bgr.shape) == list(img["decoded_shape_hwc"]), img["file"]
         assert hashlib.sha256(np.ascontiguousarray(bgr).tobytes()).hexdigest() == img["decoded_bgr_sha256"], img["file"]
@@ -120,6 +122,7 @@ def test_backbone_probe(gold, predictor):
         tokens, grid = vit.embed(x)
         assert_close(tokens, probe["tokens_after_pos_embed"], TOL_NET, "tokens_after_pos_embed")
         block_keys = sorted(k for k in probe.files if k.startswith("block") and k.endswith("_out"))
+        assert block_keys, "no block*_out arrays in backbone_probe.npz"
         assert len(block_keys) == len(vit.blocks)
         for key, block in zip(block_keys, vit.blocks):
             tokens = block(tokens)
@@ -214,6 +217,7 @@ def test_predictor_end_to_end_from_image_file(gold, inputs, predictor):
 def test_batch_of_crops_from_many_images_equals_per_image(gold, inputs, predictor):
     items = [(load_image(gold / img["file"]), np.load(gold / fx)["boxes_xyxy"]) for img, fx in _cases(inputs)]
     together = predictor.predict_many(items)
+    assert len(together) == len(items)
     for (image, boxes), joint in zip(items, together):
         alone = predictor.predict(image, boxes)
         assert_close(joint.betas, alone.betas, TOL_NET, "betas batched vs alone")
@@ -222,7 +226,9 @@ def test_batch_of_crops_from_many_images_equals_per_image(gold, inputs, predicto
 
 def _schema_entries(path: Path) -> list[dict]:
     schema = json.loads(path.read_text())
-    return schema["keys"] if isinstance(schema, dict) else schema
+    entries = schema["keys"] if isinstance(schema, dict) else schema
+    assert entries, f"no keys in {path.name}"
+    return entries
 
 
 def _assert_schema_matches(model: HMR2, entries: list[dict]) -> None:

@@ -1,7 +1,9 @@
 """ViTDet equivalence with detectron2, stage by stage, against the golden fixtures.
 
-Every image, file name and size is read from the fixture's own ``expected_summary.json`` /
-``tiny_config.json``; tolerances are those of the fixture README (section 9). Each stage is fed
+Every image, file name, feature-level name and size is read from the fixture's own
+``manifest.json`` / ``expected_summary.json`` / ``tiny_config.json`` / schema (never from our
+presets), so the tests hold for any fixture set of this format; tolerances are those of the
+fixture README (section 9). Each stage is fed
 the reference's stored input of that stage where the fixture has it; where it does not (the
 fixture stores some tensors for one image only), the stage runs on our own upstream output and
 is first checked against the summary statistics.
@@ -19,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models.vitdet.config import VitDetConfig, vitdet_h, vitdet_tiny
+from pipeline.models.vitdet.config import VitDetConfig
 from pipeline.models.vitdet.convert import read_model_zoo
 from pipeline.models.vitdet.model import VitDetModel
 from pipeline.models.vitdet.predictor import (
@@ -29,10 +31,8 @@ from pipeline.models.vitdet.predictor import (
     resized_hw,
     to_network_input,
 )
-from pipeline.models.vitdet.roi_heads import POOL_LEVELS, RawDetections, pool_boxes
-from pipeline.models.vitdet.rpn import LEVELS, cell_anchors
-
-PYRAMID = ("p2", "p3", "p4", "p5", "p6")
+from pipeline.models.vitdet.roi_heads import RawDetections, pool_boxes
+from pipeline.models.vitdet.rpn import cell_anchors
 
 
 @dataclass
@@ -66,7 +66,9 @@ def fixture_dir(golden) -> Path:
 @pytest.fixture(scope="module")
 def cases(fixture_dir: Path) -> list[Case]:
     summary = json.loads((fixture_dir / "expected_summary.json").read_text())
-    return [Case(fixture_dir, im) for im in summary["images"]]
+    out = [Case(fixture_dir, im) for im in summary["images"]]
+    assert out, "no images in expected_summary.json"
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -74,21 +76,56 @@ def tiny_config(fixture_dir: Path) -> dict:
     return json.loads((fixture_dir / "tiny_config.json").read_text())
 
 
+@dataclass(frozen=True)
+class Levels:
+    """Feature-map names as the fixture's model description lists them."""
+
+    pyramid: list[str]  # backbone outputs
+    rpn: list[str]  # RPN inputs
+    box: list[str]  # box pooler inputs
+    mask: list[str]  # mask pooler inputs
+
+
+@pytest.fixture(scope="module")
+def levels(tiny_config: dict) -> Levels:
+    m = tiny_config["model"]
+    out = Levels(
+        pyramid=list(m["simple_feature_pyramid"]["output_order"]),
+        rpn=list(m["rpn"]["in_features"]),
+        box=list(m["roi_heads"]["box_in_features"]),
+        mask=list(m["roi_heads"]["mask_in_features"]),
+    )
+    assert out.pyramid and out.rpn and out.box and out.mask, out
+    return out
+
+
+def fixture_file(fixture_dir: Path, suffix: str) -> Path:
+    """The one file of the fixture's manifest whose name ends with ``suffix``."""
+    manifest = json.loads((fixture_dir / "manifest.json").read_text())
+    names = [name for name in manifest["files"] if name.endswith(suffix)]
+    assert len(names) == 1, f"expected one *{suffix} in manifest.json, found {names}"
+    return fixture_dir / names[0]
+
+
+def checkpoint_path(fixture_dir: Path) -> Path:
+    """The model-zoo pickle the manifest lists."""
+    return fixture_file(fixture_dir, ".pkl")
+
+
 @pytest.fixture(scope="module")
 def predictor(fixture_dir: Path) -> VitDetPredictor:
     torch.manual_seed(0)
-    pkl = next(p for p in sorted(fixture_dir.glob("*.pkl")))
-    return VitDetPredictor.from_checkpoint(pkl, device="cpu")
+    return VitDetPredictor.from_checkpoint(checkpoint_path(fixture_dir), device="cpu")
 
 
 @pytest.fixture(scope="module")
-def features(cases: list[Case], predictor: VitDetPredictor) -> list[dict[str, torch.Tensor]]:
-    """p2..p6 per image: the reference's stored maps where present, else ours from the stored input."""
+def features(cases: list[Case], predictor: VitDetPredictor, levels: Levels) -> list[dict[str, torch.Tensor]]:
+    """The pyramid per image: the reference's stored maps where present, else ours from the stored input."""
     out = []
     for case in cases:
         stored = case.npz("features")
         if stored is not None:
-            out.append({k: torch.from_numpy(stored[k]) for k in PYRAMID})
+            out.append({k: torch.from_numpy(stored[k]) for k in levels.pyramid})
             continue
         inp = case.npz("input")
         x = to_network_input([inp["resized_rgb_u8"]], predictor.cfg, torch.device("cpu"))
@@ -145,40 +182,85 @@ def check_stats(ours: np.ndarray, stats: dict, atol: float) -> None:
 # --- schema and configuration ---------------------------------------------------------------------------
 
 
+def check_config(cfg: VitDetConfig, model: dict, *, stage_score_thresh: float | None = None) -> None:
+    """Every size and test-time constant of ``cfg`` against a fixture's model description."""
+    inp = model["input"]
+    resize = inp["resize"]
+    assert cfg.image_size == resize["short_edge_length"] == resize["max_size"] == inp["padding"]["square_size"]
+    np.testing.assert_allclose(cfg.pixel_mean, inp["pixel_mean"], rtol=1e-7)
+    np.testing.assert_allclose(cfg.pixel_std, inp["pixel_std"], rtol=1e-7)
+    vit = model["backbone_vit"]
+    assert cfg.patch_size == vit["patch_size"]
+    assert (cfg.embed_dim, cfg.depth, cfg.num_heads) == (vit["embed_dim"], vit["depth"], vit["num_heads"])
+    assert cfg.head_dim == vit["head_dim"] and cfg.mlp_dim == vit["mlp_hidden"]
+    assert cfg.window_size == vit["window_size"]
+    assert list(cfg.window_block_indexes) == vit["window_block_indexes"]
+    assert cfg.pretrain_img_size == vit["pretrain_img_size"]
+    assert [cfg.grid_size, cfg.grid_size] == list(vit["token_grid"])
+    assert cfg.fpn_channels == model["simple_feature_pyramid"]["out_channels"]
+    rpn = model["rpn"]
+    assert [[float(a)] for a in cfg.anchor_sizes] == [[float(x) for x in s] for s in rpn["anchor_generator"]["sizes"]]
+    assert list(cfg.anchor_ratios) == rpn["anchor_generator"]["aspect_ratios"]
+    for size, ref in zip(cfg.anchor_sizes, rpn["anchor_generator"]["cell_anchors"], strict=True):
+        np.testing.assert_allclose(cell_anchors(size, cfg.anchor_ratios).numpy(), np.float32(ref), rtol=1e-6)
+    assert (cfg.rpn_pre_nms_topk, cfg.rpn_post_nms_topk) == (rpn["pre_nms_topk_test"], rpn["post_nms_topk_test"])
+    assert cfg.rpn_nms_thresh == rpn["nms_thresh"]
+    assert cfg.bbox_scale_clamp == pytest.approx(rpn["scale_clamp"], rel=1e-12)
+    roi = model["roi_heads"]
+    assert cfg.num_classes == roi["num_classes"]
+    assert cfg.num_stages == roi["num_cascade_stages"] == len(roi["cascade_stages"])
+    for k, stage in enumerate(roi["cascade_stages"]):
+        assert list(cfg.box_conv_dims) == stage["conv_dims"], k
+        assert [cfg.box_fc_dim] == stage["fc_dims"], k
+        assert list(cfg.cascade_bbox_weights[k]) == [float(w) for w in stage["box2box_weights"]], k
+        assert cfg.bbox_scale_clamp == pytest.approx(stage["scale_clamp"], rel=1e-12), k
+        if stage_score_thresh is not None:
+            assert stage_score_thresh == stage["test_score_thresh"], k
+    last = roi["cascade_stages"][-1]  # only the last stage's test settings are used (README 10)
+    assert cfg.test_score_thresh == last["test_score_thresh"]
+    assert cfg.test_nms_thresh == last["test_nms_thresh"]
+    assert cfg.test_detections_per_image == last["test_topk_per_image"]
+    assert cfg.box_pool_size == roi["box_pooler"]["output_size"]
+    assert cfg.mask_pool_size == roi["mask_pooler"]["output_size"]
+    assert list(cfg.mask_conv_dims) == roi["mask_head"]["conv_dims"]
+
+
 def test_tiny_keys_and_shapes_equal_reference(tiny_config: dict, predictor: VitDetPredictor) -> None:
     ours = [(k, list(v.shape)) for k, v in predictor.model.state_dict().items()]
     assert ours == [(e["key"], e["shape"]) for e in tiny_config["state_dict"]]
 
 
 def test_tiny_config_inferred_from_checkpoint(tiny_config: dict, predictor: VitDetPredictor) -> None:
-    vit = tiny_config["model"]["backbone_vit"]
-    cfg = predictor.cfg
-    assert (cfg.embed_dim, cfg.depth, cfg.num_heads) == (vit["embed_dim"], vit["depth"], vit["num_heads"])
-    assert list(cfg.window_block_indexes) == vit["window_block_indexes"]
-    assert cfg.window_size == vit["window_size"] and cfg.patch_size == vit["patch_size"]
-    assert cfg.mlp_dim == vit["mlp_hidden"]
-    assert cfg.fpn_channels == tiny_config["model"]["simple_feature_pyramid"]["out_channels"]
-    assert cfg == vitdet_tiny()
+    """The sizes our loader infers from the fixture checkpoint, and our test-time constants, are
+    those of the fixture's own model description."""
+    check_config(predictor.cfg, tiny_config["model"], stage_score_thresh=predictor.stage_score_thresh)
 
 
 def test_full_schema_equals_our_modules(fixture_dir: Path) -> None:
-    schema = json.loads((fixture_dir / "vitdet_h_full_state_dict_schema.json").read_text())
+    """The full-size model's config inferred from the schema's shapes alone matches the schema's
+    description, and the modules built from it have exactly the schema's keys and shapes."""
+    schema = json.loads(fixture_file(fixture_dir, "_full_state_dict_schema.json").read_text())
+    entries = schema["entries"]
+    assert entries, "no entries in the full state dict schema"
+    assert len(entries) == schema["num_keys"]
+    cfg = VitDetConfig.from_state_dict({e["key"]: e["shape"] for e in entries})
+    check_config(cfg, schema["model_description"])
     with torch.device("meta"):
-        model = VitDetModel(vitdet_h())
+        model = VitDetModel(cfg)
     ours = [(k, list(v.shape)) for k, v in model.state_dict().items()]
-    assert ours == [(e["key"], e["shape"]) for e in schema["entries"]]
+    assert ours == [(e["key"], e["shape"]) for e in entries]
     assert sum(v.numel() for v in model.state_dict().values()) == schema["total_numel"]
-    assert VitDetConfig.from_state_dict({k: v.shape for k, v in model.state_dict().items()}) == vitdet_h()
-    vit = schema["model_description"]["backbone_vit"]
-    assert list(vitdet_h().window_block_indexes) == vit["window_block_indexes"]
     # non-persistent buffers of the reference: built from our config instead of stored
     buffers = schema["non_persistent_buffers_not_in_state_dict"]
-    cfg = vitdet_h()
     np.testing.assert_allclose(cfg.pixel_mean, buffers["pixel_mean"]["value"], rtol=1e-7)
     np.testing.assert_allclose(cfg.pixel_std, buffers["pixel_std"]["value"], rtol=1e-7)
+    anchor_keys = sorted(k for k in buffers if ".cell_anchors." in k)
+    assert len(anchor_keys) == len(cfg.anchor_sizes)
     for i, size in enumerate(cfg.anchor_sizes):
-        ref = buffers[f"proposal_generator.anchor_generator.cell_anchors.{i}"]["value"]
-        np.testing.assert_array_equal(cell_anchors(size, cfg.anchor_ratios).numpy().ravel(), np.float32(ref))
+        ref = buffers[f"proposal_generator.anchor_generator.cell_anchors.{i}"]
+        ours_anchors = cell_anchors(size, cfg.anchor_ratios).numpy()
+        assert list(ours_anchors.shape) == ref["shape"]
+        np.testing.assert_array_equal(ours_anchors.ravel(), np.float32(ref["value"]))
 
 
 # --- input ------------------------------------------------------------------------------------------------
@@ -210,15 +292,18 @@ def test_normalise_and_pad(cases: list[Case], predictor: VitDetPredictor) -> Non
 # --- backbone ---------------------------------------------------------------------------------------------
 
 
-def test_vit_and_pyramid(cases: list[Case], predictor: VitDetPredictor, features) -> None:
+def test_vit_and_pyramid(cases: list[Case], predictor: VitDetPredictor, features, levels: Levels) -> None:
     backbone = predictor.model.backbone
+    assert len(features) == len(cases)
+    direct = 0
     for case, feats in zip(cases, features):
         stored = case.npz("features")
         inp = case.npz("input")
         if stored is None:  # our features were computed from the stored input: check the summary
-            for name in PYRAMID:
+            for name in levels.pyramid:
                 check_stats(feats[name].numpy(), case.summary["features"][name], atol=1e-4)
             continue
+        direct += 1
         x = torch.from_numpy(inp["model_input"]) if "model_input" in inp else to_network_input(
             [inp["resized_rgb_u8"]], predictor.cfg, torch.device("cpu")
         )
@@ -226,28 +311,33 @@ def test_vit_and_pyramid(cases: list[Case], predictor: VitDetPredictor, features
             last = backbone.net(x)
             np.testing.assert_allclose(last.numpy(), stored["vit_last_feat"], atol=1e-4, rtol=1e-4)
             pyramid = backbone.pyramid(torch.from_numpy(stored["vit_last_feat"]))
-        for name in PYRAMID:
+        for name in levels.pyramid:
             np.testing.assert_allclose(pyramid[name].numpy(), stored[name], atol=1e-4, err_msg=name)
+    assert direct > 0, "no image of the fixture stores its features"
 
 
 # --- RPN --------------------------------------------------------------------------------------------------
 
 
-def test_rpn_head_and_proposals(cases: list[Case], predictor: VitDetPredictor, features) -> None:
+def test_rpn_head_and_proposals(cases: list[Case], predictor: VitDetPredictor, features, levels: Levels) -> None:
     rpn = predictor.model.proposal_generator
+    assert len(features) == len(cases)
+    direct = 0
     for case, feats in zip(cases, features):
         ref = case.npz("rpn")
         size = tuple(int(v) for v in case.npz("input")["resized_hw"])
-        maps = [feats[name] for name in LEVELS]
+        maps = [feats[name] for name in levels.rpn]
         with torch.inference_mode():
             logits, deltas = rpn.rpn_head(maps)
-        if f"objectness_raw_{LEVELS[0]}" in ref:
-            for name, lg, dl in zip(LEVELS, logits, deltas):
+        assert len(logits) == len(deltas) == len(levels.rpn)
+        if f"objectness_raw_{levels.rpn[0]}" in ref:
+            direct += 1
+            for name, lg, dl in zip(levels.rpn, logits, deltas):
                 np.testing.assert_allclose(lg.numpy(), ref[f"objectness_raw_{name}"], atol=1e-5, err_msg=name)
                 np.testing.assert_allclose(dl.numpy(), ref[f"anchor_deltas_raw_{name}"], atol=1e-5, err_msg=name)
             # post-processing alone, from the reference's raw outputs
-            logits = [torch.from_numpy(ref[f"objectness_raw_{n}"]) for n in LEVELS]
-            deltas = [torch.from_numpy(ref[f"anchor_deltas_raw_{n}"]) for n in LEVELS]
+            logits = [torch.from_numpy(ref[f"objectness_raw_{n}"]) for n in levels.rpn]
+            deltas = [torch.from_numpy(ref[f"anchor_deltas_raw_{n}"]) for n in levels.rpn]
             logit_atol = 1e-5
         else:
             logit_atol = 1e-4  # through our own pyramid and head: float noise accumulates
@@ -256,15 +346,17 @@ def test_rpn_head_and_proposals(cases: list[Case], predictor: VitDetPredictor, f
         np.testing.assert_allclose(scores.numpy()[idx], ref["objectness_logits"], atol=logit_atol)
         # the order is by logit; only near-tied neighbours may swap
         assert np.all(np.abs(idx - np.arange(len(idx))) <= 1)
+    assert direct > 0, "no image of the fixture stores its raw RPN outputs"
 
 
 # --- cascade ----------------------------------------------------------------------------------------------
 
 
-def test_roi_align(cases: list[Case], predictor: VitDetPredictor, features) -> None:
+def test_roi_align(cases: list[Case], predictor: VitDetPredictor, features, levels: Levels) -> None:
+    assert len(features) == len(cases)
     for case, feats in zip(cases, features):
         ref = case.npz("cascade")
-        maps = [feats[name] for name in POOL_LEVELS]
+        maps = [feats[name] for name in levels.box]
         atol = 1e-5 if case.npz("features") is not None else 1e-4
         for k in range(predictor.cfg.num_stages):
             boxes = torch.from_numpy(ref[f"stage{k}_pooled_boxes_first24"])
@@ -272,11 +364,12 @@ def test_roi_align(cases: list[Case], predictor: VitDetPredictor, features) -> N
             np.testing.assert_allclose(pooled.numpy(), ref[f"stage{k}_pooled_feats_first24"], atol=atol)
 
 
-def test_cascade_stages(cases: list[Case], predictor: VitDetPredictor, features) -> None:
+def test_cascade_stages(cases: list[Case], predictor: VitDetPredictor, features, levels: Levels) -> None:
     heads = predictor.model.roi_heads
+    assert len(features) == len(cases)
     for case, feats in zip(cases, features):
         ref = case.npz("cascade")
-        maps = [feats[name] for name in POOL_LEVELS]
+        maps = [feats[name] for name in levels.box]
         for k in range(predictor.cfg.num_stages):
             proposals = torch.from_numpy(ref[f"stage{k}_proposal_boxes"])
             with torch.inference_mode():
@@ -306,11 +399,12 @@ def test_cascade_scoring_and_nms(cases: list[Case], predictor: VitDetPredictor) 
         np.testing.assert_allclose(raw.scores.numpy(), det["raw_scores"], atol=1e-6)
 
 
-def test_mask_head(cases: list[Case], predictor: VitDetPredictor, features) -> None:
+def test_mask_head(cases: list[Case], predictor: VitDetPredictor, features, levels: Levels) -> None:
     heads = predictor.model.roi_heads
+    assert len(features) == len(cases)
     for case, feats in zip(cases, features):
         det = case.npz("detections")
-        maps = [feats[name] for name in POOL_LEVELS]
+        maps = [feats[name] for name in levels.mask]
         boxes = torch.from_numpy(det["mask_pool_boxes"])
         if "mask_pooled_feats" in det:
             pooled = pool_boxes(maps, [boxes], predictor.cfg.mask_pool_size)
@@ -338,7 +432,9 @@ def test_postprocess_and_paste(cases: list[Case], predictor: VitDetPredictor) ->
         np.testing.assert_allclose(out.boxes, det["boxes"], atol=1e-3)
         np.testing.assert_array_equal(out.scores, det["scores"])
         np.testing.assert_array_equal(out.classes, det["classes"])
-        for i, item in enumerate(case.detections_json()["detections"]):
+        items = case.detections_json()["detections"]
+        assert len(items) == len(det["boxes"]) == len(out.masks)
+        for i, item in enumerate(items):
             ref_mask = decode_rle(item["mask_rle_uncompressed_counts"], *item["mask_rle"]["size"])
             assert mask_iou(out.masks[i], ref_mask) >= 0.999, i
 
@@ -369,7 +465,9 @@ def test_end_to_end(cases: list[Case], predictor: VitDetPredictor) -> None:
         matches = _match_detections(det["boxes"], det["scores"], det["classes"], ours)
         # original frame is magnified up to ~6x from the network frame, hence 1e-2 px
         np.testing.assert_allclose(ours.boxes[matches], det["boxes"], atol=1e-2)
-        for r, item in enumerate(case.detections_json()["detections"]):
+        items = case.detections_json()["detections"]
+        assert len(items) == len(det["boxes"])
+        for r, item in enumerate(items):
             ref_mask = decode_rle(item["mask_rle_uncompressed_counts"], *item["mask_rle"]["size"])
             assert mask_iou(ours.masks[matches[r]], ref_mask) >= 0.99, r
 
@@ -385,7 +483,6 @@ def test_end_to_end(cases: list[Case], predictor: VitDetPredictor) -> None:
 
 
 def test_checkpoint_reads_as_model_zoo(fixture_dir: Path, tiny_config: dict) -> None:
-    pkl = next(p for p in sorted(fixture_dir.glob("*.pkl")))
-    arrays = read_model_zoo(pkl)
+    arrays = read_model_zoo(checkpoint_path(fixture_dir))
     assert len(arrays) == tiny_config["state_dict_num_keys"]
     assert sum(a.size for a in arrays.values()) == tiny_config["state_dict_numel"]
