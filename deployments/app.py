@@ -30,6 +30,7 @@ from .video_api import VideoApiSettings
 logger = logging.getLogger(__name__)
 
 PROFILE_ENV = "POSE_SERVICE_PROFILE"
+VIDEO_POLICY = "deployments.autoscaling:video_queue_policy"
 DATA_DIR_ENV = "POSE_SERVICE_DATA_DIR"
 
 
@@ -58,6 +59,19 @@ class FractionArgs(BaseModel):
     video: float | None = Field(default=None, ge=0.0)
 
 
+class PlacementArgs(BaseModel):
+    """Custom Ray resources a stage's replicas ask for, to pin them to nodes that offer them
+    (``ray start --resources '{"video_node": 1}'``): e.g. the Ingress on the nodes that take
+    traffic, the video workers on others."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detector: dict[str, float] = Field(default_factory=dict)
+    regressor: dict[str, float] = Field(default_factory=dict)
+    ingress: dict[str, float] = Field(default_factory=dict)
+    video: dict[str, float] = Field(default_factory=dict)
+
+
 class JobArgs(BaseModel):
     """Video jobs: how many run and wait, how long results are kept, how a video is cut up."""
 
@@ -70,6 +84,14 @@ class JobArgs(BaseModel):
     chunk_size: int | None = Field(default=None, ge=1, le=256, description="frames per chunk; None: the profile's")
     sync_timeout_s: float = Field(default=300.0, gt=0, description="POST /pose/video waits this long, then 202")
     allow_callbacks: bool = Field(default=True, description="accept callback_url on uploads")
+    workers: int | None = Field(
+        default=None, ge=1, description="video worker replicas; None: the deployment's own (serve_config.yaml autoscales them)"
+    )
+    autoscaling: dict[str, Any] | None = Field(
+        default=None,
+        description="autoscaling_config of the video workers (min/max_replicas, target_ongoing_requests = jobs per "
+        "worker, delays); their queue policy is filled in. None: the deployment's own",
+    )
     lease_s: float = Field(default=30.0, gt=0, description="a running job not heard of this long is taken over by another attempt")
     job_store: str | None = Field(
         default=None, description="postgresql://user@host/db for a cluster; None: $job_store_env, else SQLite in data_dir"
@@ -98,6 +120,7 @@ class AppArgs(BaseModel):
     limits: LimitArgs = Field(default_factory=LimitArgs)
     gpu_fractions: FractionArgs = Field(default_factory=FractionArgs)
     cpu_fractions: FractionArgs = Field(default_factory=FractionArgs)
+    placement: PlacementArgs = Field(default_factory=PlacementArgs)
     tracker: bool | None = Field(default=None, description="video jobs (PHALP tracking in the video workers); None: when installed")
     auth_token_env: str = Field(default="POSE_SERVICE_TOKEN", description="variable holding the optional bearer token")
     data_dir: str | None = Field(
@@ -150,6 +173,18 @@ def resolve_profile(args: AppArgs) -> Profile:
         raise ValueError(f"{PROFILE_ENV} / profile: {exc}") from None
 
 
+def _video_replicas(jobs: JobArgs) -> dict[str, Any]:
+    """Deployment options for how many video workers run: fixed, or following the job queue."""
+    if jobs.workers is not None and jobs.autoscaling is not None:
+        raise ValueError("jobs.workers and jobs.autoscaling exclude each other: a fixed count or autoscaling")
+    if jobs.workers is not None:
+        return {"num_replicas": jobs.workers}
+    if jobs.autoscaling is not None:
+        config = {"policy": {"policy_function": VIDEO_POLICY}, **jobs.autoscaling}
+        return {"autoscaling_config": config}
+    return {}
+
+
 def _check_store_placement(jobs: JobSettings) -> None:
     """Fail at start, loudly, when jobs would be kept per node: SQLite on a multi-node cluster."""
     from .video import alive_nodes
@@ -184,6 +219,8 @@ def build_app(args: AppArgs) -> Application:
 
     def actor_options(stage: str) -> dict[str, Any]:
         options: dict[str, Any] = {"num_cpus": getattr(cpu, stage)}
+        if getattr(args.placement, stage, None):
+            options["resources"] = dict(getattr(args.placement, stage))
         if use_gpu and stage in ("detector", "regressor"):
             options["num_gpus"] = getattr(gpu, stage)
         elif use_gpu and stage == "video":  # the video workers run PHALP's appearance step and tracker
@@ -253,7 +290,9 @@ def build_app(args: AppArgs) -> Application:
     _check_store_placement(jobs)
     # Video jobs need tracking: without it the video routes answer 503 videos_unavailable.
     video = (
-        VideoPipeline.options(ray_actor_options=actor_options("video")).bind(detector, regressor, jobs, ModelSettings(**common))
+        VideoPipeline.options(ray_actor_options=actor_options("video"), **_video_replicas(args.jobs)).bind(
+            detector, regressor, jobs, ModelSettings(**common)
+        )
         if with_tracker
         else None
     )

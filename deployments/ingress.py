@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -366,6 +367,7 @@ class Ingress:
                 "pose_video_route": self.videos.media_root is not None,
             },
             "resources": self.settings.app_info,
+            "ingress": {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()},
             "deployments": deployments,
         }
         return json.loads(json.dumps(info, default=str))  # devices, dtypes and paths as text

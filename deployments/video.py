@@ -37,6 +37,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pipeline.errors import PoseError
+from pipeline.job_db import redact
 from pipeline.jobs import Job, JobStore
 from pipeline.video import FrameChunk, VideoLimits
 
@@ -116,6 +117,12 @@ class JobSettings(BaseModel):
         return store
 
 
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 def alive_nodes() -> int:
     """Alive nodes of the connected Ray cluster (1 without one)."""
     import ray
@@ -192,6 +199,7 @@ class VideoPipeline:
         for job_id in report.failed + report.cancelled:
             self._schedule_callback(job_id)
         self._active: dict[str, asyncio.Task[None]] = {}
+        self._tokens: dict[str, int] = {}  # job id -> attempt this replica runs
         self._delete_when_stopped: set[str] = set()
         self._wake = asyncio.Event()
         self._last_purge = 0.0
@@ -214,6 +222,24 @@ class VideoPipeline:
     async def ready(self) -> bool:
         return not self._loop_task.done()
 
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics (see `deployments.autoscaling`): the store's queue
+        and the jobs this replica runs."""
+        from .autoscaling import JOBS_QUEUED, JOBS_RUNNING
+
+        counts = await asyncio.to_thread(self.store.counts)
+        return {JOBS_QUEUED: float(counts.get("queued", 0)), JOBS_RUNNING: float(len(self._active))}
+
+    def __del__(self) -> None:
+        """Serve stops this replica (scale-down, redeploy): hand its jobs back to the queue at
+        once, so another worker resumes them from their checkpoints instead of waiting for the
+        lease to run out; their threads stop at their next write (the token is then stale)."""
+        store = getattr(self, "store", None)
+        for job_id, token in list(getattr(self, "_tokens", {}).items()):
+            with contextlib.suppress(Exception):
+                store.release(job_id, token)
+                logger.info("job %s handed back to the queue (attempt %d)", job_id, token)
+
     async def info(self) -> dict[str, Any]:
         return {
             "active_jobs": sorted(self._active),
@@ -223,6 +249,9 @@ class VideoPipeline:
             "worker_alive": not self._loop_task.done(),
             "replica": serve.get_replica_context().replica_id.unique_id,
             "pid": os.getpid(),
+            "node_id": _node_id(),
+            "job_store": redact(self.store.url),
+            "job_store_shared": not self.store.node_local,
         }
 
     # -- the worker --------------------------------------------------------------------------
@@ -256,6 +285,7 @@ class VideoPipeline:
     async def _run(self, job: Job) -> None:
         """One attempt of a job to its end state (or until a newer attempt owns it); never raises."""
         token = job.attempts
+        self._tokens[job.id] = token
         beat = asyncio.get_running_loop().create_task(self._heartbeat(job.id, token))
         superseded = False
         try:
@@ -281,6 +311,7 @@ class VideoPipeline:
         finally:
             beat.cancel()
             self._active.pop(job.id, None)
+            self._tokens.pop(job.id, None)
             self._wake.set()
         if superseded:
             return

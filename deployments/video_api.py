@@ -144,7 +144,7 @@ class VideoJobs:
         """Refuse before reading a large upload when the queue is already full (the store checks
         again, atomically, when the job is created)."""
         counts = await self.call(self._counts)
-        if counts["queued"] + counts["running"] >= self.jobs.max_active + self.jobs.max_queued:
+        if self.store.queue_full(counts["queued"], counts["running"]):
             raise PoseError(
                 "too_many_jobs",
                 f"expected at most {self.jobs.max_active} running and {self.jobs.max_queued} queued jobs, "
@@ -159,7 +159,8 @@ class VideoJobs:
             )
 
     def _counts(self) -> dict[str, int]:
-        return {s: self.store.list(limit=1, state=s)[1] for s in ("queued", "running")}
+        counts = self.store.counts()
+        return {s: counts.get(s, 0) for s in ("queued", "running")}
 
     async def accept(
         self,

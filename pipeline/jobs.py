@@ -426,6 +426,22 @@ class JobStore:
             )
         return row
 
+    def counts(self) -> dict[str, int]:
+        """Jobs per state (the queue length drives the video workers' autoscaling)."""
+        with self._db.read() as db:
+            return {r[0]: int(r[1]) for r in db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()}
+
+    def release(self, job_id: str, token: int) -> None:
+        """Attempt ``token`` stops (its worker shuts down): the job goes back to the queue with
+        its checkpoint, for the next attempt to resume at once (fenced)."""
+        now = time.time()
+        with self._tx() as db:
+            self._fenced_row(db, job_id, token)
+            db.execute(
+                "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
+                (now, job_id),
+            )
+
     def heartbeat(self, job_id: str, token: int, lease_s: float = 30.0) -> None:
         """Renew the lease of attempt ``token`` (fenced)."""
         now = time.time()
@@ -627,6 +643,12 @@ class JobStore:
 
     # --- internals --------------------------------------------------------------------------
 
+    def queue_full(self, queued: int, running: int) -> bool:
+        """Whether a new job must wait outside: ``max_queued`` jobs wait already, beyond the
+        ``max_active`` slots (of one worker) still free. With several workers running more
+        than ``max_active`` jobs, the queue alone bounds admission."""
+        return queued >= self.max_queued + max(0, self.max_active - running)
+
     def _check_capacity(self, db: Connection) -> None:
         counts = dict(
             db.execute(
@@ -634,7 +656,7 @@ class JobStore:
             ).fetchall()
         )
         queued, running = counts.get("queued", 0), counts.get("running", 0)
-        if queued + running < self.max_active + self.max_queued:
+        if not self.queue_full(queued, running):
             return
         retry_after = self._retry_after(db)
         raise PoseError(

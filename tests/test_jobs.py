@@ -583,3 +583,16 @@ CREATE TABLE jobs (
     results TEXT NOT NULL DEFAULT '{}'
 );
 """
+
+
+def test_a_released_job_is_resumed_by_the_next_claim_and_the_old_token_is_stale(store):
+    job = store.create()
+    first = store.claim_next(lease_s=30)
+    store.save_checkpoint(job.id, first.attempts, {"file": "c.npz", "next_frame": 8}, 8)
+    store.release(job.id, first.attempts)
+    assert store.counts() == {"queued": 1}
+    second = store.claim_next(lease_s=30)
+    assert second.attempts == first.attempts + 1 and second.checkpoint["next_frame"] == 8
+    with pytest.raises(PoseError) as err:
+        store.release(job.id, first.attempts)
+    assert _code(err) == "attempt_superseded"

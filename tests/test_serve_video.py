@@ -79,7 +79,8 @@ def app_args(clips: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     return {
         "data_dir": str(tmp_path_factory.mktemp("data")),
         "media_dir": str(clips["media"]),
-        "jobs": {"max_active": MAX_ACTIVE, "max_queued": MAX_QUEUED, "sync_timeout_s": 120.0},
+        # a short lease: a killed worker's job is taken over within seconds
+        "jobs": {"max_active": MAX_ACTIVE, "max_queued": MAX_QUEUED, "sync_timeout_s": 120.0, "lease_s": 4.0},
         "regressor_batch": {"max_batch_size": 16, "batch_wait_timeout_s": 0.02},
     }
 
