@@ -19,14 +19,13 @@ works in a schema of its own and drops it at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
-from urllib.parse import quote
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -80,11 +79,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     import httpx
-    import psycopg
     import ray
     from ray import serve
 
     from cluster_helpers import CLUSTER_ENV, LocalCluster
+    from pg_helpers import isolated_schema
     from configs.tiny import tiny_roots
     from serve_helpers import free_port
     from videos import crossing_video
@@ -92,11 +91,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="video-scale-"))
     tiny_roots(work / "tiny")
     clip = crossing_video(work / "clip.mp4", n=args.frames).read_bytes()
-    schema = f"pose_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(args.job_store, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in args.job_store else "?"
-    store_url = f"{args.job_store}{sep}options={quote(f'-csearch_path={schema}')}"
+    cleanup = contextlib.ExitStack()  # the schema is dropped at the very end
+    store_url, schema = cleanup.enter_context(isolated_schema(args.job_store, "pose_bench"))
     os.environ.update(CLUSTER_ENV)
     cluster = LocalCluster(work)
     try:
@@ -160,8 +156,7 @@ def main() -> None:
         finally:
             ray.shutdown()
             cluster.stop()
-            with psycopg.connect(args.job_store, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA {schema} CASCADE")
+            cleanup.close()
 
 
 if __name__ == "__main__":

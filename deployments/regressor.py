@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from pipeline.errors import PoseError
 from pipeline.models.hmr2.predictor import HMR2Output
 from pipeline.models.vitdet.predictor import Detections
 

@@ -299,7 +299,7 @@ class VideoPipeline:
             logger.info("job %s cancelled", job.id)
         except Exception as exc:
             err = _as_job_error(exc)
-            if err.code == "attempt_superseded":
+            if err.code in ("attempt_superseded", "job_state_conflict"):  # another attempt owns it, or it was handed back
                 superseded = True
                 logger.warning("job %s: attempt %d stops, %s", job.id, token, err.message)
             else:
@@ -348,9 +348,13 @@ class VideoPipeline:
         vertices = bool(job.options.get("vertices", False))
         resume = None
         if job.checkpoint:
-            resume = load_state(job_dir / job.checkpoint["file"])
-        committed = {"file": None if not job.checkpoint else job.checkpoint["file"]}
-        resumed_from = int(job.checkpoint["next_frame"]) if job.checkpoint else 0
+            try:
+                resume = load_state(job_dir / job.checkpoint["file"])
+            except PoseError as exc:  # the file is gone or damaged: the result is deterministic, start over
+                logger.warning("job %s: checkpoint %s unreadable (%s); starting from the first frame",
+                               job.id, job.checkpoint["file"], exc)
+        committed = {"file": None if resume is None else job.checkpoint["file"]}
+        resumed_from = int(job.checkpoint["next_frame"]) if resume is not None else 0
         started = time.perf_counter()
 
         def on_chunk(state: dict[str, Any], done: int, total: int | None, timings: dict[str, float]) -> None:

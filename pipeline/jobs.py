@@ -28,14 +28,13 @@ import math
 import os
 import re
 import shutil
-import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator, Literal, Mapping
+from typing import Any, Iterator, Literal, Mapping
 
+from .atomic import atomic_open, fsync_dir
 from .errors import InputError, PoseError
 from .job_db import Connection, Row, open_database
 
@@ -205,23 +204,9 @@ class JobStore:
             raise InputError("invalid_suffix", f"expected a file suffix like '.mp4', got {suffix!r}")
         return self.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
 
-    @contextlib.contextmanager
-    def open_result(self, job_id: str, name: str) -> Iterator[IO[bytes]]:
+    def open_result(self, job_id: str, name: str) -> Any:
         """Write a result file atomically: readers see the old file or the whole new one."""
-        target = self.job_dir(job_id) / _check_name(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                yield f
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(target.parent)
+        return atomic_open(self.job_dir(job_id) / _check_name(name))
 
     def write_result(self, job_id: str, name: str, data: bytes) -> Path:
         with self.open_result(job_id, name) as f:
@@ -281,7 +266,7 @@ class JobStore:
                 except OSError:
                     shutil.rmtree(job_dir, ignore_errors=True)
                     raise
-                _fsync_dir(job_dir)
+                fsync_dir(job_dir)
             else:
                 input_path = input_file
         now = time.time()
@@ -463,9 +448,7 @@ class JobStore:
         the progress it stands for, and renew the lease; refused once another attempt took over."""
         now = time.time()
         with self._tx() as db:
-            row = self._fenced_row(db, job_id, token)
-            merged = json.loads(row["timings"])
-            merged.update({str(k): float(v) for k, v in (timings or {}).items()})
+            merged = _merged_timings(self._fenced_row(db, job_id, token), timings)
             db.execute(
                 "UPDATE jobs SET checkpoint = ?, frames_done = ?, frames_total = COALESCE(?, frames_total),"
                 " timings = ?, updated_at = ?, lease_until = ? WHERE id = ?",
@@ -483,9 +466,7 @@ class JobStore:
         """Record progress of a running job; ``timings`` keys overwrite; fenced by ``token``."""
         now = time.time()
         with self._tx() as db:
-            row = self._fenced_row(db, job_id, token)
-            merged = json.loads(row["timings"])
-            merged.update({str(k): float(v) for k, v in (timings or {}).items()})
+            merged = _merged_timings(self._fenced_row(db, job_id, token), timings)
             db.execute(
                 "UPDATE jobs SET frames_done = ?, frames_total = COALESCE(?, frames_total), timings = ?,"
                 " updated_at = ? WHERE id = ?",
@@ -770,15 +751,8 @@ def _discard(input_file: Path | None, moved: bool) -> None:
             Path(input_file).unlink()
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _merged_timings(row: Row, timings: Mapping[str, float] | None) -> dict[str, float]:
+    """The row's stage timings with ``timings`` written over them."""
+    merged = json.loads(row["timings"])
+    merged.update({str(k): float(v) for k, v in (timings or {}).items()})
+    return merged

@@ -25,15 +25,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from .atomic import atomic_open, atomic_write
 from .models.hmr2.predictor import HMR2Output
 from .schema import SCHEMA_VERSION, Frame, TrackSummary, VideoMeta, people_from_outputs
 
@@ -168,9 +167,9 @@ class ResultWriter:
         number = self.next_segment
         self.next_segment += 1
         stem = self.work_dir / f"seg-{number:06d}-a{self.token}"
-        _atomic_write(stem.with_suffix(".jsonl"), "".join(frame_json(r) + "\n" for r in ready).encode())
+        atomic_write(stem.with_suffix(".jsonl"), "".join(frame_json(r) + "\n" for r in ready).encode())
         arrays = frame_arrays(ready, vertices=self.vertices)
-        with _atomic_open(stem.with_suffix(".npz")) as f:
+        with atomic_open(stem.with_suffix(".npz")) as f:
             np.savez(f, **arrays)
         if self.segments and self.segments[-1][0] == self.token and self.segments[-1][2] == number - 1:
             self.segments[-1][2] = number
@@ -234,7 +233,7 @@ class ResultWriter:
             "meta": _suffixed(META_NAME, suffix),
             "npz": _suffixed(NPZ_NAME, suffix),
         }
-        with _atomic_open(out_dir / names["jsonl"]) as f:
+        with atomic_open(out_dir / names["jsonl"]) as f:
             for stem in self.segment_stems():
                 with open(stem.with_suffix(".jsonl"), "rb") as seg:
                     while block := seg.read(1 << 20):
@@ -245,7 +244,7 @@ class ResultWriter:
             "tracks": [t.model_dump(mode="json") for t in self.tracks()],
             "models": dict(models),
         }
-        _atomic_write(out_dir / names["meta"], json.dumps(document_meta, separators=(",", ":")).encode())
+        atomic_write(out_dir / names["meta"], json.dumps(document_meta, separators=(",", ":")).encode())
         self._write_npz(out_dir / names["npz"], document_meta, vertices=False)
         if self.vertices:
             names["npz_vertices"] = _suffixed(NPZ_VERTICES_NAME, suffix)
@@ -262,7 +261,7 @@ class ResultWriter:
         layout += [(name, np.dtype(dt), (frames,)) for name, dt in FRAME_ARRAYS.items()]
         if vertices:
             layout.append(("vertices", np.dtype(np.float32), (people, *VERTEX_SHAPE)))
-        with _atomic_open(path) as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1, allowZip64=True) as zf:
+        with atomic_open(path) as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1, allowZip64=True) as zf:
             for name, dtype, shape in layout:
                 with zf.open(name + ".npy", "w", force_zip64=True) as entry:
                     np.lib.format.write_array_header_2_0(
@@ -313,7 +312,7 @@ def iter_json_document(jsonl_path: str | Path, meta_path: str | Path, block: int
 
 def write_json_document(jsonl_path: str | Path, meta_path: str | Path, out: str | Path) -> Path:
     """`iter_json_document` into a file, atomically."""
-    with _atomic_open(Path(out)) as f:
+    with atomic_open(Path(out)) as f:
         for part in iter_json_document(jsonl_path, meta_path):
             f.write(part)
     return Path(out)
@@ -324,25 +323,3 @@ def _suffixed(name: str, suffix: str) -> str:
         return name
     stem, dot, ext = name.partition(".")
     return f"{stem}-{suffix}{dot}{ext}"
-
-
-@contextlib.contextmanager
-def _atomic_open(target: Path) -> Iterator[IO[bytes]]:
-    """A file that appears under its name only once complete (fsynced, then renamed)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    with _atomic_open(target) as f:
-        f.write(data)

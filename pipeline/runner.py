@@ -110,10 +110,10 @@ class VideoRunner:
         total = probe_video(path, self.limits).frame_count
         with tqdm(total=total, unit="frame", disable=not progress, desc=Path(path).name) as bar, \
                 tempfile.TemporaryDirectory(prefix=".segments-", dir=out_dir) as work:
-            on_chunk = None
-            if on_progress is not None:
-                def on_chunk(state: Mapping[str, Any], done: int, frames_total: int | None, timings: dict[str, float]) -> None:
+            def on_chunk(state: Mapping[str, Any], done: int, frames_total: int | None, timings: dict[str, float]) -> None:
+                if on_progress is not None:
                     on_progress(done, frames_total, timings)
+
             done = self.loop.run(path, work, vertices=vertices, on_chunk=on_chunk, should_stop=should_stop, on_frames=bar.update)
             names = done.writer.finalize(out_dir, done.meta, dict(MODEL_NAMES))
         return VideoFiles(

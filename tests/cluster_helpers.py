@@ -78,31 +78,30 @@ class LocalCluster:
     def _environ(self) -> dict[str, str]:
         return {**os.environ, **CLUSTER_ENV, **_FAST_HEALTH, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", **self.env}
 
-    def start_head(self, *, num_cpus: float, resources: dict[str, float]) -> str:
-        port = free_port()
-        log = self.workdir / "head.log"
-        cmd = [
+    def start_head(self, *, num_cpus: float, resources: dict[str, float], private: bool = False, port: int | None = None) -> str:
+        """The head node; ``private``: in its own mount namespace too (so it can be killed whole)."""
+        port = port or free_port()
+        log = self.workdir / f"head-{len(self.nodes)}.log"
+        start = [
             self._ray(), "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}",
             f"--resources={json.dumps(resources)}", "--include-dashboard=false", "--disable-usage-stats",
             *self._ports(),
         ]
-        self.nodes.append(Node("head", _spawn(cmd, log, self._environ()), log))
+        node = Node("head", _spawn(_namespaced(start) if private else start, log, self._environ()), log)
+        self.nodes.insert(0, node)
         self.address = f"127.0.0.1:{port}"
         self._wait_nodes(1)
+        if private:
+            node.mnt_ns = _mnt_ns(node.process.pid)
         return self.address
 
     def add_worker(self, name: str, *, num_cpus: float, resources: dict[str, float]) -> Node:
         """A worker node in its own mount namespace, a private tmpfs on the default data folder."""
         log = self.workdir / f"{name}.log"
-        start = " ".join(
-            _quote(a)
-            for a in [
-                self._ray(), "start", "--block", f"--address={self.address}", f"--num-cpus={num_cpus}",
-                f"--resources={json.dumps(resources)}", "--disable-usage-stats", *self._ports(),
-            ]
-        )
-        script = f"mkdir -p {_quote(str(PRIVATE_DATA))} && mount -t tmpfs -o size=256m tmpfs {_quote(str(PRIVATE_DATA))} && exec {start}"
-        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+        cmd = _namespaced([
+            self._ray(), "start", "--block", f"--address={self.address}", f"--num-cpus={num_cpus}",
+            f"--resources={json.dumps(resources)}", "--disable-usage-stats", *self._ports(),
+        ])
         node = Node(name, _spawn(cmd, log, self._environ()), log)
         self.nodes.append(node)
         self._wait_nodes(len(self.nodes))
@@ -111,7 +110,7 @@ class LocalCluster:
 
     def kill(self, node: Node) -> int:
         """SIGKILL every process of a worker node (all processes in its mount namespace)."""
-        assert node.mnt_ns is not None and node.mnt_ns != _mnt_ns(os.getpid()), "only worker nodes have their own namespace"
+        assert node.mnt_ns is not None and node.mnt_ns != _mnt_ns(os.getpid()), "only namespaced nodes can be killed whole"
         killed = 0
         for pid in _pids():
             if _mnt_ns(pid) == node.mnt_ns:
@@ -123,6 +122,9 @@ class LocalCluster:
         node.process.wait(timeout=30)
         self.nodes.remove(node)
         return killed
+
+    def head(self) -> Node:
+        return next(n for n in self.nodes if n.name == "head")
 
     def alive_nodes(self) -> int:
         import ray
@@ -162,6 +164,13 @@ class LocalCluster:
                 node.process.kill()
         subprocess.run([self._ray(), "stop", "--force"], capture_output=True, timeout=120, env=self._environ())
         self.nodes.clear()
+
+
+def _namespaced(start: list[str]) -> list[str]:
+    """``start`` in a new mount namespace with a private, empty tmpfs on the default data folder."""
+    data = _quote(str(PRIVATE_DATA))
+    script = f"mkdir -p {data} && mount -t tmpfs -o size=256m tmpfs {data} && exec {' '.join(_quote(a) for a in start)}"
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
 
 
 def _spawn(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:

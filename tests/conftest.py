@@ -93,15 +93,7 @@ def postgres_server() -> str:
 @pytest.fixture
 def postgres_url(postgres_server: str):
     """A URL whose connections use a fresh schema of their own, dropped after the test."""
-    import uuid
-    from urllib.parse import quote
+    from pg_helpers import isolated_schema
 
-    import psycopg
-
-    schema = f"pose_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in postgres_server else "?"
-    yield f"{postgres_server}{sep}options={quote(f'-csearch_path={schema}')}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with isolated_schema(postgres_server) as (url, _):
+        yield url

@@ -12,6 +12,23 @@ import cv2
 import numpy as np
 
 
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def wait_job(client: Any, job_id: str, timeout: float = 240.0, poll_s: float = 0.25) -> dict[str, Any]:
+    """Poll ``GET /v1/jobs/{id}`` (an httpx client) until the job ends; its last status."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in TERMINAL:
+            return job
+        time.sleep(poll_s)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {job}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

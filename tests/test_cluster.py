@@ -23,13 +23,10 @@ pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 
 from cluster_helpers import CLUSTER_ENV, LocalCluster, unshare_available  # noqa: E402
-from serve_helpers import free_port  # noqa: E402
+from serve_helpers import free_port, wait_job  # noqa: E402
 from videos import crossing_video, figure_frame, write_video  # noqa: E402
 
 from conftest import _in_ci  # noqa: E402
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
-
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
@@ -132,7 +129,7 @@ def test_jobs_survive_losing_a_worker_node(cluster, shared, postgres_url, tmp_pa
             time.sleep(0.3)
         killed = cluster.kill(cluster.nodes[1])
         assert killed > 0
-        jobs = [_wait(client, i, 420) for i in ids]
+        jobs = [wait_job(client, i, 420) for i in ids]
         assert [j["state"] for j in jobs] == ["succeeded"] * 3, jobs
         assert any(j["attempts"] >= 2 for j in jobs), "a job of the lost node should have been resumed"
         results = [client.get(f"/v1/jobs/{i}/result").json() for i in ids]
@@ -142,16 +139,6 @@ def test_jobs_survive_losing_a_worker_node(cluster, shared, postgres_url, tmp_pa
     for clip, got in zip(clips, results):
         want = json.loads(runner.run(clip).model_dump_json())
         _assert_same(got, want)
-
-
-def _wait(client: httpx.Client, job_id: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in TERMINAL:
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {job}")
 
 
 def _assert_same(got: dict[str, Any], want: dict[str, Any]) -> None:

@@ -23,10 +23,9 @@ pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 jsonschema = pytest.importorskip("jsonschema")
 
-from serve_helpers import free_port, serve_tiny  # noqa: E402
+from serve_helpers import free_port, serve_tiny, wait_job  # noqa: E402
 from videos import audio_only, crossing_video, figure_frame, write_video  # noqa: E402
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
 MAX_ACTIVE, MAX_QUEUED = 2, 1
 
 
@@ -100,16 +99,6 @@ def client(service: str) -> Iterator[httpx.Client]:
 def upload(client: httpx.Client, path: Path, **kw: Any) -> httpx.Response:
     headers = kw.pop("headers", None)
     return client.post("/v1/videos", files={"video": (path.name, path.read_bytes(), "video/mp4")}, data=kw, headers=headers)
-
-
-def wait_job(client: httpx.Client, job_id: str, timeout: float = 240.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in TERMINAL:
-            return job
-        time.sleep(0.25)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {job}")
 
 
 def run_job(client: httpx.Client, path: Path, **kw: Any) -> dict[str, Any]:
