@@ -112,7 +112,7 @@ def main() -> None:
 
     local = in_process_images_per_s(roots, image, args.images)
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": 8765})

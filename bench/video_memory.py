@@ -141,7 +141,7 @@ def main() -> None:
     short = write_clip(tmp / "short.mp4", 8, tuple(args.size)).read_bytes()
     limits = {"max_frames": max(18_000, args.frames), "max_duration_s": max(600.0, args.frames / 25 + 1)}
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": 8767})

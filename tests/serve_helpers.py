@@ -67,7 +67,7 @@ def serve_tiny(
         app_args["data_dir"] = tempfile.mkdtemp(prefix="pose-data-")
     port = free_port()
     env_vars = {"OMP_NUM_THREADS": "1", **(env or {})}
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars})
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env={"env_vars": env_vars})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(AppArgs(profile="tiny", tiny_dir=str(tiny_dir), **app_args)), name="pose", route_prefix="/")
