@@ -46,6 +46,21 @@ serve.run(build_app(AppArgs(**args)), name="pose", route_prefix="/",
 """
 
 
+def _wait_port_free(port: int, timeout: float) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("0.0.0.0", port))
+                return
+            except OSError:
+                time.sleep(0.5)
+    raise RuntimeError(f"port {port} still in use {timeout} s after the head was killed")
+
+
 def wait_ready(client, timeout: float) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -110,6 +125,11 @@ def main() -> None:
             t0 = time.monotonic()
             killed = cluster.kill(cluster.head())
             events.append(("head killed (processes)", str(killed)))
+            _wait_port_free(head_port, 60)
+            # `ray start --head` refuses an address that processes on this machine still name as
+            # their GCS (the surviving worker nodes do) when it is also the last cluster started
+            # here; on a real head machine neither holds. Forget the record, keep the address.
+            Path(tempfile.gettempdir(), "ray", "ray_current_cluster").unlink(missing_ok=True)
             cluster.start_head(num_cpus=1, resources={"pose_ingress": 1}, private=True, port=head_port)
             events.append(("head started again after s", f"{time.monotonic() - t0:.1f}"))
             back = wait_ready(client, 600)

@@ -96,7 +96,7 @@ def main() -> None:
     os.environ.update(CLUSTER_ENV)
     cluster = LocalCluster(work)
     try:
-        cluster.start_head(num_cpus=1, resources={"pose_ingress": 1})
+        cluster.start_head(num_cpus=1, resources={"pose_ingress": 1}, private=True)
         cluster.add_worker("worker-1", num_cpus=1, resources={"pose_video": 1})
         cluster.add_worker("worker-2", num_cpus=1, resources={"pose_video": 1})
         ray.init(address=cluster.address, logging_level="WARNING")

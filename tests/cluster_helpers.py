@@ -120,6 +120,9 @@ class LocalCluster:
                 except ProcessLookupError:
                     pass
         node.process.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_mnt_ns(pid) == node.mnt_ns for pid in _pids()) and time.monotonic() < deadline:
+            time.sleep(0.2)  # SIGKILLed processes are gone once reaped
         self.nodes.remove(node)
         return killed
 
@@ -162,7 +165,7 @@ class LocalCluster:
                 node.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 node.process.kill()
-        subprocess.run([self._ray(), "stop", "--force"], capture_output=True, timeout=120, env=self._environ())
+        # Not `ray stop`: it would stop every Ray instance on the machine, not only this cluster's.
         self.nodes.clear()
 
 

@@ -43,7 +43,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     saved = {k: os.environ.get(k) for k in CLUSTER_ENV}
     os.environ.update(CLUSTER_ENV)  # this process is the cluster's driver
     try:
-        c.start_head(num_cpus=1, resources={"pose_ingress": 1})
+        c.start_head(num_cpus=1, resources={"pose_ingress": 1}, private=True)
         c.add_worker("worker-1", num_cpus=1, resources={"pose_video": 1})
         c.add_worker("worker-2", num_cpus=1, resources={"pose_video": 1})
         ray.init(address=c.address, logging_level="WARNING")
