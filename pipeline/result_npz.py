@@ -1,5 +1,9 @@
 """The compact binary form of a video result: one NPZ of flat arrays, one row per person and frame.
 
+`pipeline.result_stream` writes these files chunk by chunk; `video_result_arrays` gives the same
+arrays from a result's JSON document (for a client that holds only the JSON, and as the
+independent statement of the layout the streamed writer is tested against).
+
 JSON suits a web backend reading a few people; analysis code wants arrays. Rows are ordered as in
 the JSON (frame by frame, people in detection order), so row ``r`` of every per-person array
 describes the same person. Only numbers and text are stored: ``np.load(..., allow_pickle=False)``
@@ -11,14 +15,13 @@ Arrays (P people rows, F frames):
 * ``bbox`` (P, 4) xyxy pixels; ``global_orient`` (P, 3, 3); ``body_pose`` (P, 23, 3, 3); ``betas`` (P, 10)
 * ``pred_cam``, ``t_crop``, ``t_full`` (P, 3); ``focal_length_crop``, ``focal_length_full`` (P,)
 * ``keypoints_2d`` (P, 44, 2) pixels; ``keypoints_3d`` (P, 44, 3) metres
-* ``vertices`` (P, 6890, 3) metres, only when the result has them
+* ``vertices`` (P, 6890, 3) metres, only in ``result-vertices.npz`` (jobs with vertices)
 * ``frames_index``, ``frames_time_s`` (F,): every decoded frame, with or without people
 * ``meta``: 0-d text, the JSON of everything else (schema version, video, tracks, models)
 """
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any, Mapping
 
@@ -58,13 +61,3 @@ def video_result_arrays(document: Mapping[str, Any]) -> dict[str, np.ndarray]:
     meta = {k: v for k, v in document.items() if k != "frames"}
     arrays["meta"] = np.array(json.dumps(meta))
     return arrays
-
-
-def video_result_npz(document: Mapping[str, Any], *, vertices: bool = True) -> bytes:
-    """The NPZ file's bytes (compressed); ``vertices=False`` leaves the mesh out."""
-    arrays = video_result_arrays(document)
-    if not vertices:
-        arrays.pop("vertices", None)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
