@@ -112,7 +112,7 @@ def build_detection(
         center, side = np.asarray(person.crop_center, dtype=np.float64), float(person.crop_size)
     c = (center + np.array([left, top])) * ratio
     f32 = torch.float32
-    cam = torch.as_tensor(np.asarray(person.pred_cam, dtype=np.float32)).reshape(1, 3)
+    cam = torch.tensor(np.asarray(person.pred_cam, dtype=np.float32)).reshape(1, 3)
     # float32 product, as NumPy evaluates ``max(scale) * ratio`` on the reference's float32 boxes.
     scale = torch.tensor([np.float32(side) * np.float32(ratio)], dtype=f32)
     focal_t = focal * torch.ones(1, 2, dtype=f32)
