@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from _common import print_table  # noqa: E402
+from pg_helpers import isolated_schema, server_url  # noqa: E402
 
 logger = logging.getLogger("chaos_head")
 
@@ -78,14 +79,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3)
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--redis", default="127.0.0.1:6379")
-    parser.add_argument("--job-store", default=os.environ.get("POSE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--job-store", default=server_url())
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     import httpx
 
-    from cluster_helpers import CLUSTER_ENV, LocalCluster
-    from pg_helpers import isolated_schema
+    from cluster_helpers import CLUSTER_ENV, ingress_and_two_video_nodes
     from configs.tiny import tiny_roots
     from serve_helpers import free_port
     from videos import crossing_video
@@ -97,13 +97,10 @@ def main() -> None:
     store_url, schema = cleanup.enter_context(isolated_schema(args.job_store, "pose_chaos"))
     env = {**CLUSTER_ENV, "RAY_REDIS_ADDRESS": args.redis, "RAY_external_storage_namespace": schema,
            "RAY_gcs_rpc_server_reconnect_timeout_s": "120"}
-    cluster = LocalCluster(work, env=env)
+    cluster = ingress_and_two_video_nodes(work, env)
     events: list[tuple[str, str]] = []
     try:
-        cluster.start_head(num_cpus=1, resources={"pose_ingress": 1}, private=True)
         head_port = int(cluster.address.rsplit(":", 1)[1])
-        cluster.add_worker("worker-1", num_cpus=1, resources={"pose_video": 1})
-        cluster.add_worker("worker-2", num_cpus=1, resources={"pose_video": 1})
         http_port = free_port()
         app = {
             "profile": "tiny", "tiny_dir": str(work / "tiny"), "data_dir": str(work / "shared"),

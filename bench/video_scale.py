@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from _common import print_table  # noqa: E402
+from pg_helpers import isolated_schema, server_url  # noqa: E402
 
 logger = logging.getLogger("video_scale")
 
@@ -73,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=6)
     parser.add_argument("--frames", type=int, default=24)
-    parser.add_argument("--job-store", default=os.environ.get("POSE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--job-store", default=server_url())
     parser.add_argument("--sample-s", type=float, default=3.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -82,8 +83,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from cluster_helpers import CLUSTER_ENV, LocalCluster
-    from pg_helpers import isolated_schema
+    from cluster_helpers import CLUSTER_ENV, ingress_and_two_video_nodes
     from configs.tiny import tiny_roots
     from serve_helpers import free_port
     from videos import crossing_video
@@ -94,11 +94,8 @@ def main() -> None:
     cleanup = contextlib.ExitStack()  # the schema is dropped at the very end
     store_url, schema = cleanup.enter_context(isolated_schema(args.job_store, "pose_bench"))
     os.environ.update(CLUSTER_ENV)
-    cluster = LocalCluster(work)
+    cluster = ingress_and_two_video_nodes(work)
     try:
-        cluster.start_head(num_cpus=1, resources={"pose_ingress": 1}, private=True)
-        cluster.add_worker("worker-1", num_cpus=1, resources={"pose_video": 1})
-        cluster.add_worker("worker-2", num_cpus=1, resources={"pose_video": 1})
         ray.init(address=cluster.address, logging_level="WARNING")
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")

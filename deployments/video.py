@@ -374,15 +374,13 @@ class VideoPipeline:
         def should_stop() -> bool:
             return self.store.is_cancelled(job.id)
 
-        from pipeline.video import probe_video
-
-        info = probe_video(job.input_path, self.limits)  # frames_total shown from the start
-        self.store.update_progress(job.id, resumed_from, info.frame_count if info.frame_count_exact else None, token=token)
+        def on_start(total: int | None) -> None:  # frames_total shown from the start
+            self.store.update_progress(job.id, resumed_from, total, token=token)
 
         try:
             done = self.loop.run(
                 job.input_path, job_dir / VIDEO_WORK_DIR, token=token, vertices=vertices,
-                resume=resume, on_chunk=on_chunk, should_stop=should_stop,
+                resume=resume, on_chunk=on_chunk, should_stop=should_stop, on_start=on_start,
             )
         except PoseError as exc:
             if exc.code == "cancelled":

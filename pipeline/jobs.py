@@ -446,14 +446,8 @@ class JobStore:
     ) -> None:
         """Commit attempt ``token``'s checkpoint (a small JSON-able dict naming its files) with
         the progress it stands for, and renew the lease; refused once another attempt took over."""
-        now = time.time()
         with self._tx() as db:
-            merged = _merged_timings(self._fenced_row(db, job_id, token), timings)
-            db.execute(
-                "UPDATE jobs SET checkpoint = ?, frames_done = ?, frames_total = COALESCE(?, frames_total),"
-                " timings = ?, updated_at = ?, lease_until = ? WHERE id = ?",
-                (json.dumps(dict(checkpoint)), int(frames_done), frames_total, json.dumps(merged), now, now + lease_s, job_id),
-            )
+            self._write_progress(db, job_id, token, frames_done, frames_total, timings, checkpoint=checkpoint, lease_s=lease_s)
 
     def update_progress(
         self,
@@ -464,14 +458,8 @@ class JobStore:
         token: int | None = None,
     ) -> Job:
         """Record progress of a running job; ``timings`` keys overwrite; fenced by ``token``."""
-        now = time.time()
         with self._tx() as db:
-            merged = _merged_timings(self._fenced_row(db, job_id, token), timings)
-            db.execute(
-                "UPDATE jobs SET frames_done = ?, frames_total = COALESCE(?, frames_total), timings = ?,"
-                " updated_at = ? WHERE id = ?",
-                (int(frames_done), frames_total, json.dumps(merged), now, job_id),
-            )
+            self._write_progress(db, job_id, token, frames_done, frames_total, timings)
         return self.get(job_id)
 
     def finish(self, job_id: str, result_paths: Mapping[str, str | Path], token: int | None = None) -> Job:
@@ -623,6 +611,32 @@ class JobStore:
         return ids
 
     # --- internals --------------------------------------------------------------------------
+
+    def _write_progress(
+        self,
+        db: Connection,
+        job_id: str,
+        token: int | None,
+        frames_done: int,
+        frames_total: int | None,
+        timings: Mapping[str, float] | None,
+        *,
+        checkpoint: Mapping[str, Any] | None = None,
+        lease_s: float | None = None,
+    ) -> None:
+        """Progress of a running job (fenced by ``token``), with its checkpoint and a renewed
+        lease when given."""
+        now = time.time()
+        merged = _merged_timings(self._fenced_row(db, job_id, token), timings)
+        sets = "frames_done = ?, frames_total = COALESCE(?, frames_total), timings = ?, updated_at = ?"
+        values: list[Any] = [int(frames_done), frames_total, json.dumps(merged), now]
+        if checkpoint is not None:
+            sets += ", checkpoint = ?"
+            values.append(json.dumps(dict(checkpoint)))
+        if lease_s is not None:
+            sets += ", lease_until = ?"
+            values.append(now + lease_s)
+        db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*values, job_id))
 
     def queue_full(self, queued: int, running: int) -> bool:
         """Whether a new job must wait outside: ``max_queued`` jobs wait already, beyond the

@@ -18,7 +18,7 @@ from .models.hmr2.predictor import HMR2Predictor
 from .result_stream import NPZ_VERTICES_NAME, write_json_document
 from .schema import MODEL_NAMES, VideoResult
 from .tracking.tracker import TrackerModels
-from .video import VideoLimits, probe_video
+from .video import VideoLimits
 from .video_loop import LocalStages, VideoLoop, observations_for, video_meta
 from .weights import CacheRoots
 
@@ -107,14 +107,18 @@ class VideoRunner:
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        total = probe_video(path, self.limits).frame_count
-        with tqdm(total=total, unit="frame", disable=not progress, desc=Path(path).name) as bar, \
+        with tqdm(unit="frame", disable=not progress, desc=Path(path).name) as bar, \
                 tempfile.TemporaryDirectory(prefix=".segments-", dir=out_dir) as work:
             def on_chunk(state: Mapping[str, Any], done: int, frames_total: int | None, timings: dict[str, float]) -> None:
                 if on_progress is not None:
                     on_progress(done, frames_total, timings)
 
-            done = self.loop.run(path, work, vertices=vertices, on_chunk=on_chunk, should_stop=should_stop, on_frames=bar.update)
+            def on_start(total: int | None) -> None:
+                bar.total = total
+                bar.refresh()
+
+            done = self.loop.run(path, work, vertices=vertices, on_chunk=on_chunk, should_stop=should_stop,
+                                 on_frames=bar.update, on_start=on_start)
             names = done.writer.finalize(out_dir, done.meta, dict(MODEL_NAMES))
         return VideoFiles(
             jsonl=out_dir / names["jsonl"],

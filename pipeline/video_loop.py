@@ -164,15 +164,19 @@ class VideoLoop:
         on_chunk: ChunkFn | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_frames: Callable[[int], None] | None = None,
+        on_start: Callable[[int | None], None] | None = None,
     ) -> LoopResult:
         """Process one video into segments under ``work_dir``; see the module docstring.
 
         ``token``: the attempt's fencing token (names its segment files). ``on_chunk(state,
         frames_done, frames_total, timings)`` after every chunk; ``should_stop()`` between chunks
-        (True: cancelled); ``on_frames(n)`` as frames are tracked (progress bars).
+        (True: cancelled); ``on_frames(n)`` as frames are tracked (progress bars);
+        ``on_start(frames_total)`` once the video is probed (None: its length is not exact).
         """
         info = probe_video(path, self.limits)
         total = info.frame_count if info.frame_count_exact else None
+        if on_start is not None:
+            on_start(total)
         state = dict(resume) if resume is not None else None
         if state is not None and (state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION):
             raise PoseError("bad_checkpoint", f"expected a {STATE_FORMAT} v{STATE_VERSION} checkpoint", status=500)

@@ -211,3 +211,17 @@ def _quote(arg: str) -> str:
     import shlex
 
     return shlex.quote(arg)
+
+
+def ingress_and_two_video_nodes(workdir: Path, env: dict[str, str] | None = None) -> LocalCluster:
+    """The layout the cluster test and benchmarks use: a head offering ``pose_ingress`` and two
+    worker nodes offering ``pose_video``, one CPU each, every node in its own mount namespace."""
+    cluster = LocalCluster(workdir, env=dict(env or {}))
+    try:
+        cluster.start_head(num_cpus=1, resources={"pose_ingress": 1}, private=True)
+        cluster.add_worker("worker-1", num_cpus=1, resources={"pose_video": 1})
+        cluster.add_worker("worker-2", num_cpus=1, resources={"pose_video": 1})
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster

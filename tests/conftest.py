@@ -66,17 +66,15 @@ def phalp_golden_models(golden):
     return load_tracking_models_from_paths(paths, device="cpu")
 
 
-POSTGRES_URL_ENV = "POSE_TEST_POSTGRES_URL"
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
     """URL of a reachable PostgreSQL server (``$POSE_TEST_POSTGRES_URL`` or the local default).
 
     None answering: a skip with the reason, except in CI (``CI=true``) where it is a failure.
     """
-    url = os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL)
+    from pg_helpers import POSTGRES_URL_ENV, server_url
+
+    url = server_url()
     try:
         import psycopg
 

@@ -4,9 +4,19 @@ whose connections use it, dropped afterwards."""
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from typing import Iterator
 from urllib.parse import quote
+
+
+POSTGRES_URL_ENV = "POSE_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def server_url() -> str:
+    """The PostgreSQL server tests and benchmarks use: ``$POSE_TEST_POSTGRES_URL`` or the local one."""
+    return os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL)
 
 
 @contextlib.contextmanager

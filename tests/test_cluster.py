@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 
-from cluster_helpers import CLUSTER_ENV, LocalCluster, unshare_available  # noqa: E402
+from cluster_helpers import CLUSTER_ENV, LocalCluster, ingress_and_two_video_nodes, unshare_available  # noqa: E402
 from serve_helpers import free_port, wait_job  # noqa: E402
 from videos import crossing_video, figure_frame, write_video  # noqa: E402
 
@@ -39,13 +39,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         pytest.skip(f"the multi-node test needs private mount namespaces: {reason}")
     import ray
 
-    c = LocalCluster(tmp_path_factory.mktemp("cluster"))
     saved = {k: os.environ.get(k) for k in CLUSTER_ENV}
     os.environ.update(CLUSTER_ENV)  # this process is the cluster's driver
+    c = ingress_and_two_video_nodes(tmp_path_factory.mktemp("cluster"))
     try:
-        c.start_head(num_cpus=1, resources={"pose_ingress": 1}, private=True)
-        c.add_worker("worker-1", num_cpus=1, resources={"pose_video": 1})
-        c.add_worker("worker-2", num_cpus=1, resources={"pose_video": 1})
         ray.init(address=c.address, logging_level="WARNING")
         yield c
     finally:
