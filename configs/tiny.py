@@ -70,12 +70,14 @@ def tiny_roots(base: str | os.PathLike[str] | None = None, *, seed: int = 0) -> 
 
 def runner_settings() -> dict[str, Any]:
     """Keyword arguments for `VideoRunner.from_cache` that match the served ``tiny`` profile
-    (detector options and chunk size), so in-process and served results can be compared."""
+    (detector options, chunk size, people per frame), so in-process and served results can be
+    compared."""
     from .profiles import tiny
 
     profile = tiny()
     return {
         "chunk_size": profile.video_chunk_size,
+        "max_people": profile.limits.max_people,
         "detector_options": {
             "score_thresh": profile.score_thresh,
             "stage_score_thresh": profile.stage_score_thresh,

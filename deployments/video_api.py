@@ -69,7 +69,7 @@ class JobStatus(BaseModel):
     started_at: Optional[float] = None
     finished_at: Optional[float] = None
     progress: JobProgress
-    timings: dict[str, float] = Field(description="seconds per stage so far: decode_s, models_s, tracking_s, write_s, total_s")
+    timings: dict[str, float] = Field(description="seconds per stage so far: decode_s, models_s (waiting for detector and regressor), appearance_s, tracking_s, write_s, total_s")
     error: Optional[JobErrorInfo] = None
     options: dict[str, Any]
     idempotency_key: Optional[str] = None

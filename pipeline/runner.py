@@ -57,6 +57,7 @@ class VideoRunner:
         *,
         chunk_size: int = 8,
         limits: VideoLimits = VideoLimits(),
+        max_people: int | None = 64,
     ) -> None:
         self.detector = detector
         self.hmr2 = hmr2
@@ -64,7 +65,9 @@ class VideoRunner:
         self.tracker_models = tracker_models
         self.chunk_size = chunk_size
         self.limits = limits
-        self.loop = VideoLoop(LocalStages(detector, hmr2), appearance, tracker_models, chunk_size=chunk_size, limits=limits)
+        # max_people: as the served MeshRegressor's default, so both regress the same people
+        self.stages = LocalStages(detector, hmr2, max_people=max_people)
+        self.loop = VideoLoop(self.stages, appearance, tracker_models, chunk_size=chunk_size, limits=limits)
 
     @classmethod
     def from_cache(

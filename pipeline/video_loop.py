@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 STATE_FORMAT = "pose-service/video-loop"
 STATE_VERSION = 1
+# Seconds per stage a run adds up (reported with progress): decoding, waiting for the model
+# stages, masks + UV texture + appearance embedding, PHALP tracking, result writing.
+TIMINGS = ("decode_s", "models_s", "appearance_s", "tracking_s", "write_s")
 
 
 @dataclass
@@ -64,18 +67,31 @@ class FrameStages(Protocol):
 
 
 class LocalStages:
-    """The detector and HMR2 predictors of this process (the in-process runner)."""
+    """The detector and HMR2 predictors of this process (the in-process runner).
 
-    def __init__(self, detector: Any, hmr2: Any) -> None:
+    ``max_people``: detections per frame beyond this (lowest scores) are not regressed, as the
+    served MeshRegressor does. ``seconds`` adds up the time spent in each model, so an
+    in-process run can say where a frame's time goes (the served stages report theirs as
+    metrics)."""
+
+    def __init__(self, detector: Any, hmr2: Any, *, max_people: int | None = None) -> None:
         self.detector = detector
         self.hmr2 = hmr2
+        self.max_people = max_people
+        self.seconds = {"detect_s": 0.0, "hmr2_s": 0.0}
 
     def submit(self, chunk: FrameChunk) -> Callable[[], list[FrameModels]]:
         frames = list(chunk.frames)
 
         def run() -> list[FrameModels]:
+            t0 = time.perf_counter()
             detections = self.detector(frames, masks="probs")
+            if self.max_people is not None:
+                detections = [d.select(np.arange(self.max_people)) if len(d) > self.max_people else d for d in detections]
+            t1 = time.perf_counter()
             outputs = self.hmr2.predict_many([(f, d.boxes) for f, d in zip(frames, detections)], vertices=True)
+            self.seconds["detect_s"] += t1 - t0
+            self.seconds["hmr2_s"] += time.perf_counter() - t1
             return [FrameModels(d, o) for d, o in zip(detections, outputs)]
 
         return run
@@ -211,12 +227,13 @@ class VideoLoop:
         tracker = Tracker(self.tracker_models)
         if state is None:
             writer = ResultWriter(work_dir, token, vertices=vertices)
-            next_frame, chunks, timings = 0, 0, {"decode_s": 0.0, "models_s": 0.0, "tracking_s": 0.0, "write_s": 0.0}
+            next_frame, chunks, timings = 0, 0, dict.fromkeys(TIMINGS, 0.0)
             state = self._state(0, 0, tracker, writer, timings)
         else:
             tracker.load_state_dict(state["tracker"])
             writer = ResultWriter.from_state(work_dir, token, state["writer"])
-            next_frame, chunks, timings = int(state["next_frame"]), int(state["chunks"]), dict(state["timings"])
+            next_frame, chunks = int(state["next_frame"]), int(state["chunks"])
+            timings = {**dict.fromkeys(TIMINGS, 0.0), **state["timings"]}
         progressed = False
         frames = iter_frames(path, self.limits, chunk_size=self.chunk_size, start_frame=next_frame)
         pending: tuple[FrameChunk, Callable[[], list[FrameModels]]] | None = None
@@ -258,8 +275,8 @@ class VideoLoop:
         return state
 
     def _track(self, chunk: FrameChunk, models: Sequence[FrameModels], tracker: Tracker, writer: ResultWriter, vertices: bool, timings: dict[str, float]) -> None:
-        t0 = time.perf_counter()
         for index, time_s, frame, fm in zip(chunk.indices, chunk.timestamps, chunk.frames, models):
+            t0 = time.perf_counter()
             out, det = fm.output, fm.detections
             n = len(out)
             scores = det.scores[:n]
@@ -270,11 +287,13 @@ class VideoLoop:
             )
             if not vertices:
                 out.vertices = None
+            t1 = time.perf_counter()
             tracks = tracker.step(int(index), observations_for(out, scores, app.uv, app.embedding), frame.shape[:2])
             writer.add(FrameRecord(int(index), float(time_s), out, np.asarray(scores, np.float32), list(tracks.track_ids)))
             for entry in tracks.backfill:
                 writer.backfill(entry.frame_index, entry.detection_index, entry.track_id)
-        timings["tracking_s"] += time.perf_counter() - t0
+            timings["appearance_s"] += t1 - t0
+            timings["tracking_s"] += time.perf_counter() - t1
 
     @staticmethod
     def _state(next_frame: int, chunks: int, tracker: Tracker, writer: ResultWriter, timings: dict[str, float]) -> dict[str, Any]:
