@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Literal, ParamSpec, TypeVar
 
@@ -45,6 +46,27 @@ class ModelSettings(BaseModel):
     def effective_dtype(self) -> str:
         """Half precision is a GPU feature; a CPU replica falls back to float32."""
         return self.dtype if self.device == "cuda" else "float32"
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; None elsewhere).
+
+    A replica's age when its constructor returns is what a scale-up waits for: process start,
+    imports, model load."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_ticks = int(fields[19])  # field 22 of stat(5), after pid and comm
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime_s - started_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def start_info(load_s: float) -> dict[str, float | None]:
+    """What `info()` of each replica reports of its start: seconds loading models, and from
+    process start to ready."""
+    age = process_age_s()
+    return {"load_s": round(load_s, 3), "start_to_ready_s": None if age is None else round(age, 3)}
 
 
 def unwrap_error(exc: BaseException) -> BaseException:

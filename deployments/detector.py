@@ -14,7 +14,7 @@ from ray import serve
 from pipeline.models.vitdet.predictor import Detections
 
 from .batching import BatchConfig, BatchStats
-from .common import ModelSettings, checksums
+from .common import ModelSettings, checksums, start_info
 from .metrics import StageMetrics
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Detector:
         self.batch_config = BatchConfig(max_batch_size=4, batch_wait_timeout_s=0.01)
         self.stats = BatchStats()
         self.metrics = StageMetrics()
+        self.start = start_info(time.perf_counter() - started)
         logger.info(
             "Detector ready on %s (%s, profile %s) in %.1f s",
             self.predictor.device, self.predictor.dtype, settings.profile, time.perf_counter() - started,
@@ -115,6 +116,7 @@ class Detector:
             "batching": {**self.batch_config.model_dump(), **self.stats.to_dict()},
             "replica": serve.get_replica_context().replica_id.unique_id,
             "pid": os.getpid(),
+            "start": self.start,
         }
 
 

@@ -18,7 +18,7 @@ from pipeline.models.hmr2.predictor import HMR2Output
 from pipeline.models.vitdet.predictor import Detections
 
 from .batching import BatchConfig, BatchStats
-from .common import ModelSettings, checksums
+from .common import ModelSettings, checksums, start_info
 from .metrics import StageMetrics
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class MeshRegressor:
         self.batch_config = BatchConfig(max_batch_size=16, batch_wait_timeout_s=0.01)
         self.stats = BatchStats()
         self.metrics = StageMetrics()
+        self.start = start_info(time.perf_counter() - started)
         logger.info(
             "MeshRegressor ready on %s (%s, profile %s) in %.1f s",
             self.predictor.device, settings.effective_dtype, settings.profile, time.perf_counter() - started,
@@ -137,4 +138,5 @@ class MeshRegressor:
             "batching": {**self.batch_config.model_dump(), **self.stats.to_dict()},
             "replica": serve.get_replica_context().replica_id.unique_id,
             "pid": os.getpid(),
+            "start": self.start,
         }

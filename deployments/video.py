@@ -41,7 +41,7 @@ from pipeline.job_db import redact
 from pipeline.jobs import Job, JobStore
 from pipeline.video import FrameChunk, VideoLimits
 
-from .common import ModelSettings, as_pose_error, unwrap_error
+from .common import ModelSettings, as_pose_error, start_info, unwrap_error
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +189,7 @@ class VideoPipeline:
             RemoteStages(detector, regressor), appearance, tracker_models,
             chunk_size=settings.chunk_size, limits=self.limits, max_stage_wait_s=settings.max_stage_wait_s,
         )
+        self.start = start_info(time.perf_counter() - started)
         self.store = settings.open_store()
         # Jobs of other workers come back only through their expired leases (`expire_leases`).
         report = self.store.recover_after_restart(settings.max_attempts, requeue_running=False)
@@ -252,6 +253,7 @@ class VideoPipeline:
             "node_id": _node_id(),
             "job_store": redact(self.store.url),
             "job_store_shared": not self.store.node_local,
+            "start": self.start,
         }
 
     # -- the worker --------------------------------------------------------------------------

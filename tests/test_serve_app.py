@@ -146,6 +146,8 @@ def test_info(client: httpx.Client) -> None:
     assert all(len(f["sha256"]) == 64 for f in [*det["files"].values(), *reg["files"].values()])
     assert det["device"] == reg["device"] == "cpu"
     assert {"max_batch_size", "batch_wait_timeout_s"} <= set(det["batching"])
+    for stage in (det, reg):  # what a scale-up waits for: the process's start, imports, the model load
+        assert 0 < stage["start"]["load_s"] < stage["start"]["start_to_ready_s"]
     if info["resources"]["tracker"]:  # video workers (appearance + tracking) are in the graph
         assert info["deployments"]["video"]["worker_alive"] is True
 
