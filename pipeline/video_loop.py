@@ -72,13 +72,14 @@ class LocalStages:
     ``max_people``: detections per frame beyond this (lowest scores) are not regressed, as the
     served MeshRegressor does. ``seconds`` adds up the time spent in each model, so an
     in-process run can say where a frame's time goes (the served stages report theirs as
-    metrics)."""
+    metrics); ``people`` counts the people regressed."""
 
     def __init__(self, detector: Any, hmr2: Any, *, max_people: int | None = None) -> None:
         self.detector = detector
         self.hmr2 = hmr2
         self.max_people = max_people
         self.seconds = {"detect_s": 0.0, "hmr2_s": 0.0}
+        self.people = 0
 
     def submit(self, chunk: FrameChunk) -> Callable[[], list[FrameModels]]:
         frames = list(chunk.frames)
@@ -92,6 +93,7 @@ class LocalStages:
             outputs = self.hmr2.predict_many([(f, d.boxes) for f, d in zip(frames, detections)], vertices=True)
             self.seconds["detect_s"] += t1 - t0
             self.seconds["hmr2_s"] += time.perf_counter() - t1
+            self.people += sum(len(o) for o in outputs)
             return [FrameModels(d, o) for d, o in zip(detections, outputs)]
 
         return run
