@@ -309,17 +309,18 @@ def main() -> None:
     h, w = args.size
     print_table(
         f"{args.frames}-frame {w}x{h} clip, weights {args.weights}, {args.device} {args.dtype}, "
-        f"{torch.get_num_threads()} threads; ms per frame by stage (served: models = waiting for detector + regressor)",
+        f"{torch.get_num_threads()} threads; ms per frame by stage (served: models = waiting for detector + regressor; "
+        "peak MiB: this process in process, the sum of the model replicas served)",
         ["path", "people", "frames", "crops", "decode", "detect", "hmr2", "models", "appearance", "tracking",
-         "write", "ms/frame", "frames/s", f"vs ref {REFERENCE_FPS}", "peak MiB"],
+         "write", "ms/frame", "frames/s", f"speed / ref {REFERENCE_FPS} fps", "peak MiB"],
         rows,
     )
     if models:
         print()
         print_table(
-            "models in process against the reference's figures",
-            ["people", "ViTDet ms/image", f"vs ref {REFERENCE_VITDET_MS_PER_IMAGE:.0f} ms",
-             "HMR2 ms/crop", f"vs ref {REFERENCE_HMR2_MS_PER_CROP:.0f} ms"],
+            "models in process against the reference's figures (time / ref below 1: faster than the reference)",
+            ["people", "ViTDet ms/image", f"time / ref {REFERENCE_VITDET_MS_PER_IMAGE:.0f} ms",
+             "HMR2 ms/crop", f"time / ref {REFERENCE_HMR2_MS_PER_CROP:.0f} ms"],
             models,
         )
     if starts:
