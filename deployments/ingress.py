@@ -319,10 +319,15 @@ class Ingress:
         return result.model_dump(mode="json")
 
     def _parse_boxes(self, text: str, image_hw: tuple[int, int]) -> np.ndarray:
+        # Four numbers a box, at most max_people boxes: anything much longer is not boxes, and
+        # deep nesting must not reach the JSON parser's recursion.
+        limit = 256 * self.settings.max_people
+        if len(text) > limit:
+            raise InputError("boxes_invalid", f"boxes must be JSON [[x1, y1, x2, y2], ...] of at most {limit} characters, got {len(text)}")
         try:
             value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError("boxes_invalid", f"boxes must be JSON [[x1, y1, x2, y2], ...]: {exc}") from exc
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise InputError("boxes_invalid", f"boxes must be JSON [[x1, y1, x2, y2], ...]: {type(exc).__name__}") from exc
         if isinstance(value, list) and len(value) > self.settings.max_people:
             raise InputError("too_many_boxes", f"at most {self.settings.max_people} boxes per image, got {len(value)}")
         return validate_boxes(value, image_hw, allow_empty=False)

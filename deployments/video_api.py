@@ -22,7 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.errors import InputError, PoseError
-from pipeline.jobs import Job, JobStore
+from pipeline.jobs import MAX_OFFSET, Job, JobStore
 from pipeline.schema import VideoResult
 
 if TYPE_CHECKING:
@@ -526,7 +526,7 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
 
     @app.get("/v1/jobs", response_model=JobList, tags=["videos"], dependencies=protected)
     async def list_jobs(
-        offset: int = Query(0, ge=0),
+        offset: int = Query(0, ge=0, le=MAX_OFFSET),
         limit: int = Query(50, ge=1, le=1000),
         state: Optional[Literal["queued", "running", "succeeded", "failed", "cancelled"]] = Query(None),
     ) -> JobList:

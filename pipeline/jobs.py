@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+MAX_OFFSET = 10**9  # paging offsets past this are refused (SQL integers are 64-bit, clients' are not)
 
 _ID = re.compile(r"[0-9a-f]{32}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -306,8 +307,8 @@ class JobStore:
 
     def list(self, offset: int = 0, limit: int = 50, state: str | None = None) -> tuple[list[Job], int]:
         """A page of jobs, newest first, and the total count (of that state, if given)."""
-        if not (isinstance(offset, int) and offset >= 0):
-            raise InputError("invalid_paging", f"expected offset >= 0, got {offset!r}")
+        if not (isinstance(offset, int) and 0 <= offset <= MAX_OFFSET):
+            raise InputError("invalid_paging", f"expected 0 <= offset <= {MAX_OFFSET}, got {offset!r}")
         if not (isinstance(limit, int) and 1 <= limit <= 1000):
             raise InputError("invalid_paging", f"expected 1 <= limit <= 1000, got {limit!r}")
         if state is not None and state not in JOB_STATES:

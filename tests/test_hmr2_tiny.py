@@ -75,6 +75,9 @@ def test_no_boxes_gives_no_people(predictor, person_image):
         ([[0, 0, float("nan"), 10]], "boxes_invalid"),
         ([[1, 2, 3]], "boxes_invalid"),
         ("not boxes", "boxes_invalid"),
+        ([[0, 0, 10**400, 10]], "boxes_invalid"),
+        ([[0, 0, 1e30, 1e30]], "box_too_large"),
+        ([[-5000, 10, 50, 100]], "box_too_large"),
     ],
 )
 def test_bad_boxes_are_clear_errors(predictor, person_image, boxes, code):

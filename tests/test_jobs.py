@@ -292,7 +292,7 @@ def test_list_pages_newest_first_and_filters_by_state(open_store, tmp_path):
         running, total = store.list(state="running")
         assert total == 1 and running[0].id == ids[0]
         assert store.list(offset=100)[0] == []
-        for bad in [{"limit": 0}, {"offset": -1}, {"state": "done"}]:
+        for bad in [{"limit": 0}, {"offset": -1}, {"offset": 10**20}, {"state": "done"}]:
             with pytest.raises(InputError):
                 store.list(**bad)
 

@@ -186,6 +186,14 @@ def test_bad_images_and_boxes(client: httpx.Client, scene_png: Path) -> None:
     assert_error(client.post("/v1/images", content=_png_50mp(), headers=raw), 413, "image_too_large")
     assert_error(client.post("/v1/images", content=png, headers=raw, params={"boxes": "[[1, 2"}), 400, "boxes_invalid")
     assert_error(client.post("/v1/images", content=png, headers=raw, params={"boxes": "[[5, 5, 1, 1]]"}), 400, "box_empty")
+    # boxes that would cost without bound, numbers no float holds, nesting past the parser's depth
+    assert_error(client.post("/v1/images", content=png, headers=raw, params={"boxes": "[[0, 0, 1e30, 1e30]]"}), 400, "box_too_large")
+    huge = "[[0, 0, 1" + "0" * 400 + ", 50]]"
+    assert_error(client.post("/v1/images", content=png, headers=raw, params={"boxes": huge}), 400, "boxes_invalid")
+    deep = "[" * 5000 + "]" * 5000
+    assert_error(client.post("/v1/images", content=png, headers=raw, params={"boxes": deep}), 400, "boxes_invalid")
+    long = "[" + ", ".join(["[80, 40, 170, 290]"] * 2000) + "]"
+    assert_error(client.post("/v1/images", files={"image": ("a.png", png, "image/png")}, data={"boxes": long}), 400, "boxes_invalid")
     assert_error(client.post("/v1/images", content=png, headers=raw, params={"vertices": "maybe"}), 422, "request_invalid")
     assert_error(client.get("/v1/nothing"), 404, "not_found")
     # raised inside the Detector replica: crosses Ray with its code and status

@@ -255,6 +255,7 @@ def test_list_paging_and_filter(client, crossing_job):
     assert crossing_job["id"] in [j["id"] for j in done["jobs"]]
     assert all(j["state"] == "succeeded" for j in done["jobs"])
     assert_error(client.get("/v1/jobs", params={"state": "nope"}), 422, "request_invalid")
+    assert_error(client.get("/v1/jobs", params={"limit": 916, "offset": 575207384587722167418880}), 422, "request_invalid")
     assert_error(client.get("/v1/jobs", params={"limit": 0}), 422, "request_invalid")
     assert_error(client.get("/v1/jobs/not-a-job"), 404, "job_not_found")
 

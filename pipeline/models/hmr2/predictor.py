@@ -221,11 +221,13 @@ def build_hmr2(checkpoint: str | Path, model_config: str | Path, smpl: str | Pat
 def validate_boxes(boxes: np.ndarray | Sequence[Sequence[float]], image_hw: tuple[int, int], *, allow_empty: bool = True) -> np.ndarray:
     """(N, 4) finite xyxy boxes of positive size that overlap the image; `InputError` otherwise.
 
-    Boxes partly outside the image are valid (the crop is padded with black, as the original).
+    Boxes partly outside the image are valid (the crop is padded with black, as the original),
+    as long as they stay within one image size of it: a crop costs time and memory in proportion
+    to its box, so a box of 1e30 pixels is refused rather than attempted.
     """
     try:
         arr = np.asarray(boxes, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InputError("boxes_invalid", f"expected boxes as an (N, 4) array of numbers, got {type(boxes).__name__}") from exc
     if arr.size == 0:
         if not allow_empty:
@@ -241,6 +243,12 @@ def validate_boxes(boxes: np.ndarray | Sequence[Sequence[float]], image_hw: tupl
             raise InputError("box_empty", f"box {i} [{x1:g}, {y1:g}, {x2:g}, {y2:g}] has zero or negative size (expected x2 > x1 and y2 > y1)")
         if x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
             raise InputError("box_outside_image", f"box {i} [{x1:g}, {y1:g}, {x2:g}, {y2:g}] lies outside the {w}x{h} image")
+        if x1 < -w or y1 < -h or x2 > 2 * w or y2 > 2 * h:
+            raise InputError(
+                "box_too_large",
+                f"box {i} [{x1:g}, {y1:g}, {x2:g}, {y2:g}] reaches more than one image size beyond the {w}x{h} image "
+                f"(expected {-w} <= x1, x2 <= {2 * w}, {-h} <= y1, y2 <= {2 * h})",
+            )
     return arr.astype(np.float32)
 
 
