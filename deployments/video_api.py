@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -22,8 +24,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.errors import InputError, PoseError
-from pipeline.jobs import MAX_OFFSET, Job, JobStore
+from pipeline.jobs import MAX_OFFSET, Job, JobStore, check_replay
 from pipeline.schema import VideoResult
+from pipeline.weights import sha256_of
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
@@ -169,27 +172,31 @@ class VideoJobs:
         options: dict[str, Any],
         idempotency_key: str | None,
         callback_url: str | None,
+        fingerprint: str | None = None,
     ) -> Job:
-        """Probe the video (a bad one is refused here, as a 4xx), then queue a job for it."""
-        if callback_url is not None and not self.api.allow_callbacks:
-            raise InputError("callbacks_disabled", "this service does not call callback URLs (allow_callbacks: false)")
+        """Probe the video (a bad one is refused here, as a 4xx), then queue a job for it.
+
+        An upload (``move``) that is refused for any reason is deleted at once: nothing a
+        refused request sent stays on disk."""
         try:
+            if callback_url is not None and not self.api.allow_callbacks:
+                raise InputError("callbacks_disabled", "this service does not call callback URLs (allow_callbacks: false)")
             info = await self.call(_probe, path, self.limits)
+            job = await self.call(
+                self.store.create,
+                "video",
+                input_file=path,
+                move_input=move,
+                options={**options, "frames_expected": info.frame_count},
+                idempotency_key=idempotency_key,
+                callback_url=callback_url,
+                fingerprint=fingerprint,
+            )
         except BaseException:
-            if move:
+            if move:  # once accepted the upload has moved into the job's folder
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             raise
-        options = {**options, "frames_expected": info.frame_count}
-        job = await self.call(
-            self.store.create,
-            "video",
-            input_file=path,
-            move_input=move,
-            options=options,
-            idempotency_key=idempotency_key,
-            callback_url=callback_url,
-        )
         self._nudge()
         return job
 
@@ -413,6 +420,13 @@ async def stream_upload(request: Request, dest: Path, limit: int) -> dict[str, s
     return sink.fields
 
 
+def request_fingerprint(**fields: Any) -> str:
+    """sha256 of what a request asked for (the video's own digest or path, and its options):
+    what an idempotent replay must repeat."""
+    doc = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
 def _too_large(size: int, limit: int) -> PoseError:
     return PoseError(
         "request_too_large",
@@ -503,14 +517,22 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
     ) -> JSONResponse:
         """Upload a video (multipart field ``video``, or the raw bytes) -> 202 with the job; poll ``links.self``."""
         v = jobs()
-        if idempotency_key is not None:
-            existing = await v.call(v.store.find_by_idempotency_key, idempotency_key)
-            if existing is not None:  # the body is not even read: the job has its video already
-                return accepted(existing, True)
-        await v.check_capacity()
+        if idempotency_key is None:
+            await v.check_capacity()
+        # With a key the body is read even when the key is known: a replay must be the same request.
         dest = v.store.new_upload_path(".upload")
         try:
             fields = await stream_upload(request, dest, v.limits.max_bytes + _MULTIPART_SLACK)
+            vertices = vertices or _flag(fields.get("vertices"), "vertices")
+            callback_url = callback_url or fields.get("callback_url") or None
+            fingerprint = None
+            if idempotency_key is not None:
+                digest = await v.call(sha256_of, dest)
+                fingerprint = request_fingerprint(video=digest, vertices=vertices, callback_url=callback_url)
+                existing = await v.call(v.store.find_by_idempotency_key, idempotency_key)
+                if existing is not None:
+                    dest.unlink()
+                    return accepted(check_replay(existing, fingerprint), True)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 dest.unlink()
@@ -518,9 +540,10 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         job = await v.accept(
             dest,
             move=True,
-            options={"vertices": vertices or _flag(fields.get("vertices"), "vertices"), "source": "upload"},
+            options={"vertices": vertices, "source": "upload"},
             idempotency_key=idempotency_key,
-            callback_url=callback_url or fields.get("callback_url") or None,
+            callback_url=callback_url,
+            fingerprint=fingerprint,
         )
         return accepted(job, False)
 
@@ -603,9 +626,12 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         if v.media_root is None:
             raise PoseError("media_dir_not_configured", "POST /pose/video needs the media_dir setting", status=404)
         path = await v.call(resolve_media_path, body.video_path, v.media_root)
-        job = None
+        job = fingerprint = None
         if idempotency_key is not None:
+            fingerprint = request_fingerprint(video_path=str(path), vertices=body.vertices, callback_url=body.callback_url)
             job = await v.call(v.store.find_by_idempotency_key, idempotency_key)
+            if job is not None:
+                check_replay(job, fingerprint)
         if job is None:
             await v.check_capacity()
             job = await v.accept(
@@ -614,6 +640,7 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
                 options={"vertices": body.vertices, "source": "media_dir"},
                 idempotency_key=idempotency_key,
                 callback_url=body.callback_url,
+                fingerprint=fingerprint,
             )
         job = await v.wait(job.id, v.api.sync_timeout_s)
         if job.state == "succeeded":

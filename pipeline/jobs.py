@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+FINGERPRINT_OPTION = "request_sha256"  # job option: digest of the request that created the job
 MAX_OFFSET = 10**9  # paging offsets past this are refused (SQL integers are 64-bit, clients' are not)
 
 _ID = re.compile(r"[0-9a-f]{32}")
@@ -228,16 +229,22 @@ class JobStore:
         options: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         callback_url: str | None = None,
+        fingerprint: str | None = None,
     ) -> Job:
         """Accept a job, queued. Once this returns, the job and its input survive any restart.
 
         ``move_input``: the file (an upload, see `new_upload_path`) is moved into the job folder
         as ``input<suffix>``; otherwise ``input_file`` is only referenced (a media-folder file).
-        A known ``idempotency_key`` returns the existing job and drops the new upload.
+        A known ``idempotency_key`` returns the existing job and drops the new upload, when the
+        request's ``fingerprint`` (a digest of what was sent, kept with the job) is the one the
+        job was made from; another payload under the same key is refused (422
+        ``idempotency_key_reused``), as the IETF Idempotency-Key draft asks.
         Raises ``too_many_jobs`` (429, ``details["retry_after"]`` seconds) when full.
         """
         if not kind or not isinstance(kind, str):
             raise InputError("invalid_kind", f"expected a job kind such as 'video', got {kind!r}")
+        if fingerprint is not None:
+            options = {**(options or {}), FINGERPRINT_OPTION: str(fingerprint)}
         options_json = _options_json(options)
         if idempotency_key is not None and not (isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 255):
             raise InputError("invalid_idempotency_key", f"expected 1 to 255 characters, got {idempotency_key!r}")
@@ -250,7 +257,7 @@ class JobStore:
             existing = self.find_by_idempotency_key(idempotency_key)
             if existing is not None:
                 _discard(input_file, move_input)
-                return existing
+                return check_replay(existing, fingerprint)
         with self._db.read() as db:
             self._check_capacity(db)  # refuse before moving any file
 
@@ -277,7 +284,7 @@ class JobStore:
                     row = db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
                     if row is not None:  # a concurrent retry won the race
                         shutil.rmtree(job_dir, ignore_errors=True)
-                        return self._job(row)
+                        return check_replay(self._job(row), fingerprint)
                 self._check_capacity(db)
                 seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
                 db.execute(
@@ -750,6 +757,19 @@ def _conflict(job_id: str, state: str, expected: str) -> PoseError:
         status=409,
         details={"state": state},
     )
+
+
+def check_replay(job: Job, fingerprint: str | None) -> Job:
+    """``job``, found by a request's idempotency key, if the request is the one that made it."""
+    kept = job.options.get(FINGERPRINT_OPTION)
+    if fingerprint is not None and kept is not None and kept != fingerprint:
+        raise InputError(
+            "idempotency_key_reused",
+            f"the Idempotency-Key was used for another request (job {job.id}); use a new key for a new request",
+            status=422,
+            details={"job_id": job.id},
+        )
+    return job
 
 
 def _options_json(options: Mapping[str, Any] | None) -> str:

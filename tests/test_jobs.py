@@ -150,6 +150,19 @@ def test_idempotency_key_returns_the_existing_job(store):
     assert store.list()[1] == 1
 
 
+def test_idempotency_key_with_another_request_is_refused(store):
+    first = store.create(input_file=_upload(store), move_input=True, idempotency_key="k1", fingerprint="a" * 64)
+    again = store.create(input_file=_upload(store), move_input=True, idempotency_key="k1", fingerprint="a" * 64)
+    assert again.id == first.id
+    other = _upload(store, b"another video")
+    with pytest.raises(InputError) as excinfo:
+        store.create(input_file=other, move_input=True, idempotency_key="k1", fingerprint="b" * 64)
+    assert (excinfo.value.code, excinfo.value.status) == ("idempotency_key_reused", 422)
+    assert excinfo.value.details["job_id"] == first.id
+    assert not other.exists()  # the refused upload is dropped
+    assert store.list()[1] == 1
+
+
 def test_full_queue_refuses_with_429_and_retry_after(store):
     ids = [store.create(input_file=_upload(store), move_input=True).id for _ in range(4)]  # 1 active + 3 queued
     upload = _upload(store)

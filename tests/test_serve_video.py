@@ -224,6 +224,28 @@ def test_idempotency_key_returns_the_same_job(client, clips):
     assert wait_job(client, first.json()["id"])["state"] == "succeeded"
 
 
+def test_idempotency_key_with_another_video_is_refused(client, clips, app_args):
+    key = {"Idempotency-Key": "reused-key-7"}
+    first = upload(client, clips["one"], headers=key)
+    assert first.status_code == 202
+    other = upload(client, clips["second"], headers=key)
+    assert_error(other, 422, "idempotency_key_reused")
+    assert other.json()["error"]["details"]["job_id"] == first.json()["id"]
+    # the same video with other options is another request too
+    assert_error(upload(client, clips["one"], headers=key, vertices="true"), 422, "idempotency_key_reused")
+    assert upload(client, clips["one"], headers=key).headers.get("idempotent-replayed") == "true"
+    assert wait_job(client, first.json()["id"])["state"] == "succeeded"
+    assert list((Path(app_args["data_dir"]) / "uploads").iterdir()) == []  # refused bodies are gone
+
+
+def test_refused_uploads_leave_nothing_on_disk(client, clips, app_args):
+    uploads = Path(app_args["data_dir"]) / "uploads"
+    assert_error(upload(client, clips["one"], callback_url="ftp://example.org/hook"), 400, "invalid_callback_url")
+    assert_error(upload(client, clips["one"], headers={"Idempotency-Key": "k" * 300}), 400, "invalid_idempotency_key")
+    assert_error(upload(client, clips["truncated"]), 400, "video_corrupt")
+    assert list(uploads.iterdir()) == []
+
+
 def test_full_queue_is_429_with_retry_after_then_cancel_and_delete(client, clips):
     ids = []
     for _ in range(MAX_ACTIVE + MAX_QUEUED):
