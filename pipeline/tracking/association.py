@@ -8,8 +8,10 @@ as the reference does, so costs agree to float32 rounding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Protocol
+
+import logging
 
 import numpy as np
 import torch
@@ -18,7 +20,12 @@ from scipy.optimize import linear_sum_assignment
 from ..models.phalp.config import PhalpConfig
 from ..models.phalp.encoder import PhalpAppearanceEncoder
 
+logger = logging.getLogger(__name__)
+
 ORIGIN = 44
+
+# Which (track, detection) pairs get their texture cue encoded (see `cost_matrix`).
+TexturePairs = Literal["all", "decisive"]
 
 
 def _pdist_f32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -92,33 +99,102 @@ class TextureCost(Protocol):
 
 
 @dataclass
+class TextureStats:
+    """What an `EncoderTextureCost` did, summed over its calls."""
+
+    calls: int = 0  # calls (one per frame, or per refinement round in decisive mode)
+    pairs: int = 0  # (track, detection) pairs asked for
+    identical: int = 0  # pairs whose two encoder inputs were identical (cue 0, not encoded)
+    maps_encoded: int = 0  # encoder inputs actually run (two per pair without any sharing)
+    encoder_calls: int = 0  # batches
+
+
+@dataclass
 class EncoderTextureCost:
-    """The reference's texture cue: `texture_distance` with PHALP's appearance encoder."""
+    """The reference's texture cue (`texture_distance`'s numbers) with as few encoder inputs as exact.
+
+    Per call (one frame's needed pairs): every map is converted to float32 and its seen mask taken
+    once, not once per pair; an encoder input that is the same for several pairs is encoded once
+    (a map restricted to the common texels equals the map restricted to its own seen texels when
+    the other map sees all of them, e.g. a track that has seen everything the detection sees); a
+    pair whose two inputs are identical has a cue of exactly 0 and is not encoded; all inputs of
+    the call go through the encoder in batches of ``batch_size``, channels-last. The encoder's
+    output for one input does not depend on what else is in its batch, so the cues equal
+    `texture_distance`'s pair by pair. ``stats`` counts what was done (tests, bench).
+    """
 
     encoder: PhalpAppearanceEncoder
     uv_size: int = 256
     batch_size: int = 16
+    stats: TextureStats = field(default_factory=TextureStats)
 
     def __call__(
         self, track_uv: list[np.ndarray | None], det_uv: list[np.ndarray | None], rows: np.ndarray, cols: np.ndarray
     ) -> np.ndarray:
         out = np.zeros(len(rows), dtype=np.float64)
-        # With no texel seen in both maps, both encoder inputs are all zeros: identical embeddings
-        # and a cue of exactly 0, so those pairs (and maps that are None) skip the encoder.
-        seen_t = [None if m is None else np.asarray(m[3]) > 0.5 for m in track_uv]
-        seen_d = [None if m is None else np.asarray(m[3]) > 0.5 for m in det_uv]
-        todo = [
-            k for k, (i, j) in enumerate(zip(rows, cols))
-            if seen_t[i] is not None and seen_d[j] is not None and bool(np.any(seen_t[i] & seen_d[j]))
-        ]
-        # Stack a few batches at a time: K maps of 4x256x256 add up quickly.
-        step = max(1, self.batch_size) * 4
-        for s in range(0, len(todo), step):
-            ks = todo[s : s + step]
-            t_maps = np.stack([np.asarray(track_uv[rows[k]], np.float32) for k in ks])
-            d_maps = np.stack([np.asarray(det_uv[cols[k]], np.float32) for k in ks])
-            out[ks] = texture_distance(self.encoder, t_maps, d_maps, batch_size=self.batch_size)
+        self.stats.calls += 1
+        self.stats.pairs += len(rows)
+        maps: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, int]] = {}
+
+        def prepared(side: str, index: int, source: list[np.ndarray | None]):
+            key = (side, index)
+            if key not in maps:
+                m = source[index]
+                if m is None:
+                    maps[key] = None  # type: ignore[assignment]
+                else:
+                    arr = np.ascontiguousarray(m, dtype=np.float32)
+                    seen = arr[3] > 0.5
+                    maps[key] = (arr, seen, int(np.count_nonzero(seen)))
+            return maps[key]
+
+        # Encoder inputs: key -> (map, mask); pairs -> (k, track input key, detection input key).
+        inputs: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        pairs: list[tuple[int, tuple, tuple]] = []
+        for k, (i, j) in enumerate(zip(np.asarray(rows).tolist(), np.asarray(cols).tolist())):
+            t, d = prepared("t", i, track_uv), prepared("d", j, det_uv)
+            if t is None or d is None:
+                continue  # no texel seen in both: both inputs all zeros, a cue of exactly 0
+            both = t[1] & d[1]
+            n_both = int(np.count_nonzero(both))
+            if n_both == 0:
+                continue
+            # ``both`` is a subset of each map's own mask; equal counts mean equal masks.
+            t_key = ("t", i) if n_both == t[2] else ("t", i, "d", j)
+            d_key = ("d", j) if n_both == d[2] else ("d", j, "t", i)
+            t_mask = t[1] if n_both == t[2] else both
+            d_mask = d[1] if n_both == d[2] else both
+            if np.array_equal(t[0][:, both], d[0][:, both]):
+                self.stats.identical += 1
+                continue  # identical encoder inputs: identical embeddings, a cue of exactly 0
+            inputs.setdefault(t_key, (t[0], t_mask))
+            inputs.setdefault(d_key, (d[0], d_mask))
+            pairs.append((k, t_key, d_key))
+        if not pairs:
+            return out
+        keys = list(inputs)
+        emb = self._embed([inputs[key] for key in keys])
+        row_of = {key: n for n, key in enumerate(keys)}
+        e_t = emb[[row_of[p[1]] for p in pairs]]
+        e_d = emb[[row_of[p[2]] for p in pairs]]
+        out[[p[0] for p in pairs]] = np.sum((e_t - e_d) ** 2, axis=1) * 100
         return out
+
+    @torch.inference_mode()
+    def _embed(self, items: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Embeddings / 1000 (float32, (N, D)) of maps zeroed outside their masks, in batches."""
+        param = next(self.encoder.parameters())
+        step = max(1, self.batch_size)
+        out = []
+        zero = np.float32(0.0)
+        for s in range(0, len(items), step):
+            chunk = items[s : s + step]
+            batch = np.stack([np.where(mask, arr, zero) for arr, mask in chunk])
+            x = torch.from_numpy(batch).to(param.device, param.dtype).contiguous(memory_format=torch.channels_last)
+            out.append((self.encoder(x).flatten(1).float() / 10**3).cpu().numpy())
+            self.stats.encoder_calls += 1
+            self.stats.maps_encoded += len(chunk)
+        return np.concatenate(out)
 
 
 def cost_matrix(
@@ -130,6 +206,7 @@ def cost_matrix(
     det_uv: list[np.ndarray | None],
     config: PhalpConfig,
     texture_cost: TextureCost | None,
+    texture_pairs: TexturePairs = "all",
 ) -> CostTerms:
     """EQ_019 cost between T track samples and D detections.
 
@@ -137,6 +214,11 @@ def cost_matrix(
     the matching threshold is rejected whatever its texture: its texture is not encoded (the
     decisions are the same; the reported cost is then a lower bound above the threshold). A UV
     map of None counts as fully unseen (texture cost of zero-masked maps).
+
+    ``texture_pairs="all"`` (default) encodes every other pair, so every cost under the threshold
+    is exact. ``"decisive"`` encodes only the pairs the assignment needs (`_fill_decisive`): the
+    decisions of `assign` are provably the same, but the reported cost of a pair whose texture was
+    not encoded (``texture_computed`` False) is a lower bound, possibly under the threshold.
     """
     b0, b1, b2, b3 = config.cost_betas
     n_t, n_d = len(track_pose), len(det_pose)
@@ -168,16 +250,94 @@ def cost_matrix(
     r = np.zeros((n_t, n_d), dtype=np.float64)
     need = ~(rest > config.hungarian_th)  # NaN stays "needed": its cost becomes 0 below anyway
     need &= np.isfinite(rest)
-    rows, cols = np.nonzero(need)
-    if len(rows) and texture_cost is not None:
-        r[rows, cols] = np.asarray(texture_cost(track_uv, det_uv, rows, cols), dtype=np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        cost = (1 + r * b0) * rest
-    cost = np.maximum(np.nan_to_num(cost), 0.0)
+    computed = np.zeros((n_t, n_d), dtype=bool)
+
+    def fill(rows: np.ndarray, cols: np.ndarray) -> None:
+        if len(rows) and texture_cost is not None:
+            r[rows, cols] = np.asarray(texture_cost(track_uv, det_uv, rows, cols), dtype=np.float64)
+        computed[rows, cols] = True
+
+    def combine() -> np.ndarray:
+        with np.errstate(invalid="ignore", over="ignore"):
+            c = (1 + r * b0) * rest
+        return np.maximum(np.nan_to_num(c), 0.0)
+
+    if texture_pairs == "all" or texture_cost is None:
+        fill(*np.nonzero(need))
+    elif texture_pairs == "decisive":
+        _fill_decisive(need, computed, fill, combine, config.hungarian_th)
+    else:
+        raise ValueError(f"expected texture_pairs 'all' or 'decisive', got {texture_pairs!r}")
+    cost = combine()
     return CostTerms(
-        cost=cost, r_texture=r, texture_computed=need, pose_distance=pose, loc_distance=loc, c_xy=c_xy,
+        cost=cost, r_texture=r, texture_computed=computed & need, pose_distance=pose, loc_distance=loc, c_xy=c_xy,
         n_log=n_log, c_nlog=c_nlog,
     )
+
+
+def _fill_decisive(
+    need: np.ndarray,
+    computed: np.ndarray,
+    fill: Callable[[np.ndarray, np.ndarray], None],
+    combine: Callable[[], np.ndarray],
+    threshold: float,
+) -> None:
+    """Encode textures until the assignment of the full cost matrix is known, without the rest.
+
+    A pair not yet encoded is given its lower bound (texture cue 0; every factor of the cost and
+    the clipping are monotone, so the true clipped cost is at least that). Round after round, the
+    solver's assignment on that matrix has its not-yet-encoded pairs encoded, until it uses only
+    exact entries. That assignment is then optimal for the true matrix too (its cost is exact, any
+    other costs at least its lower bound). If it is also the unique optimum by a margin (each of
+    its pairs forbidden in turn costs more), SciPy on the full matrix cannot return anything else,
+    and `assign` on this matrix returns it (same solver, same matrix as the last round). Any tie
+    or near-tie (e.g. two lost tracks and two new detections at the clipped cost, where the
+    solver's tie-breaking orders the new tracks) falls back to encoding every needed pair, which
+    is exactly the ``"all"`` computation.
+    """
+    while True:
+        clipped = clip_costs(combine(), threshold)
+        rows, cols = linear_sum_assignment(clipped)
+        todo = need[rows, cols] & ~computed[rows, cols]
+        if np.any(todo):
+            fill(rows[todo], cols[todo])
+            continue
+        if _unique_optimum(clipped, rows, cols, threshold):
+            return
+        break
+    rest_rows, rest_cols = np.nonzero(need & ~computed)
+    logger.debug("decisive texture pairs: tie, %d more pairs encoded", len(rest_rows))
+    fill(rest_rows, rest_cols)
+
+
+def _unique_optimum(clipped: np.ndarray, rows: np.ndarray, cols: np.ndarray, threshold: float) -> bool:
+    """Whether (rows, cols) beats every other assignment of ``clipped`` by a safe margin.
+
+    Any other assignment of the same size leaves out one of its pairs, so the best one leaving out
+    each pair in turn is the runner-up. The margin (1e-6 of the clipped cost per pair) covers
+    float rounding in the solver and in the cues, far below any cue difference that matters.
+    """
+    best = float(clipped[rows, cols].sum())
+    margin = 1e-6 * (threshold + 1.0) * max(1, len(rows))
+    big = 1e3 * (threshold + 1.0) * max(clipped.shape)
+    for r_, c_ in zip(rows.tolist(), cols.tolist()):
+        saved = clipped[r_, c_]
+        clipped[r_, c_] = big
+        try:
+            alt_r, alt_c = linear_sum_assignment(clipped)
+            alt = float(clipped[alt_r, alt_c].sum())
+        finally:
+            clipped[r_, c_] = saved
+        if not alt - best > margin:
+            return False
+    return True
+
+
+def clip_costs(cost: np.ndarray, threshold: float) -> np.ndarray:
+    """deep_sort's gating: costs above ``threshold`` become ``threshold + 1e-5`` (a copy)."""
+    clipped = cost.copy()
+    clipped[clipped > threshold] = threshold + 1e-5
+    return clipped
 
 
 @dataclass
@@ -199,8 +359,7 @@ def assign(cost: np.ndarray, threshold: float) -> Assignment:
     n_t, n_d = cost.shape
     if n_t == 0 or n_d == 0:
         return Assignment([], list(range(n_t)), list(range(n_d)), cost.copy())
-    clipped = cost.copy()
-    clipped[clipped > threshold] = threshold + 1e-5
+    clipped = clip_costs(cost, threshold)
     rows, cols = linear_sum_assignment(clipped)
     assigned_cols = set(int(c) for c in cols)
     unmatched_cols = [j for j in range(n_d) if j not in assigned_cols]

@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..models.phalp.config import PhalpConfig
 from ..models.phalp.encoder import PhalpAppearanceEncoder
 from ..models.phalp.predictor import PhalpPosePredictor
-from .association import CostTerms, EncoderTextureCost, TextureCost, assign, cost_matrix
+from .association import CostTerms, EncoderTextureCost, TextureCost, TexturePairs, assign, cost_matrix
 from .location import predict_location
 from .observation import DetectionRecord, PersonObservation, build_detection, check_image_size, check_person
 from .track import Track, TrackState, blend_texture
@@ -110,11 +110,21 @@ class FrameInput:
 
 
 class Tracker:
-    """PHALP 3D tracking of people from their per-frame detector + HMR2 + appearance outputs."""
+    """PHALP 3D tracking of people from their per-frame detector + HMR2 + appearance outputs.
 
-    def __init__(self, models: TrackerModels, config: PhalpConfig | None = None) -> None:
+    ``texture_pairs="decisive"`` encodes only the texture pairs the assignment needs: the same
+    decisions as the default ``"all"`` (see `cost_matrix`), several times fewer encoder runs in
+    crowds, but ``FrameTracks.cost`` then holds lower bounds for the pairs it left out.
+    """
+
+    def __init__(
+        self, models: TrackerModels, config: PhalpConfig | None = None, *, texture_pairs: TexturePairs = "all"
+    ) -> None:
+        if texture_pairs not in ("all", "decisive"):
+            raise ValueError(f"expected texture_pairs 'all' or 'decisive', got {texture_pairs!r}")
         self.models = models
         self.config = config or PhalpConfig()
+        self.texture_pairs = texture_pairs
         self._texture = models.texture(self.config)
         self.reset()
 
@@ -171,6 +181,7 @@ class Tracker:
                 [d.uv for d in detections],
                 cfg,
                 self._texture,
+                self.texture_pairs,
             )
             result = assign(terms.cost, cfg.hungarian_th)
             matches, unmatched_rows, unmatched_cols = result.matches, result.unmatched_rows, result.unmatched_cols
