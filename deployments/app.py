@@ -83,7 +83,16 @@ class JobArgs(BaseModel):
     max_attempts: int = Field(default=3, ge=1, description="starts of one job (restarts included) before it fails")
     chunk_size: int | None = Field(default=None, ge=1, le=256, description="frames per chunk; None: the profile's")
     sync_timeout_s: float = Field(default=300.0, gt=0, description="POST /pose/video waits this long, then 202")
-    allow_callbacks: bool = Field(default=True, description="accept callback_url on uploads")
+    allow_callbacks: bool = Field(default=True, description="accept callback_url on uploads (public https addresses only, see below)")
+    callback_allow_http: bool = Field(default=False, description="also accept plain http callback URLs")
+    callback_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names, addresses or CIDR ranges callbacks may reach although internal (loopback, private, link-local)",
+    )
+    callback_secret_env: str = Field(
+        default="POSE_CALLBACK_SECRET", description="variable holding the HMAC key that signs callbacks (X-Pose-Signature)"
+    )
+    callback_tries: int = Field(default=3, ge=1, le=10, description="tries per callback, with back-off")
     workers: int | None = Field(
         default=None, ge=1, description="video worker replicas; None: the deployment's own (serve_config.yaml autoscales them)"
     )
@@ -286,6 +295,10 @@ def build_app(args: AppArgs) -> Application:
         max_stage_wait_s=args.jobs.max_stage_wait_s,
         job_store=args.jobs.job_store,
         job_store_env=args.jobs.job_store_env,
+        callback_allow_http=args.jobs.callback_allow_http,
+        callback_allow_hosts=tuple(args.jobs.callback_allow_hosts),
+        callback_secret_env=args.jobs.callback_secret_env,
+        callback_tries=args.jobs.callback_tries,
     )
     _check_store_placement(jobs)
     # Video jobs need tracking: without it the video routes answer 503 videos_unavailable.

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from pipeline.callbacks import CallbackPolicy
 from pipeline.errors import PoseError
 from pipeline.job_db import redact
 from pipeline.jobs import Job, JobStore
@@ -89,8 +89,23 @@ class JobSettings(BaseModel):
     video_limits: VideoLimitArgs = Field(default_factory=VideoLimitArgs)
     poll_interval_s: float = Field(default=1.0, gt=0)  # queue check when no one wakes the worker
     callback_timeout_s: float = Field(default=5.0, gt=0)
+    callback_tries: int = Field(default=3, ge=1, le=10)  # tries per callback, with back-off (4xx answers end them)
+    callback_allow_http: bool = False  # plain http callback URLs (https only by default)
+    callback_allow_hosts: tuple[str, ...] = ()  # hosts / addresses / CIDR ranges callbacks may reach although internal
+    callback_secret_env: str = "POSE_CALLBACK_SECRET"  # HMAC key of the X-Pose-Signature header, read on each node
     lease_s: float = Field(default=30.0, gt=0)  # a running job whose attempt stops renewing this long is taken over
     max_stage_wait_s: float = Field(default=120.0, gt=0)  # stage failures in a row retried this long, then the job fails
+
+    def callback_policy(self) -> CallbackPolicy:
+        """Which callback URLs are allowed and how they are called (see `pipeline.callbacks`)."""
+        secret = os.environ.get(self.callback_secret_env)
+        return CallbackPolicy(
+            allow_http=self.callback_allow_http,
+            allow_hosts=tuple(self.callback_allow_hosts),
+            secret=secret.encode() if secret else None,
+            timeout_s=self.callback_timeout_s,
+            tries=self.callback_tries,
+        )
 
     def store_url(self) -> str | None:
         return self.job_store or os.environ.get(self.job_store_env) or None
@@ -415,22 +430,25 @@ class VideoPipeline:
             asyncio.get_running_loop().create_task(asyncio.to_thread(self._callback, job_id))
 
     def _callback(self, job_id: str) -> None:
-        """POST the job's status to its callback URL once; a failure is logged, the job stands."""
+        """POST the job's status to its callback URL (signed, checked, a few tries); a failure
+        is logged, the job stands."""
+        from pipeline.callbacks import post
+
         try:
             job = self.store.get(job_id)
         except PoseError:
             return
         if not job.callback_url:
             return
-        body = json.dumps({"event": "job." + job.state, "job": job.to_dict()}).encode()
-        request = urllib.request.Request(
-            job.callback_url, data=body, method="POST", headers={"content-type": "application/json"}
-        )
+        status = job.to_dict()
+        for private in ("callback_url", "idempotency_key"):  # the receiver knows them; a log of it need not
+            status.pop(private, None)
+        body = json.dumps({"event": "job." + job.state, "job": status}).encode()
         try:
-            with urllib.request.urlopen(request, timeout=self.settings.callback_timeout_s) as response:
-                logger.info("job %s: callback answered %s", job_id, response.status)
-        except Exception as exc:  # any network or HTTP failure: logged, the job's state stands
-            logger.warning("job %s: callback to its URL failed: %s", job_id, exc)
+            answer = post(job.callback_url, body, self.settings.callback_policy())
+            logger.info("job %s: callback answered %s", job_id, answer)
+        except Exception as exc:  # refused now, network or HTTP failure: logged, the job's state stands
+            logger.warning("job %s: callback failed: %s", job_id, exc)
 
 
 class _Cancelled(Exception):

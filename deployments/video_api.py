@@ -23,6 +23,7 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.callbacks import check_url
 from pipeline.errors import InputError, PoseError
 from pipeline.jobs import MAX_OFFSET, Job, JobStore, check_replay
 from pipeline.schema import VideoResult
@@ -179,8 +180,10 @@ class VideoJobs:
         An upload (``move``) that is refused for any reason is deleted at once: nothing a
         refused request sent stays on disk."""
         try:
-            if callback_url is not None and not self.api.allow_callbacks:
-                raise InputError("callbacks_disabled", "this service does not call callback URLs (allow_callbacks: false)")
+            if callback_url is not None:
+                if not self.api.allow_callbacks:
+                    raise InputError("callbacks_disabled", "this service does not call callback URLs (allow_callbacks: false)")
+                await self.call(check_url, callback_url, self.jobs.callback_policy())
             info = await self.call(_probe, path, self.limits)
             job = await self.call(
                 self.store.create,

@@ -23,6 +23,7 @@ pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 jsonschema = pytest.importorskip("jsonschema")
 
+from pipeline.callbacks import SIGNATURE_HEADER, verify  # noqa: E402
 from serve_helpers import free_port, serve_tiny, wait_job  # noqa: E402
 from videos import audio_only, crossing_video, figure_frame, write_video  # noqa: E402
 
@@ -37,6 +38,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("tiny")
     tiny_roots(base)
     return base
+
+
+CALLBACK_SECRET = "test-callback-secret"
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +83,17 @@ def app_args(clips: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
         "data_dir": str(tmp_path_factory.mktemp("data")),
         "media_dir": str(clips["media"]),
         # a short lease: a killed worker's job is taken over within seconds
-        "jobs": {"max_active": MAX_ACTIVE, "max_queued": MAX_QUEUED, "sync_timeout_s": 120.0, "lease_s": 4.0},
+        "jobs": {"max_active": MAX_ACTIVE, "max_queued": MAX_QUEUED, "sync_timeout_s": 120.0, "lease_s": 4.0,
+                 # the test's callback receiver listens on loopback: allowed by name, plain http
+                 "callback_allow_http": True, "callback_allow_hosts": ["127.0.0.1"],
+                 "callback_secret_env": "TEST_CALLBACK_SECRET"},
         "regressor_batch": {"max_batch_size": 16, "batch_wait_timeout_s": 0.02},
     }
 
 
 @pytest.fixture(scope="module")
 def service(tiny_dir: Path, app_args: dict[str, Any]) -> Iterator[str]:
-    with serve_tiny(tiny_dir, **app_args) as url:
+    with serve_tiny(tiny_dir, env={"TEST_CALLBACK_SECRET": CALLBACK_SECRET}, **app_args) as url:
         yield url
 
 
@@ -365,7 +372,9 @@ def test_callback_is_called_when_the_job_ends(client, clips):
 
     class Hook(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            body = self.rfile.read(int(self.headers["content-length"]))
+            assert verify(CALLBACK_SECRET.encode(), body, self.headers[SIGNATURE_HEADER])
+            received.append(json.loads(body))
             self.send_response(204)
             self.end_headers()
 
@@ -383,6 +392,21 @@ def test_callback_is_called_when_the_job_ends(client, clips):
         server.shutdown()
         server.server_close()
     assert received and received[0]["event"] == "job.succeeded" and received[0]["job"]["id"] == job["id"]
+    assert "callback_url" not in received[0]["job"] and "idempotency_key" not in received[0]["job"]
+
+
+@pytest.mark.parametrize(
+    "url, code",
+    [
+        ("http://169.254.169.254/latest/meta-data/", "callback_url_forbidden"),  # cloud metadata
+        ("http://10.0.0.7/hook", "callback_url_forbidden"),
+        ("http://127.0.0.53:8265/api/jobs/", "callback_url_forbidden"),  # the Ray dashboard port, loopback not allowed
+        ("http://[::ffff:127.0.0.2]/hook", "callback_url_forbidden"),
+        ("file:///etc/passwd", "invalid_callback_url"),
+    ],
+)
+def test_callbacks_cannot_reach_inside(client, clips, url, code):
+    assert_error(upload(client, clips["one"], callback_url=url), 400, code)
 
 
 @pytest.fixture(scope="module")
