@@ -55,6 +55,8 @@ def test_every_pod_has_the_job_store_secret_and_the_shared_volume(rayservice):
         (container,) = pod["containers"]
         env = {e["name"]: e for e in container["env"]}
         assert env["POSE_JOB_STORE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "url"
+        # the proxy listens on the pod network: every pod that may run the Ingress has the key
+        assert env[args.get("auth_token_env", "POSE_SERVICE_TOKEN")]["valueFrom"]["secretKeyRef"]["key"] == "token"
         (mount,) = [m for m in container["volumeMounts"] if volumes[m["name"]].get("persistentVolumeClaim")]
         assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
         for key in ("data_dir", "weights_dir"):
