@@ -1,10 +1,10 @@
 """Memory of the served video path against video length (tiny profile, local Ray).
 
 A long synthetic clip (3 drawn people a frame) goes through the real application: upload, job,
-poll, streamed result download. Every ``--every`` frames the resident memory (VmRSS) of the
-video worker replica and of the Ingress replica is sampled; the table shows the samples and the
-slope of a least-squares line through them (MiB per 1,000 frames), with and without
-``vertices=true``. Then ``--short-jobs`` short jobs run one after another and the worker's memory
+poll, streamed result download. The resident memory (VmRSS) of the video worker replica and of
+the Ingress replica is read at every poll (twice a second); the table shows, per ``--every``
+frames, the mean and the max of the readings, and the slope of a least-squares line through all
+of them (MiB per 1,000 frames), with and without ``vertices=true``. Then ``--short-jobs`` short jobs run one after another and the worker's memory
 before and after is printed (per-job state must be released when a job ends).
 
     python bench/video_memory.py                        # 3,000 frames, 360x640
@@ -84,8 +84,9 @@ def slope_per_1000(frames: list[int], values: list[float]) -> float:
 
 
 def run_long(client, clip: bytes, every: int, vertices: bool) -> tuple[list[tuple[int, float, float]], float, float]:
-    """Upload, sample memory as frames are done, download the result streamed; the samples, the
-    Ingress's peak while streaming, and the seconds it all took."""
+    """Upload, sample memory at every poll (twice a second) while the job runs, download the
+    result streamed; the samples (frames done, worker MiB, Ingress MiB), the Ingress's peak
+    while streaming, and the seconds it all took."""
     start = time.perf_counter()
     resp = client.post("/v1/videos", files={"video": ("long.mp4", clip, "video/mp4")},
                        data={"vertices": "true" if vertices else "false"})
@@ -97,8 +98,9 @@ def run_long(client, clip: bytes, every: int, vertices: bool) -> tuple[list[tupl
     while True:
         job = client.get(f"/v1/jobs/{job_id}").json()
         done = job["progress"]["frames_done"]
-        if done >= next_mark:
+        if done > 0 and job["state"] == "running":
             samples.append((done, rss_mib(worker), rss_mib(ingress)))
+        if done >= next_mark:
             logger.warning("%d frames: worker %.0f MiB, ingress %.0f MiB", *samples[-1])
             next_mark = (done // every + 1) * every
         if job["state"] not in ("queued", "running"):
@@ -114,6 +116,21 @@ def run_long(client, clip: bytes, every: int, vertices: bool) -> tuple[list[tupl
             peak_ingress = max(peak_ingress, rss_mib(ingress))
     logger.warning("result: %.1f MB of JSON streamed; ingress peak while streaming %.0f MiB", size / 1e6, peak_ingress)
     return samples, peak_ingress, time.perf_counter() - start
+
+
+def windows(samples: list[tuple[int, float, float]], every: int) -> list[tuple[int, float, float, float, float]]:
+    """Per ``every`` frames: the last frame count, worker mean and max, Ingress mean and max.
+
+    One reading of RSS lands anywhere in a chunk's own allocations (frames, masks, UV maps,
+    freed when the chunk is done); the mean of a window's readings is the level, the max its peak.
+    """
+    out = []
+    for start in range(0, samples[-1][0] + 1, every):
+        part = [s for s in samples if start < s[0] <= start + every]
+        if part:
+            w, i = [p[1] for p in part], [p[2] for p in part]
+            out.append((part[-1][0], float(np.mean(w)), max(w), float(np.mean(i)), max(i)))
+    return out
 
 
 def main() -> None:
@@ -154,16 +171,18 @@ def main() -> None:
             for vertices in (False, True):
                 samples, streamed_peak, seconds = run_long(client, clip, args.every, vertices)
                 frames = [s[0] for s in samples]
-                for done, worker, ingress in samples:
-                    rows.append((str(vertices).lower(), done, f"{worker:.0f}", f"{ingress:.0f}", "", ""))
-                rows.append((str(vertices).lower(), "streaming result", "", f"{streamed_peak:.0f}", "", ""))
-                rows.append((str(vertices).lower(), "slope", "", "",
+                flag = str(vertices).lower()
+                for done, w_mean, w_max, i_mean, i_max in windows(samples, args.every):
+                    rows.append((flag, done, f"{w_mean:.0f} / {w_max:.0f}", f"{i_mean:.0f} / {i_max:.0f}", "", ""))
+                rows.append((flag, "streaming result", "", f"- / {streamed_peak:.0f}", "", ""))
+                rows.append((flag, f"slope ({len(samples)} readings)", "", "",
                              f"{slope_per_1000(frames, [s[1] for s in samples]):+.2f}",
                              f"{slope_per_1000(frames, [s[2] for s in samples]):+.2f}"))
                 logger.warning("vertices=%s: %d frames in %.0f s (%.1f frames/s)", vertices, frames[-1], seconds, frames[-1] / seconds)
             print_table(
                 f"resident memory while one {args.frames}-frame {args.size[1]}x{args.size[0]} video (3 people a frame) "
-                "is processed; the slope is a least-squares line through the samples while it runs",
+                "is processed, read twice a second; per window the mean / max, and the slope of a least-squares "
+                "line through every reading",
                 ["vertices", "frames done", "worker MiB", "ingress MiB", "worker MiB/1000 frames", "ingress MiB/1000 frames"],
                 rows,
             )
