@@ -219,6 +219,7 @@ class VideoPipeline:
         self._delete_when_stopped: set[str] = set()
         self._wake = asyncio.Event()
         self._last_purge = 0.0
+        self._loop_beat = time.monotonic()
         self._loop_task = asyncio.get_running_loop().create_task(self._worker())
 
     # -- called by the Ingress -------------------------------------------------------------
@@ -272,8 +273,19 @@ class VideoPipeline:
         }
 
     # -- the worker --------------------------------------------------------------------------
+    async def check_health(self) -> None:
+        """Serve's health check: the worker loop runs and has gone round recently (a loop stuck
+        in a store call fails it, and Serve replaces the replica; its jobs' leases run out)."""
+        if self._loop_task.done():
+            raise RuntimeError("the video worker loop has stopped")
+        stalled = time.monotonic() - self._loop_beat
+        limit = max(60.0, 10 * self.settings.poll_interval_s, 2 * self.settings.lease_s)
+        if stalled > limit:
+            raise RuntimeError(f"the video worker loop has not gone round for {stalled:.0f} s (limit {limit:.0f} s)")
+
     async def _worker(self) -> None:
         while True:
+            self._loop_beat = time.monotonic()
             try:
                 await self._claim_jobs()
                 if time.time() - self._last_purge > 600:
@@ -338,10 +350,24 @@ class VideoPipeline:
             self._schedule_callback(job.id)
 
     def _record_failure(self, job_id: str, token: int, err: PoseError) -> None:
-        try:
-            self.store.fail(job_id, err.code, err.message, token)
-        except PoseError as exc:  # another attempt owns it, or it ended meanwhile: theirs to record
-            logger.warning("job %s: failure not recorded: %s", job_id, exc)
+        """Record the failure, retrying a failing store (disk full, database away) for up to a
+        lease; past that the job's lease runs out and the next attempt records or redoes it."""
+        deadline, delay = time.monotonic() + self.settings.lease_s, 0.5
+        while True:
+            try:
+                self.store.fail(job_id, err.code, err.message, token)
+                return
+            except PoseError as exc:  # another attempt owns it, or it ended meanwhile: theirs to record
+                logger.warning("job %s: failure not recorded: %s", job_id, exc)
+                return
+            except Exception:
+                if time.monotonic() + delay > deadline:
+                    logger.exception("job %s: its failure (%s) could not be recorded; its lease will run out "
+                                     "and another attempt takes the job", job_id, err.code)
+                    return
+                logger.warning("job %s: recording its failure failed; retrying in %.1f s", job_id, delay, exc_info=True)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _heartbeat(self, job_id: str, token: int) -> None:
         """Renew the attempt's lease while a long chunk runs (checkpoints renew it too)."""

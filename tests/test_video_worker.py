@@ -1,0 +1,81 @@
+"""The video worker's own bookkeeping, outside Serve: failures are recorded even when the store
+falters, and the health check notices a worker loop that stopped going round."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("ray.serve")
+
+from deployments.video import JobSettings, VideoPipeline  # noqa: E402
+from pipeline.errors import PoseError  # noqa: E402
+from pipeline.jobs import JobStore  # noqa: E402
+
+WORKER = VideoPipeline.func_or_class  # the class Serve wraps
+
+
+class FalteringStore:
+    """The real store, except that its first ``failures`` calls of ``fail`` raise as a full disk would."""
+
+    def __init__(self, store: JobStore, failures: int) -> None:
+        self.store, self.failures, self.calls = store, failures, 0
+
+    def fail(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise OSError(28, "No space left on device")
+        return self.store.fail(*args, **kwargs)
+
+
+def _running_job(tmp_path, lease_s: float):
+    store = JobStore(tmp_path / "data", max_active=1, max_queued=2)
+    store.create("video")
+    job = store.claim_next(lease_s)
+    assert job is not None and job.state == "running"
+    return store, job
+
+
+def test_a_failure_is_recorded_after_the_store_comes_back(tmp_path):
+    store, job = _running_job(tmp_path, lease_s=30.0)
+    faltering = FalteringStore(store, failures=2)
+    worker = SimpleNamespace(store=faltering, settings=JobSettings(data_dir=str(tmp_path / "data"), lease_s=30.0))
+    WORKER._record_failure(worker, job.id, job.attempts, PoseError("video_corrupt", "bad frames", status=422))
+    got = store.get(job.id)
+    assert faltering.calls == 3
+    assert (got.state, got.error.code) == ("failed", "video_corrupt")
+    store.close()
+
+
+def test_a_failure_that_cannot_be_recorded_leaves_the_job_to_its_lease(tmp_path):
+    store, job = _running_job(tmp_path, lease_s=1.5)
+    faltering = FalteringStore(store, failures=10**6)
+    worker = SimpleNamespace(store=faltering, settings=JobSettings(data_dir=str(tmp_path / "data"), lease_s=1.5))
+    started = time.monotonic()
+    WORKER._record_failure(worker, job.id, job.attempts, PoseError("video_corrupt", "bad frames", status=422))
+    assert time.monotonic() - started <= 1.5 + 0.5  # bounded by one lease
+    assert faltering.calls >= 2 and store.get(job.id).state == "running"
+    time.sleep(max(0.0, store.get(job.id).lease_until - time.time()) + 0.1)
+    report = store.expire_leases(max_attempts=3)
+    assert report.requeued == [job.id] and store.get(job.id).state == "queued"  # taken over, not stuck
+    store.close()
+
+
+def test_health_check_fails_when_the_worker_loop_stalls_or_stops(tmp_path):
+    async def scenario() -> None:
+        settings = JobSettings(data_dir=str(tmp_path), poll_interval_s=1.0, lease_s=30.0)
+        running = asyncio.get_running_loop().create_future()
+        worker = SimpleNamespace(settings=settings, _loop_task=running, _loop_beat=time.monotonic())
+        await WORKER.check_health(worker)  # went round just now: healthy
+        worker._loop_beat = time.monotonic() - 61.0  # stuck past max(60 s, 10 polls, 2 leases)
+        with pytest.raises(RuntimeError, match="has not gone round"):
+            await WORKER.check_health(worker)
+        worker._loop_beat = time.monotonic()
+        running.set_result(None)  # the loop ended
+        with pytest.raises(RuntimeError, match="stopped"):
+            await WORKER.check_health(worker)
+
+    asyncio.run(scenario())
