@@ -101,7 +101,7 @@ def checksums(files: tuple[WeightFile, ...] | list[WeightFile], roots: CacheRoot
 def as_pose_error(exc: BaseException) -> PoseError | None:
     """Ray and Serve failures a client can retry, as stable codes; None for anything else."""
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
     chain = _chain(exc)
     for link in reversed(chain):  # the innermost error says most
@@ -114,4 +114,8 @@ def as_pose_error(exc: BaseException) -> PoseError | None:
             return PoseError("stage_unavailable", "a model replica is restarting; retry shortly", status=503)
         if isinstance(link, (asyncio.TimeoutError, TimeoutError)):
             return PoseError("stage_timeout", "the image took too long to process", status=503)
+    # Serve's own failure of a call into a stage (e.g. the replica died while queued there): the
+    # serving layer, not the request, so a retry is the answer
+    if any(isinstance(link, RayServeException) for link in chain):
+        return PoseError("stage_unavailable", "a model replica is restarting; retry shortly", status=503)
     return None

@@ -40,7 +40,52 @@ logger = logging.getLogger(__name__)
 RAW_IMAGE_TYPES = {
     "image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/tiff", "application/octet-stream",
 }
-_STATUS_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 406: "not_acceptable"}
+_STATUS_CODES = {
+    400: "request_malformed", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 406: "not_acceptable",
+}
+MAX_JSON_BODY_BYTES = 64 * 1024  # a JSON request is a path, a flag and a URL: far below this
+
+
+class JsonBodyLimit:
+    """ASGI middleware: a JSON request body past ``limit`` bytes is refused (413) as it arrives,
+    before anything parses it, whether or not it declared its length."""
+
+    def __init__(self, app: Any, limit: int = MAX_JSON_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]], send: Any) -> None:
+        if scope["type"] != "http" or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _json_too_large(received, self.limit)
+            return message
+
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            async def refuse() -> dict[str, Any]:
+                raise _json_too_large(int(declared), self.limit)
+
+            await self.app(scope, refuse, send)
+            return
+        await self.app(scope, limited, send)
+
+
+def _is_json(scope: dict[str, Any]) -> bool:
+    ctype = dict(scope.get("headers") or []).get(b"content-type", b"")
+    return ctype.split(b";")[0].strip().lower().endswith(b"json")
+
+
+def _json_too_large(size: int, limit: int) -> PoseError:
+    return PoseError("request_too_large", f"the JSON body is {size} bytes or more, the limit is {limit} bytes", status=413)
 
 
 class IngressSettings(BaseModel):
@@ -134,6 +179,8 @@ def build_api(service: "Ingress") -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, PoseError):  # raised while FastAPI read the body (JsonBodyLimit)
+            return await _pose_error(request, exc.__cause__)
         code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
         return await _pose_error(request, PoseError(code, str(exc.detail), status=exc.status_code))
 
@@ -214,6 +261,7 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = build_api(self)
+        app.add_middleware(JsonBodyLimit)
 
         @app.middleware("http")
         async def _count(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:

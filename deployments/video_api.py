@@ -103,9 +103,9 @@ class VideoPathRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    video_path: str = Field(description="a file inside the configured media folder (relative, or absolute inside it)")
+    video_path: str = Field(max_length=4096, description="a file inside the configured media folder (relative, or absolute inside it)")
     vertices: bool = Field(default=False, description="also keep the 6890 SMPL vertices per person and frame (in the NPZ result)")
-    callback_url: Optional[str] = None
+    callback_url: Optional[str] = Field(default=None, max_length=2048)
 
 
 class VideoApiSettings(BaseModel):

@@ -364,6 +364,22 @@ def test_pose_video_refuses_paths_outside(client, path, status, code):
     assert_error(client.post("/pose/video", json={"video_path": path}), status, code)
 
 
+def test_json_bodies_are_bounded(client):
+    big = json.dumps({"video_path": "one.mp4", "pad": "x" * 200_000}).encode()
+    headers = {"content-type": "application/json"}
+    assert_error(client.post("/pose/video", content=big, headers=headers), 413, "request_too_large")
+
+    def chunked():  # no Content-Length: refused as it arrives
+        yield big[:1000]
+        yield big[1000:]
+
+    assert_error(client.post("/pose/video", content=chunked(), headers=headers), 413, "request_too_large")
+    deep = b"[" * 20000 + b"]" * 20000
+    assert_error(client.post("/pose/video", content=deep, headers=headers), 400, "request_malformed")
+    assert_error(client.post("/pose/video", json={"video_path": "a" * 5000}), 422, "request_invalid")
+    assert client.post("/pose/video", json={"video_path": "one.mp4"}).status_code == 200  # still serving
+
+
 # -- callbacks and restarts -----------------------------------------------------------------------
 
 

@@ -35,6 +35,8 @@ def _raised(exc: BaseException, wrapper: BaseException | None = None) -> BaseExc
         (_raised(ActorDiedError(), RayServeException("upstream actor died")), "stage_unavailable"),
         (_raised(BackPressureError(num_queued_requests=9, max_queued_requests=8)), "overloaded"),
         (_raised(TimeoutError()), "stage_timeout"),
+        # Serve's own failure of a call (a replica that died while the request was queued on it)
+        (_raised(RayServeException("replica died while the request was queued")), "stage_unavailable"),
     ],
 )
 def test_transient_stage_failures_have_retryable_codes(exc, code):
