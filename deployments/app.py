@@ -24,7 +24,7 @@ from .common import ModelSettings
 from .detector import Detector, DetectorSettings
 from .ingress import Ingress, IngressSettings
 from .regressor import MeshRegressor, RegressorSettings
-from .video import JobSettings, VideoLimitArgs, VideoPipeline, tracker_available
+from .video import JobSettings, VideoLimitArgs, VideoPipeline, alive_nodes, tracker_available
 from .video_api import VideoApiSettings
 
 logger = logging.getLogger(__name__)
@@ -196,8 +196,6 @@ def _video_replicas(jobs: JobArgs) -> dict[str, Any]:
 
 def _check_store_placement(jobs: JobSettings) -> None:
     """Fail at start, loudly, when jobs would be kept per node: SQLite on a multi-node cluster."""
-    from .video import alive_nodes
-
     url = jobs.store_url()
     nodes = alive_nodes() if _cluster_connected() else 1
     if (url is None or url.startswith("sqlite:")) and nodes > 1:
@@ -206,6 +204,24 @@ def _check_store_placement(jobs: JobSettings) -> None:
             f"SQLite store in {jobs.data_dir} would keep jobs per node. Set jobs.job_store (or ${jobs.job_store_env} on "
             "every node) to a postgresql:// URL and data_dir to storage every node mounts."
         )
+
+
+def check_model_files(models: ModelSettings, names: list[str], *, shared: bool = True) -> None:
+    """The full profile's files that no replica could fetch, checked where the app is built.
+
+    Missing files a replica would download are left to it (with ``download``); a licensed file
+    (SMPL) or, offline, any file, missing here fails the deploy at once with one message instead
+    of replicas failing in a loop. ``shared``: the builder sees the replicas' caches (one node,
+    or a ``weights_dir`` on shared storage); otherwise each node's replicas check their own."""
+    if models.profile != "full" or not shared:
+        return
+    from pipeline.errors import WeightsError
+    from pipeline.weights import catalog, missing_message, report
+
+    offline = not models.download or os.environ.get("POSE_OFFLINE", "") not in ("", "0")
+    missing = [st for st in report(catalog(names), models.roots()) if not st.present and (offline or st.file.download is None)]
+    if missing:
+        raise WeightsError("weights_missing", missing_message(missing), details={"missing": [st.file.key for st in missing]})
 
 
 def build_app(args: AppArgs) -> Application:
@@ -260,6 +276,9 @@ def build_app(args: AppArgs) -> Application:
     )
     installed = tracker_available(tiny=profile.tiny_models)
     with_tracker = args.tracker if args.tracker is not None else installed
+    if _cluster_connected():  # a real deploy (not `serve build`): refuse it now rather than crash-loop replicas
+        check_model_files(ModelSettings(**common), ["vitdet", "hmr2"] + (["phalp"] if with_tracker else []),
+                          shared=bool(args.weights_dir) or alive_nodes() == 1)
     if with_tracker and not installed:
         raise ValueError("tracker: true, but PHALP tracking (or, for the tiny profile, its tiny factory) is not installed")
     regressor = MeshRegressor.options(

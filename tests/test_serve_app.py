@@ -204,6 +204,21 @@ def test_bad_images_and_boxes(client: httpx.Client, scene_png: Path) -> None:
     assert ok.status_code == 200 and len(ok.json()["people"]) == 1
 
 
+def test_a_deploy_without_model_files_stops_at_once_with_one_message(client: httpx.Client, tmp_path: Path) -> None:
+    """Built on a connected cluster (this test's), the full profile checks its files before any
+    replica starts: the licensed SMPL model is never downloaded, so its absence ends the deploy."""
+    from deployments.app import AppArgs, build_app
+    from pipeline.errors import WeightsError
+
+    with pytest.raises(WeightsError) as info:
+        build_app(AppArgs(profile="full", weights_dir=str(tmp_path), device="cpu"))
+    assert info.value.code == "weights_missing" and info.value.details["missing"] == ["smpl.neutral"]
+    assert str(tmp_path) in info.value.message  # where it was looked for
+    with pytest.raises(WeightsError) as info:  # offline: every absent file, in one message
+        build_app(AppArgs(profile="full", weights_dir=str(tmp_path), device="cpu", download=False))
+    assert {"smpl.neutral", "hmr2.checkpoint"} <= set(info.value.details["missing"])
+
+
 def test_token_required(service: str, scene_png: Path) -> None:
     png = scene_png.read_bytes()
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
