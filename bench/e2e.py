@@ -134,11 +134,10 @@ def stage_row(mode: str, people: int, frames: int, crops: int, seconds: dict[str
     ]
 
 
-def run_inprocess(roots, clips: dict[int, Path], args) -> tuple[list, list]:
+def run_inprocess(roots, clips: dict[int, Path], warmups: dict[int, Path], args) -> tuple[list, list]:
     """Each clip through one `VideoRunner` per people count (the models loaded once)."""
     import torch
 
-    from pipeline.errors import PoseError
     from pipeline.runner import VideoRunner
 
     rows, models = [], []
@@ -150,11 +149,7 @@ def run_inprocess(roots, clips: dict[int, Path], args) -> tuple[list, list]:
     logger.warning("in-process models loaded in %.1f s", load_s)
     for people, clip in clips.items():
         runner.stages.max_people = people
-        try:  # warm-up: one chunk
-            runner.run_to(clip, Path(tempfile.mkdtemp(prefix="e2e-warm-")), should_stop=_after(1))
-        except PoseError as exc:
-            if exc.code != "cancelled":
-                raise
+        runner.run_to(warmups[people], Path(tempfile.mkdtemp(prefix="e2e-warm-")))  # first calls, lazy imports
         runner.stages.seconds = dict.fromkeys(runner.stages.seconds, 0.0)
         runner.stages.people = 0
         timings: dict[str, float] = {}
@@ -179,18 +174,7 @@ def run_inprocess(roots, clips: dict[int, Path], args) -> tuple[list, list]:
     return rows, models
 
 
-def _after(chunks: int):
-    """A ``should_stop`` that stops a warm-up run after ``chunks`` chunks."""
-    seen = [0]
-
-    def stop() -> bool:
-        seen[0] += 1
-        return seen[0] >= chunks
-
-    return stop
-
-
-def run_served(root: Path | None, clips: dict[int, Path], args) -> tuple[list, list]:
+def run_served(root: Path | None, clips: dict[int, Path], warmups: dict[int, Path], args) -> tuple[list, list]:
     """Each clip as a job through the application, redeployed per people count (``max_people``)."""
     import httpx
     import ray
@@ -221,7 +205,7 @@ def run_served(root: Path | None, clips: dict[int, Path], args) -> tuple[list, l
             with httpx.Client(base_url=f"http://127.0.0.1:{_PORT}", timeout=3600) as client:
                 info = client.get("/v1/info").json()["deployments"]
                 starts.append([people, f"{deploy_s:.1f}", *(_start(info.get(k)) for k in ("detector", "regressor", "video"))])
-                _job(client, clip)  # warm-up: first calls, lazy imports
+                _job(client, warmups[people])  # warm-up: first calls, lazy imports
                 start = time.perf_counter()
                 job, crops = _job(client, clip)
                 wall = time.perf_counter() - start
@@ -299,12 +283,13 @@ def main() -> None:
     else:
         roots = CacheRoots.under(roots_dir) if roots_dir is not None else CacheRoots.from_env()
     clips = {n: write_clip(tmp / f"clip-{n}.mp4", args.frames, n, tuple(args.size)) for n in args.people}
+    warmups = {n: write_clip(tmp / f"warm-{n}.mp4", 2, n, tuple(args.size)) for n in args.people}
     rows, models, starts = [], [], []
     if "inprocess" in args.modes:
-        r, models = run_inprocess(roots, clips, args)
+        r, models = run_inprocess(roots, clips, warmups, args)
         rows += r
     if "served" in args.modes:
-        r, starts = run_served(roots_dir, clips, args)
+        r, starts = run_served(roots_dir, clips, warmups, args)
         rows += r
     h, w = args.size
     print_table(
