@@ -15,7 +15,9 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: 
 
     Shapes are compared first, so a wrong checkpoint fails with its keys listed rather than
     PyTorch's first size error. ``assign`` adopts the tensors instead of copying them (for a
-    model built on the meta device).
+    model built on the meta device, so no random init is paid for): each tensor is first cast
+    to the dtype the model declares for it (adopting would keep the file's dtype), and any
+    parameter or buffer the state did not provide and that is still on meta is an error.
     """
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -38,4 +40,16 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: 
             f"{source} does not fit the model: " + "; ".join(parts),
             details={"missing": missing[:50], "unexpected": unexpected[:50], "mismatched": mismatched[:50]},
         )
-    model.load_state_dict(dict(state), strict=True, assign=assign)
+    if not assign:
+        model.load_state_dict(dict(state), strict=True)
+        return
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True, assign=True)
+    assert_materialised(model, source=source)
+
+
+def assert_materialised(model: nn.Module, *, source: str) -> None:
+    """Raise if a parameter or buffer is still on the meta device (a loader forgot to fill it,
+    e.g. a non-persistent buffer or a constant computed in ``__init__``)."""
+    left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"{type(model).__name__} from {source}: tensors left on the meta device: {left[:10]}")

@@ -114,6 +114,28 @@ def read_joint_regressor(path: str | Path) -> np.ndarray:
     return value
 
 
+def smpl_buffers_from_pickles(smpl: dict[str, Any], joint_regressor_extra: np.ndarray, *, num_betas: int = NUM_BETAS) -> dict[str, torch.Tensor]:
+    """`read_smpl_pickle` / `read_joint_regressor` data -> `SMPLBodyModel` buffers, as smplx builds them.
+
+    float32 (int64 for faces and parents) CPU tensors keyed like the HMR2 checkpoint's ``smpl.*``.
+    """
+    parents = np.asarray(smpl["kintree_table"][0]).astype(np.int64)
+    parents[0] = -1  # the root is stored as 2**32 - 1
+    posedirs = np.asarray(smpl["posedirs"], dtype=np.float64)
+    floats = {
+        "shapedirs": np.asarray(smpl["shapedirs"])[:, :, :num_betas],
+        "v_template": smpl["v_template"],
+        "J_regressor": smpl["J_regressor"],
+        "posedirs": posedirs.reshape(-1, posedirs.shape[-1]).T,
+        "lbs_weights": smpl["weights"],
+        "joint_regressor_extra": joint_regressor_extra,
+    }
+    out = {name: torch.as_tensor(np.ascontiguousarray(value)).to(torch.float32) for name, value in floats.items()}
+    out["faces_tensor"] = torch.from_numpy(np.ascontiguousarray(np.asarray(smpl["f"]).astype(np.int64)))
+    out["parents"] = torch.from_numpy(parents)
+    return out
+
+
 @dataclass
 class SMPLOutput:
     vertices: torch.Tensor  # (B, 6890, 3) metres
@@ -142,29 +164,31 @@ class SMPLBodyModel(nn.Module):
         self.register_buffer("joint_map", torch.tensor(OPENPOSE_JOINT_MAP, dtype=torch.long))
         self.vertex_joint_selector = _VertexJointSelector()
 
+    def constant_buffers(self) -> dict[str, torch.Tensor]:
+        """The buffers fixed by the code, not by any file (the joint tables), on the CPU.
+
+        Built here rather than read from ``self`` so that a model made on the meta device gets
+        the real values.
+        """
+        return {
+            "joint_map": torch.tensor(OPENPOSE_JOINT_MAP, dtype=torch.long, device="cpu"),
+            "vertex_joint_selector.extra_joints_idxs": torch.tensor(EXTRA_VERTEX_IDS, dtype=torch.long, device="cpu"),
+        }
+
     @torch.no_grad()
     def fill_from_pickles(self, smpl: dict[str, Any], joint_regressor_extra: np.ndarray) -> "SMPLBodyModel":
-        """Set the buffers from `read_smpl_pickle` / `read_joint_regressor` data, as smplx does."""
-        num_betas = self.shapedirs.shape[-1]
-        parents = np.asarray(smpl["kintree_table"][0]).astype(np.int64)
-        parents[0] = -1  # the root is stored as 2**32 - 1
-        posedirs = np.asarray(smpl["posedirs"], dtype=np.float64)
-        values = {
-            "shapedirs": np.asarray(smpl["shapedirs"])[:, :, :num_betas],
-            "faces_tensor": np.asarray(smpl["f"]).astype(np.int64),
-            "v_template": smpl["v_template"],
-            "J_regressor": smpl["J_regressor"],
-            "posedirs": posedirs.reshape(-1, posedirs.shape[-1]).T,
-            "parents": parents,
-            "lbs_weights": smpl["weights"],
-            "joint_regressor_extra": joint_regressor_extra,
-        }
-        for name, value in values.items():
-            buf = getattr(self, name)
-            tensor = torch.as_tensor(np.ascontiguousarray(value)).to(buf.dtype)
-            if tensor.shape != buf.shape:
-                raise WeightsError("smpl_unreadable", f"SMPL {name}: expected shape {tuple(buf.shape)}, got {tuple(tensor.shape)}")
-            buf.copy_(tensor)
+        """Set the buffers from `read_smpl_pickle` / `read_joint_regressor` data, as smplx does.
+
+        Works on a model built on the meta device too: the tensors are adopted, not copied.
+        """
+        from .checkpoint import load_strict
+
+        state = smpl_buffers_from_pickles(smpl, joint_regressor_extra, num_betas=self.shapedirs.shape[-1])
+        own = self.state_dict()
+        for name, tensor in state.items():
+            if tensor.shape != own[name].shape:
+                raise WeightsError("smpl_unreadable", f"SMPL {name}: expected shape {tuple(own[name].shape)}, got {tuple(tensor.shape)}")
+        load_strict(self, {**state, **self.constant_buffers()}, source="SMPL pickles", assign=True)
         return self
 
     @property
@@ -175,8 +199,13 @@ class SMPLBodyModel(nn.Module):
         """Pose the mesh.
 
         global_orient (B, 1, 3, 3) and body_pose (B, 23, 3, 3) are rotation matrices; betas (B, 10).
-        No translation is applied (the camera carries it).
+        No translation is applied (the camera carries it). Always float32: autocast is switched
+        off here, since half-precision blend shapes and skinning move vertices by millimetres.
         """
+        with torch.autocast(device_type=betas.device.type, enabled=False):
+            return self._pose(global_orient.float(), body_pose.float(), betas.float())
+
+    def _pose(self, global_orient: torch.Tensor, body_pose: torch.Tensor, betas: torch.Tensor) -> SMPLOutput:
         batch = betas.shape[0]
         rot = torch.cat([global_orient.reshape(batch, 1, 3, 3), body_pose.reshape(batch, -1, 3, 3)], dim=1)
         # Shape blend shapes, then the rest joints from the shaped mesh.
@@ -200,8 +229,12 @@ class SMPLBodyModel(nn.Module):
 
     @classmethod
     def from_files(cls, smpl_pkl: str | Path, joint_regressor_pkl: str | Path) -> "SMPLBodyModel":
+        """The body model from the SMPL and extra-joint pickles, built without allocating zeros first."""
         extra = read_joint_regressor(joint_regressor_pkl)
-        return cls(num_extra_joints=extra.shape[0]).fill_from_pickles(read_smpl_pickle(smpl_pkl), extra)
+        data = read_smpl_pickle(smpl_pkl)
+        with torch.device("meta"):
+            model = cls(num_extra_joints=extra.shape[0])
+        return model.fill_from_pickles(data, extra)
 
 
 class _VertexJointSelector(nn.Module):

@@ -201,19 +201,22 @@ class HMR2Predictor:
 
 
 def build_hmr2(checkpoint: str | Path, model_config: str | Path, smpl: str | Path, joint_regressor: str | Path) -> HMR2:
-    """The model from its config, SMPL from the pickles, then every tensor of the checkpoint.
+    """The model from its config, then every tensor of the checkpoint adopted as it is read.
 
-    As in 4D-Humans, the SMPL files must exist even though the checkpoint carries the same
+    The modules are built on the meta device: a random init of 630 M parameters that the
+    checkpoint overwrites would cost seconds and gigabytes at every cold start. As in 4D-Humans,
+    the SMPL files must exist and be readable even though the checkpoint carries the same
     buffers; the checkpoint's copies are the ones used.
     """
     cfg = HMR2Config.from_yaml(model_config)
-    model = HMR2(cfg)
+    with torch.device("meta"):
+        model = HMR2(cfg)
     extra = read_joint_regressor(joint_regressor)
     if extra.shape[0] != model.smpl.joint_regressor_extra.shape[0]:
         raise WeightsError("smpl_unreadable", f"{joint_regressor}: expected {model.smpl.joint_regressor_extra.shape[0]} joints, got {extra.shape[0]}")
-    model.smpl.fill_from_pickles(read_smpl_pickle(smpl), extra)
+    read_smpl_pickle(smpl)  # checked, not used: the checkpoint holds the buffers
     state = convert_state_dict(read_checkpoint_state_dict(checkpoint))
-    load_strict(model, state, source=str(checkpoint))
+    load_strict(model, state, source=str(checkpoint), assign=True)
     logger.info("HMR2 loaded from %s (ViT %d x %d)", checkpoint, cfg.backbone.depth, cfg.backbone.embed_dim)
     return model
 

@@ -14,7 +14,7 @@ from ...runtime import resolve_device
 from ...tracking.tracker import TrackerModels
 from ...weights import CacheRoots, ensure
 from .config import PosePredictorConfig
-from ..checkpoint import load_strict
+from ..checkpoint import assert_materialised, load_strict
 from .convert import hmar_state_from_file, pose_predictor_state_from_file, read_mean_std
 from .encoder import PhalpAppearanceEncoder
 from .predictor import PhalpPosePredictor
@@ -52,16 +52,20 @@ def load_tracking_models_from_paths(
     """Pose predictor and appearance encoder from explicit file paths (keys of `files.FILES`)."""
     dev = resolve_device(device)
     config = read_pose_predictor_config(paths["phalp.pose_predictor_config"])
-    predictor = PhalpPosePredictor(config)
+    # Built on the meta device and filled by adoption: no random init that the files overwrite.
+    with torch.device("meta"):
+        predictor = PhalpPosePredictor(config)
     load_strict(predictor.encoder, pose_predictor_state_from_file(paths["phalp.pose_predictor"]),
-                source=str(paths["phalp.pose_predictor"]))
+                source=str(paths["phalp.pose_predictor"]), assign=True)
     try:
         predictor.set_mean_std(read_mean_std(paths["phalp.mean_std"]))
     except ValueError as exc:
         raise WeightsError("weights_corrupt", f"{paths['phalp.mean_std']}: {exc}") from exc
+    assert_materialised(predictor, source=str(paths["phalp.pose_predictor"]))
     enc_state = hmar_state_from_file(paths["phalp.hmar_weights"])
-    encoder = PhalpAppearanceEncoder(appearance_config_from_state(enc_state))
-    load_strict(encoder, enc_state, source=str(paths["phalp.hmar_weights"]))
+    with torch.device("meta"):
+        encoder = PhalpAppearanceEncoder(appearance_config_from_state(enc_state))
+    load_strict(encoder, enc_state, source=str(paths["phalp.hmar_weights"]), assign=True)
     return predictor.to(dev).eval(), encoder.to(dev).eval()
 
 

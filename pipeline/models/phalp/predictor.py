@@ -210,8 +210,10 @@ class PhalpPosePredictor(nn.Module):
         mean = np.zeros(self.config.pose_dim)
         std = np.ones(self.config.pose_dim)
         mean[:k], std[:k] = arr[0], arr[1]
-        self.mean.copy_(torch.from_numpy(mean).float())
-        self.std.copy_(torch.from_numpy(std).float())
+        # Assigned, not copied, so a predictor built on the meta device gets real buffers.
+        device = torch.device("cpu") if self.mean.is_meta else self.mean.device
+        self.mean = torch.from_numpy(mean).to(device, torch.float32)
+        self.std = torch.from_numpy(std).to(device, torch.float32)
 
     def build_canvas(
         self, history_pose: torch.Tensor, history_time: torch.Tensor
