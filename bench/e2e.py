@@ -45,6 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import print_table  # noqa: E402
+from video_memory import write_clip  # noqa: E402  (drawn people pacing in their lanes)
 
 logger = logging.getLogger("e2e")
 
@@ -53,30 +54,6 @@ REFERENCE_HMR2_MS_PER_CROP = 32.0
 REFERENCE_VITDET_MS_PER_IMAGE = 196.0
 PERSON_LOGIT = 12.0  # random weights: softmax(person) ~ 1 for every proposal
 _PORT = 8771
-
-
-def write_clip(path: Path, frames: int, people: int, size: tuple[int, int]) -> Path:
-    """``people`` drawn figures, one lane each, pacing back and forth (never overlapping)."""
-    import av
-
-    from pipeline.tiny.vitdet import draw_figures
-
-    h, w = size
-    lane = w // people
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.height, stream.width, stream.pix_fmt = h, w, "yuv420p"
-        stream.options = {"preset": "ultrafast"}
-        for i in range(frames):
-            phase = (i % 40) / 40.0
-            offset = int(max(0, lane - 70) * (phase if phase < 0.5 else 1 - phase))
-            img = draw_figures([k * lane + 35 + offset for k in range(people)], size=size)
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img[:, :, ::-1]), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def random_caches(root: Path) -> Path:
@@ -282,8 +259,8 @@ def main() -> None:
         roots = tiny_roots(root)
     else:
         roots = CacheRoots.under(roots_dir) if roots_dir is not None else CacheRoots.from_env()
-    clips = {n: write_clip(tmp / f"clip-{n}.mp4", args.frames, n, tuple(args.size)) for n in args.people}
-    warmups = {n: write_clip(tmp / f"warm-{n}.mp4", 2, n, tuple(args.size)) for n in args.people}
+    clips = {n: write_clip(tmp / f"clip-{n}.mp4", args.frames, tuple(args.size), people=n) for n in args.people}
+    warmups = {n: write_clip(tmp / f"warm-{n}.mp4", 2, tuple(args.size), people=n) for n in args.people}
     rows, models, starts = [], [], []
     if "inprocess" in args.modes:
         r, models = run_inprocess(roots, clips, warmups, args)
