@@ -32,8 +32,13 @@ class HMR2(nn.Module):
 
     def forward(self, img: torch.Tensor, *, with_features: bool = False) -> dict[str, torch.Tensor]:
         features = self.backbone(self.backbone_input(img))
-        out = self.smpl_head(features)
-        # Camera and SMPL run in float32 whatever the network dtype, as the original casts.
+        # The decoder head is a few percent of the compute, but its read-outs are residuals on
+        # the mean pose and shape: under half-precision autocast they alone moved vertices by
+        # up to 42 mm (bfloat16) on the golden model (tests/test_precision.py), so it runs in float32.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            out = self.smpl_head(features.float())
+        # Camera and SMPL run in float32 whatever the network dtype, as the original casts (SMPL
+        # switches autocast off itself; the camera terms below are element-wise, never autocast).
         pred_cam = out["pred_cam"].float()
         batch = pred_cam.shape[0]
         f = self.cfg.focal_length

@@ -1,0 +1,279 @@
+"""bfloat16 / float16 against float32 on the golden inputs, with stated tolerances.
+
+The half paths are the ones the service runs on a GPU: the predictors' forward under
+``torch.autocast`` of the compute dtype. On a CPU the predictors fall back to float32 by design
+(`pipeline.runtime.resolve_dtype`), so the tests set the predictor's compute dtype directly and
+run CPU autocast, whose half kernels all exist. Tolerances:
+
+* ViTDet: the same person boxes, each with IoU >= 0.99 to its float32 box;
+* HMR2: vertices within 5 mm of float32; the SMPL layer float32 and equal to the float32 path;
+* PHALP: predicted poses close to float32; identical tracking decisions over the golden scenario.
+
+float16 meets them; bfloat16 does not for ViTDet and HMR2 (strict xfails with the measured
+deviation), so the service's bfloat16 setting is not proven on these models.
+
+CPUs without bf16/fp16 instructions (AVX2 only) run half matmuls ~200x and convolutions ~85x
+slower than float32; to stay near a minute the detector runs at the tiny profile's test-time
+size, and the whole tracking scenario runs only on CUDA or when ``POSE_PRECISION_SCENARIO=1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+HALF = [pytest.param(torch.bfloat16, id="bfloat16"), pytest.param(torch.float16, id="float16")]
+# bfloat16 (8 mantissa bits) misses the tolerances on the golden models; measured on the golden
+# inputs, kept as strict xfails so that a change that meets them is noticed.
+_BF16_VITDET = "bfloat16 moves person boxes to IoU 0.968 with float32 (tolerance 0.99)"
+_BF16_HMR2 = "bfloat16 in the ViT backbone moves vertices by 15 mm (tolerance 5 mm), even with head and SMPL in float32"
+VITDET_HALF = [pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.xfail(reason=_BF16_VITDET, strict=True)), HALF[1]]
+HMR2_HALF = [pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.xfail(reason=_BF16_HMR2, strict=True)), HALF[1]]
+IOU_MIN = 0.99
+VERTEX_MM_MAX = 5.0
+POSE_ATOL = 0.05  # PHALP pose vectors (rotation entries, betas, camera), absolute
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _member_path(manifest: dict, suffix: str) -> str:
+    members = manifest[next(k for k in manifest if k.endswith("members"))]
+    return next(m["path"] for m in members if m["path"].endswith(suffix))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda x: (x[:, 2:] - x[:, :2]).prod(-1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
+
+
+# -- ViTDet ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vitdet(golden):
+    from pipeline.models.vitdet.predictor import VitDetPredictor
+    from pipeline.tiny.vitdet import tiny_detector_settings
+
+    folder = golden("vitdet")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (pkl,) = [name for name in manifest["files"] if name.endswith(".pkl")]
+    summary = json.loads((folder / "expected_summary.json").read_text())
+    images = [cv2.imread(str(folder / im["image_file"]), cv2.IMREAD_COLOR) for im in summary["images"]]
+    assert images and all(im is not None for im in images), "no readable images in expected_summary.json"
+    fast = tiny_detector_settings()
+    predictor = VitDetPredictor.from_checkpoint(
+        folder / pkl, device=str(_device()), input_size=fast.input_size, post_nms_topk=fast.post_nms_topk
+    )
+    return predictor, images, _person_boxes(predictor, images, torch.float32)
+
+
+def _person_boxes(predictor, images, dtype: torch.dtype) -> list[np.ndarray]:
+    predictor.dtype = dtype  # see the module docstring: the GPU's compute dtype, on any device
+    try:
+        return [d.boxes[d.classes == 0] for d in predictor.detect_raw(images)]
+    finally:
+        predictor.dtype = torch.float32
+
+
+@pytest.mark.parametrize("dtype", VITDET_HALF)
+def test_vitdet_half_boxes(vitdet, dtype):
+    predictor, images, reference = vitdet
+    half = _person_boxes(predictor, images, dtype)
+    worst, seen = 1.0, 0
+    for i, (ref, ours) in enumerate(zip(reference, half)):
+        assert len(ours) == len(ref), f"image {i}: {len(ours)} person boxes in {dtype}, {len(ref)} in float32"
+        if len(ref) == 0:
+            continue
+        iou = box_iou(ref, ours)
+        best = iou.argmax(1)
+        assert len(set(best.tolist())) == len(best), f"image {i}: two float32 boxes matched one {dtype} box"
+        worst = min(worst, float(iou[np.arange(len(ref)), best].min()))
+        seen += len(ref)
+    assert seen > 0, "the golden images gave no person boxes"
+    print(f"ViTDet {dtype}: min IoU {worst:.4f} over {seen} boxes")
+    assert worst >= IOU_MIN, f"{dtype}: min box IoU {worst:.4f} < {IOU_MIN}"
+
+
+# -- HMR2 --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hmr2(golden, tmp_path_factory):
+    from pipeline.models.hmr2.predictor import HMR2Predictor
+
+    folder = golden("hmr2")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    archive = next(f["path"] for f in manifest["files"] if f["path"].endswith(".tar.gz"))
+    root = tmp_path_factory.mktemp("hmr2_precision")
+    with tarfile.open(folder / archive) as tar:
+        tar.extractall(root, filter="data")
+    ckpt = root / _member_path(manifest, ".ckpt")
+    assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == next(
+        m["sha256"] for m in manifest[next(k for k in manifest if k.endswith("members"))] if m["path"].endswith(".ckpt")
+    )
+    predictor = HMR2Predictor.from_files(
+        ckpt,
+        smpl=root / _member_path(manifest, "smpl/SMPL_NEUTRAL.pkl"),
+        joint_regressor=root / _member_path(manifest, "SMPL_to_J19.pkl"),
+        device=str(_device()),
+    )
+    inputs = json.loads((folder / "inputs.json").read_text())
+    crops = [np.load(folder / img["fixture"])["img"] for img in inputs["images"]]
+    assert crops, "no images in inputs.json"
+    return predictor, np.concatenate(crops)
+
+
+@pytest.mark.parametrize("dtype", HMR2_HALF)
+def test_hmr2_half_vertices(hmr2, dtype):
+    predictor, crops = hmr2
+    reference = predictor.forward_crops(crops)["pred_vertices"]
+    predictor.dtype = dtype
+    try:
+        half = predictor.forward_crops(crops)["pred_vertices"]
+    finally:
+        predictor.dtype = torch.float32
+    assert half.dtype == np.float32 and half.shape == reference.shape and len(reference) > 0
+    worst_mm = float(np.abs(half.astype(np.float64) - reference).max() * 1000)
+    print(f"HMR2 {dtype}: max |vertex diff| {worst_mm:.3f} mm over {len(crops)} crops")
+    assert worst_mm <= VERTEX_MM_MAX, f"{dtype}: vertices move by {worst_mm:.2f} mm > {VERTEX_MM_MAX} mm"
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_smpl_stays_float32_under_autocast(hmr2, dtype):
+    predictor, crops = hmr2
+    model = predictor.model
+    with torch.inference_mode():
+        head = model.smpl_head(model.backbone(model.backbone_input(torch.from_numpy(crops).to(predictor.device))))
+        args = [head[k].float() for k in ("global_orient", "body_pose", "betas")]
+        expected = model.smpl(*args)
+        with torch.autocast(device_type=predictor.device.type, dtype=dtype):
+            got = model.smpl(*(a.to(dtype) for a in args[:2]), args[2].to(dtype))
+            got_f32_inputs = model.smpl(*args)
+    for out in (got, got_f32_inputs):
+        for name in ("vertices", "joints", "joints_smplx45"):
+            value = getattr(out, name)
+            assert value.dtype == torch.float32, f"{name} is {value.dtype} under {dtype} autocast"
+    for name in ("vertices", "joints", "joints_smplx45"):
+        assert torch.equal(getattr(got_f32_inputs, name), getattr(expected, name)), name
+    # Inputs rounded to the half dtype stay the only difference (rotations moved by <= 1 ulp).
+    assert torch.allclose(got.vertices, expected.vertices, atol=5e-3)
+
+
+# -- PHALP -------------------------------------------------------------------------------------
+def _autocast(dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=_device().type, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_phalp_pose_predictor_half(golden, phalp_golden_models, dtype):
+    folder = golden("phalp")
+    predictor = phalp_golden_models[0]
+    cases = [c for c in json.loads((folder / "pose_predictor_cases.json").read_text())["cases"] if c["error"] is None]
+    assert cases, "no case without an error in pose_predictor_cases.json"
+    with np.load(folder / "pose_predictor_cases.npz") as data:
+        case = cases[0]  # one case: a half predict_next on an AVX2 CPU takes seconds
+        p = case["prefix"]
+        args = [torch.from_numpy(np.asarray(data[p + k])) for k in ("en_pose", "en_time", "time_to_predict")]
+    reference = predictor.predict_next(*args)
+    with _autocast(dtype):
+        half = predictor.predict_next(*args)
+    assert half.dtype == torch.float32
+    worst = float((half - reference).abs().max())
+    print(f"PHALP pose predictor {dtype}: max |diff| {worst:.4f} ({case['name']})")
+    assert worst <= POSE_ATOL, f"{dtype}: predicted pose differs by {worst:.4f} > {POSE_ATOL}"
+
+
+def _scenario(folder: Path):
+    """Per frame of the golden scenario: (frame, [PersonObservation], image size), from detections.*."""
+    from pipeline.tracking import PersonObservation
+
+    meta = json.loads((folder / "detections.json").read_text())
+    with np.load(folder / "detections.npz") as data:
+        d = {k: data[k] for k in data.files}
+    size = tuple(meta["image_size_hw"])
+    uv_hw = d["uv_textures"].shape[-2:]
+    frames = []
+    for fr in meta["frames"]:
+        rows = np.nonzero(d["frame"] == fr["frame"])[0]
+        rows = rows[np.argsort(d["det_index"][rows])]
+        raw_by_det = {x["det_index"]: x["raw_index"] for x in fr["detections"]}
+        people = []
+        for i in rows:
+            vis = np.unpackbits(d["uv_visible_packed"][i], axis=-1)[:, : uv_hw[1]].astype(bool)
+            uv = np.empty((4, *uv_hw), dtype=np.float32)
+            uv[:3] = np.where(vis, d["uv_textures"][d["uv_tex_id"][i]], 0)
+            uv[3] = np.where(vis, 1, -1)
+            x, y, w, h = (np.float64(v) for v in d["bbox"][i])
+            people.append(PersonObservation(
+                bbox=np.array([x, y, x + w, y + h]), score=float(d["conf"][i]),
+                global_orient=d["smpl_global_orient"][i], body_pose=d["smpl_body_pose"][i], betas=d["smpl_betas"][i],
+                pred_cam=d["camera_bbox"][i], uv=uv, appearance=d["appe"][i], joints_3d=d["joints_3d"][i][:-1],
+                crop_center=d["center"][i].astype(np.float64), crop_size=float(np.max(d["scale"][i])),
+                extra=raw_by_det[int(d["det_index"][i])],
+            ))  # fmt: skip
+        frames.append((fr["frame"], people, size))
+    assert frames, "no frames in detections.json"
+    return frames
+
+
+def _config(folder: Path):
+    from pipeline.models.phalp.config import PhalpConfig
+
+    used = json.loads((folder / "config_used.json").read_text())["config"]
+    p = used["phalp"]
+    return PhalpConfig(
+        alpha=p["alpha"], low_th_c=p["low_th_c"], hungarian_th=p["hungarian_th"], track_history=p["track_history"],
+        max_age_track=p["max_age_track"], n_init=p["n_init"], past_lookback=p["past_lookback"],
+        small_w=p["small_w"], small_h=p["small_h"], render_res=used["render"]["res"],
+        focal_length=float(used["EXTRA"]["FOCAL_LENGTH"]), expand_bbox_shape=tuple(used["expand_bbox_shape"]),
+    )  # fmt: skip
+
+
+def _decisions(models, config, frames, dtype):
+    from pipeline.tracking import Tracker
+
+    tracker = Tracker(models, config)
+    out = []
+    with _autocast(dtype):
+        for t, people, size in frames:
+            ft = tracker.step(t, people, size)
+            out.append({
+                "matches": [list(map(int, m)) for m in ft.matches], "new": list(ft.new_track_ids),
+                "deleted": list(ft.deleted_track_ids), "unmatched_tracks": list(ft.unmatched_track_ids),
+                "unmatched_dets": list(ft.unmatched_detections),
+                "tracks": [(x.track_id, x.state.value, x.hits) for x in tracker.tracks],
+            })  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_phalp_tracking_decisions_half(golden, phalp_golden_models, dtype):
+    if _device().type == "cpu" and os.environ.get("POSE_PRECISION_SCENARIO") != "1":
+        pytest.skip(
+            "the whole golden scenario in half precision takes ~20 min per dtype on a CPU without bf16/fp16 "
+            "instructions (half convolutions ~85x, matmuls ~200x slower than float32); runs on CUDA or with "
+            "POSE_PRECISION_SCENARIO=1"
+        )
+    from pipeline.tracking import TrackerModels
+
+    folder = golden("phalp")
+    frames = _scenario(folder)
+    config = _config(folder)
+    models = TrackerModels(*phalp_golden_models)
+    reference = _decisions(models, config, frames, None)
+    assert any(f["matches"] for f in reference), "the scenario never matched a track"
+    half = _decisions(models, config, frames, dtype)
+    for ref, ours, (t, _, _) in zip(reference, half, frames):
+        assert ours == ref, f"frame {t}: {dtype} decisions differ from float32"
