@@ -100,7 +100,7 @@ def checksums(files: tuple[WeightFile, ...] | list[WeightFile], roots: CacheRoot
 
 def as_pose_error(exc: BaseException) -> PoseError | None:
     """Ray and Serve failures a client can retry, as stable codes; None for anything else."""
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
     chain = _chain(exc)
@@ -110,7 +110,8 @@ def as_pose_error(exc: BaseException) -> PoseError | None:
     for link in chain:
         if isinstance(link, BackPressureError):
             return PoseError("overloaded", "the service is at capacity; retry shortly", status=503)
-        if isinstance(link, (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError)):
+        # ObjectLostError: an answer held on a node that died (object reconstruction fails)
+        if isinstance(link, (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError, ObjectLostError)):
             return PoseError("stage_unavailable", "a model replica is restarting; retry shortly", status=503)
         if isinstance(link, (asyncio.TimeoutError, TimeoutError)):
             return PoseError("stage_timeout", "the image took too long to process", status=503)

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-from ray.exceptions import ActorDiedError  # noqa: E402
+from ray.exceptions import ActorDiedError, ObjectReconstructionFailedError  # noqa: E402
 from ray.serve.exceptions import BackPressureError, RayServeException  # noqa: E402
 
 from deployments.common import as_pose_error  # noqa: E402
@@ -37,6 +37,8 @@ def _raised(exc: BaseException, wrapper: BaseException | None = None) -> BaseExc
         (_raised(TimeoutError()), "stage_timeout"),
         # Serve's own failure of a call (a replica that died while the request was queued on it)
         (_raised(RayServeException("replica died while the request was queued")), "stage_unavailable"),
+        # a stage's answer kept on a node that was lost: its object cannot be reconstructed
+        (_raised(ObjectReconstructionFailedError("16a7902d712c963be6260c4840f6e391fc23f0570100000003000000")), "stage_unavailable"),
     ],
 )
 def test_transient_stage_failures_have_retryable_codes(exc, code):
