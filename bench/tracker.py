@@ -5,6 +5,12 @@ the cost (texture included) is computed. Models: the full-size architectures wit
 (default), the tiny ones, or PHALP's files from the cache (``--weights cache``).
 
     python bench/tracker.py [--device cuda] [--weights random|tiny|cache] [--frames 20]
+                            [--modes all decisive off]
+
+Modes: ``all`` (default tracker: every texture pair under the gate encoded), ``decisive`` (only
+the pairs the assignment needs; the bench checks its decisions equal ``all``'s frame by frame
+when both run), ``off`` (no texture cue at all: not PHALP's decisions, the floor the pose
+predictor and bookkeeping leave). Columns: pairs asked / encoder inputs run per timed frame.
 """
 
 from __future__ import annotations
@@ -65,27 +71,47 @@ def main() -> None:
     parser.add_argument("--weights", choices=["random", "tiny", "cache"], default="random")
     parser.add_argument("--frames", type=int, default=20, help="timed frames per setting (after 6 warm-up frames)")
     parser.add_argument("--people", type=int, nargs="+", default=[1, 5, 20])
+    parser.add_argument("--modes", nargs="+", choices=["all", "decisive", "off"], default=["all", "decisive"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     models = build_models(args.weights, args.device)
     rows = []
     for n in args.people:
         frames = frames_for(n, 6 + args.frames)
-        tracker = Tracker(models)
-        tracker.run(frames[:6])  # warm-up; tracks confirmed
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        tracker.run(frames[6:])
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
-        rows.append((n, args.frames / elapsed, 1000 * elapsed / args.frames, len(tracker.tracks)))
+        decisions: dict[str, list] = {}
+        for mode in args.modes:
+            if mode == "off":
+                tracker = Tracker(TrackerModels(models.pose_predictor, None))
+            else:
+                tracker = Tracker(models, texture_pairs=mode)
+            tracker.run(frames[:6])  # warm-up; tracks confirmed
+            stats = getattr(tracker._texture, "stats", None)
+            before = (stats.pairs, stats.maps_encoded) if stats is not None else (0, 0)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = tracker.run(frames[6:])
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - start
+            decisions[mode] = [
+                (f.matches, f.unmatched_track_ids, f.unmatched_detections, f.new_track_ids, f.deleted_track_ids)
+                for f in out
+            ]
+            same = ""
+            if mode == "decisive" and "all" in decisions:
+                differ = sum(a != b for a, b in zip(decisions["all"], decisions["decisive"]))
+                same = f"{differ}/{len(out)}"
+            pairs = maps = 0.0
+            if stats is not None:
+                pairs = (stats.pairs - before[0]) / args.frames
+                maps = (stats.maps_encoded - before[1]) / args.frames
+            rows.append((n, mode, args.frames / elapsed, 1000 * elapsed / args.frames, len(tracker.tracks), pairs, maps, same))
     print(f"PHALP tracking only: weights={args.weights} device={args.device} threads={torch.get_num_threads()}")
-    print(f"{'people/frame':>12} | {'frames/s':>9} | {'ms/frame':>9} | {'tracks':>6}")
-    print(f"{'-' * 12}-+-{'-' * 9}-+-{'-' * 9}-+-{'-' * 6}")
-    for n, fps, ms, tracks in rows:
-        print(f"{n:>12} | {fps:>9.2f} | {ms:>9.1f} | {tracks:>6}")
+    print(f"{'people/frame':>12} | {'mode':>8} | {'frames/s':>9} | {'ms/frame':>9} | {'tracks':>6} | {'pairs/fr':>8} | {'enc/fr':>7} | {'differ':>6}")
+    print(f"{'-' * 12}-+-{'-' * 8}-+-{'-' * 9}-+-{'-' * 9}-+-{'-' * 6}-+-{'-' * 8}-+-{'-' * 7}-+-{'-' * 6}")
+    for n, mode, fps, ms, tracks, pairs, maps, same in rows:
+        print(f"{n:>12} | {mode:>8} | {fps:>9.2f} | {ms:>9.1f} | {tracks:>6} | {pairs:>8.1f} | {maps:>7.1f} | {same:>6}")
 
 
 if __name__ == "__main__":
