@@ -128,3 +128,57 @@ def test_texture_blend_matches_reference(phalp_dir):
     )
     assert out.dtype == np.dtype(meta["blend"]["out_dtype"])
     np.testing.assert_allclose(out, arrays["blend_out"], atol=1e-6, rtol=0)
+
+
+def _dense_lart_attention(attn, x, masked):
+    """LART's attention as published: all queries, keys and values, masked logits set to -1000."""
+    b, n, _ = x.shape
+    qkv = x @ attn.to_qkv.weight.T
+    q, k, v = (t.reshape(b, n, attn.heads, -1).permute(0, 2, 1, 3) for t in qkv.chunk(3, dim=-1))
+    logits = (q @ k.transpose(-1, -2)) * attn.scale
+    if masked is not None:
+        logits = torch.where(masked[:, None, None, :], torch.tensor(-1000.0), logits)
+    out = (torch.softmax(logits, dim=-1) @ v).permute(0, 2, 1, 3).reshape(b, n, -1)
+    return attn.to_out(out)
+
+
+@pytest.mark.parametrize("empty_row", [False, True], ids=["every-row-seen", "a-row-never-seen"])
+def test_keys_only_at_detections_equal_the_dense_masked_attention(empty_row):
+    """Keys and values are computed only at slots holding a detection (and queries only where the
+    last layer is read); the result must equal LART's dense computation, including the uniform
+    attention of a row that has no detection at all."""
+    from pipeline.models.phalp.config import PosePredictorConfig
+    from pipeline.models.phalp.predictor import PhalpPoseTransformer
+
+    torch.manual_seed(0)
+    cfg = PosePredictorConfig(in_feat=32, frame_length=25, pose_dim=229, mid_dim=40, depth=3, heads=4,
+                              dim_head=8, mlp_dim=48, smpl_head_hidden=64)
+    net = PhalpPoseTransformer(cfg).eval()
+    for param in net.parameters():
+        torch.nn.init.normal_(param, std=0.2)
+    b, length = 4, cfg.frame_length
+    canvas = torch.randn(b, length, cfg.pose_dim)
+    has = torch.rand(b, length) < 0.2
+    has[:, 3] = True  # every row at least one detection ...
+    has[1] = False
+    has[1, [0, 7, 8, 24]] = True  # ... and rows with different counts
+    if empty_row:
+        has[2] = False
+
+    def dense(x, masked, layers):
+        for attn, ff in layers:
+            x = x + _dense_lart_attention(attn.fn, attn.norm(x), masked)
+            x = x + ff.fn(ff.norm(x))
+        return x
+
+    with torch.no_grad():
+        x = net.pose_shape_encoder(canvas)
+        x = torch.where(has[..., None], x, net.mask_token)
+        x = dense(x + net.pos_embedding_learned1, ~has, net.transformer1.layers)
+        x = net.conv_de(net.conv_en(x.transpose(1, 2))).transpose(1, 2)
+        expected = dense(x + net.pos_embedding_learned2, None, net.transformer2.layers)
+        tokens = net(canvas, has)
+        read = torch.tensor([24, 0, 11, 5])
+        picked = net(canvas, has, read=read)
+    np.testing.assert_allclose(tokens.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(picked.numpy(), expected[torch.arange(b), read].numpy(), rtol=1e-5, atol=1e-5)

@@ -9,6 +9,7 @@ checkpoint loads key for key (see `convert.convert_pose_predictor_state_dict`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -19,6 +20,30 @@ from torch import nn
 from .config import PosePredictorConfig
 
 
+@dataclass(frozen=True)
+class KeySlots:
+    """Per row, the canvas slots that hold a detection: ``index`` (B, M), ``padding`` (B, M) True
+    where a row has fewer than M such slots (padded with slot 0, masked like an empty slot)."""
+
+    index: torch.Tensor
+    padding: torch.Tensor
+
+    @classmethod
+    def of(cls, has_detection: torch.Tensor) -> "KeySlots":
+        """From the (B, L) slot mask. When some row holds no detection at all every slot is kept
+        and masked as in the reference (its attention is then uniform over the masked slots)."""
+        counts = has_detection.sum(dim=1)
+        b, length = has_detection.shape
+        if b == 0 or int(counts.min()) == 0:
+            index = torch.arange(length, device=has_detection.device).expand(b, -1)
+            return cls(index, ~has_detection)
+        m = int(counts.max())
+        # Stable sort puts each row's detection slots first, in slot order.
+        order = torch.sort((~has_detection).to(torch.int8), dim=1, stable=True).indices[:, :m]
+        padding = torch.arange(m, device=counts.device)[None, :] >= counts[:, None]
+        return cls(order.masked_fill(padding, 0), padding)
+
+
 class PhalpPreNorm(nn.Module):
     """LART ``PreNorm``: LayerNorm then the wrapped block (``norm`` / ``fn`` keys)."""
 
@@ -27,14 +52,15 @@ class PhalpPreNorm(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.fn = fn
 
-    def forward(self, x: torch.Tensor, **kwargs: torch.Tensor | None) -> torch.Tensor:
-        return self.fn(self.norm(x), **kwargs)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.norm(x))
 
 
 class PhalpAttention(nn.Module):
     """LART ``Attention``: multi-head self-attention whose logits towards empty slots are -1000.
 
-    The reference assigns -1000 (not -inf) to masked logits; kept so that softmax stays identical.
+    The reference assigns -1000 (not -inf) to masked logits; kept for padded key slots, and for
+    a row without any detection, where it makes the attention uniform as in the reference.
     """
 
     def __init__(self, dim: int, heads: int, dim_head: int) -> None:
@@ -45,15 +71,28 @@ class PhalpAttention(nn.Module):
         self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, dim))
 
-    def forward(self, x: torch.Tensor, key_masked: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, _ = x.shape
-        q, k, v = self.to_qkv(x).chunk(3, dim=-1)
-        q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+    def forward(self, queries: torch.Tensor, context: torch.Tensor, keys: KeySlots | None = None) -> torch.Tensor:
+        """``queries`` (B, Q, D) attend to ``context`` (B, N, D), or to the slots ``keys`` names.
+
+        The reference computes all N queries, keys and values and masks the logits of empty
+        slots to -1000. Leaving such a key out changes nothing: its logit is about 1000 below the
+        others, so its softmax weight underflows to exactly 0 in float32. Computing K and V for
+        the few slots that hold detections (at most 7 of 125 in tracking), and queries only
+        where they are read, is what makes the predictor cheap.
+        """
+        b, nq, _ = queries.shape
+        inner = self.to_qkv.out_features // 3
+        w = self.to_qkv.weight
+        if keys is not None:
+            context = torch.gather(context, 1, keys.index[..., None].expand(-1, -1, context.shape[-1]))
+        q = F.linear(queries, w[:inner]).reshape(b, nq, self.heads, -1).transpose(1, 2)
+        k, v = F.linear(context, w[inner:]).chunk(2, dim=-1)
+        k, v = (t.reshape(b, context.shape[1], self.heads, -1).transpose(1, 2) for t in (k, v))
         dots = torch.matmul(q, k.transpose(-1, -2)) * self.scale
-        if key_masked is not None:  # (B, N) True where the key slot holds no detection
-            dots = dots.masked_fill(key_masked[:, None, None, :], -1e3)
+        if keys is not None:
+            dots = dots.masked_fill(keys.padding[:, None, None, :], -1e3)
         out = torch.matmul(dots.softmax(dim=-1), v)
-        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+        return self.to_out(out.transpose(1, 2).reshape(b, nq, -1))
 
 
 class PhalpFeedForward(nn.Module):
@@ -82,11 +121,25 @@ class PhalpTransformer(nn.Module):
             for _ in range(depth)
         )
 
-    def forward(self, x: torch.Tensor, key_masked: torch.Tensor | None = None) -> torch.Tensor:
-        for attn, ff in self.layers:
-            x = x + attn(x, key_masked=key_masked)
+    def forward(
+        self, x: torch.Tensor, keys: KeySlots | None = None, read: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D); keys are ``keys``' slots only (all slots when None).
+
+        With ``read`` ((B,) one slot per row) the last layer computes only those rows' tokens and
+        (B, D) is returned: nothing after it looks at the other slots.
+        """
+        last = len(self.layers) - 1
+        for i, (attn, ff) in enumerate(self.layers):
+            context = attn.norm(x)
+            if i == last and read is not None:
+                rows = torch.arange(x.shape[0], device=x.device)
+                x, queries = x[rows, read][:, None], context[rows, read][:, None]
+            else:
+                queries = context
+            x = x + attn.fn(queries, context, keys)
             x = x + ff(x)
-        return x
+        return x[:, 0] if read is not None else x
 
 
 def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
@@ -168,16 +221,20 @@ class PhalpPoseTransformer(nn.Module):
             for _ in range(c.num_smpl_heads)
         )
 
-    def forward(self, canvas: torch.Tensor, has_detection: torch.Tensor) -> torch.Tensor:
-        """Normalised canvas (B, L, pose_dim) and (B, L) bool -> slot tokens (B, L, in_feat)."""
+    def forward(
+        self, canvas: torch.Tensor, has_detection: torch.Tensor, read: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Normalised canvas (B, L, pose_dim) and (B, L) bool -> slot tokens (B, L, in_feat).
+
+        With ``read`` ((B,) slot indices) only those tokens are computed at the end: (B, in_feat).
+        """
         x = self.pose_shape_encoder(canvas)
-        empty = ~has_detection
-        x = torch.where(empty[..., None], self.mask_token.to(x.dtype), x)
+        x = torch.where(has_detection[..., None], x, self.mask_token.to(x.dtype))
         x = x + self.pos_embedding_learned1
-        x = self.transformer1(x, key_masked=empty)
+        x = self.transformer1(x, keys=KeySlots.of(has_detection))
         x = self.conv_de(self.conv_en(x.transpose(1, 2))).transpose(1, 2)
         x = x + self.pos_embedding_learned2
-        return self.transformer2(x)
+        return self.transformer2(x, read=read)
 
     def read_out(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens (N, in_feat) -> pose-camera vectors (N, 229): R_global (9), R_body (207), betas, camera."""
@@ -269,11 +326,10 @@ class PhalpPosePredictor(nn.Module):
         if history_pose.shape[0] == 0:
             return torch.zeros(0, self.config.pose_dim)
         canvas, has, last = self.build_canvas(history_pose, history_time)
-        tokens = self.encoder(canvas, has)
         slots = self.target_slots(last, time_since_update)
         if readout == "first_row":
             slots = slots[:1].expand_as(slots)
-        picked = tokens[torch.arange(tokens.shape[0], device=tokens.device), slots.to(tokens.device)]
+        picked = self.encoder(canvas, has, read=slots.to(canvas.device))
         return self.encoder.read_out(picked).float().cpu()
 
     @torch.no_grad()
