@@ -80,19 +80,34 @@ class PhalpAttention(nn.Module):
         the few slots that hold detections (at most 7 of 125 in tracking), and queries only
         where they are read, is what makes the predictor cheap.
         """
-        b, nq, _ = queries.shape
+        b, nq, dim = queries.shape
         inner = self.to_qkv.out_features // 3
         w = self.to_qkv.weight
         if keys is not None:
-            context = torch.gather(context, 1, keys.index[..., None].expand(-1, -1, context.shape[-1]))
-        q = F.linear(queries, w[:inner]).reshape(b, nq, self.heads, -1).transpose(1, 2)
+            context = torch.gather(context, 1, keys.index[..., None].expand(-1, -1, dim))
+        m = context.shape[1]
         k, v = F.linear(context, w[inner:]).chunk(2, dim=-1)
-        k, v = (t.reshape(b, context.shape[1], self.heads, -1).transpose(1, 2) for t in (k, v))
-        dots = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+        k, v = (t.reshape(b, m, self.heads, -1).transpose(1, 2) for t in (k, v))  # (B, H, M, dh)
+        if self.heads * m >= inner:
+            q = F.linear(queries, w[:inner]).reshape(b, nq, self.heads, -1).transpose(1, 2)
+            dots = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+            if keys is not None:
+                dots = dots.masked_fill(keys.padding[:, None, None, :], -1e3)
+            out = torch.matmul(dots.softmax(dim=-1), v)
+            return self.to_out(out.transpose(1, 2).reshape(b, nq, -1))
+        # Few keys: fold the query projection into the keys and the output projection into the
+        # values (q.k = x.(Wq^T k), Wo(sum a v) = sum a (Wo v)), so each query costs
+        # O(heads * keys * dim) instead of O(inner * dim) twice. The same products, reassociated.
+        w_q = w[:inner].reshape(self.heads, -1, dim)  # (H, dh, D)
+        keys_in = torch.matmul(k, w_q).reshape(b, self.heads * m, dim)  # (B, H*M, D)
+        dots = torch.matmul(queries, keys_in.transpose(1, 2)).reshape(b, nq, self.heads, m) * self.scale
         if keys is not None:
             dots = dots.masked_fill(keys.padding[:, None, None, :], -1e3)
-        out = torch.matmul(dots.softmax(dim=-1), v)
-        return self.to_out(out.transpose(1, 2).reshape(b, nq, -1))
+        out_proj = self.to_out[0]
+        w_o = out_proj.weight.reshape(-1, self.heads, inner // self.heads).transpose(0, 1)  # (H, D, dh)
+        values_out = torch.matmul(v, w_o.transpose(1, 2)).reshape(b, self.heads * m, -1)  # (B, H*M, D)
+        attn = dots.softmax(dim=-1).reshape(b, nq, self.heads * m)
+        return torch.matmul(attn, values_out) + out_proj.bias
 
 
 class PhalpFeedForward(nn.Module):
