@@ -30,6 +30,7 @@ from .models.hmr2.predictor import HMR2Output
 from .models.vitdet.predictor import Detections
 from .result_stream import FrameRecord, ResultWriter
 from .schema import VideoMeta
+from .tracking.association import TexturePairs
 from .tracking.observation import PersonObservation
 from .tracking.tracker import Tracker, TrackerModels
 from .video import FrameChunk, VideoInfo, VideoLimits, iter_frames, probe_video
@@ -162,6 +163,7 @@ class VideoLoop:
         limits: VideoLimits = VideoLimits(),
         max_stage_wait_s: float = 120.0,
         backoff_s: tuple[float, float] = (0.5, 8.0),
+        texture_pairs: TexturePairs = "decisive",
     ) -> None:
         self.stages = stages
         self.appearance = appearance
@@ -170,6 +172,8 @@ class VideoLoop:
         self.limits = limits
         self.max_stage_wait_s = max_stage_wait_s
         self.backoff_s = backoff_s
+        # PHALP's decisions either way; "decisive" encodes only the texture pairs they depend on.
+        self.texture_pairs = texture_pairs
 
     def run(
         self,
@@ -226,7 +230,7 @@ class VideoLoop:
 
     # -- one pass from a state to the end (or to a stage failure) --------------------------------
     def _attempt(self, path, work_dir, token, vertices, state, total, on_chunk, should_stop, on_frames) -> dict[str, Any]:
-        tracker = Tracker(self.tracker_models)
+        tracker = Tracker(self.tracker_models, texture_pairs=self.texture_pairs)
         if state is None:
             writer = ResultWriter(work_dir, token, vertices=vertices)
             next_frame, chunks, timings = 0, 0, dict.fromkeys(TIMINGS, 0.0)
