@@ -24,12 +24,12 @@ import hashlib
 import json
 import os
 import tarfile
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from phalp_golden import golden_config, golden_scenario
 
 HALF = [pytest.param(torch.bfloat16, id="bfloat16"), pytest.param(torch.float16, id="float16")]
 # bfloat16 (8 mantissa bits) misses the tolerances on the golden models; measured on the golden
@@ -195,52 +195,6 @@ def test_phalp_pose_predictor_half(golden, phalp_golden_models, dtype):
     assert worst <= POSE_ATOL, f"{dtype}: predicted pose differs by {worst:.4f} > {POSE_ATOL}"
 
 
-def _scenario(folder: Path):
-    """Per frame of the golden scenario: (frame, [PersonObservation], image size), from detections.*."""
-    from pipeline.tracking import PersonObservation
-
-    meta = json.loads((folder / "detections.json").read_text())
-    with np.load(folder / "detections.npz") as data:
-        d = {k: data[k] for k in data.files}
-    size = tuple(meta["image_size_hw"])
-    uv_hw = d["uv_textures"].shape[-2:]
-    frames = []
-    for fr in meta["frames"]:
-        rows = np.nonzero(d["frame"] == fr["frame"])[0]
-        rows = rows[np.argsort(d["det_index"][rows])]
-        raw_by_det = {x["det_index"]: x["raw_index"] for x in fr["detections"]}
-        people = []
-        for i in rows:
-            vis = np.unpackbits(d["uv_visible_packed"][i], axis=-1)[:, : uv_hw[1]].astype(bool)
-            uv = np.empty((4, *uv_hw), dtype=np.float32)
-            uv[:3] = np.where(vis, d["uv_textures"][d["uv_tex_id"][i]], 0)
-            uv[3] = np.where(vis, 1, -1)
-            x, y, w, h = (np.float64(v) for v in d["bbox"][i])
-            people.append(PersonObservation(
-                bbox=np.array([x, y, x + w, y + h]), score=float(d["conf"][i]),
-                global_orient=d["smpl_global_orient"][i], body_pose=d["smpl_body_pose"][i], betas=d["smpl_betas"][i],
-                pred_cam=d["camera_bbox"][i], uv=uv, appearance=d["appe"][i], joints_3d=d["joints_3d"][i][:-1],
-                crop_center=d["center"][i].astype(np.float64), crop_size=float(np.max(d["scale"][i])),
-                extra=raw_by_det[int(d["det_index"][i])],
-            ))  # fmt: skip
-        frames.append((fr["frame"], people, size))
-    assert frames, "no frames in detections.json"
-    return frames
-
-
-def _config(folder: Path):
-    from pipeline.models.phalp.config import PhalpConfig
-
-    used = json.loads((folder / "config_used.json").read_text())["config"]
-    p = used["phalp"]
-    return PhalpConfig(
-        alpha=p["alpha"], low_th_c=p["low_th_c"], hungarian_th=p["hungarian_th"], track_history=p["track_history"],
-        max_age_track=p["max_age_track"], n_init=p["n_init"], past_lookback=p["past_lookback"],
-        small_w=p["small_w"], small_h=p["small_h"], render_res=used["render"]["res"],
-        focal_length=float(used["EXTRA"]["FOCAL_LENGTH"]), expand_bbox_shape=tuple(used["expand_bbox_shape"]),
-    )  # fmt: skip
-
-
 def _decisions(models, config, frames, dtype):
     from pipeline.tracking import Tracker
 
@@ -269,8 +223,8 @@ def test_phalp_tracking_decisions_half(golden, phalp_golden_models, dtype):
     from pipeline.tracking import TrackerModels
 
     folder = golden("phalp")
-    frames = _scenario(folder)
-    config = _config(folder)
+    frames = [f[:3] for f in golden_scenario(folder)]
+    config = golden_config(folder)
     models = TrackerModels(*phalp_golden_models)
     reference = _decisions(models, config, frames, None)
     assert any(f["matches"] for f in reference), "the scenario never matched a track"

@@ -12,10 +12,11 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.models.phalp.config import PhalpConfig
-from pipeline.tracking import PersonObservation, Tracker, TrackerModels, collect_outputs
+from pipeline.tracking import Tracker, TrackerModels, collect_outputs
 from pipeline.tracking.association import EncoderTextureCost
 from pipeline.tracking.observation import build_detection
+
+from phalp_golden import golden_config, golden_scenario, read_npz
 
 
 @pytest.fixture(scope="module")
@@ -28,69 +29,14 @@ def models(phalp_golden_models):
     return TrackerModels(*phalp_golden_models)
 
 
-def _npz(path) -> dict[str, np.ndarray]:
-    """Every array of an npz, read once (indexing an NpzFile decompresses the array each time)."""
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
-
-
-def _config(phalp_dir) -> PhalpConfig:
-    used = json.loads((phalp_dir / "config_used.json").read_text())["config"]
-    p = used["phalp"]
-    return PhalpConfig(
-        alpha=p["alpha"], low_th_c=p["low_th_c"], hungarian_th=p["hungarian_th"], track_history=p["track_history"],
-        max_age_track=p["max_age_track"], n_init=p["n_init"], past_lookback=p["past_lookback"],
-        small_w=p["small_w"], small_h=p["small_h"], render_res=used["render"]["res"],
-        focal_length=float(used["EXTRA"]["FOCAL_LENGTH"]), expand_bbox_shape=tuple(used["expand_bbox_shape"]),
-    )
-
-
 @pytest.fixture(scope="module")
 def scenario(phalp_dir):
-    """Per frame: (frame index, [PersonObservation], image size), rebuilt from detections.*."""
-    meta = json.loads((phalp_dir / "detections.json").read_text())
-    d = _npz(phalp_dir / "detections.npz")
-    size = tuple(meta["image_size_hw"])
-    uv_hw = d["uv_textures"].shape[-2:]  # the UV atlas size, as stored
-    frames = []
-    for fr in meta["frames"]:
-        t = fr["frame"]
-        rows = np.nonzero(d["frame"] == t)[0]
-        rows = rows[np.argsort(d["det_index"][rows])]
-        raw_by_det = {x["det_index"]: x["raw_index"] for x in fr["detections"]}
-        people = []
-        for i in rows:
-            vis = np.unpackbits(d["uv_visible_packed"][i], axis=-1)[:, : uv_hw[1]].astype(bool)
-            uv = np.empty((4, *uv_hw), dtype=np.float32)
-            uv[:3] = np.where(vis, d["uv_textures"][d["uv_tex_id"][i]], 0)
-            uv[3] = np.where(vis, 1, -1)
-            assert float(uv.astype(np.float64).sum()) == pytest.approx(float(d["uv_checksum"][i]), rel=1e-12)
-            x, y, w, h = (np.float64(v) for v in d["bbox"][i])
-            people.append(
-                PersonObservation(
-                    bbox=np.array([x, y, x + w, y + h]),
-                    score=float(d["conf"][i]),
-                    global_orient=d["smpl_global_orient"][i],
-                    body_pose=d["smpl_body_pose"][i],
-                    betas=d["smpl_betas"][i],
-                    pred_cam=d["camera_bbox"][i],
-                    uv=uv,
-                    appearance=d["appe"][i],
-                    joints_3d=d["joints_3d"][i][:-1],  # the stored extra zero joint is not an HMR2 output
-                    crop_center=d["center"][i].astype(np.float64),
-                    crop_size=float(np.max(d["scale"][i])),
-                    extra=raw_by_det[int(d["det_index"][i])],
-                )
-            )
-        frames.append((t, people, size, rows))
-    assert frames, "no frames in detections.json"
-    assert sum(len(f[1]) for f in frames) == meta["n_detections"] == len(d["frame"])
-    return frames
+    return golden_scenario(phalp_dir)
 
 
 def test_detection_vectors_match_reference(phalp_dir, scenario):
-    d = _npz(phalp_dir / "detections.npz")
-    config = _config(phalp_dir)
+    d = read_npz(phalp_dir / "detections.npz")
+    config = golden_config(phalp_dir)
     checked = 0
     for t, people, size, rows in scenario:
         for j, (person, i) in enumerate(zip(people, rows)):
@@ -118,10 +64,10 @@ class CountingTexture:
 def test_tracker_decisions_match_reference(phalp_dir, scenario, models):
     """The whole scenario with our own appearance path: the texture cue of every pair is computed by
     our encoder from the fixture's UV maps, and every decision must equal the reference's."""
-    config = _config(phalp_dir)
+    config = golden_config(phalp_dir)
     decisions = json.loads((phalp_dir / "tracker_decisions.json").read_text())["frames"]
     expected_out = json.loads((phalp_dir / "tracker_output.json").read_text())["frames"]
-    preds = _npz(phalp_dir / "tracker_predictions.npz")
+    preds = read_npz(phalp_dir / "tracker_predictions.npz")
     assert scenario, "no frames in detections.json"
     assert len(decisions) == len(scenario), "tracker_decisions.json and detections.json disagree on the frame count"
     assert len(expected_out) == len(scenario), "tracker_output.json and detections.json disagree on the frame count"
