@@ -26,17 +26,11 @@ def blend_texture(old_uv: np.ndarray, new_uv: np.ndarray, conf: np.float32, alph
     mix = alpha * (np.float32(conf) ** 2)  # a float32 scalar under NumPy 2 promotion, as the reference
     old_seen = old_uv[3] == 1
     new_seen = new_uv[3] == 1
-    both = old_seen & new_seen
-    only_old = old_seen & ~both
-    only_new = new_seen & ~both
-    out = np.zeros((4,) + old_uv.shape[1:], dtype=np.float64)
-    rgb = out[:3]
-    sel = np.broadcast_to(both, rgb.shape)
-    rgb[sel] = (1 - mix) * old_uv[:3][sel] + mix * new_uv[:3][sel]
-    sel = np.broadcast_to(only_old, rgb.shape)
-    rgb[sel] = old_uv[:3][sel]
-    sel = np.broadcast_to(only_new, rgb.shape)
-    rgb[sel] = new_uv[:3][sel]
+    # Whole-array arithmetic with the reference's dtypes (mix * new in float32, the sum in
+    # float64), then a selection: bit for bit the values the reference assigns through masks.
+    mixed = (1 - mix) * old_uv[:3] + mix * new_uv[:3]
+    out = np.empty((4,) + old_uv.shape[1:], dtype=np.float64)
+    out[:3] = np.where(old_seen & new_seen, mixed, np.where(old_seen, old_uv[:3], np.where(new_seen, new_uv[:3], 0.0)))
     out[3] = np.where(old_seen | new_seen, 1.0, -1.0)
     return out
 
