@@ -533,3 +533,57 @@ def test_cli_export(sources, tiny_cache, tmp_path, capsys):
         assert main(["export", str(sources["json"]), "--out", str(tmp_path / "x.out"), *extra]) == 2
         assert json.loads(capsys.readouterr().out)["error"]["code"] == want
     assert not (tmp_path / "x.out").exists()
+
+
+# -- the HTTP route's logic (the served route: tests/test_serve_video.py) ---------------------------
+
+
+def test_job_export_response(sources, tiny_cache, tmp_path):
+    import asyncio
+
+    pytest.importorskip("ray.serve")
+    from deployments.common import ModelSettings
+    from deployments.video import JobSettings
+    from deployments.video_api import VideoApiSettings, VideoJobs
+    from pipeline.errors import PoseError
+
+    models = ModelSettings(profile="full", weights_dir=str(tiny_cache))
+    videos = VideoJobs(None, JobSettings(data_dir=str(tmp_path / "data")), VideoApiSettings(models=models))  # type: ignore[arg-type]
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"stands in for the video; nothing reads it here")
+    job = videos.store.create("video", input_file=clip)
+
+    def refused(j: Any, fmt: str, track: int | None = None) -> tuple[str, int]:
+        with pytest.raises(PoseError) as info:
+            asyncio.run(videos.export_response(j, fmt, track, False))
+        return info.value.code, info.value.status
+
+    assert refused(job, "bvh") == ("job_not_finished", 409)
+    assert refused(job, "fbx") == ("export_format_unknown", 422)
+    claimed = videos.store.claim_next()
+    assert claimed is not None and claimed.id == job.id
+    job_dir = videos.store.job_dir(job.id)
+    for name in ("result.jsonl", "result-meta.json"):
+        shutil.copy(sources["folder"] / name, job_dir / name)
+    done = videos.store.finish(job.id, {"jsonl": "result.jsonl", "meta": "result-meta.json"}, token=claimed.attempts)
+    assert refused(done, "glb", 12) == ("track_not_found", 404)
+
+    response = asyncio.run(videos.export_response(done, "glb", 7, False))
+    assert response.media_type == "model/gltf-binary"
+    assert response.headers["content-disposition"] == f'attachment; filename="{job.id}-track-7.glb"'
+    data = Path(response.path).read_bytes()
+    assert parse_glb(data)[0]["asset"]["extras"]["track_id"] == 7
+    asyncio.run(response.background())  # the temporary file goes once sent
+    assert not Path(response.path).exists()
+
+    zipped = asyncio.run(videos.export_response(done, "amass", None, False))
+    assert zipped.media_type == "application/zip"
+    with zipfile.ZipFile(zipped.path) as zf:
+        assert zf.namelist() == ["track-3.npz", "track-7.npz"]
+
+    without = VideoJobs(None, JobSettings(data_dir=str(tmp_path / "data")), VideoApiSettings())  # type: ignore[arg-type]
+    with pytest.raises(PoseError) as info:
+        asyncio.run(without.export_response(done, "bvh", None, False))
+    assert (info.value.code, info.value.status) == ("smpl_missing", 503)
+    mot = asyncio.run(without.export_response(done, "mot", None, False))  # MOT needs no body model
+    assert mot.headers["content-disposition"].endswith('-tracks.txt"')
