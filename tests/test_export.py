@@ -180,6 +180,17 @@ def expected(doc: dict[str, Any], track_id: int, world: np.ndarray, smpl_joints)
     return {"frames": [f for f, _ in dets], "rot": rot, "pelvis": pelvis, "betas": betas.mean(0)}
 
 
+@pytest.mark.parametrize("block", [7, 1 << 16])
+def test_json_document_is_read_frame_by_frame_across_read_boundaries(document, sources, block, monkeypatch):
+    from pipeline.export import source
+
+    monkeypatch.setattr(source, "READ_BLOCK", block)  # 7: every number and key straddles reads
+    reader = source.ResultReader(sources["json"])
+    frames = list(reader.frames())
+    assert frames == document["frames"]
+    assert reader.meta == {k: v for k, v in document.items() if k != "frames"}
+
+
 # -- BVH ------------------------------------------------------------------------------------------
 
 

@@ -101,10 +101,13 @@ def _jsonl_frames(path: Path) -> Iterator[dict[str, Any]]:
                 raise InputError("result_unreadable", f"{path.name} line {number} is not JSON: {exc}") from exc
 
 
+READ_BLOCK = 1 << 16  # characters read at a time from a JSON document
+
+
 class _Scanner:
     """Incremental JSON text: values are decoded with the stdlib decoder from a sliding buffer."""
 
-    def __init__(self, f: Any, block: int = 1 << 16) -> None:
+    def __init__(self, f: Any, block: int = READ_BLOCK) -> None:
         self.f = f
         self.block = block
         self.buf = ""
@@ -150,8 +153,13 @@ class _Scanner:
                 if self._more():
                     continue
                 raise
-            # a value that ends with the buffer may go on (a number cut in two): read on first
-            if end == len(self.buf) and self._more():
+            # a number the buffer cut in two ("1." of "1.25", "3e" of "3e-4") decodes as its
+            # first part: read on until what follows it is in the buffer
+            nxt = end
+            while nxt < len(self.buf) and self.buf[nxt] in " \t\r\n":
+                nxt += 1
+            cut = nxt == len(self.buf) or (isinstance(value, (int, float)) and self.buf[nxt] in ".eE+-0123456789")
+            if cut and self._more():
                 continue
             self.pos = end
             return value
@@ -161,7 +169,7 @@ def _document_frames(path: Path, meta: dict[str, Any]) -> Iterator[dict[str, Any
     """The frames of a `VideoResult` JSON file, streamed; its other keys land in ``meta``."""
     try:
         with open(path, encoding="utf-8") as f:
-            s = _Scanner(f)
+            s = _Scanner(f, READ_BLOCK)
             s.expect("{")
             if s.peek() == "}":
                 return
