@@ -334,7 +334,10 @@ def build_app(args: AppArgs) -> Application:
         else None
     )
     video_api = VideoApiSettings(
-        media_dir=args.media_dir, sync_timeout_s=args.jobs.sync_timeout_s, allow_callbacks=args.jobs.allow_callbacks
+        media_dir=args.media_dir,
+        sync_timeout_s=args.jobs.sync_timeout_s,
+        allow_callbacks=args.jobs.allow_callbacks,
+        models=ModelSettings(**common),  # exports read the SMPL model from the same caches
     )
     return Ingress.options(ray_actor_options=actor_options("ingress")).bind(
         detector, regressor, settings, video, jobs if video is not None else None, video_api

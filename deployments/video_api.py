@@ -15,6 +15,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
@@ -22,12 +24,15 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 
 from pipeline.callbacks import check_url
 from pipeline.errors import InputError, PoseError
 from pipeline.jobs import MAX_OFFSET, Job, JobStore, check_replay
 from pipeline.schema import VideoResult
 from pipeline.weights import sha256_of
+
+from .common import ModelSettings
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
@@ -116,6 +121,9 @@ class VideoApiSettings(BaseModel):
     media_dir: Optional[str] = None  # POST /pose/video reads files from here only; None: route disabled
     sync_timeout_s: float = 300.0  # POST /pose/video waits this long, then answers 202 with the job
     allow_callbacks: bool = True  # accept callback_url (the worker POSTs to it when a job ends)
+    # Where exports (BVH, GLB, AMASS) find the SMPL model: the model replicas' own cache settings,
+    # read on the Ingress's node (the tiny profile writes its tiny SMPL there). None: those exports off.
+    models: Optional[ModelSettings] = None
 
 
 # -- the service side ----------------------------------------------------------------------------
@@ -131,6 +139,7 @@ class VideoJobs:
         self.limits = jobs.video_limits.limits()
         self.store: JobStore = jobs.open_store()
         self.media_root = Path(api.media_dir).expanduser() if api.media_dir else None
+        self._body: Any = None  # the SMPL rig exports use, read on the first export that needs it
 
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Store calls are short but synchronous (SQLite, fsync): off the event loop."""
@@ -244,13 +253,7 @@ class VideoJobs:
         would be tens of GB)."""
         from pipeline.result_stream import iter_json_document
 
-        if job.state != "succeeded":
-            raise PoseError(
-                "job_not_finished" if job.state in ("queued", "running") else "job_" + job.state,
-                f"expected a succeeded job, got one that is {job.state}",
-                status=409,
-                details={"state": job.state, **({"error": job.error.__dict__} if job.error else {})},
-            )
+        require_succeeded(job)
         has_vertices = bool(job.options.get("vertices", False))
         if vertices and not has_vertices:
             raise InputError(
@@ -267,10 +270,63 @@ class VideoJobs:
         if any(p is None or not p.is_file() for p in paths):
             raise PoseError("result_missing", f"the {fmt} result of job {job.id} is not on disk", status=500)
         if fmt == "npz":
-            return FileResponse(paths[0], media_type="application/octet-stream", headers=_attachment(job.id, "npz"))
+            return FileResponse(paths[0], media_type="application/octet-stream", headers=_attachment(f"{job.id}.npz"))
         if fmt == "jsonl":
             return FileResponse(paths[0], media_type="application/jsonl")
         return StreamingResponse(iter_json_document(paths[0], paths[1]), media_type="application/json")
+
+
+    def export_body(self) -> Any:
+        """The SMPL rig for exports, from the configured caches (`smpl_missing` if absent there)."""
+        if self._body is None:
+            from pipeline.export.body import find_smpl, load_body
+
+            if self.api.models is None:
+                raise PoseError("smpl_missing", "this deployment has no model caches configured for exports", status=503)
+            self._body = load_body(find_smpl(self.api.models.roots()))
+        return self._body
+
+    async def export_response(self, job: Job, fmt: str, track: int | None, include_unconfirmed: bool) -> Response:
+        """A finished job's tracks in an export format (`pipeline.export`), as an attachment: one
+        file for one track or MOT, else a zip of one file per track."""
+        from pipeline.export import FORMATS, ResultFiles, check_format, export_to, needs_body
+
+        check_format(fmt)
+        require_succeeded(job)
+        jsonl, meta = job.result_paths.get("jsonl"), job.result_paths.get("meta")
+        if jsonl is None or meta is None or not jsonl.is_file() or not meta.is_file():
+            raise PoseError("result_missing", f"the result of job {job.id} is not on disk", status=500)
+        body = await self.call(self.export_body) if needs_body(fmt) else None
+        folder = Path(tempfile.mkdtemp(prefix="pose-export-"))
+        try:
+            out = folder / "export"
+            names = await self.call(
+                export_to, ResultFiles(jsonl, meta), fmt, out, track, body=body, include_unconfirmed=include_unconfirmed
+            )
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        if track is not None or fmt == "mot":
+            filename, media = f"{job.id}-{names[0]}", FORMATS[fmt][1]
+        else:
+            filename, media = f"{job.id}-{fmt}.zip", "application/zip"
+        return FileResponse(
+            out,
+            media_type=media,
+            headers=_attachment(filename),
+            background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True),
+        )
+
+
+def require_succeeded(job: Job) -> None:
+    """A job without a result yet (or that will never have one) is a 409 with its state."""
+    if job.state != "succeeded":
+        raise PoseError(
+            "job_not_finished" if job.state in ("queued", "running") else "job_" + job.state,
+            f"expected a succeeded job, got one that is {job.state}",
+            status=409,
+            details={"state": job.state, **({"error": job.error.__dict__} if job.error else {})},
+        )
 
 
 def result_formats(job: Job) -> list[str]:
@@ -290,8 +346,8 @@ def _probe(path: Path, limits: Any) -> Any:
     return probe_video(path, limits)
 
 
-def _attachment(job_id: str, ext: str) -> dict[str, str]:
-    return {"content-disposition": f'attachment; filename="{job_id}.{ext}"'}
+def _attachment(filename: str) -> dict[str, str]:
+    return {"content-disposition": f'attachment; filename="{filename}"'}
 
 
 # -- streaming uploads ---------------------------------------------------------------------------
@@ -592,6 +648,35 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         """The result of a succeeded job: the versioned `VideoResult` document, or NPZ arrays."""
         v = jobs()
         return await v.result_response(await v.call(v.store.get, job_id), format, vertices)
+
+    @app.get(
+        "/v1/jobs/{job_id}/export",
+        tags=["videos"],
+        dependencies=protected,
+        responses={
+            **_VIDEO_ERRORS,
+            200: {
+                "content": {
+                    "application/zip": {"description": "every track, one file each (amass, bvh, glb without track)"},
+                    "model/gltf-binary": {"description": "format=glb: skinned SMPL mesh + the track's animation"},
+                    "text/plain": {"description": "format=bvh (one track) or mot (MOTChallenge lines)"},
+                    "application/octet-stream": {"description": "format=amass: AMASS-style NPZ of one track"},
+                }
+            },
+            404: {"description": "job_not_found, track_not_found, no_tracks"},
+            422: {"description": "export_format_unknown, request_invalid"},
+            503: {"description": "smpl_missing: amass, bvh and glb need the SMPL model in the configured caches"},
+        },
+    )
+    async def export_job(
+        job_id: str,
+        format: str = Query(..., description="amass (SMPL NPZ), bvh, glb (skinned mesh + animation) or mot (MOTChallenge text)"),
+        track: Optional[int] = Query(None, description="one track id; without it every track (a zip; mot: one file)"),
+        include_unconfirmed: bool = Query(False, description="also detections never confirmed as a track (negative ids)"),
+    ) -> Response:
+        """A succeeded job's tracked people for animation and tracking tools (units and axes: docs/exports.md)."""
+        v = jobs()
+        return await v.export_response(await v.call(v.store.get, job_id), format, track, include_unconfirmed)
 
     @app.delete(
         "/v1/jobs/{job_id}",

@@ -196,6 +196,22 @@ def test_json_lines_are_the_frames_of_the_document(client, crossing_job):
     assert [json.loads(line) for line in resp.text.splitlines()] == doc["frames"]
 
 
+def test_exports_of_a_finished_job(client, crossing_job):
+    doc = client.get(crossing_job["links"]["result"]).json()
+    assert doc["tracks"], "the tiny models should track the two drawn figures"
+    track_id = doc["tracks"][0]["track_id"]
+    url = f"/v1/jobs/{crossing_job['id']}/export"
+    glb = client.get(url, params={"format": "glb", "track": track_id})  # rigged with the tiny profile's SMPL
+    assert glb.status_code == 200, glb.text[:300]
+    assert glb.headers["content-type"] == "model/gltf-binary" and glb.content[:4] == b"glTF"
+    assert glb.headers["content-disposition"] == f'attachment; filename="{crossing_job["id"]}-track-{track_id}.glb"'
+    mot = client.get(url, params={"format": "mot"})
+    confirmed = [(f["frame_index"] + 1, p["track_id"]) for f in doc["frames"] for p in f["people"] if p["track_id"] is not None]
+    assert sorted((int(r.split(",")[0]), int(r.split(",")[1])) for r in mot.text.splitlines()) == sorted(confirmed)
+    assert_error(client.get(url, params={"format": "bvh", "track": 9999}), 404, "track_not_found")
+    assert_error(client.get(url, params={"format": "fbx"}), 422, "export_format_unknown")
+
+
 def test_vertices_on_request_are_in_the_binary_form_only(client, clips):
     job = run_job(client, clips["one"], vertices="true")
     assert job["state"] == "succeeded" and job["options"]["vertices"] is True
