@@ -216,7 +216,7 @@ def _decisions(models, config, frames, dtype):
 def test_phalp_tracking_decisions_half(golden, phalp_golden_models, dtype):
     if _device().type == "cpu" and os.environ.get("POSE_PRECISION_SCENARIO") != "1":
         pytest.skip(
-            "the whole golden scenario in half precision takes ~20 min per dtype on a CPU without bf16/fp16 "
+            "the whole golden scenario in half precision takes 8-10 min per dtype on a CPU without bf16/fp16 "
             "instructions (half convolutions ~85x, matmuls ~200x slower than float32); runs on CUDA or with "
             "POSE_PRECISION_SCENARIO=1"
         )
