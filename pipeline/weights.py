@@ -212,7 +212,7 @@ IMPORT_HINT = (
 )
 
 
-def missing_message(missing: Sequence[FileStatus]) -> str:
+def missing_message(missing: Sequence[FileStatus], *, import_hint: bool = True) -> str:
     """One message naming each missing file, where it was looked for, and how to provide it."""
     lines = [f"{len(missing)} model file(s) missing:"]
     downloads: dict[Download, list[str]] = {}
@@ -230,7 +230,8 @@ def missing_message(missing: Sequence[FileStatus]) -> str:
             f"{dl.name} from {dl.urls[0]}, or from the mirrors in ${MIRRORS_ENV}), or place the files at "
             "the first path listed for each"
         )
-    lines.append(IMPORT_HINT)
+    if import_hint:
+        lines.append(IMPORT_HINT)
     return "\n".join(lines)
 
 
@@ -266,15 +267,15 @@ def ensure(
         statuses = report(files, roots)
     missing = [st for st in statuses if not st.present]
     if missing:
-        message = missing_message(missing)
-        details: dict[str, Any] = {"missing": [st.file.key for st in missing]}
         refused = {dl: exc for dl, exc in failures.items() if "tried" in exc.details}
+        message = missing_message(missing, import_hint=not refused)  # else the ways out below say it
+        details: dict[str, Any] = {"missing": [st.file.key for st in missing]}
         if failures:
             message += "\ndownloads that failed:"
             for dl, exc in failures.items():
-                message += f"\n- {dl.name}: " + (_tried_lines(exc.details["tried"]) if dl in refused else exc.message)
+                message += f"\n- {dl.name}:\n" + _tried_lines(exc.details["tried"]) if dl in refused else f"\n- {dl.name}: {exc.message}"
         if refused:
-            message += "\n" + _ways_out([(dl, roots.root(dl.root) / dl.target) for dl in refused], roots)
+            message += "\n" + _ways_out([(dl, roots.root(dl.root) / dl.target) for dl in refused])
             details["downloads"] = {dl.name: exc.details["tried"] for dl, exc in refused.items()}
         raise WeightsError("weights_missing", message, details=details)
     lock = DigestLock(roots.lock)
@@ -545,7 +546,7 @@ def _fetch_locked(dl: Download, roots: CacheRoots, dest: Path, *, progress: bool
         else:
             raise WeightsError(
                 "download_failed",
-                f"could not download {dl.name}; every address failed:\n{_tried_lines(tried)}\n{_ways_out([(dl, dest)], roots)}",
+                f"could not download {dl.name}; every address failed:\n{_tried_lines(tried)}\n{_ways_out([(dl, dest)])}",
                 details={"file": dl.name, "path": str(dest), "tried": tried},
             )
     if dl.extract:
@@ -589,17 +590,16 @@ def _tried_lines(tried: Sequence[Mapping[str, str]]) -> str:
     return "\n".join(f"    {t['url']}: {t['answer']}" for t in tried)
 
 
-def _ways_out(items: Sequence[tuple[Download, Path]], roots: CacheRoots) -> str:
+def _ways_out(items: Sequence[tuple[Download, Path]]) -> str:
     """The three ways to provide files no address served."""
-    bases = mirror_bases(roots)
-    example = bases[0] if bases else "https://HOST/BASE"
-    served = ", ".join(mirror_url(example, dl) for dl, _ in items)
+    served = ", ".join(mirror_url("https://HOST/BASE", dl) for dl, _ in items)
     return "\n".join(
         [
             "ways out:",
             f"  - a mirror laid out like a --cache-dir folder: set {MIRRORS_ENV}=https://HOST/BASE (comma separated; "
             f"or weights_mirrors in the application args) where it serves {served}",
-            "  - " + IMPORT_HINT + " (a 4D-Humans, PHALP or detectron2 cache folder, or a .tar.gz/.zip of one)",
+            "  - a copy you already hold: `python -m pipeline weights import PATH` (a 4D-Humans, PHALP or detectron2 "
+            "cache folder, another machine's --cache-dir, or a .tar.gz/.zip of one)",
             "  - by hand: put " + ", ".join(str(dest) for _, dest in items) + " in place (an archive is unpacked on the next start)",
         ]
     )
