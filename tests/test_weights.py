@@ -517,3 +517,25 @@ def test_import_refuses_an_archive_member_leaving_its_folder(tiny_roots, tmp_pat
         import_weights(archive, roots, catalog(["phalp"]))
     assert info.value.code == "archive_unsafe" and repr(bad_name) in info.value.message
     assert not (tmp_path / "cache").exists() or not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
+
+
+def test_import_from_a_zip_and_from_a_folder_without_model_files(tiny_roots, tmp_path):
+    archive = tmp_path / "phalp.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(tiny_roots.phalp.rglob("*")):
+            if path.is_file():
+                zf.write(path, "phalp/" + path.relative_to(tiny_roots.phalp).as_posix())
+    roots = CacheRoots.under(tmp_path / "cache")
+    phalp = catalog(["phalp"])
+    report_ = import_weights(archive, roots, phalp)
+    assert report_["ok"] is True and sorted(i["key"] for i in report_["imported"]) == sorted(f.key for f in phalp)
+    assert {i["how"] for i in report_["imported"]} == {"extract"}
+    for f in phalp:
+        assert filecmp.cmp(tiny_roots.phalp / f.path, roots.phalp / f.path, shallow=False)
+
+    unrelated = tmp_path / "photos"
+    unrelated.mkdir()
+    (unrelated / "a.jpg").write_bytes(b"\xff\xd8")
+    nothing = import_weights(unrelated, CacheRoots.under(tmp_path / "other"), phalp)
+    assert nothing["ok"] is False and nothing["imported"] == [] and "none of the" in nothing["note"]
+    assert sorted(nothing["missing"]) == sorted(f.key for f in phalp)
