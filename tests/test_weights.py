@@ -505,7 +505,7 @@ def _phalp_archive(tmp_path: Path, tiny_roots: CacheRoots, bad_name: str, kind: 
     [
         ("../weights/hmar_v2_weights.pth", "tar"),
         ("phalp/../../weights/hmar_v2_weights.pth", "tar"),
-        ("/tmp/phalp/weights/hmar_v2_weights.pth", "tar"),
+        ("/abs/phalp/weights/hmar_v2_weights.pth", "tar"),
         ("phalp/weights/hmar_v2_weights.pth", "symlink"),
         ("../weights/hmar_v2_weights.pth", "zip"),
     ],
