@@ -118,6 +118,16 @@ class AppArgs(BaseModel):
     weights_dir: str | None = Field(
         default=None, description="folder holding the 4DHumans/, phalp/ and iopath_cache/ caches; None: upstream defaults"
     )
+    weights_mirrors: list[str] = Field(
+        default_factory=list,
+        description="base URLs serving the weights_dir layout (<base>/phalp/weights/hmar_v2_weights.pth), tried in "
+        "order before the published addresses; $POSE_WEIGHTS_MIRRORS on a node adds more after these",
+    )
+    weights_lock: str | None = Field(
+        default=None,
+        description="lock file of the sizes and sha256 recorded on first download or import, enforced at every start; "
+        "None: weights.lock.json in weights_dir, else $POSE_WEIGHTS_LOCK, else ~/.cache/pose-service",
+    )
     tiny_dir: str | None = Field(default=None, description="tiny profile: where models are written on first start")
     download: bool = Field(default=True, description="fetch missing public checkpoints on replica start")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: GPU when the cluster has one")
@@ -207,21 +217,27 @@ def _check_store_placement(jobs: JobSettings) -> None:
 
 
 def check_model_files(models: ModelSettings, names: list[str], *, shared: bool = True) -> None:
-    """The full profile's files that no replica could fetch, checked where the app is built.
+    """The full profile's files that no replica could fetch or would refuse, checked where the app is built.
 
     Missing files a replica would download are left to it (with ``download``); a licensed file
     (SMPL) or, offline, any file, missing here fails the deploy at once with one message instead
-    of replicas failing in a loop. ``shared``: the builder sees the replicas' caches (one node,
-    or a ``weights_dir`` on shared storage); otherwise each node's replicas check their own."""
+    of replicas failing in a loop, and so does a file in place that differs from its lock file
+    entry (or is too short to be whole). ``shared``: the builder sees the replicas' caches (one
+    node, or a ``weights_dir`` on shared storage); otherwise each node's replicas check their own."""
     if models.profile != "full" or not shared:
         return
     from pipeline.errors import WeightsError
-    from pipeline.weights import catalog, missing_message, report
+    from pipeline.weights import catalog, check_file, missing_message, report
 
     offline = not models.download or os.environ.get("POSE_OFFLINE", "") not in ("", "0")
-    missing = [st for st in report(catalog(names), models.roots()) if not st.present and (offline or st.file.download is None)]
+    roots = models.roots()
+    statuses = report(catalog(names), roots)
+    missing = [st for st in statuses if not st.present and (offline or st.file.download is None)]
     if missing:
         raise WeightsError("weights_missing", missing_message(missing), details={"missing": [st.file.key for st in missing]})
+    for st in statuses:
+        if st.present:
+            check_file(st, roots, deep=False)
 
 
 def build_app(args: AppArgs) -> Application:
@@ -260,6 +276,8 @@ def build_app(args: AppArgs) -> Application:
     common = ModelSettings(
         profile=profile.name,
         weights_dir=args.weights_dir,
+        weights_mirrors=tuple(args.weights_mirrors),
+        weights_lock=args.weights_lock,
         tiny_dir=args.tiny_dir,
         seed=profile.seed,
         download=args.download,

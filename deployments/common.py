@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -26,6 +27,8 @@ class ModelSettings(BaseModel):
 
     profile: Literal["full", "tiny"]
     weights_dir: str | None = None  # one folder holding the three caches side by side; None: upstream defaults
+    weights_mirrors: tuple[str, ...] = ()  # base URLs in the cache layout, tried before the published addresses
+    weights_lock: str | None = None  # the lock file of digests; None: beside weights_dir, else ~/.cache/pose-service
     tiny_dir: str | None = None  # tiny profile: where the factory writes; None: $POSE_TINY_DIR or ~/.cache
     seed: int = 0
     download: bool = True
@@ -38,9 +41,12 @@ class ModelSettings(BaseModel):
             from configs.tiny import tiny_roots
 
             return tiny_roots(self.tiny_dir, seed=self.seed)
-        if self.weights_dir:
-            return CacheRoots.under(self.weights_dir)
-        return CacheRoots.from_env()
+        roots = CacheRoots.under(self.weights_dir) if self.weights_dir else CacheRoots.from_env()
+        return dataclasses.replace(
+            roots,
+            mirrors=self.weights_mirrors,
+            lock=Path(self.weights_lock).expanduser() if self.weights_lock else roots.lock,
+        )
 
     @property
     def effective_dtype(self) -> str:

@@ -7,6 +7,7 @@ logs to stderr, so it can be driven from scripts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -14,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import PoseError
+from .errors import InputError, PoseError
 from .weights import CacheRoots
 
 logger = logging.getLogger("pipeline")
@@ -56,23 +57,34 @@ def cmd_weights(args: argparse.Namespace) -> dict[str, Any]:
     from . import weights
 
     roots = roots_from_args(args)
+    if args.mirror:
+        roots = dataclasses.replace(roots, mirrors=tuple(args.mirror))
     files = weights.catalog(args.models or None)
+    if args.action == "import":
+        if args.source is None:
+            raise InputError("import_source_missing", "weights import needs PATH: a cache folder or an archive of one")
+        return weights.import_weights(args.source, roots, files)
+    if args.source is not None:
+        raise InputError("unexpected_argument", f"{str(args.source)!r}: only `weights import` takes a PATH")
+    forgotten = weights.DigestLock(roots.lock).forget(args.forget) if args.forget else None
     if args.fetch:
         try:
             weights.ensure(files, roots, download=not args.offline)
         except PoseError as exc:
             logger.error("%s", exc.message)
     statuses = weights.report(files, roots)
+    locked = weights.DigestLock(roots.lock).entries()
     problems: dict[str, str] = {}
     if args.verify:
         for st in statuses:
             if st.present:
                 try:
-                    weights.verify(st.file, st.found)  # type: ignore[arg-type]
+                    weights.check_file(st, roots, deep=True)
                 except PoseError as exc:
                     problems[st.file.key] = exc.message
     return {
         "roots": roots.to_dict(),
+        "lock": str(roots.lock) if roots.lock else None,
         "files": [
             {
                 "key": st.file.key,
@@ -80,11 +92,13 @@ def cmd_weights(args: argparse.Namespace) -> dict[str, Any]:
                 "present": st.present,
                 "path": str(st.found or st.looked_in[0]),
                 "downloadable": st.file.download is not None,
+                "locked": st.lock_name in locked,
                 **({} if st.present else {"looked_in": [str(p) for p in st.looked_in]}),
             }
             for st in statuses
         ],
         "missing": [st.file.key for st in statuses if not st.present],
+        **({"forgotten": forgotten} if forgotten is not None else {}),
         **({"verified": not problems, "problems": problems} if args.verify else {}),
     }
 
@@ -177,8 +191,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("weights", help="report which model files are present; --fetch downloads the missing public ones")
+    p = sub.add_parser(
+        "weights",
+        help="report which model files are present; --fetch downloads the missing public ones; "
+        "import PATH adopts them from a cache folder or archive",
+    )
     _add_common(p)
+    p.add_argument(
+        "action", nargs="?", choices=["report", "import"], default="report",
+        help="report (default): present / missing files; import: adopt the files found in PATH",
+    )
+    p.add_argument(
+        "source", nargs="?", type=Path, default=None, metavar="PATH",
+        help="import: a 4D-Humans, PHALP or detectron2 cache folder (or a folder holding them), "
+        "hmr2_data.tar.gz, or a .tar/.tar.gz/.zip of a cache folder",
+    )
+    p.add_argument(
+        "--mirror", action="append", default=None, metavar="URL",
+        help="a mirror base URL serving the --cache-dir layout (<URL>/phalp/weights/...), tried before the "
+        "published addresses; repeatable; $POSE_WEIGHTS_MIRRORS adds more",
+    )
+    p.add_argument(
+        "--forget", nargs="+", metavar="KEY", default=None,
+        help="drop these files' recorded size and sha256 from the lock file (after replacing a file on purpose)",
+    )
     p.add_argument("--fetch", action="store_true", help="download missing public files (never the licensed SMPL model)")
     p.add_argument("--verify", action="store_true", help="also read every present file (checksum, format) and report problems")
     p.add_argument("--models", nargs="*", choices=["hmr2", "vitdet", "phalp"], help="only these models (default: all)")
@@ -262,4 +298,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result is not None:  # None: the command wrote its own output
         json.dump(result, sys.stdout, indent=1)
     sys.stdout.write("\n")
-    return 0
+    # A report that says it failed (``"ok": false``, e.g. an import that rejected a file) exits 1.
+    return 1 if isinstance(result, dict) and result.get("ok") is False else 0

@@ -51,3 +51,31 @@ def test_serve_build_accepts_the_application(tmp_path: Path) -> None:
     generated = yaml.safe_load(out.read_text())
     deployments = {d["name"] for d in generated["applications"][0]["deployments"]}
     assert {"Ingress", "Detector", "MeshRegressor"} <= deployments
+
+
+def test_weights_args_reach_the_replicas_and_a_changed_file_stops_the_build(tiny_roots, tmp_path: Path, monkeypatch) -> None:
+    """Mirrors and the lock file from the application args end up in every replica's cache roots;
+    a file in place that differs from its lock entry ends the deploy in the builder, with its code."""
+    import shutil
+
+    from deployments.app import AppArgs, check_model_files
+    from deployments.common import ModelSettings
+    from pipeline.errors import WeightsError
+    from pipeline.weights import DigestLock
+
+    args = AppArgs(weights_dir=str(tmp_path / "w"), weights_mirrors=["https://models.internal/pose"])
+    models = ModelSettings(profile="full", weights_dir=args.weights_dir, weights_mirrors=tuple(args.weights_mirrors))
+    roots = models.roots()
+    assert roots.mirrors == ("https://models.internal/pose",) and roots.lock == tmp_path / "w" / "weights.lock.json"
+    elsewhere = ModelSettings(profile="full", weights_dir=args.weights_dir, weights_lock=str(tmp_path / "l.json"))
+    assert elsewhere.roots().lock == tmp_path / "l.json"
+
+    shutil.copytree(tiny_roots.phalp, roots.phalp)
+    hmar = roots.phalp / "weights" / "hmar_v2_weights.pth"
+    DigestLock(roots.lock).record("phalp/weights/hmar_v2_weights.pth", hmar, key="phalp.hmar_weights", source="test")
+    monkeypatch.setenv("POSE_OFFLINE", "1")
+    check_model_files(models, ["phalp"])  # as recorded: the deploy goes on
+    hmar.write_bytes(hmar.read_bytes() + b"\0")
+    with pytest.raises(WeightsError) as info:
+        check_model_files(models, ["phalp"])
+    assert info.value.code == "weights_lock_mismatch" and str(hmar) in info.value.message
