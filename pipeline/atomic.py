@@ -34,6 +34,28 @@ def atomic_open(target: str | os.PathLike[str], *, sync_dir: bool = True) -> Ite
         fsync_dir(target.parent)
 
 
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str], *, sync_dir: bool = True) -> Iterator[Path]:
+    """A temporary path beside ``target`` for a writer that opens files by name (an encoder);
+    on success the file is fsynced and renamed onto ``target``, on failure removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if sync_dir:
+        fsync_dir(target.parent)
+
+
 def atomic_write(target: str | os.PathLike[str], data: bytes) -> Path:
     with atomic_open(target) as f:
         f.write(data)

@@ -53,6 +53,16 @@ def _parse_box(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected four numbers x1,y1,x2,y2, got {text!r}") from None
 
 
+def _opacity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
+
+
 def cmd_weights(args: argparse.Namespace) -> dict[str, Any]:
     from . import weights
 
@@ -175,6 +185,33 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     return {"out": str(args.out), "format": fmt, "zip": zipped, "files": names}
 
 
+def cmd_render(args: argparse.Namespace) -> dict[str, Any]:
+    from .errors import InputError
+    from .imageio import sniff_format
+    from .render import OverlayRenderer, RenderConfig, render_image, render_video
+    from .video import sniff_container
+
+    try:
+        with open(args.media, "rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        raise InputError("input_unreadable", f"cannot read {args.media}: {exc.strerror}") from None
+    kind = "image" if sniff_format(head) else "video" if sniff_container(head) else None
+    if kind is None:
+        raise InputError("media_unsupported", f"expected an image (JPEG, PNG, ...) or a video (MP4/MOV, Matroska/WebM, AVI), got {args.media}")
+    suffix = args.out.suffix.lower()
+    wanted = (".mp4",) if kind == "video" else (".png", ".jpg", ".jpeg")
+    if suffix not in wanted:
+        raise InputError("output_format_unsupported", f"the overlay of a {kind} is written as {' or '.join(wanted)}, got --out {args.out}")
+    config = RenderConfig(side_view=args.side_view, labels=not args.no_labels, **({} if args.alpha is None else {"alpha": args.alpha}))
+    renderer = OverlayRenderer.from_cache(roots_from_args(args), device=args.device, download=not args.offline, config=config)
+    if kind == "image":
+        summary = render_image(args.media, args.result, args.out, renderer)
+    else:
+        summary = render_video(args.media, args.result, args.out, renderer)
+    return summary.to_dict()
+
+
 def cmd_tiny(args: argparse.Namespace) -> dict[str, Any]:
     from .tiny import write_tiny_caches
 
@@ -271,6 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="model caches (4DHumans/, phalp/, iopath_cache/) under this folder; amass/bvh/glb read the SMPL model there",
     )
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("render", help="draw a result's meshes over its image or video -> PNG / MP4 (no OpenGL)")
+    _add_common(p)
+    p.add_argument("media", type=Path, help="the image or video the result was made from")
+    p.add_argument("result", type=Path, help="its result: image JSON, video JSON document or result.jsonl")
+    p.add_argument("--out", type=Path, required=True, help="overlay.png / .jpg for an image, overlay.mp4 (H.264) for a video")
+    p.add_argument("--side-view", action="store_true", help="a panel beside each frame: the people turned 90 degrees about the vertical axis")
+    p.add_argument("--alpha", type=_opacity, default=None, help="mesh opacity over the frame, 0 to 1 (default: 0.85)")
+    p.add_argument("--no-labels", action="store_true", help="do not write the track ids beside the people")
+    p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("tiny", help="write tiny random-weight models in the official cache layouts (for tests and demos)")
     p.add_argument("dest", type=Path, help="folder to hold 4DHumans/, phalp/, iopath_cache/")
