@@ -13,12 +13,12 @@ import json
 import logging
 import os
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 import ray
 from ray import serve
@@ -213,20 +213,25 @@ def build_api(service: "Ingress") -> FastAPI:
         response_model_exclude_none=False,
         tags=["images"],
         dependencies=protected,
-        responses=_ERRORS,
+        responses={**_ERRORS, 200: {"content": {"image/png": {"description": "format=png: the overlay image"}}}},
         openapi_extra=_IMAGE_BODY,
     )
     async def images(
         request: Request,
         vertices: bool = Query(False, description="include the 6890 SMPL vertices per person"),
         boxes: str | None = Query(None, description="raw uploads: JSON [[x1, y1, x2, y2], ...]; skips detection"),
-    ) -> JSONResponse:
+        format: Literal["json", "png"] = Query("json", description="json: the result; png: the image with the people's meshes drawn over it"),
+    ) -> Response:
         """One image (multipart field ``image``, or the raw bytes) -> people with SMPL, cameras, keypoints.
 
         Without boxes the detector finds the people; with boxes it is skipped and ``score`` is null.
+        ``format=png`` answers the overlay instead: meshes coloured and numbered by person index.
         """
         data, form_boxes = await service.read_upload(request)
-        result = await service.process_image(data, form_boxes if form_boxes is not None else boxes, vertices)
+        boxes_json = form_boxes if form_boxes is not None else boxes
+        if format == "png":
+            return Response(await service.process_image_overlay(data, boxes_json), media_type="image/png")
+        result = await service.process_image(data, boxes_json, vertices)
         return JSONResponse(result)
 
     add_video_routes(app, service, protected)
@@ -338,27 +343,38 @@ class Ingress:
         boxes = form.get("boxes")
         return data, boxes if isinstance(boxes, str) else None
 
-    async def process_image(self, data: bytes, boxes_json: str | None, vertices: bool) -> dict[str, Any]:
+    async def _image_and_people(self, data: bytes, boxes_json: str | None) -> tuple[np.ndarray, Any, dict[str, str]]:
+        """The decoded image, its people (client boxes, or the detector's answer still in flight)
+        and the models that will have produced the result."""
         started = time.perf_counter()
         image = await asyncio.to_thread(decode_image, data, max_pixels=self.settings.max_pixels)
         self.metrics.stage.observe("decode", time.perf_counter() - started)
-        models = models_used("mesh")
         if boxes_json is not None and boxes_json.strip():
-            people: Any = self._parse_boxes(boxes_json, image.shape[:2])
-        else:
-            people = self.detector.detect.remote(image)  # passed on unresolved: no round trip here
-            models = models_used("detector", "mesh")
+            return image, self._parse_boxes(boxes_json, image.shape[:2]), models_used("mesh")
+        # passed on unresolved: no round trip here
+        return image, self.detector.detect.remote(image), models_used("detector", "mesh")
+
+    async def _stage(self, call: Any) -> Any:
         started = time.perf_counter()
         try:
-            mesh = await asyncio.wait_for(
-                self.regressor.regress.remote(image, people, vertices), self.settings.stage_timeout_s
-            )
+            answer = await asyncio.wait_for(call, self.settings.stage_timeout_s)
         except Exception as exc:
             mapped = as_pose_error(exc)
             if mapped is None:
                 raise
             raise mapped from None
         self.metrics.stage.observe("image", time.perf_counter() - started)
+        return answer
+
+    async def process_image_overlay(self, data: bytes, boxes_json: str | None) -> bytes:
+        """The PNG of the image with its people's meshes, drawn by the regressor replica (it
+        holds the meshes and the faces)."""
+        image, people, _ = await self._image_and_people(data, boxes_json)
+        return await self._stage(self.regressor.overlay.remote(image, people))
+
+    async def process_image(self, data: bytes, boxes_json: str | None, vertices: bool) -> dict[str, Any]:
+        image, people, models = await self._image_and_people(data, boxes_json)
+        mesh = await self._stage(self.regressor.regress.remote(image, people, vertices))
         result = ImageResult(
             image=ImageInfo(width=image.shape[1], height=image.shape[0]),
             people=people_from_outputs(mesh.output, scores=mesh.scores, vertices=vertices),

@@ -52,6 +52,7 @@ class MeshRegressor:
             self.roots, device=settings.device, dtype=settings.effective_dtype, download=settings.download
         )
         self._files = FILES
+        self._renderer: Any = None  # the overlay renderer, built at the first image overlay
         self._checksums: dict[str, Any] | None = None
         self.batch_config = BatchConfig(max_batch_size=16, batch_wait_timeout_s=0.01)
         self.stats = BatchStats()
@@ -92,6 +93,18 @@ class MeshRegressor:
             sum(getattr(result.output, f).nbytes for f in vars(result.output) if getattr(result.output, f) is not None),
         )
         return answer
+
+    async def overlay(self, image: np.ndarray, people: Detections | np.ndarray) -> bytes:
+        """The PNG of one image with its people's meshes drawn over it (`pipeline.render`)."""
+        result = await self._mesh(image, people, True)
+        return await asyncio.to_thread(self._draw, image, result.output)
+
+    def _draw(self, image: np.ndarray, output: HMR2Output) -> bytes:
+        from pipeline.render import MeshRenderer, encode_image, overlay_from_output
+
+        if self._renderer is None:
+            self._renderer = MeshRenderer(self.predictor.faces, device=self.predictor.device)
+        return encode_image(overlay_from_output(image, output, self._renderer), ".png")
 
     async def _mesh(self, image: np.ndarray, people: Detections | np.ndarray, vertices: bool) -> MeshResult:
         if isinstance(people, Detections):

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -195,7 +196,10 @@ class VideoPipeline:
         from pipeline.video_loop import VideoLoop
 
         self.settings = settings
+        self.models = models
         self.limits = settings.video_limits.limits()
+        self._overlay: Any = None  # the overlay renderer, built by the first job that asks for one
+        self._overlay_lock = threading.Lock()
         started = time.perf_counter()
         appearance, tracker_models = load_appearance_and_tracking(
             models.roots(), device=models.device, download=models.download
@@ -431,7 +435,26 @@ class VideoPipeline:
             raise
         if done.resumed_from:
             logger.info("job %s: attempt %d resumed at frame %d", job.id, token, done.resumed_from)
-        return done.writer.finalize(job_dir, done.meta, dict(MODEL_NAMES), suffix=f"a{token}")
+        names = done.writer.finalize(job_dir, done.meta, dict(MODEL_NAMES), suffix=f"a{token}")
+        if job.options.get("render"):
+            names["overlay"] = self._render_overlay(job, job_dir / names["jsonl"], token)
+        return names
+
+    def _render_overlay(self, job: Job, jsonl: Path, token: int) -> str:
+        """The overlay MP4 of the finalized result, written atomically beside it; its name."""
+        from pipeline.render import OverlayRenderer, render_video
+
+        with self._overlay_lock:
+            if self._overlay is None:
+                self._overlay = OverlayRenderer.from_cache(
+                    self.models.roots(), device=self.models.device, download=self.models.download
+                )
+        name = f"overlay-a{token}.mp4"
+        started = time.perf_counter()
+        render_video(job.input_path, jsonl, self.store.job_dir(job.id) / name, self._overlay,
+                     limits=self.limits, chunk_size=self.settings.chunk_size)
+        logger.info("job %s: overlay rendered in %.1f s", job.id, time.perf_counter() - started)
+        return name
 
     def _clean_after_finish(self, job_id: str, names: dict[str, str]) -> None:
         """The published files stay; segments, checkpoints and earlier attempts' files go."""
@@ -441,7 +464,7 @@ class VideoPipeline:
         shutil.rmtree(job_dir / VIDEO_WORK_DIR, ignore_errors=True)
         keep = set(names.values())
         for path in job_dir.iterdir():
-            if path.is_file() and (path.name.startswith("checkpoint-") or path.name.startswith("result")) and path.name not in keep:
+            if path.is_file() and path.name.startswith(("checkpoint-", "result", "overlay")) and path.name not in keep:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 

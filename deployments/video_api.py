@@ -85,14 +85,16 @@ class JobStatus(BaseModel):
     callback_url: Optional[str] = None
     attempts: int = Field(description="times a worker started the job (restarts included)")
     cancel_requested: bool
-    results: list[str] = Field(description="result formats available: json, jsonl, npz")
-    links: dict[str, str] = Field(description="status and result URLs")
+    results: list[str] = Field(description="result formats available: json, jsonl, npz, and overlay (the MP4 of jobs with render=true)")
+    links: dict[str, str] = Field(description="status, result and overlay URLs")
 
     @classmethod
     def of(cls, job: Job) -> "JobStatus":
         links = {"self": f"/v1/jobs/{job.id}"}
         if job.state == "succeeded":
             links["result"] = f"/v1/jobs/{job.id}/result"
+            if "overlay" in job.result_paths:
+                links["overlay"] = f"/v1/jobs/{job.id}/overlay.mp4"
         return cls(**{**job.to_dict(), "results": result_formats(job)}, links=links)
 
 
@@ -110,6 +112,7 @@ class VideoPathRequest(BaseModel):
 
     video_path: str = Field(max_length=4096, description="a file inside the configured media folder (relative, or absolute inside it)")
     vertices: bool = Field(default=False, description="also keep the 6890 SMPL vertices per person and frame (in the NPZ result)")
+    render: bool = Field(default=False, description="also render the overlay video (GET /v1/jobs/{id}/overlay.mp4)")
     callback_url: Optional[str] = Field(default=None, max_length=2048)
 
 
@@ -317,6 +320,21 @@ class VideoJobs:
             background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True),
         )
 
+    def overlay_response(self, job: Job) -> Response:
+        """The overlay MP4 of a finished job that asked for it, with byte ranges (a browser
+        ``<video>`` seeks with them)."""
+        if not job.options.get("render"):
+            raise PoseError(
+                "overlay_not_requested",
+                "this job was submitted without render=true, so it has no overlay video; submit it again with render",
+                status=404,
+            )
+        require_succeeded(job)
+        path = job.result_paths.get("overlay")
+        if path is None or not path.is_file():
+            raise PoseError("result_missing", f"the overlay video of job {job.id} is not on disk", status=500)
+        return ranged_file_response(path, "video/mp4")
+
 
 def require_succeeded(job: Job) -> None:
     """A job without a result yet (or that will never have one) is a 409 with its state."""
@@ -337,6 +355,8 @@ def result_formats(job: Job) -> list[str]:
         out += ["json", "jsonl"]
     if "npz" in have:
         out.append("npz")
+    if "overlay" in have:
+        out.append("overlay")
     return out
 
 
@@ -522,6 +542,12 @@ def request_fingerprint(**fields: Any) -> str:
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
+def _render_field(render: bool) -> dict[str, bool]:
+    """``render`` in a request's fingerprint only when asked, so that requests made before the
+    option existed keep their fingerprints."""
+    return {"render": True} if render else {}
+
+
 def _too_large(size: int, limit: int) -> PoseError:
     return PoseError(
         "request_too_large",
@@ -545,13 +571,14 @@ def _flag(value: str | bool | None, name: str) -> bool:
 # -- routes --------------------------------------------------------------------------------------
 
 _VIDEO_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "bad upload: video_corrupt (truncated), video_empty, multipart_invalid, video_missing; vertices_npz_only"},
+    400: {"description": "bad upload: video_corrupt (truncated), video_empty, multipart_invalid, video_missing; vertices_npz_only; range_invalid"},
     403: {"description": "path_outside_media_root (/pose/video)"},
-    404: {"description": "job_not_found, path_not_found"},
+    404: {"description": "job_not_found, path_not_found, overlay_not_requested"},
     409: {"description": "job_not_finished, job_failed, job_cancelled, job_state_conflict, vertices_not_computed"},
     413: {"description": "request_too_large, video_too_large (pixels or bytes), video_too_long"},
     415: {"description": "unsupported_media_type, video_unsupported_format (not a video)"},
     422: {"description": "video_no_video_stream (audio only), request_invalid"},
+    416: {"description": "range_not_satisfiable (overlay.mp4: the range starts past the end)"},
     429: {"description": "too_many_jobs: the queue is full; retry after Retry-After seconds"},
     503: {"description": "videos_unavailable, stage_unavailable; retry after Retry-After seconds"},
 }
@@ -567,6 +594,7 @@ _UPLOAD_BODY = {
                     "properties": {
                         "video": {"type": "string", "format": "binary", "description": "MP4/MOV, Matroska/WebM or AVI"},
                         "vertices": {"type": "boolean", "description": "keep the 6890 SMPL vertices per person"},
+                        "render": {"type": "boolean", "description": "also render the overlay video (overlay.mp4)"},
                         "callback_url": {"type": "string", "description": "POSTed the job status when it ends"},
                     },
                 }
@@ -607,6 +635,7 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
     async def upload_video(
         request: Request,
         vertices: bool = Query(False, description="keep the 6890 SMPL vertices per person (large results)"),
+        render: bool = Query(False, description="also render the meshes over the video: GET /v1/jobs/{id}/overlay.mp4"),
         callback_url: Optional[str] = Query(None, description="POSTed the job status when the job ends"),
         idempotency_key: Optional[str] = Header(None, description="a retried upload with the same key returns the same job"),
     ) -> JSONResponse:
@@ -619,11 +648,12 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         try:
             fields = await stream_upload(request, dest, v.limits.max_bytes + _MULTIPART_SLACK)
             vertices = vertices or _flag(fields.get("vertices"), "vertices")
+            render = render or _flag(fields.get("render"), "render")
             callback_url = callback_url or fields.get("callback_url") or None
             fingerprint = None
             if idempotency_key is not None:
                 digest = await v.call(sha256_of, dest)
-                fingerprint = request_fingerprint(video=digest, vertices=vertices, callback_url=callback_url)
+                fingerprint = request_fingerprint(video=digest, vertices=vertices, callback_url=callback_url, **_render_field(render))
                 existing = await v.call(v.store.find_by_idempotency_key, idempotency_key)
                 if existing is not None:
                     dest.unlink()
@@ -635,7 +665,7 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         job = await v.accept(
             dest,
             move=True,
-            options={"vertices": vertices, "source": "upload"},
+            options={"vertices": vertices, "render": render, "source": "upload"},
             idempotency_key=idempotency_key,
             callback_url=callback_url,
             fingerprint=fingerprint,
@@ -714,6 +744,22 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         v = jobs()
         return await v.export_response(await v.call(v.store.get, job_id), format, track, include_unconfirmed)
 
+    @app.get(
+        "/v1/jobs/{job_id}/overlay.mp4",
+        tags=["videos"],
+        dependencies=protected,
+        responses={
+            **_VIDEO_ERRORS,
+            200: {"content": {"video/mp4": {}}, "description": "the overlay video (H.264); Range requests answer 206"},
+            206: {"description": "the byte range asked for (Content-Range)"},
+        },
+    )
+    async def job_overlay(job_id: str) -> Response:
+        """The meshes drawn over the video (jobs submitted with ``render=true``), seekable: byte
+        ranges (``Range: bytes=a-b``) answer 206 Partial Content."""
+        v = jobs()
+        return v.overlay_response(await v.call(v.store.get, job_id))
+
     @app.delete(
         "/v1/jobs/{job_id}",
         status_code=204,
@@ -752,7 +798,9 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         path = await v.call(resolve_media_path, body.video_path, v.media_root)
         job = fingerprint = None
         if idempotency_key is not None:
-            fingerprint = request_fingerprint(video_path=str(path), vertices=body.vertices, callback_url=body.callback_url)
+            fingerprint = request_fingerprint(
+                video_path=str(path), vertices=body.vertices, callback_url=body.callback_url, **_render_field(body.render)
+            )
             job = await v.call(v.store.find_by_idempotency_key, idempotency_key)
             if job is not None:
                 check_replay(job, fingerprint)
@@ -761,7 +809,7 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
             job = await v.accept(
                 path,
                 move=False,
-                options={"vertices": body.vertices, "source": "media_dir"},
+                options={"vertices": body.vertices, "render": body.render, "source": "media_dir"},
                 idempotency_key=idempotency_key,
                 callback_url=body.callback_url,
                 fingerprint=fingerprint,

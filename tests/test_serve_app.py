@@ -119,6 +119,36 @@ def test_client_boxes_skip_detection(client: httpx.Client, scene_png: Path, tiny
     np.testing.assert_allclose(got["people"][1]["vertices"], want["people"][1]["vertices"], atol=1e-4)
 
 
+def test_image_overlay_png(client: httpx.Client, scene_png: Path) -> None:
+    import cv2
+
+    boxes = [[80, 40, 170, 290], [230, 60, 320, 310]]
+    ask = {"content": scene_png.read_bytes(), "headers": {"content-type": "image/png"}}
+    resp = client.post("/v1/images", params={"boxes": str(boxes), "format": "png"}, **ask)
+    assert resp.status_code == 200, resp.text[:300]
+    assert resp.headers["content-type"] == "image/png"
+    drawn = cv2.imdecode(np.frombuffer(resp.content, np.uint8), cv2.IMREAD_COLOR)
+    scene = cv2.imread(str(scene_png))
+    assert drawn.shape == scene.shape
+    changed = np.abs(drawn.astype(int) - scene.astype(int)).max(axis=2) > 30
+    # where the meshes land: each person's vertices + t_full projected by hand (f X / Z + W / 2)
+    people = client.post("/v1/images", params={"boxes": str(boxes), "vertices": "true"}, **ask).json()["people"]
+    h, w = scene.shape[:2]
+    near_a_mesh = np.zeros_like(changed)
+    for p in people:
+        v = np.asarray(p["vertices"]) + np.asarray(p["camera"]["t_full"])
+        f = p["camera"]["focal_length_full"]
+        u, t = f * v[:, 0] / v[:, 2] + w / 2, f * v[:, 1] / v[:, 2] + h / 2
+        x0, x1 = int(max(0, u.min() - 2)), int(min(w, u.max() + 3))
+        y0, y1 = int(max(0, t.min() - 2)), int(min(h, t.max() + 3))
+        assert changed[y0:y1, x0:x1].mean() > 0.05, "the mesh is drawn over its person"
+        near_a_mesh[y0:y1, x0:x1] = True
+    assert len(people) == 2
+    labels = changed & ~near_a_mesh  # the person indices written beside the meshes
+    assert labels.sum() < 0.01 * changed.size
+    assert_error(client.post("/v1/images", params={"format": "gif"}, **ask), 422, "request_invalid")
+
+
 def test_concurrent_crops_share_a_forward(client: httpx.Client, service: str, scene_png: Path) -> None:
     data = scene_png.read_bytes()
 

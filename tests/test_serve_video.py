@@ -226,6 +226,33 @@ def test_vertices_on_request_are_in_the_binary_form_only(client, clips):
     assert "vertices" not in np.load(io.BytesIO(client.get(url, params={"format": "npz"}).content)).files
 
 
+def test_render_option_serves_a_seekable_overlay(client, clips, crossing_job):
+    import av
+
+    job = run_job(client, clips["crossing"], render="true")
+    assert job["state"] == "succeeded", job
+    assert job["options"]["render"] is True and "overlay" in job["results"]
+    url = job["links"]["overlay"]
+    assert url == f"/v1/jobs/{job['id']}/overlay.mp4"
+    whole = client.get(url)
+    assert whole.status_code == 200 and whole.headers["content-type"] == "video/mp4"
+    assert whole.headers["accept-ranges"] == "bytes"
+    with av.open(io.BytesIO(whole.content)) as container:
+        frames = [f for f in container.decode(video=0)]
+    assert len(frames) == job["progress"]["frames_total"] == 12
+    assert (frames[0].width, frames[0].height) == (640, 360)
+    size = len(whole.content)
+    for header, (first, last) in {"bytes=100-1099": (100, 1099), "bytes=-64": (size - 64, size - 1)}.items():
+        part = client.get(url, headers={"Range": header})
+        assert part.status_code == 206, header
+        assert part.headers["content-range"] == f"bytes {first}-{last}/{size}"
+        assert part.content == whole.content[first : last + 1]
+    past = assert_error(client.get(url, headers={"Range": f"bytes={size}-"}), 416, "range_not_satisfiable")
+    assert past["error"]["message"]
+    assert_error(client.get(crossing_job["links"]["self"] + "/overlay.mp4"), 404, "overlay_not_requested")
+    assert_error(client.get("/v1/jobs/" + "0" * 32 + "/overlay.mp4"), 404, "job_not_found")
+
+
 def test_two_videos_at_once_both_finish(client, clips):
     a = upload(client, clips["crossing"])
     b = upload(client, clips["second"])
