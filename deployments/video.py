@@ -16,7 +16,8 @@ Detector and MeshRegressor deployments as its stages:
   lost replica costs at most the chunks in flight; a stage replica that dies or pushes back is
   retried with back-off inside the job.
 
-Progress and stage timings go to the store after each chunk; cancellation is checked between
+A job submitted with ``render=true`` gets its overlay video drawn (`pipeline.render`) from the
+finalized result before it succeeds. Progress and stage timings go to the store after each chunk; cancellation is checked between
 chunks; a job's optional callback URL is POSTed once it ends (failures are logged, never fail it).
 """
 

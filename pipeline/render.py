@@ -5,7 +5,7 @@
 all people of a frame at once, so the nearer person hides the farther one; smooth Lambert
 shading from interpolated vertex normals under one fixed light; one colour per track id, stable
 across frames and runs (`track_colour`); the id written beside each person; optionally a side
-panel with the people turned 90 degrees about the vertical axis through their centre.
+panel with each person turned 90 degrees about the vertical axis through its centre.
 
 Meshes are rebuilt from what a result stores (SMPL parameters and the full-image camera), not
 from stored vertices: `SMPLMeshes` runs the SMPL layer on ``smpl.global_orient / body_pose /
@@ -54,7 +54,7 @@ class RenderConfig:
     light: tuple[float, float, float] = (0.3, -0.6, -1.0)  # towards the light, camera axes: above, left, camera side
     ambient: float = 0.3  # shade of surfaces facing away from the light
     diffuse: float = 0.7  # added in proportion to the cosine towards the light
-    side_view: bool = False  # a panel beside the frame: the people turned 90 degrees about the vertical axis
+    side_view: bool = False  # a panel beside the frame: each person turned 90 degrees about its vertical axis
     side_background: tuple[int, int, int] = (255, 255, 255)
     labels: bool = True  # the track id (person index for images) written beside each person
     max_pairs: int = 1 << 22  # rasterizer (face, pixel) candidates at once: bounds memory per frame
@@ -73,10 +73,10 @@ def track_colour(key: int | None) -> tuple[int, int, int]:
 
 
 def rotate_about_vertical(vertices: torch.Tensor, degrees: float = 90.0) -> torch.Tensor:
-    """Points (..., 3) turned about the vertical (camera y) axis through their bounding-box
-    centre; positive angles turn +z (away from the camera) towards +x."""
-    flat = vertices.reshape(-1, 3)
-    centre = (flat.amin(0) + flat.amax(0)) / 2.0
+    """Meshes (N, V, 3) each turned about the vertical (camera y) axis through its own
+    bounding-box centre, so every person stays where it stands; positive angles turn +z (away
+    from the camera) towards +x."""
+    centre = (vertices.amin(1, keepdim=True) + vertices.amax(1, keepdim=True)) / 2.0
     a = math.radians(degrees)
     c, s = math.cos(a), math.sin(a)
     rot = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]], dtype=vertices.dtype, device=vertices.device)
@@ -189,8 +189,8 @@ class MeshRenderer:
                 continue
             pts = xy[i][in_front[i]]
             pts = pts[np.isfinite(pts).all(1)]
-            if len(pts) == 0:
-                continue
+            if len(pts) == 0 or pts[:, 0].max() < 0 or pts[:, 0].min() >= w or pts[:, 1].max() < 0 or pts[:, 1].min() >= h:
+                continue  # nobody to label in this panel
             (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
             x = int(np.clip(pts[:, 0].max() + 4, 0, max(0, w - tw - 1)))
             y = int(np.clip(pts[:, 1].min() + th, th + 1, max(th + 1, h - base - 1)))
@@ -441,7 +441,8 @@ def encode_image(image_bgr: np.ndarray, ext: str = ".png") -> bytes:
     """A BGR image as PNG or JPEG bytes."""
     if ext.lower() not in (".png", ".jpg", ".jpeg"):
         raise InputError("output_format_unsupported", f"expected an image output ending in .png or .jpg, got {ext!r}")
-    ok, buf = cv2.imencode(ext.lower(), image_bgr)
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 6] if ext.lower() == ".png" else [cv2.IMWRITE_JPEG_QUALITY, 92]
+    ok, buf = cv2.imencode(ext.lower(), image_bgr, params)
     if not ok:
         raise RuntimeError(f"OpenCV could not encode {ext}")
     return buf.tobytes()

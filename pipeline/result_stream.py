@@ -17,7 +17,8 @@ writer's `state` (plain data, part of the job's checkpoint), never inferred from
 time: ``result.jsonl`` (the frames), ``result-meta.json`` (everything else of the document), and
 ``result.npz`` / ``result-vertices.npz`` (see `pipeline.result_npz` for the arrays). The full
 JSON document is `iter_json_document` over those two files: the same document, byte for byte,
-as serialising a `pipeline.schema.VideoResult` (compact separators).
+as serialising a `pipeline.schema.VideoResult` (compact separators). `iter_result_frames` reads
+the frames back one at a time from either form (what the overlay renderer consumes).
 """
 
 from __future__ import annotations
