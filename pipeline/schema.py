@@ -41,6 +41,7 @@ class Camera(BaseModel):
     Full image: pinhole with focal ``focal_length_full`` px, principal point at the image
     centre, OpenCV axes (x right, y down, z forward); points = joints + ``t_full``.
     Crop: the same for the 256-px square crop with focal ``focal_length_crop``.
+    Worked through, with the body frame and the 44 keypoints, in docs/coordinates.md.
     """
 
     pred_cam: list[float] = Field(description="weak-perspective crop camera (s, tx, ty)")

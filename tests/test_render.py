@@ -4,7 +4,6 @@ the streamed result reader, and byte ranges of served files."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.render import MeshRenderer, OverlayRenderer, RenderConfig, SMPLMeshes, track_colour
+from pipeline.render import MeshRenderer, RenderConfig, SMPLMeshes, track_colour
 from pipeline.result_stream import iter_result_frames
 from pipeline.weights import CacheRoots
 from videos import write_video
