@@ -452,8 +452,14 @@ class VideoPipeline:
                 )
         name = f"overlay-a{token}.mp4"
         started = time.perf_counter()
-        render_video(job.input_path, jsonl, self.store.job_dir(job.id) / name, self._overlay,
-                     limits=self.limits, chunk_size=self.settings.chunk_size)
+        try:
+            render_video(job.input_path, jsonl, self.store.job_dir(job.id) / name, self._overlay,
+                         limits=self.limits, chunk_size=self.settings.chunk_size,
+                         should_stop=lambda: self.store.is_cancelled(job.id))
+        except PoseError as exc:
+            if exc.code == "cancelled":
+                raise _Cancelled() from None
+            raise
         logger.info("job %s: overlay rendered in %.1f s", job.id, time.perf_counter() - started)
         return name
 

@@ -26,14 +26,14 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import cv2
 import numpy as np
 import torch
 
 from .atomic import atomic_path, atomic_write
-from .errors import InputError
+from .errors import InputError, PoseError
 from .models.phalp.raster import DEFAULT_NEAR, project, rasterize
 from .result_stream import iter_result_frames
 from .runtime import resolve_device
@@ -385,11 +385,13 @@ def render_video(
     *,
     limits: VideoLimits = VideoLimits(),
     chunk_size: int = 8,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RenderSummary:
     """The overlay MP4 of a video result (``result.jsonl`` or the JSON document) over its clip,
     written atomically at ``out``. Frames and result are read as they are drawn.
 
-    `InputError` ``result_mismatch`` when the result holds frames the clip does not have."""
+    `InputError` ``result_mismatch`` when the result holds frames the clip does not have;
+    ``should_stop`` is asked after every chunk (True: `PoseError` ``cancelled``, nothing written)."""
     info = probe_video(clip, limits)
     fps = info.fps or None
     frames = iter_result_frames(result)
@@ -404,6 +406,8 @@ def render_video(
                     writer.write(renderer.frame(image, these))
                     count += 1
                     people += len(these)
+                if should_stop is not None and should_stop():
+                    raise PoseError("cancelled", "the job was cancelled", status=409)
             extra = pending[0] if pending else next(frames, None)
             if extra is not None:
                 raise InputError(

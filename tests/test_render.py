@@ -296,6 +296,21 @@ def test_render_command_errors(cache_dir: Path, tmp_path: Path, capsys: pytest.C
     assert not any(p.name.startswith(("o.", ".o.")) for p in tmp_path.iterdir())  # nothing half-written
 
 
+def test_a_cancelled_render_writes_nothing(cache_dir: Path, tmp_path: Path) -> None:
+    from pipeline.errors import PoseError
+    from pipeline.render import OverlayRenderer, render_video
+
+    clip = write_video(tmp_path / "clip.mp4", [np.zeros((64, 64, 3), np.uint8)] * 4, fps=10)
+    result = tmp_path / "result.jsonl"
+    result.write_text("".join(json.dumps({"frame_index": i, "time_s": 0.0, "people": []}) + "\n" for i in range(4)))
+    renderer = OverlayRenderer.from_cache(CacheRoots.under(cache_dir), device="cpu", download=False)
+    asked = []
+    with pytest.raises(PoseError) as info:
+        render_video(clip, result, tmp_path / "overlay.mp4", renderer, chunk_size=2, should_stop=lambda: bool(asked.append(1)) or len(asked) == 2)
+    assert info.value.code == "cancelled" and len(asked) == 2  # asked after each chunk
+    assert [p.name for p in tmp_path.iterdir() if "overlay" in p.name] == []
+
+
 def test_render_command_for_an_image(cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     photo = tmp_path / "photo.png"
     cv2.imwrite(str(photo), np.full((200, 300, 3), 200, np.uint8))
