@@ -438,11 +438,12 @@ class VideoPipeline:
             logger.info("job %s: attempt %d resumed at frame %d", job.id, token, done.resumed_from)
         names = done.writer.finalize(job_dir, done.meta, dict(MODEL_NAMES), suffix=f"a{token}")
         if job.options.get("render"):
-            names["overlay"] = self._render_overlay(job, job_dir / names["jsonl"], token)
+            names["overlay"] = self._render_overlay(job, job_dir / names["jsonl"], job_dir / names["meta"], token)
         return names
 
-    def _render_overlay(self, job: Job, jsonl: Path, token: int) -> str:
+    def _render_overlay(self, job: Job, jsonl: Path, meta: Path, token: int) -> str:
         """The overlay MP4 of the finalized result, written atomically beside it; its name."""
+        from pipeline.export.source import ResultFiles
         from pipeline.render import OverlayRenderer, render_video
 
         with self._overlay_lock:
@@ -453,7 +454,7 @@ class VideoPipeline:
         name = f"overlay-a{token}.mp4"
         started = time.perf_counter()
         try:
-            render_video(job.input_path, jsonl, self.store.job_dir(job.id) / name, self._overlay,
+            render_video(job.input_path, ResultFiles(jsonl, meta), self.store.job_dir(job.id) / name, self._overlay,
                          limits=self.limits, chunk_size=self.settings.chunk_size,
                          should_stop=lambda: self.store.is_cancelled(job.id))
         except PoseError as exc:

@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="draw a result's meshes over its image or video -> PNG / MP4 (no OpenGL)")
     _add_common(p)
     p.add_argument("media", type=Path, help="the image or video the result was made from")
-    p.add_argument("result", type=Path, help="its result: image JSON, video JSON document or result.jsonl")
+    p.add_argument("result", type=Path, help="its result: the image's JSON; the video's JSON document (video --out) or folder (video --out-dir)")
     p.add_argument("--out", type=Path, required=True, help="overlay.png / .jpg for an image, overlay.mp4 (H.264) for a video")
     p.add_argument("--side-view", action="store_true", help="a panel beside each frame: each person turned 90 degrees about its vertical axis")
     p.add_argument("--alpha", type=_opacity, default=None, help="mesh opacity over the frame, 0 to 1 (default: 0.85)")

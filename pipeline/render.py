@@ -13,8 +13,9 @@ betas`` and adds ``camera.t_full``; the pinhole camera has focal ``camera.focal_
 its principal point at the image centre (OpenCV axes: x right, y down, z forward; see
 docs/coordinates.md). A video is rendered frame by frame: the clip is decoded in chunks
 (`pipeline.video.iter_frames`), the result read one frame at a time
-(`pipeline.result_stream.iter_result_frames`), each rendered frame encoded at once (H.264,
-yuv420p, the clip's frame rate), so memory does not grow with the video's length.
+(`pipeline.export.source.ResultReader`: the JSON document or the published JSON Lines), each
+rendered frame encoded at once (H.264, yuv420p, the clip's frame rate), so memory does not grow
+with the video's length.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import torch
 from .atomic import atomic_path, atomic_write
 from .errors import InputError, PoseError
 from .models.phalp.raster import DEFAULT_NEAR, project, rasterize
-from .result_stream import iter_result_frames
 from .runtime import resolve_device
 from .video import VideoLimits, iter_frames, probe_video
 from .weights import CacheRoots
@@ -263,12 +263,12 @@ class SMPLMeshes:
             t_full = np.asarray([p["camera"]["t_full"] for p in people], np.float32).reshape(-1, 3)
             focal = np.asarray([p["camera"]["focal_length_full"] for p in people], np.float64).reshape(-1)
         except (KeyError, TypeError, ValueError) as exc:
-            raise InputError("result_invalid", f"expected people with smpl (global_orient 3x3, body_pose 23x3x3, betas 10) and camera (t_full, focal_length_full): {exc}") from exc
+            raise InputError("result_unreadable", f"expected people with smpl (global_orient 3x3, body_pose 23x3x3, betas 10) and camera (t_full, focal_length_full): {exc}") from exc
         n = len(people)
         if not (len(orient) == len(pose) == len(betas) == len(t_full) == len(focal) == n):
-            raise InputError("result_invalid", "expected one global_orient, body_pose, betas, t_full and focal_length_full per person")
+            raise InputError("result_unreadable", "expected one global_orient, body_pose, betas, t_full and focal_length_full per person")
         if not (np.isfinite(focal).all() and (focal > 0).all()) or np.ptp(focal) > 1e-3 * focal.max():
-            raise InputError("result_invalid", f"expected one positive focal_length_full for the people of a frame, got {focal.tolist()}")
+            raise InputError("result_unreadable", f"expected one positive focal_length_full for the people of a frame, got {focal.tolist()}")
         out = self.body(
             torch.from_numpy(orient).to(self.device), torch.from_numpy(pose).to(self.device), torch.from_numpy(betas).to(self.device)
         )
@@ -369,9 +369,9 @@ def _pair_frames(frames: Iterator[dict[str, Any]], index: int, pending: list[dic
             pending.append(nxt)
         at = pending[0].get("frame_index")
         if not isinstance(at, int):
-            raise InputError("result_invalid", f"expected an integer frame_index, got {at!r}")
+            raise InputError("result_unreadable", f"expected an integer frame_index, got {at!r}")
         if at < index:
-            raise InputError("result_invalid", f"expected result frames in increasing order, got frame {at} after frame {index - 1}")
+            raise InputError("result_unreadable", f"expected result frames in increasing order, got frame {at} after frame {index - 1}")
         if at > index:
             return []
         return list(pending.pop(0).get("people") or [])
@@ -379,7 +379,7 @@ def _pair_frames(frames: Iterator[dict[str, Any]], index: int, pending: list[dic
 
 def render_video(
     clip: str | Path,
-    result: str | Path,
+    result: Any,
     out: str | Path,
     renderer: OverlayRenderer,
     *,
@@ -387,14 +387,19 @@ def render_video(
     chunk_size: int = 8,
     should_stop: Callable[[], bool] | None = None,
 ) -> RenderSummary:
-    """The overlay MP4 of a video result (``result.jsonl`` or the JSON document) over its clip,
-    written atomically at ``out``. Frames and result are read as they are drawn.
+    """The overlay MP4 of a video result over its clip, written atomically at ``out``; frames
+    and result are read as they are drawn. ``result``: what `ResultReader` reads (the JSON
+    document, a folder with ``result.jsonl`` and ``result-meta.json``, `ResultFiles`).
 
-    `InputError` ``result_mismatch`` when the result holds frames the clip does not have;
+    `InputError` ``result_mismatch`` when the result is another video's (its frame size, or
+    frames the clip does not have), ``result_unreadable`` when it is not a video result;
     ``should_stop`` is asked after every chunk (True: `PoseError` ``cancelled``, nothing written)."""
+    from .export.source import ResultReader
+
     info = probe_video(clip, limits)
     fps = info.fps or None
-    frames = iter_result_frames(result)
+    reader = ResultReader(result)
+    frames = reader.frames()
     pending: list[dict[str, Any]] = []
     count = people = 0
     with atomic_path(out) as tmp:
@@ -414,11 +419,24 @@ def render_video(
                     "result_mismatch",
                     f"the result has frame {extra.get('frame_index')} but the clip decodes to {count} frames: is it this clip's result?",
                 )
+            _check_video_meta(reader.meta, info)
         finally:
             writer.close()
         width, height = writer.size or (info.width, info.height)
     logger.info("overlay of %d frames (%d people) written to %s", count, people, out)
     return RenderSummary(out=Path(out), frames=count, people=people, width=width, height=height, fps=fps)
+
+
+def _check_video_meta(meta: Mapping[str, Any], info: Any) -> None:
+    """The result's ``video`` (known once its frames are read) describes the clip."""
+    video = meta.get("video")
+    if not isinstance(video, Mapping):
+        raise InputError("result_unreadable", "expected a video result (with video and frames), e.g. from `python -m pipeline video`")
+    if (video.get("width"), video.get("height")) != (info.width, info.height):
+        raise InputError(
+            "result_mismatch",
+            f"the result is for a {video.get('width')}x{video.get('height')} video, the clip is {info.width}x{info.height}",
+        )
 
 
 def render_image(photo: str | Path, result: str | Path | Mapping[str, Any], out: str | Path, renderer: OverlayRenderer) -> RenderSummary:
@@ -428,7 +446,7 @@ def render_image(photo: str | Path, result: str | Path | Mapping[str, Any], out:
 
     document = json.loads(Path(result).read_bytes()) if not isinstance(result, Mapping) else result
     if not isinstance(document, Mapping) or not isinstance(document.get("people"), list):
-        raise InputError("result_invalid", "expected an image result (a JSON object with people), e.g. from `python -m pipeline image`")
+        raise InputError("result_unreadable", "expected an image result (a JSON object with people), e.g. from `python -m pipeline image`")
     image = load_image(photo)
     size = document.get("image") or {}
     if (size.get("width"), size.get("height")) != (image.shape[1], image.shape[0]):

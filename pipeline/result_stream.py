@@ -17,25 +17,22 @@ writer's `state` (plain data, part of the job's checkpoint), never inferred from
 time: ``result.jsonl`` (the frames), ``result-meta.json`` (everything else of the document), and
 ``result.npz`` / ``result-vertices.npz`` (see `pipeline.result_npz` for the arrays). The full
 JSON document is `iter_json_document` over those two files: the same document, byte for byte,
-as serialising a `pipeline.schema.VideoResult` (compact separators). `iter_result_frames` reads
-the frames back one at a time from either form (what the overlay renderer consumes).
+as serialising a `pipeline.schema.VideoResult` (compact separators).
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from .atomic import atomic_open, atomic_write
-from .errors import InputError
 from .models.hmr2.predictor import HMR2Output
 from .schema import SCHEMA_VERSION, Frame, TrackSummary, VideoMeta, people_from_outputs
 
@@ -326,116 +323,3 @@ def _suffixed(name: str, suffix: str) -> str:
         return name
     stem, dot, ext = name.partition(".")
     return f"{stem}-{suffix}{dot}{ext}"
-
-
-def iter_result_frames(path: str | Path, block: int = 1 << 20) -> Iterator[dict[str, Any]]:
-    """The frames of a published video result, one dict at a time, in file order.
-
-    Reads ``result.jsonl`` (one frame a line) or the JSON document (any key order, any
-    whitespace: the ``frames`` array is parsed element by element, other values whole), so a
-    long video's result is never held at once. `InputError` ``result_invalid`` for anything else.
-    """
-    path = Path(path)
-    with open(path, "rb") as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict")
-        reader = _JsonReader(text, block, path.name)
-        if path.suffix == ".jsonl":
-            yield from reader.lines()
-        else:
-            yield from reader.document_frames()
-
-
-class _JsonReader:
-    """Incremental JSON over a text stream: values are decoded whole once the buffer holds them."""
-
-    def __init__(self, stream: IO[str], block: int, name: str) -> None:
-        self.stream = stream
-        self.block = block
-        self.name = name
-        self.buf = ""
-        self.pos = 0
-        self.eof = False
-
-    def _invalid(self, what: str) -> InputError:
-        return InputError("result_invalid", f"{self.name}: expected a video result (JSON document or JSON Lines), {what}")
-
-    def _fill(self) -> bool:
-        if self.eof:
-            return False
-        more = self.stream.read(self.block)
-        if not more:
-            self.eof = True
-            return False
-        self.buf = self.buf[self.pos :] + more
-        self.pos = 0
-        return True
-
-    def _peek(self) -> str:
-        """The next character that is not white space ('' at the end)."""
-        while True:
-            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
-                self.pos += 1
-            if self.pos < len(self.buf) or not self._fill():
-                return self.buf[self.pos : self.pos + 1]
-
-    def _expect(self, chars: str) -> str:
-        c = self._peek()
-        if not c or c not in chars:
-            raise self._invalid(f"got {c or 'the end of the file'!r} where one of {chars!r} belongs")
-        self.pos += 1
-        return c
-
-    def _value(self) -> Any:
-        """The next JSON value; accepted only when something follows it or the file has ended
-        (a number cut at the buffer's end would otherwise decode short)."""
-        self._peek()
-        while True:
-            try:
-                value, end = _DECODER.raw_decode(self.buf, self.pos)
-            except json.JSONDecodeError as exc:
-                if self._fill():
-                    continue
-                raise self._invalid(f"got unreadable JSON ({exc.msg})") from None
-            if end < len(self.buf) or self.eof or not self._fill():
-                self.pos = end
-                return value
-
-    def lines(self) -> Iterator[dict[str, Any]]:
-        while self._peek():
-            frame = self._value()
-            if not isinstance(frame, dict) or "frame_index" not in frame:
-                raise self._invalid("got a line that is not a frame")
-            yield frame
-
-    def document_frames(self) -> Iterator[dict[str, Any]]:
-        self._expect("{")
-        seen_frames = False
-        if self._peek() == "}":
-            raise self._invalid("got an empty object")
-        while True:
-            key = self._value()
-            if not isinstance(key, str):
-                raise self._invalid("got a key that is not a string")
-            self._expect(":")
-            if key == "frames":
-                seen_frames = True
-                self._expect("[")
-                if self._peek() == "]":
-                    self.pos += 1
-                else:
-                    while True:
-                        frame = self._value()
-                        if not isinstance(frame, dict) or "frame_index" not in frame:
-                            raise self._invalid("got an element of frames that is not a frame")
-                        yield frame
-                        if self._expect(",]") == "]":
-                            break
-            else:
-                self._value()
-            if self._expect(",}") == "}":
-                break
-        if not seen_frames:
-            raise self._invalid("got a document without frames (an image result?)")
-
-
-_DECODER = json.JSONDecoder()

@@ -1,5 +1,5 @@
 """Overlay rendering: silhouettes against an independent fill, occlusion, colours, the CLI's files,
-the streamed result reader, and byte ranges of served files."""
+and byte ranges of served files."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import torch
 
 from pipeline.cli import main
 from pipeline.render import MeshRenderer, RenderConfig, SMPLMeshes, track_colour
-from pipeline.result_stream import iter_result_frames
 from pipeline.weights import CacheRoots
 from videos import write_video
 
@@ -201,39 +200,15 @@ def video_document(frames: list[dict[str, Any]], size: tuple[int, int]) -> dict[
     }
 
 
-def test_result_frames_are_read_one_at_a_time_from_any_layout(tmp_path: Path) -> None:
-    frames = [{"frame_index": i, "time_s": i / 10, "people": [person((0.1 * i, 0.0, 5.0), track_id=i % 3)] * (i % 3)} for i in range(7)]
-    doc = video_document(frames, (240, 320))
-    reordered = {"frames": doc["frames"], "models": doc["models"], "tracks": doc["tracks"], "video": doc["video"], "schema_version": "1.0"}
-    cases = {
-        "compact.json": json.dumps(doc, separators=(",", ":")),
-        "pretty.json": json.dumps(reordered, indent=2),
-        "result.jsonl": "".join(json.dumps(f) + "\n" for f in frames),
-    }
-    for name, text in cases.items():
-        path = tmp_path / name
-        path.write_text(text)
-        want = [json.loads(line) for line in text.splitlines()] if name.endswith(".jsonl") else json.loads(text)["frames"]
-        for block in (7, 1 << 20):  # values cut at every buffer boundary, and whole
-            assert list(iter_result_frames(path, block=block)) == want, (name, block)
-    assert len(cases) == 3
-
-
-@pytest.mark.parametrize(
-    "text",
-    ['{"schema_version": "1.0", "image": {"width": 2, "height": 2}, "people": []}', '{"frames": [{"frame_index": 0, "people": []}', "[1, 2]", "not json"],
-)
-def test_result_reader_refuses_what_is_not_a_video_result(tmp_path: Path, text: str) -> None:
-    from pipeline.errors import InputError
-
-    path = tmp_path / "result.json"
-    path.write_text(text)
-    with pytest.raises(InputError) as info:
-        list(iter_result_frames(path))
-    assert info.value.code == "result_invalid"
-
-
 # -- the command line -------------------------------------------------------------------------------
+
+
+def published(folder: Path, document: dict[str, Any]) -> Path:
+    """A document as `pipeline.result_stream` publishes it: result.jsonl + result-meta.json."""
+    folder.mkdir()
+    (folder / "result.jsonl").write_text("".join(json.dumps(f) + "\n" for f in document["frames"]))
+    (folder / "result-meta.json").write_text(json.dumps({k: v for k, v in document.items() if k != "frames"}))
+    return folder
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
@@ -270,29 +245,35 @@ def test_render_command_writes_an_h264_mp4_with_every_frame(cache_dir: Path, tmp
             assert differs.mean() < 0.002  # the frame without people is the clip's own
         else:
             assert differs.mean() > 0.02  # bodies drawn
-    # the same from the JSON Lines file
-    jsonl = tmp_path / "result.jsonl"
-    jsonl.write_text("".join(json.dumps(f) + "\n" for f in frames))
-    code, answer = run_cli(["render", str(clip), str(jsonl), "--out", str(tmp_path / "lines.mp4"), "--cache-dir", str(cache_dir), "--device", "cpu"], capsys)
-    assert code == 0 and answer["frames"] == 6 and answer["width"] == 320
+    # the same from the published files of `video --out-dir` (JSON Lines + meta)
+    folder = published(tmp_path / "published", video_document(frames, size))
+    code, answer = run_cli(["render", str(clip), str(folder), "--out", str(tmp_path / "lines.mp4"), "--cache-dir", str(cache_dir), "--device", "cpu"], capsys)
+    assert code == 0 and answer["frames"] == 6 and answer["people"] == 7 and answer["width"] == 320
 
 
 def test_render_command_errors(cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     clip = write_video(tmp_path / "clip.mp4", [np.zeros((64, 64, 3), np.uint8)] * 2, fps=10)
     too_many = tmp_path / "result.json"
     too_many.write_text(json.dumps(video_document([{"frame_index": i, "time_s": 0.0, "people": []} for i in range(3)], (64, 64))))
+    other_size = tmp_path / "other.json"
+    other_size.write_text(json.dumps(video_document([{"frame_index": 0, "time_s": 0.0, "people": []}], (48, 64))))
+    image_result = tmp_path / "image.json"
+    image_result.write_text(json.dumps({"schema_version": "1.0", "image": {"width": 64, "height": 64}, "people": [], "models": {}}))
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     common = ["--cache-dir", str(cache_dir), "--device", "cpu"]
     cases = [
         ([str(clip), str(too_many), "--out", str(tmp_path / "o.mp4")], "result_mismatch"),
+        ([str(clip), str(other_size), "--out", str(tmp_path / "o.mp4")], "result_mismatch"),
+        ([str(clip), str(image_result), "--out", str(tmp_path / "o.mp4")], "result_unreadable"),
+        ([str(clip), str(tmp_path / "missing.json"), "--out", str(tmp_path / "o.mp4")], "result_not_found"),
         ([str(text), str(too_many), "--out", str(tmp_path / "o.mp4")], "media_unsupported"),
         ([str(clip), str(too_many), "--out", str(tmp_path / "o.png")], "output_format_unsupported"),
     ]
     for argv, code_name in cases:
         code, answer = run_cli(["render", *argv, *common], capsys)
         assert code == 2 and answer["error"]["code"] == code_name, answer
-    assert len(cases) == 3
+    assert len(cases) == 6
     assert not any(p.name.startswith(("o.", ".o.")) for p in tmp_path.iterdir())  # nothing half-written
 
 
@@ -301,8 +282,7 @@ def test_a_cancelled_render_writes_nothing(cache_dir: Path, tmp_path: Path) -> N
     from pipeline.render import OverlayRenderer, render_video
 
     clip = write_video(tmp_path / "clip.mp4", [np.zeros((64, 64, 3), np.uint8)] * 4, fps=10)
-    result = tmp_path / "result.jsonl"
-    result.write_text("".join(json.dumps({"frame_index": i, "time_s": 0.0, "people": []}) + "\n" for i in range(4)))
+    result = published(tmp_path / "result", video_document([{"frame_index": i, "time_s": 0.0, "people": []} for i in range(4)], (64, 64)))
     renderer = OverlayRenderer.from_cache(CacheRoots.under(cache_dir), device="cpu", download=False)
     asked = []
     with pytest.raises(PoseError) as info:
