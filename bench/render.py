@@ -69,7 +69,9 @@ def main() -> None:
         for device in devices:
             renderer = OverlayRenderer.from_cache(roots, device=device, download=False, config=RenderConfig(side_view=args.side_view))
             for n in args.people:
-                renderer.frame(image, people_in_frame(n, 0))  # warm-up
+                drawn = renderer.frame(image, people_in_frame(n, 0))  # warm-up
+                if (drawn[:, :WIDTH] != image).any(axis=2).mean() < 0.02 * n:
+                    raise SystemExit(f"the {n} people were not drawn: nothing to time")
                 seconds = []
                 for frame in range(1, args.frames + 1):
                     people = people_in_frame(n, frame)
