@@ -127,19 +127,20 @@ class MeshRenderer:
         views = [verts]
         if self.config.side_view:
             views.append(rotate_about_vertical(verts) if len(verts) else verts)
-        backgrounds = [torch.from_numpy(image).to(self.device, torch.float32)]
+        backgrounds = [torch.from_numpy(image).to(self.device)]
         if self.config.side_view:
-            backgrounds.append(torch.tensor(self.config.side_background, dtype=torch.float32, device=self.device).expand(h, w, 3))
+            backgrounds.append(torch.tensor(self.config.side_background, dtype=torch.uint8, device=self.device).expand(h, w, 3))
         colours = torch.tensor([track_colour(k) for k in keys], dtype=torch.float32, device=self.device).reshape(-1, 3)
         panels = self._shade(torch.stack(views), torch.stack(backgrounds), float(focal), colours)
-        out = [p.round().clamp(0, 255).to(torch.uint8).cpu().numpy() for p in panels]
+        out = [p.cpu().numpy() for p in panels]
         if self.config.labels and labels is not None:
             for panel, view in zip(out, views):
                 self._write_labels(panel, view, float(focal), keys, labels)
         return np.ascontiguousarray(np.concatenate(out, axis=1))
 
     def _shade(self, views: torch.Tensor, backgrounds: torch.Tensor, focal: float, colours: torch.Tensor) -> torch.Tensor:
-        """views (B, N, V, 3) -> composited images (B, H, W, 3) float over ``backgrounds``."""
+        """views (B, N, V, 3) -> the meshes composited over ``backgrounds`` (B, H, W, 3) uint8; only
+        the covered pixels are computed."""
         b, n, v, _ = views.shape
         h, w = backgrounds.shape[1:3]
         out = backgrounds.clone()
@@ -177,14 +178,15 @@ class MeshRenderer:
             weights = inv_z / inv_z.sum(-1, keepdim=True)
             normal = torch.nn.functional.normalize((weights[..., None] * normals[tri]).sum(1), dim=-1)
             ray = torch.stack([(px - w / 2.0) / focal, (py - h / 2.0) / focal, torch.ones_like(px)], dim=-1)
-            # both sides are drawn (open meshes show their inside): light the side facing the camera
+            # where a back face shows (culling off, an open mesh): light the side facing the camera
             facing = torch.where((normal * ray).sum(-1, keepdim=True) > 0, -normal, normal)
             lambert = (facing @ self.light).clamp(min=0.0)
             shade = self.config.ambient + self.config.diffuse * lambert
             colour = colours[fid // f] * shade[:, None]
             img = out[i].reshape(-1, 3)
             alpha = self.config.alpha
-            img[covered] = (1.0 - alpha) * img[covered] + alpha * colour.clamp(0, 255)
+            mixed = (1.0 - alpha) * img[covered].to(torch.float32) + alpha * colour
+            img[covered] = mixed.round().clamp(0, 255).to(torch.uint8)
         return out
 
     def _write_labels(self, panel: np.ndarray, verts: torch.Tensor, focal: float, keys: Sequence[int | None], labels: Sequence[str | None]) -> None:
