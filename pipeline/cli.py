@@ -161,6 +161,20 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     return {"out": str(args.out), "format": fmt, "zip": zipped, "files": names}
 
 
+def cmd_keys_new(args: argparse.Namespace) -> dict[str, Any]:
+    from .auth import check_client_id, key_line, new_key
+
+    client = check_client_id(args.client)
+    key = new_key()  # shown this once: only its digest is kept, in the line below
+    return {
+        "client": client,
+        "admin": args.admin,
+        "key": key,
+        "line": key_line(client, key, args.admin),
+        "next": "give the key to the client; add the line to the keys file ($POSE_SERVICE_KEYS_FILE) on every node",
+    }
+
+
 def cmd_tiny(args: argparse.Namespace) -> dict[str, Any]:
     from .tiny import write_tiny_caches
 
@@ -235,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="model caches (4DHumans/, phalp/, iopath_cache/) under this folder; amass/bvh/glb read the SMPL model there",
     )
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("keys", help="client keys for the service")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    k = keys.add_parser("new", help="a fresh random key for CLIENT, printed once, and the keys-file line that accepts it")
+    k.add_argument("client", help="client id (letters, digits, '.', '_', '-'): the owner of the jobs made with the key")
+    k.add_argument("--admin", action="store_true", help="the key sees and manages every client's jobs")
+    k.set_defaults(func=cmd_keys_new)
 
     p = sub.add_parser("tiny", help="write tiny random-weight models in the official cache layouts (for tests and demos)")
     p.add_argument("dest", type=Path, help="folder to hold 4DHumans/, phalp/, iopath_cache/")
