@@ -194,3 +194,87 @@ def test_a_network_address_needs_keys_or_an_explicit_auth_none():
         check_exposure("127.0.0.1", "none", 2)
     assert err.value.code == "auth_conflict"
 
+
+def test_the_builder_refuses_a_network_address_without_keys(tmp_path, monkeypatch, caplog):
+    """A real Serve instance listening on every interface (no application deployed on it):
+    building the application without a key stops with one message; with the old token, or with
+    ``auth: none`` said explicitly, it builds, the latter with a warning."""
+    pytest.importorskip("ray.serve")
+    import ray
+    from ray import serve
+
+    from deployments.app import AppArgs, build_app
+    from serve_helpers import free_port
+
+    for name in ("POSE_SERVICE_TOKEN", "POSE_SERVICE_KEYS", "POSE_SERVICE_KEYS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    args = {"profile": "tiny", "tiny_dir": str(tmp_path / "tiny"), "data_dir": str(tmp_path / "data"), "tracker": False}
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
+    try:
+        serve.start(http_options={"host": "0.0.0.0", "port": free_port()})
+        with pytest.raises(PoseError) as err:
+            build_app(AppArgs(**args))
+        assert err.value.code == "auth_required" and "'0.0.0.0'" in err.value.message
+        keys = tmp_path / "keys.txt"
+        keys.write_text("")
+        with pytest.raises(PoseError) as err:  # a keys file that holds nothing is no way out
+            build_app(AppArgs(**args, auth_keys_file=str(keys)))
+        assert err.value.code == "auth_keys_invalid"
+        monkeypatch.setenv("POSE_SERVICE_TOKEN", "old-single-token")
+        assert build_app(AppArgs(**args)) is not None
+        with pytest.raises(PoseError) as err:  # a key and "no authentication" at once: which was meant?
+            build_app(AppArgs(**args, auth="none"))
+        assert err.value.code == "auth_conflict"
+        monkeypatch.delenv("POSE_SERVICE_TOKEN")
+        with caplog.at_level(logging.WARNING, logger="deployments.app"):
+            assert build_app(AppArgs(**args, auth="none")) is not None
+        assert "auth: none" in caplog.text
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def test_an_ingress_replica_that_must_have_keys_and_finds_none_does_not_start(monkeypatch, caplog):
+    """The builder saw keys, but this replica's node has none (a variable set on the head only):
+    it stops instead of serving everyone. ``auth: none`` starts and says so."""
+    pytest.importorskip("ray.serve")
+    from deployments.ingress import IngressSettings, auth_mode, replica_keys
+
+    for name in ("POSE_SERVICE_TOKEN", "POSE_SERVICE_KEYS", "POSE_SERVICE_KEYS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(PoseError) as err:
+        replica_keys(IngressSettings(profile="tiny", require_keys=True))
+    assert err.value.code == "auth_required"
+    assert auth_mode(replica_keys(IngressSettings(profile="tiny"))) == "loopback_only"
+    with caplog.at_level(logging.WARNING, logger="deployments.ingress"):
+        assert replica_keys(IngressSettings(profile="tiny", auth="none")) is None
+    assert auth_mode(None) == "none" and "auth: none" in caplog.text
+    monkeypatch.setenv("POSE_SERVICE_KEYS", f"alice:{_digest('a')}")
+    assert auth_mode(replica_keys(IngressSettings(profile="tiny", require_keys=True))) == "keys"
+
+
+def test_the_preflight_of_serve_sh_refuses_the_same_config_with_one_message(tmp_path, monkeypatch, caplog):
+    """``serve run serve_config.yaml`` builds inside the Serve controller and keeps running when
+    the builder refuses; scripts/serve.sh runs this check first, on the same file."""
+    pytest.importorskip("ray.serve")
+    import yaml
+
+    from conftest import REPO
+    from deployments.preflight import main
+
+    for name in ("POSE_SERVICE_TOKEN", "POSE_SERVICE_KEYS", "POSE_SERVICE_KEYS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    assert config["http_options"]["host"] == "127.0.0.1"  # the shipped default: loopback
+    assert main([str(REPO / "serve_config.yaml")]) == 0
+    config["http_options"]["host"] = "0.0.0.0"
+    opened = tmp_path / "open.yaml"
+    opened.write_text(yaml.safe_dump(config))
+    with caplog.at_level(logging.ERROR, logger="deployments.preflight"):
+        assert main([str(opened)]) == 2
+    (record,) = [r for r in caplog.records if r.name == "deployments.preflight"]
+    assert "auth_required" in record.getMessage() and "'0.0.0.0'" in record.getMessage()
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"alice:{_digest('a')}\n")
+    monkeypatch.setenv("POSE_SERVICE_KEYS_FILE", str(keys))
+    assert main([str(opened)]) == 0
