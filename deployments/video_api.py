@@ -514,8 +514,9 @@ def _flag(value: str | bool | None, name: str) -> bool:
 
 _VIDEO_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "bad upload: video_corrupt (truncated), video_empty, multipart_invalid, video_missing; vertices_npz_only"},
+    401: {"description": "unauthorized: no client key, or one no entry names"},
     403: {"description": "path_outside_media_root (/pose/video)"},
-    404: {"description": "job_not_found, path_not_found"},
+    404: {"description": "job_not_found (also another client's job), path_not_found"},
     409: {"description": "job_not_finished, job_failed, job_cancelled, job_state_conflict, vertices_not_computed"},
     413: {"description": "request_too_large, video_too_large (pixels or bytes), video_too_long"},
     415: {"description": "unsupported_media_type, video_unsupported_format (not a video)"},
@@ -616,7 +617,7 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         )
         return accepted(job, False)
 
-    @app.get("/v1/jobs", response_model=JobList, tags=["videos"], dependencies=protected)
+    @app.get("/v1/jobs", response_model=JobList, tags=["videos"], dependencies=protected, responses={401: _VIDEO_ERRORS[401]})
     async def list_jobs(
         offset: int = Query(0, ge=0, le=MAX_OFFSET),
         limit: int = Query(50, ge=1, le=1000),
