@@ -6,6 +6,10 @@ a cluster without them), otherwise every model runs on CPU with small CPU shares
 fractions are application arguments and not deployment options in ``serve_config.yaml``: options
 in the config file override the code's, so ``num_gpus`` written there would apply even on a
 CPU-only machine and the graph would wait for resources forever.
+
+Exposure is decided here too: the HTTP proxy's listen address is asked of the running Serve
+instance, and an address other than loopback without a client key (or an explicit
+``auth: none``) refuses the deploy with one message (`pipeline.auth.check_exposure`).
 """
 
 # No ``from __future__ import annotations`` here: Serve reads ``build_app``'s annotation at
@@ -19,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
 from configs.profiles import BatchSettings, Fractions, Limits, Profile, get_profile
+from pipeline.auth import KeySources, check_exposure, is_loopback
 
 from .common import ModelSettings
 from .detector import Detector, DetectorSettings
@@ -141,7 +146,18 @@ class AppArgs(BaseModel):
     cpu_fractions: FractionArgs = Field(default_factory=FractionArgs)
     placement: PlacementArgs = Field(default_factory=PlacementArgs)
     tracker: bool | None = Field(default=None, description="video jobs (PHALP tracking in the video workers); None: when installed")
-    auth_token_env: str = Field(default="POSE_SERVICE_TOKEN", description="variable holding the optional bearer token")
+    auth: Literal["keys", "none"] = Field(
+        default="keys",
+        description="keys: callers need a client key once any is configured, and without keys the HTTP proxy must "
+        "listen on loopback; none: no authentication at all (the start-up log and /v1/info say so)",
+    )
+    auth_keys_file: str | None = Field(
+        default=None, description="client keys file (client_id:sha256-hex[:admin] lines); None: $POSE_SERVICE_KEYS_FILE"
+    )
+    auth_keys_env: str = Field(default="POSE_SERVICE_KEYS", description="variable holding key entries itself (comma-separated)")
+    auth_token_env: str = Field(
+        default="POSE_SERVICE_TOKEN", description="variable holding the single bearer token of earlier releases (client default, admin)"
+    )
     data_dir: str | None = Field(
         default=None,
         description="video jobs and results (SQLite + files); None: $POSE_SERVICE_DATA_DIR, else ~/.cache/pose-service/data",
@@ -151,11 +167,38 @@ class AppArgs(BaseModel):
     video_limits: VideoLimitArgs = Field(default_factory=VideoLimitArgs)
     public_docs: bool = True
 
+    def key_sources(self) -> KeySources:
+        return KeySources(file=self.auth_keys_file, keys_env=self.auth_keys_env, token_env=self.auth_token_env)
+
 
 def _cluster_connected() -> bool:
     import ray
 
     return ray.is_initialized()
+
+
+def _serve_http_host() -> str | None:
+    """The address Serve's HTTP proxies listen on: the running Serve instance's (``serve run
+    serve_config.yaml`` starts it with the file's ``http_options`` before building), else Serve's
+    default, which ``serve.run`` starts it with."""
+    from ray.serve.config import HTTPOptions
+    from ray.serve.context import _get_global_client  # no public call reports the running HTTP options
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    return (client.http_config if client is not None else HTTPOptions()).host
+
+
+def check_auth(args: AppArgs, host: str | None) -> bool:
+    """Refuse to serve a network without keys (`check_exposure`); whether the replicas must find
+    keys too. Keys are read from this process's environment, the same variables and file each
+    Ingress replica reads on its node."""
+    keys = len(args.key_sources().load())  # a named keys file that does not parse fails here
+    check_exposure(host, args.auth, keys)
+    if args.auth == "none":
+        logger.warning("auth: none: no authentication; anyone who reaches %s can use and read every job", host)
+    elif keys == 0:
+        logger.info("no client key configured: serving loopback (%s) only, every caller is the admin 'default'", host)
+    return args.auth == "keys" and not is_loopback(host)
 
 
 def _cluster_gpus() -> float:
@@ -321,10 +364,17 @@ def build_app(args: AppArgs) -> Application:
         max_upload_bytes=limits.max_upload_bytes,
         max_pixels=limits.max_pixels,
         max_people=limits.max_people,
+        auth=args.auth,
+        auth_keys_file=args.auth_keys_file,
+        auth_keys_env=args.auth_keys_env,
         auth_token_env=args.auth_token_env,
         public_docs=args.public_docs,
         app_info=resources,
     )
+    # Without a connected cluster (``serve build``) the listen address is unknown here: the check
+    # waits for the deploy, which builds again.
+    if _cluster_connected() and check_auth(args, _serve_http_host()):
+        settings = settings.model_copy(update={"require_keys": True})
     jobs = JobSettings(
         data_dir=resolve_data_dir(args),
         max_active=args.jobs.max_active,

@@ -8,7 +8,6 @@ error leaves as ``{"error": {"code", "message"}}`` with a stable code and a 4xx/
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pipeline.auth import ANONYMOUS, AuthMode, Client, KeySources, LiveKeys
 from pipeline.errors import InputError, PoseError
 from pipeline.imageio import decode_image
 from pipeline.models.hmr2.predictor import validate_boxes
@@ -95,10 +95,26 @@ class IngressSettings(BaseModel):
     max_upload_bytes: int = 32 * 2**20
     max_pixels: int = 40_000_000
     max_people: int = 64
-    auth_token_env: str = "POSE_SERVICE_TOKEN"  # bearer token read from this variable on each replica
+    auth: AuthMode = "keys"  # keys: a key is needed once any is configured; none: no authentication at all
+    auth_keys_file: str | None = None  # keys file (client_id:sha256[:admin] lines); None: $auth_keys_file_env
+    auth_keys_file_env: str = "POSE_SERVICE_KEYS_FILE"
+    auth_keys_env: str = "POSE_SERVICE_KEYS"  # keys file entries in the variable itself
+    auth_token_env: str = "POSE_SERVICE_TOKEN"  # the single bearer token of earlier releases (client "default", admin)
+    # Set by the builder when the HTTP proxy listens beyond loopback: a replica that finds no key
+    # on its node then refuses to start instead of serving everyone.
+    require_keys: bool = False
     public_docs: bool = True  # /docs and /openapi.json without the token (they hold no data)
     stage_timeout_s: float = 120.0  # one image through detector + regressor
     app_info: dict[str, Any] = Field(default_factory=dict)  # resources chosen by the builder, for /v1/info
+
+    def key_sources(self) -> KeySources:
+        """Where this replica reads the client keys (its own node's environment)."""
+        return KeySources(
+            file=self.auth_keys_file,
+            file_env=self.auth_keys_file_env,
+            keys_env=self.auth_keys_env,
+            token_env=self.auth_token_env,
+        )
 
 
 class ErrorBody(BaseModel):
@@ -117,7 +133,7 @@ class Health(BaseModel):
 
 _ERRORS = {
     400: {"model": ErrorResponse, "description": "bad input (image or boxes)"},
-    401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
+    401: {"model": ErrorResponse, "description": "missing or unknown client key (Authorization: Bearer <key>)"},
     413: {"model": ErrorResponse, "description": "upload or image too large"},
     415: {"model": ErrorResponse, "description": "unsupported content type"},
     503: {"model": ErrorResponse, "description": "overloaded or a stage is unavailable; retry"},
@@ -152,7 +168,7 @@ def error_response(exc: PoseError, headers: dict[str, str] | None = None) -> JSO
 def build_api(service: "Ingress") -> FastAPI:
     """The FastAPI app of one ingress replica (built at replica start, with its settings)."""
     settings = service.settings
-    protected = [Depends(service.check_token)]
+    protected = [Depends(service.authenticate)]
     app = FastAPI(
         title="pose-service",
         version=SCHEMA_VERSION,
@@ -203,9 +219,9 @@ def build_api(service: "Ingress") -> FastAPI:
         return await service.readiness()
 
     @app.get("/v1/info", tags=["info"], dependencies=protected, responses={401: _ERRORS[401]})
-    async def info() -> dict[str, Any]:
+    async def info(caller: Client = Depends(service.authenticate)) -> dict[str, Any]:
         """Profile, models, weight checksums, devices and batch settings (and batch statistics)."""
-        return await service.info()
+        return await service.info(caller)
 
     @app.post(
         "/v1/images",
@@ -238,6 +254,33 @@ def build_api(service: "Ingress") -> FastAPI:
     return app
 
 
+def replica_keys(settings: IngressSettings) -> LiveKeys | None:
+    """The keys this replica checks (read from its node), None with ``auth: none``. Raises
+    ``auth_required`` when the builder saw the proxy listen beyond loopback and this node has no
+    key, rather than serve everyone."""
+    keys = LiveKeys(settings.key_sources()) if settings.auth == "keys" else None
+    if settings.require_keys and not (keys and keys.current()):
+        raise PoseError(
+            "auth_required",
+            f"the HTTP proxy listens beyond loopback and this node has no client key: set {settings.auth_keys_file_env}, "
+            f"{settings.auth_keys_env} or {settings.auth_token_env} here too",
+            status=500,
+        )
+    if keys is None:
+        logger.warning("Ingress up (profile %s): auth: none, no authentication, every caller is an admin", settings.profile)
+    else:
+        logger.info("Ingress up (profile %s, auth %s)", settings.profile, auth_mode(keys))
+    return keys
+
+
+def auth_mode(keys: LiveKeys | None) -> str:
+    """For /v1/info: keys (callers need a key), loopback_only (no key configured; the builder kept
+    the proxy on loopback), none (authentication turned off by the operator)."""
+    if keys is None:
+        return "none"
+    return "keys" if keys.current() else "loopback_only"
+
+
 @serve.deployment(name="Ingress", max_ongoing_requests=64)
 @serve.ingress()
 class Ingress:
@@ -252,17 +295,16 @@ class Ingress:
         jobs: JobSettings | None = None,
         video_api: VideoApiSettings | None = None,
     ) -> None:
+        self.settings = settings
+        self.keys = replica_keys(settings)  # first: a replica that must not serve without keys stops here
         self.detector = detector
         self.regressor = regressor
         self.video = video
-        self.settings = settings
         # Video jobs need the worker and the store; without PHALP tracking the graph has neither.
         self.videos = (
             VideoJobs(video, jobs, video_api or VideoApiSettings()) if video is not None and jobs is not None else None
         )
-        self.token = os.environ.get(settings.auth_token_env) or None
         self.metrics = IngressMetrics()
-        logger.info("Ingress up (profile %s, auth %s)", settings.profile, "on" if self.token else "off")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = build_api(self)
@@ -281,13 +323,16 @@ class Ingress:
         return app
 
     # -- helpers used by the routes ------------------------------------------------------
-    async def check_token(self, request: Request) -> None:
-        if self.token is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
-            raise PoseError("unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)", status=401)
+    async def authenticate(self, request: Request) -> Client:
+        """The client whose key the request carries (``Authorization: Bearer <key>``); 401 without one."""
+        ring = self.keys.current() if self.keys is not None else None
+        if not ring:
+            return ANONYMOUS
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        client = ring.authenticate(value.strip()) if scheme.lower() == "bearer" and value.strip() else None
+        if client is None:
+            raise PoseError("unauthorized", "missing or unknown client key (Authorization: Bearer <key>)", status=401)
+        return client
 
     def count_error(self, request: Request, exc: PoseError) -> None:
         route = request.scope.get("route")
@@ -411,7 +456,7 @@ class Ingress:
             raise PoseError("not_ready", "some deployments are not ready", status=503, details={"deployments": status})
         return {"status": "ready", "deployments": status}
 
-    async def info(self) -> dict[str, Any]:
+    async def info(self, caller: Client) -> dict[str, Any]:
         stages = self._stages()
         answers = await asyncio.gather(*(h.info.remote() for h in stages.values()), return_exceptions=True)
         deployments: dict[str, Any] = {}
@@ -425,7 +470,8 @@ class Ingress:
                 "max_pixels": self.settings.max_pixels,
                 "max_people": self.settings.max_people,
             },
-            "auth": self.token is not None,
+            "auth": auth_mode(self.keys),
+            "caller": {"client": caller.id, "admin": caller.admin},
             "videos": None
             if self.videos is None
             else {

@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
+from pipeline.auth import Client
 from pipeline.callbacks import check_url
 from pipeline.errors import InputError, PoseError
 from pipeline.jobs import MAX_OFFSET, Job, JobStore, check_replay
@@ -71,6 +72,7 @@ class JobStatus(BaseModel):
     """One job as a caller sees it (no server paths)."""
 
     id: str
+    client: str = Field(description="the client whose key created the job; only it and admin keys see the job")
     kind: str
     state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     created_at: float = Field(description="unix seconds")
@@ -185,9 +187,10 @@ class VideoJobs:
         options: dict[str, Any],
         idempotency_key: str | None,
         callback_url: str | None,
+        client: Client,
         fingerprint: str | None = None,
     ) -> Job:
-        """Probe the video (a bad one is refused here, as a 4xx), then queue a job for it.
+        """Probe the video (a bad one is refused here, as a 4xx), then queue a job for it, ``client``'s.
 
         An upload (``move``) that is refused for any reason is deleted at once: nothing a
         refused request sent stays on disk."""
@@ -206,6 +209,7 @@ class VideoJobs:
                 idempotency_key=idempotency_key,
                 callback_url=callback_url,
                 fingerprint=fingerprint,
+                client=client.id,
             )
         except BaseException:
             if move:  # once accepted the upload has moved into the job's folder
@@ -215,14 +219,14 @@ class VideoJobs:
         self._nudge()
         return job
 
-    async def cancel_and_delete(self, job_id: str, wait_s: float = 10.0) -> Job | None:
-        """Cancel (a running job stops at its next chunk) and delete; None once deleted, else the
-        job still stopping (it is deleted by the worker when it stops)."""
-        job = await self.call(self.store.get, job_id)
+    async def cancel_and_delete(self, job_id: str, client: Client, wait_s: float = 10.0) -> Job | None:
+        """Cancel (a running job stops at its next chunk) and delete a job ``client`` may see;
+        None once deleted, else the job still stopping (it is deleted by the worker when it stops)."""
+        job = await self.call(self.store.get, job_id, client.scope)
         if job.state in ("queued", "running"):
-            job = await self.call(self.store.cancel, job_id)
+            job = await self.call(self.store.cancel, job_id, client.scope)
         if job.state != "running":
-            await self.call(self.store.delete, job_id)
+            await self.call(self.store.delete, job_id, client.scope)
             return None
         await self.pipeline.cancel.remote(job_id, True)
         deadline = time.monotonic() + wait_s
@@ -572,8 +576,9 @@ def _flag(value: str | bool | None, name: str) -> bool:
 
 _VIDEO_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "bad upload: video_corrupt (truncated), video_empty, multipart_invalid, video_missing; vertices_npz_only; range_invalid"},
+    401: {"description": "unauthorized: no client key, or one no entry names"},
     403: {"description": "path_outside_media_root (/pose/video)"},
-    404: {"description": "job_not_found, path_not_found, overlay_not_requested"},
+    404: {"description": "job_not_found (also another client's job), path_not_found, overlay_not_requested"},
     409: {"description": "job_not_finished, job_failed, job_cancelled, job_state_conflict, vertices_not_computed"},
     413: {"description": "request_too_large, video_too_large (pixels or bytes), video_too_long"},
     415: {"description": "unsupported_media_type, video_unsupported_format (not a video)"},
@@ -607,7 +612,9 @@ _UPLOAD_BODY = {
 
 
 def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> None:
-    """The video routes on the Ingress's FastAPI app."""
+    """The video routes on the Ingress's FastAPI app. Every job route acts for the caller's
+    client (``caller.scope``): another client's job answers 404 ``job_not_found``, as a missing one."""
+    caller_dep = Depends(service.authenticate)  # the same dependency as ``protected``: run once a request
 
     def jobs() -> VideoJobs:
         if service.videos is None:
@@ -637,7 +644,10 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         vertices: bool = Query(False, description="keep the 6890 SMPL vertices per person (large results)"),
         render: bool = Query(False, description="also render the meshes over the video: GET /v1/jobs/{id}/overlay.mp4"),
         callback_url: Optional[str] = Query(None, description="POSTed the job status when the job ends"),
-        idempotency_key: Optional[str] = Header(None, description="a retried upload with the same key returns the same job"),
+        idempotency_key: Optional[str] = Header(
+            None, description="a retried upload with the same key (from the same client) returns the same job"
+        ),
+        caller: Client = caller_dep,
     ) -> JSONResponse:
         """Upload a video (multipart field ``video``, or the raw bytes) -> 202 with the job; poll ``links.self``."""
         v = jobs()
@@ -654,7 +664,7 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
             if idempotency_key is not None:
                 digest = await v.call(sha256_of, dest)
                 fingerprint = request_fingerprint(video=digest, vertices=vertices, callback_url=callback_url, **_render_field(render))
-                existing = await v.call(v.store.find_by_idempotency_key, idempotency_key)
+                existing = await v.call(v.store.find_by_idempotency_key, idempotency_key, caller.id)
                 if existing is not None:
                     dest.unlink()
                     return accepted(check_replay(existing, fingerprint), True)
@@ -668,26 +678,28 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
             options={"vertices": vertices, "render": render, "source": "upload"},
             idempotency_key=idempotency_key,
             callback_url=callback_url,
+            client=caller,
             fingerprint=fingerprint,
         )
         return accepted(job, False)
 
-    @app.get("/v1/jobs", response_model=JobList, tags=["videos"], dependencies=protected)
+    @app.get("/v1/jobs", response_model=JobList, tags=["videos"], dependencies=protected, responses={401: _VIDEO_ERRORS[401]})
     async def list_jobs(
         offset: int = Query(0, ge=0, le=MAX_OFFSET),
         limit: int = Query(50, ge=1, le=1000),
         state: Optional[Literal["queued", "running", "succeeded", "failed", "cancelled"]] = Query(None),
+        caller: Client = caller_dep,
     ) -> JobList:
-        """Jobs, newest first, a page at a time."""
+        """The caller's jobs (an admin key: every client's), newest first, a page at a time."""
         v = jobs()
-        page, total = await v.call(v.store.list, offset, limit, state)
+        page, total = await v.call(v.store.list, offset, limit, state, caller.scope)
         return JobList(jobs=[JobStatus.of(j) for j in page], total=total, offset=offset, limit=limit)
 
     @app.get("/v1/jobs/{job_id}", response_model=JobStatus, tags=["videos"], dependencies=protected, responses=_VIDEO_ERRORS)
-    async def job_status(job_id: str) -> JobStatus:
+    async def job_status(job_id: str, caller: Client = caller_dep) -> JobStatus:
         """State, progress (frames done / total), stage timings, and the error of a failed job."""
         v = jobs()
-        return JobStatus.of(await v.call(v.store.get, job_id))
+        return JobStatus.of(await v.call(v.store.get, job_id, caller.scope))
 
     @app.get(
         "/v1/jobs/{job_id}/result",
@@ -710,10 +722,11 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
             "json", description="json: the VideoResult document; jsonl: one frame a line; npz: flat arrays"
         ),
         vertices: bool = Query(False, description="npz with vertices (only for jobs submitted with vertices=true)"),
+        caller: Client = caller_dep,
     ) -> Response:
         """The result of a succeeded job: the versioned `VideoResult` document, or NPZ arrays."""
         v = jobs()
-        return await v.result_response(await v.call(v.store.get, job_id), format, vertices)
+        return await v.result_response(await v.call(v.store.get, job_id, caller.scope), format, vertices)
 
     @app.get(
         "/v1/jobs/{job_id}/export",
@@ -739,10 +752,12 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         format: str = Query(..., description="amass (SMPL NPZ), bvh, glb (skinned mesh + animation) or mot (MOTChallenge text)"),
         track: Optional[int] = Query(None, description="one track id; without it every track (a zip; mot: one file)"),
         include_unconfirmed: bool = Query(False, description="also detections never confirmed as a track (negative ids)"),
+        caller: Client = caller_dep,
     ) -> Response:
         """A succeeded job's tracked people for animation and tracking tools (units and axes: docs/exports.md)."""
         v = jobs()
-        return await v.export_response(await v.call(v.store.get, job_id), format, track, include_unconfirmed)
+        job = await v.call(v.store.get, job_id, caller.scope)
+        return await v.export_response(job, format, track, include_unconfirmed)
 
     @app.get(
         "/v1/jobs/{job_id}/overlay.mp4",
@@ -754,11 +769,11 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
             206: {"description": "the byte range asked for (Content-Range)"},
         },
     )
-    async def job_overlay(job_id: str) -> Response:
+    async def job_overlay(job_id: str, caller: Client = caller_dep) -> Response:
         """The meshes drawn over the video (jobs submitted with ``render=true``), seekable: byte
         ranges (``Range: bytes=a-b``) answer 206 Partial Content."""
         v = jobs()
-        return v.overlay_response(await v.call(v.store.get, job_id))
+        return v.overlay_response(await v.call(v.store.get, job_id, caller.scope))
 
     @app.delete(
         "/v1/jobs/{job_id}",
@@ -767,10 +782,10 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         dependencies=protected,
         responses={**_VIDEO_ERRORS, 202: {"model": JobStatus, "description": "still stopping; deleted when it stops"}},
     )
-    async def delete_job(job_id: str) -> Response:
+    async def delete_job(job_id: str, caller: Client = caller_dep) -> Response:
         """Cancel the job (a running one stops at its next chunk) and delete it with its files."""
         v = jobs()
-        job = await v.cancel_and_delete(job_id)
+        job = await v.cancel_and_delete(job_id, caller)
         if job is None:
             return Response(status_code=204)
         return JSONResponse(JobStatus.of(job).model_dump(mode="json"), status_code=202)
@@ -785,6 +800,7 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
     async def pose_video(
         body: VideoPathRequest,
         idempotency_key: Optional[str] = Header(None),
+        caller: Client = caller_dep,
     ) -> Response:
         """Drop-in for the old ``track.py`` wrapper: a video already in the media folder -> the result JSON.
 
@@ -801,7 +817,7 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
             fingerprint = request_fingerprint(
                 video_path=str(path), vertices=body.vertices, callback_url=body.callback_url, **_render_field(body.render)
             )
-            job = await v.call(v.store.find_by_idempotency_key, idempotency_key)
+            job = await v.call(v.store.find_by_idempotency_key, idempotency_key, caller.id)
             if job is not None:
                 check_replay(job, fingerprint)
         if job is None:
@@ -812,6 +828,7 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
                 options={"vertices": body.vertices, "render": body.render, "source": "media_dir"},
                 idempotency_key=idempotency_key,
                 callback_url=body.callback_url,
+                client=caller,
                 fingerprint=fingerprint,
             )
         job = await v.wait(job.id, v.api.sync_timeout_s)

@@ -212,6 +212,20 @@ def cmd_render(args: argparse.Namespace) -> dict[str, Any]:
     return summary.to_dict()
 
 
+def cmd_keys_new(args: argparse.Namespace) -> dict[str, Any]:
+    from .auth import check_client_id, key_line, new_key
+
+    client = check_client_id(args.client)
+    key = new_key()  # shown this once: only its digest is kept, in the line below
+    return {
+        "client": client,
+        "admin": args.admin,
+        "key": key,
+        "line": key_line(client, key, args.admin),
+        "next": "give the key to the client; add the line to the keys file ($POSE_SERVICE_KEYS_FILE) on every node",
+    }
+
+
 def cmd_tiny(args: argparse.Namespace) -> dict[str, Any]:
     from .tiny import write_tiny_caches
 
@@ -318,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=_opacity, default=None, help="mesh opacity over the frame, 0 to 1 (default: 0.85)")
     p.add_argument("--no-labels", action="store_true", help="do not write the track ids beside the people")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("keys", help="client keys for the service")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    k = keys.add_parser("new", help="a fresh random key for CLIENT, printed once, and the keys-file line that accepts it")
+    k.add_argument("client", help="client id (letters, digits, '.', '_', '-'): the owner of the jobs made with the key")
+    k.add_argument("--admin", action="store_true", help="the key sees and manages every client's jobs")
+    k.set_defaults(func=cmd_keys_new)
 
     p = sub.add_parser("tiny", help="write tiny random-weight models in the official cache layouts (for tests and demos)")
     p.add_argument("dest", type=Path, help="folder to hold 4DHumans/, phalp/, iopath_cache/")

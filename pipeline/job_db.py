@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 from urllib.parse import urlsplit
 
+from .auth import DEFAULT_CLIENT
 from .errors import PoseError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: jobs belong to a client; idempotency keys are unique per client
 _ADVISORY_KEY = 0x706F7365  # "pose": serialises multi-row writes in PostgreSQL
 
 _COLUMNS = """
@@ -46,7 +47,8 @@ _COLUMNS = """
     error_message TEXT,
     input_path TEXT,
     options TEXT NOT NULL DEFAULT '{{}}',
-    idempotency_key TEXT UNIQUE,
+    idempotency_key TEXT,
+    client TEXT NOT NULL DEFAULT '{client}',
     callback_url TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
@@ -58,9 +60,23 @@ _COLUMNS = """
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)",
     "CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_client ON jobs (client, created_at)",
+    # One job per key and client: two clients may use the same key (NULL keys never collide).
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_client_key ON jobs (client, idempotency_key)",
 )
-# Columns added after the first schema, for databases created before them.
-_ADDED_COLUMNS = (("checkpoint", "TEXT"), ("lease_until", "REAL"), ("seq", "BIGINT"))
+# Columns added after the first schema, for databases created before them. Jobs made before
+# clients existed belong to the default client (the one the single bearer token stands for).
+_ADDED_COLUMNS = (
+    ("checkpoint", "TEXT"),
+    ("lease_until", "{real}"),
+    ("seq", "BIGINT"),
+    ("client", f"TEXT NOT NULL DEFAULT '{DEFAULT_CLIENT}'"),
+)
+_COLUMN_NAMES = tuple(line.split()[0] for line in _COLUMNS.strip().splitlines())
+
+
+def _columns(real: str) -> str:
+    return _COLUMNS.format(real=real, client=DEFAULT_CLIENT)
 
 
 class Row:
@@ -177,18 +193,49 @@ class SqliteDatabase:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=30000")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(f"job database schema {version} is newer than this code ({SCHEMA_VERSION})")
-            self._db.execute(f"CREATE TABLE IF NOT EXISTS jobs ({_COLUMNS.format(real='REAL')})")
-            have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)").fetchall()}
-            for name, kind in _ADDED_COLUMNS:
-                if name not in have:
-                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
-            self._db.execute("UPDATE jobs SET seq = rowid WHERE seq IS NULL")
-            for statement in _INDEXES:
-                self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db.execute("BEGIN IMMEDIATE")  # one process creates or migrates the table
+            try:
+                self._migrate()
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"job database schema {version} is newer than this code ({SCHEMA_VERSION})")
+        self._db.execute(f"CREATE TABLE IF NOT EXISTS jobs ({_columns('REAL')})")
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)").fetchall()}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind.format(real='REAL')}")
+        if self._key_unique_alone():
+            self._rebuild()
+        self._db.execute("UPDATE jobs SET seq = rowid WHERE seq IS NULL")
+        for statement in _INDEXES:
+            self._db.execute(statement)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _key_unique_alone(self) -> bool:
+        """Whether the table still has schema 2's ``idempotency_key UNIQUE`` (one key, all clients)."""
+        for index in self._db.execute("PRAGMA index_list(jobs)").fetchall():
+            if index[3] == "u":  # made by a UNIQUE column constraint
+                columns = [c[2] for c in self._db.execute(f"PRAGMA index_info('{index[1]}')").fetchall()]
+                if columns == ["idempotency_key"]:
+                    return True
+        return False
+
+    def _rebuild(self) -> None:
+        """SQLite cannot drop a column constraint: copy the rows into a table of the current
+        schema and put it in the old one's place (inside the caller's transaction)."""
+        names = ", ".join(_COLUMN_NAMES)
+        self._db.execute("DROP TABLE IF EXISTS jobs_migrating")
+        self._db.execute(f"CREATE TABLE jobs_migrating ({_columns('REAL')})")
+        self._db.execute(f"INSERT INTO jobs_migrating ({names}) SELECT {names} FROM jobs")
+        self._db.execute("DROP TABLE jobs")
+        self._db.execute("ALTER TABLE jobs_migrating RENAME TO jobs")
+        log.info("job database %s migrated to schema %d (idempotency keys per client)", self.path, SCHEMA_VERSION)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[_SqliteConn]:
@@ -253,15 +300,33 @@ class PostgresDatabase:
         self._conn = self._connect()
         with self._lock, self._conn.transaction():
             self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_KEY,))
-            self._conn.execute(f"CREATE TABLE IF NOT EXISTS jobs ({_COLUMNS.format(real='DOUBLE PRECISION')})")
-            for statement in _INDEXES:
-                self._conn.execute(statement)
             self._conn.execute("CREATE TABLE IF NOT EXISTS pose_schema (version INTEGER NOT NULL)")
             row = self._conn.execute("SELECT MAX(version) FROM pose_schema").fetchone()
             if row[0] is not None and row[0] > SCHEMA_VERSION:
                 raise RuntimeError(f"job database schema {row[0]} is newer than this code ({SCHEMA_VERSION})")
+            self._conn.execute(f"CREATE TABLE IF NOT EXISTS jobs ({_columns('DOUBLE PRECISION')})")
+            have = {
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_schema = current_schema() AND table_name = 'jobs'"
+                ).fetchall()
+            }
+            for name, kind in _ADDED_COLUMNS:  # checked first: ALTER TABLE locks the table even when it adds nothing
+                if name not in have:
+                    self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind.format(real='DOUBLE PRECISION')}")
+            # schema 2's column constraint, by the name PostgreSQL gave it: one key across all clients
+            old_unique = self._conn.execute(
+                "SELECT 1 FROM pg_constraint WHERE conrelid = 'jobs'::regclass AND conname = 'jobs_idempotency_key_key'"
+            ).fetchone()
+            if old_unique is not None:
+                self._conn.execute("ALTER TABLE jobs DROP CONSTRAINT jobs_idempotency_key_key")
+            for statement in _INDEXES:
+                self._conn.execute(statement)
             if row[0] is None:
                 self._conn.execute("INSERT INTO pose_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+            elif row[0] < SCHEMA_VERSION:
+                self._conn.execute("UPDATE pose_schema SET version = %s", (SCHEMA_VERSION,))
 
     def _connect(self) -> Any:
         try:

@@ -17,6 +17,12 @@ and asyncio tasks of a process. A worker claims a job with a lease that it renew
 write of a running job (checkpoint, progress, finish, fail) is refused once another attempt
 holds the job. A job whose lease runs out goes back to the queue (`expire_leases`) and the
 next attempt resumes from its last checkpoint.
+
+Every job belongs to the client that created it (`pipeline.auth`). The calls a caller makes take
+a ``client`` scope: a job of another client is ``job_not_found``, exactly like a job that does
+not exist, so ids of other clients' jobs cannot even be probed; ``None`` is every client (an
+admin, and the service's own workers). Idempotency keys are one client's: the same key from two
+clients makes two jobs.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
 
 from .atomic import atomic_open, fsync_dir
+from .auth import DEFAULT_CLIENT
 from .errors import InputError, PoseError
 from .job_db import Connection, Row, open_database
 
@@ -80,6 +87,7 @@ class Job:
     callback_url: str | None  # where the caller wants to be told about completion
     attempts: int  # how many times a worker has started it; the running attempt's fencing token
     cancel_requested: bool  # cancel was asked while it ran; the worker stops at the next chunk
+    client: str = DEFAULT_CLIENT  # the client that created it: only it (and admins) may see it
     result_paths: dict[str, Path] = field(default_factory=dict)  # result name -> file
     checkpoint: dict[str, Any] | None = None  # the last committed checkpoint (small; see `save_checkpoint`)
     lease_until: float | None = None  # unix seconds; a running job past it may be taken over
@@ -95,6 +103,7 @@ class Job:
         """What a caller may see: no server paths, results by name only."""
         return {
             "id": self.id,
+            "client": self.client,
             "kind": self.kind,
             "state": self.state,
             "created_at": self.created_at,
@@ -230,12 +239,13 @@ class JobStore:
         idempotency_key: str | None = None,
         callback_url: str | None = None,
         fingerprint: str | None = None,
+        client: str = DEFAULT_CLIENT,
     ) -> Job:
-        """Accept a job, queued. Once this returns, the job and its input survive any restart.
+        """Accept a job, queued, for ``client``. Once this returns, the job and its input survive any restart.
 
         ``move_input``: the file (an upload, see `new_upload_path`) is moved into the job folder
         as ``input<suffix>``; otherwise ``input_file`` is only referenced (a media-folder file).
-        A known ``idempotency_key`` returns the existing job and drops the new upload, when the
+        A known ``idempotency_key`` of the same client returns the existing job and drops the new upload, when the
         request's ``fingerprint`` (a digest of what was sent, kept with the job) is the one the
         job was made from; another payload under the same key is refused (422
         ``idempotency_key_reused``), as the IETF Idempotency-Key draft asks.
@@ -252,9 +262,11 @@ class JobStore:
             raise InputError("invalid_callback_url", f"expected an http(s) URL, got {callback_url!r}")
         if move_input and input_file is None:
             raise ValueError("move_input needs an input_file")
+        if not isinstance(client, str) or not client:
+            raise ValueError(f"expected the id of the client creating the job, got {client!r}")
 
         if idempotency_key is not None:
-            existing = self.find_by_idempotency_key(idempotency_key)
+            existing = self.find_by_idempotency_key(idempotency_key, client)
             if existing is not None:
                 _discard(input_file, move_input)
                 return check_replay(existing, fingerprint)
@@ -281,7 +293,9 @@ class JobStore:
         try:
             with self._tx(lock_all=True) as db:
                 if idempotency_key is not None:
-                    row = db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+                    row = db.execute(
+                        "SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?", (client, idempotency_key)
+                    ).fetchone()
                     if row is not None:  # a concurrent retry won the race
                         shutil.rmtree(job_dir, ignore_errors=True)
                         return check_replay(self._job(row), fingerprint)
@@ -289,38 +303,48 @@ class JobStore:
                 seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
                 db.execute(
                     "INSERT INTO jobs (id, seq, kind, state, created_at, updated_at, input_path, options,"
-                    " idempotency_key, callback_url) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                    " idempotency_key, client, callback_url) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
                     (job_id, seq, kind, now, now, None if input_path is None else str(input_path), options_json,
-                     idempotency_key, callback_url),
+                     idempotency_key, client, callback_url),
                 )
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise
-        log.info("job %s accepted (%s)", job_id, kind)
+        log.info("job %s accepted (%s, client %s)", job_id, kind, client)
         return self.get(job_id)
 
-    def find_by_idempotency_key(self, key: str) -> Job | None:
+    def find_by_idempotency_key(self, key: str, client: str = DEFAULT_CLIENT) -> Job | None:
+        """The job ``client`` created with this key, if any (keys of other clients are not looked at)."""
         with self._db.read() as db:
-            row = db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+            row = db.execute("SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?", (client, key)).fetchone()
         return None if row is None else self._job(row)
 
-    def get(self, job_id: str) -> Job:
-        """The job, or ``job_not_found`` (404)."""
+    def get(self, job_id: str, client: str | None = None) -> Job:
+        """The job, or ``job_not_found`` (404), also when it belongs to a client other than ``client``."""
         with self._db.read() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (_check_id(job_id),)).fetchone()
-        if row is None:
+        if row is None or not _visible(row, client):
             raise _not_found(job_id)
         return self._job(row)
 
-    def list(self, offset: int = 0, limit: int = 50, state: str | None = None) -> tuple[list[Job], int]:
-        """A page of jobs, newest first, and the total count (of that state, if given)."""
+    def list(
+        self, offset: int = 0, limit: int = 50, state: str | None = None, client: str | None = None
+    ) -> tuple[list[Job], int]:
+        """A page of jobs, newest first, and the total count (of that state and client, if given)."""
         if not (isinstance(offset, int) and 0 <= offset <= MAX_OFFSET):
             raise InputError("invalid_paging", f"expected 0 <= offset <= {MAX_OFFSET}, got {offset!r}")
         if not (isinstance(limit, int) and 1 <= limit <= 1000):
             raise InputError("invalid_paging", f"expected 1 <= limit <= 1000, got {limit!r}")
         if state is not None and state not in JOB_STATES:
             raise InputError("invalid_state", f"expected one of {', '.join(JOB_STATES)}, got {state!r}")
-        where, args = ("WHERE state = ?", [state]) if state else ("", [])
+        conditions, args = [], []
+        if state:
+            conditions.append("state = ?")
+            args.append(state)
+        if client is not None:
+            conditions.append("client = ?")
+            args.append(client)
+        where = "WHERE " + " AND ".join(conditions) if conditions else ""
         with self._db.read() as db:
             total = db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
             rows = db.execute(
@@ -516,11 +540,11 @@ class JobStore:
                 )
         return self.get(job_id)
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str, client: str | None = None) -> Job:
         """Cancel: a queued job at once; a running one is flagged and its worker stops at the next chunk."""
         now = time.time()
         with self._tx() as db:
-            row = self._row(db, job_id)
+            row = self._row(db, job_id, client)
             if row["state"] == "queued":
                 self._set_cancelled(db, job_id, now)
             elif row["state"] == "running":
@@ -545,10 +569,10 @@ class JobStore:
             self._set_cancelled(db, job_id, now)
         return self.get(job_id)
 
-    def delete(self, job_id: str) -> None:
+    def delete(self, job_id: str, client: str | None = None) -> None:
         """Remove a job that is not running, and its folder (a referenced media file is kept)."""
         with self._tx() as db:
-            row = self._row(db, job_id)
+            row = self._row(db, job_id, client)
             if row["state"] == "running":
                 raise _conflict(job_id, "running", "not running (cancel it first)")
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
@@ -685,10 +709,10 @@ class JobStore:
         mean = sum(r[0] for r in rows) / len(rows) if rows else _DEFAULT_RETRY_AFTER_S
         return int(min(3600, max(1, math.ceil(mean / self.max_active))))
 
-    def _row(self, db: Connection, job_id: str) -> Row:
-        """The job's row, locked for the rest of the write transaction."""
+    def _row(self, db: Connection, job_id: str, client: str | None = None) -> Row:
+        """The job's row (``client``'s, when given), locked for the rest of the write transaction."""
         row = db.execute("SELECT * FROM jobs WHERE id = ?" + db.for_update, (_check_id(job_id),)).fetchone()
-        if row is None:
+        if row is None or not _visible(row, client):
             raise _not_found(job_id)
         return row
 
@@ -725,6 +749,7 @@ class JobStore:
             options=json.loads(row["options"]),
             idempotency_key=row["idempotency_key"],
             callback_url=row["callback_url"],
+            client=row["client"],
             attempts=row["attempts"],
             cancel_requested=bool(row["cancel_requested"]),
             result_paths={k: job_dir / v for k, v in json.loads(row["results"]).items()},
@@ -744,6 +769,11 @@ def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
         raise ValueError(f"expected a plain file name (letters, digits, '._-'), got {name!r}")
     return name
+
+
+def _visible(row: Row, client: str | None) -> bool:
+    """Whether a caller scoped to ``client`` (None: every client) may see the job of ``row``."""
+    return client is None or row["client"] == client
 
 
 def _not_found(job_id: object) -> PoseError:

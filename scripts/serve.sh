@@ -9,4 +9,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e .
+# the builder's refusals (e.g. a network address without client keys) as one message, before Ray starts
+.venv/bin/python -m deployments.preflight serve_config.yaml
 exec .venv/bin/serve run serve_config.yaml "$@"

@@ -288,6 +288,91 @@ def test_delete_removes_files_but_not_a_running_job(store):
     assert store.is_cancelled(job.id)  # a worker whose job is gone stops
 
 
+# --- clients ----------------------------------------------------------------------------------
+
+
+def test_a_job_belongs_to_its_client_and_is_not_found_by_another(store):
+    mine = store.create(input_file=_upload(store), move_input=True, client="alice")
+    theirs = store.create(client="bob")
+    assert (mine.client, theirs.client) == ("alice", "bob")
+    assert mine.to_dict()["client"] == "alice"
+    assert store.get(mine.id, "alice").id == mine.id
+    assert store.get(mine.id).id == mine.id  # no scope: every client (admins, the workers)
+    missing = "0" * 32
+    for call in (store.get, store.cancel, store.delete):
+        with pytest.raises(PoseError) as other:
+            call(mine.id, "bob")
+        with pytest.raises(PoseError) as absent:
+            call(missing, "bob")
+        # exactly as a job that does not exist: the caller learns nothing of the other client's job
+        assert (other.value.code, other.value.status) == (absent.value.code, absent.value.status) == ("job_not_found", 404)
+        assert other.value.message == absent.value.message.replace(missing, mine.id)
+    assert store.get(mine.id, "alice").state == "queued"  # bob's cancel and delete did nothing
+    assert store.job_dir(mine.id).is_dir()
+    assert store.cancel(mine.id, "alice").state == "cancelled"
+    store.delete(mine.id, "alice")
+    with pytest.raises(PoseError):
+        store.get(mine.id)
+    assert store.get(theirs.id, "bob").state == "queued"
+
+
+def test_listing_is_per_client_and_unscoped_for_admins(open_store, tmp_path):
+    with open_store(tmp_path / "d", retention_s=None, max_active=1, max_queued=20) as store:
+        made: dict[str, list[str]] = {"alice": [], "bob": []}
+        for client in ("alice", "bob", "alice", "bob", "alice"):
+            made[client].append(store.create(client=client).id)
+            time.sleep(0.002)
+        store.claim_next()  # alice's first job runs
+        page, total = store.list(limit=1000, client="alice")
+        assert total == 3 and [j.id for j in page] == made["alice"][::-1]
+        page, total = store.list(limit=1000, client="bob")
+        assert total == 2 and [j.id for j in page] == made["bob"][::-1]
+        page, total = store.list(limit=1, offset=1, client="bob")
+        assert total == 2 and [j.id for j in page] == [made["bob"][0]]
+        assert store.list(state="running", client="bob") == ([], 0)
+        running, total = store.list(state="running", client="alice")
+        assert total == 1 and running[0].id == made["alice"][0]
+        everything, total = store.list(limit=1000)
+        assert total == 5 and {j.id for j in everything} == set(made["alice"] + made["bob"])
+        assert store.list(client="carol") == ([], 0)
+
+
+def test_idempotency_keys_are_scoped_to_the_client(store):
+    alice = store.create(input_file=_upload(store), move_input=True, idempotency_key="k", fingerprint="a" * 64, client="alice")
+    # the same key from another client is another request, whatever it carries
+    bob = store.create(input_file=_upload(store), move_input=True, idempotency_key="k", fingerprint="b" * 64, client="bob")
+    assert bob.id != alice.id and bob.client == "bob"
+    retry = _upload(store)
+    again = store.create(input_file=retry, move_input=True, idempotency_key="k", fingerprint="a" * 64, client="alice")
+    assert again.id == alice.id and not retry.exists()
+    with pytest.raises(InputError) as reused:  # within one client the key still binds its request
+        store.create(input_file=_upload(store), move_input=True, idempotency_key="k", fingerprint="b" * 64, client="alice")
+    assert _code(reused) == "idempotency_key_reused" and reused.value.details["job_id"] == alice.id
+    assert store.find_by_idempotency_key("k", "alice").id == alice.id
+    assert store.find_by_idempotency_key("k", "bob").id == bob.id
+    assert store.find_by_idempotency_key("k") is None  # the default client never used it
+    assert store.list()[1] == 2
+
+
+def test_concurrent_retries_of_two_clients_make_one_job_each(open_store, tmp_path):
+    # two store objects: two connections racing, as two Ingress replicas would
+    stores = [open_store(tmp_path / "d", retention_s=None, max_active=1, max_queued=50) for _ in range(2)]
+
+    async def main() -> list[tuple[str, str]]:
+        async def one(i: int) -> tuple[str, str]:
+            client = ("alice", "bob")[i % 2]
+            job = await asyncio.to_thread(stores[(i // 2) % 2].create, idempotency_key="same", client=client)
+            return client, job.id
+
+        return await asyncio.gather(*(one(i) for i in range(12)))
+
+    made = asyncio.run(main())
+    assert len(made) == 12
+    ids = {client: {j for c, j in made if c == client} for client in ("alice", "bob")}
+    assert len(ids["alice"]) == len(ids["bob"]) == 1 and ids["alice"] != ids["bob"]
+    assert stores[0].list()[1] == 2
+
+
 # --- listing ----------------------------------------------------------------------------------
 
 
@@ -583,6 +668,76 @@ def test_a_database_of_the_first_schema_gains_the_new_columns(tmp_path):
     with JobStore(data, retention_s=None) as store:
         job = store.claim_next()
         assert job.id == "a" * 32 and job.checkpoint is None and job.lease_until is not None
+
+
+# The jobs table as schema 2 created it: no client, one idempotency key across all callers.
+_SCHEMA_2 = """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, seq BIGINT, kind TEXT NOT NULL, state TEXT NOT NULL, created_at {real} NOT NULL,
+    updated_at {real} NOT NULL, started_at {real}, finished_at {real}, frames_done INTEGER NOT NULL DEFAULT 0,
+    frames_total INTEGER, timings TEXT NOT NULL DEFAULT '{{}}', error_code TEXT, error_message TEXT,
+    input_path TEXT, options TEXT NOT NULL DEFAULT '{{}}', idempotency_key TEXT UNIQUE, callback_url TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT,
+    results TEXT NOT NULL DEFAULT '{{}}', checkpoint TEXT, lease_until {real}
+)
+"""
+_OLD_ROW = (
+    "INSERT INTO jobs (id, seq, kind, state, created_at, updated_at, idempotency_key) "
+    "VALUES ('{id}', 1, 'video', 'queued', 1.0, 1.0, 'k')"
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def schema_2_database(request, tmp_path):
+    """(job store URL or None, data folder, a function running SQL on the raw database): a
+    database as schema 2 left it, holding one queued job with idempotency key 'k'."""
+    data = tmp_path / "data"
+    data.mkdir()
+    if request.param == "sqlite":
+        path = data / "jobs.sqlite3"
+
+        def run(sql: str) -> list[tuple]:
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                rows = db.execute(sql).fetchall()
+                db.commit()
+            return rows
+
+        run(_SCHEMA_2.format(real="REAL"))
+        run("PRAGMA user_version=2")
+        url = None
+    else:
+        import psycopg
+
+        url = request.getfixturevalue("postgres_url")
+
+        def run(sql: str) -> list[tuple]:
+            with psycopg.connect(url, autocommit=True) as conn:
+                cur = conn.execute(sql)
+                return cur.fetchall() if cur.description else []
+
+        run(_SCHEMA_2.format(real="DOUBLE PRECISION"))
+        run("CREATE TABLE pose_schema (version INTEGER NOT NULL)")
+        run("INSERT INTO pose_schema (version) VALUES (2)")
+    run(_OLD_ROW.format(id="a" * 32))
+    return url, data, run, request.param
+
+
+def test_a_schema_2_database_gains_clients_and_per_client_keys(schema_2_database):
+    url, data, run, backend = schema_2_database
+    with JobStore(data, url=url, retention_s=None, max_queued=10) as store:
+        old = store.get("a" * 32)
+        assert old.client == "default" and old.idempotency_key == "k"  # made before clients: the default one's
+        assert store.find_by_idempotency_key("k").id == old.id
+        assert store.create(idempotency_key="k").id == old.id  # still a replay for its client
+        other = store.create(idempotency_key="k", client="alice")  # refused by schema 2's UNIQUE
+        assert other.id != old.id
+        assert store.list(client="default")[1] == 1 and store.list()[1] == 2
+    if backend == "sqlite":
+        assert run("PRAGMA user_version") == [(3,)]
+    else:
+        assert run("SELECT version FROM pose_schema") == [(3,)]
+    with JobStore(data, url=url, retention_s=None) as again:  # opening a migrated database changes nothing
+        assert again.get(other.id, "alice").idempotency_key == "k" and again.list()[1] == 2
 
 
 # The jobs table as the first release created it (no checkpoint, lease or sequence columns).

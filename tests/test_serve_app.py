@@ -169,7 +169,8 @@ def test_concurrent_crops_share_a_forward(client: httpx.Client, service: str, sc
 
 def test_info(client: httpx.Client) -> None:
     info = client.get("/v1/info").json()
-    assert info["profile"] == "tiny" and info["auth"] is True
+    assert info["profile"] == "tiny" and info["auth"] == "keys"
+    assert info["caller"] == {"client": "default", "admin": True}  # the single token of earlier releases
     assert info["resources"]["device"] == "cpu"
     det, reg = info["deployments"]["detector"], info["deployments"]["regressor"]
     assert det["model"] == "vitdet" and reg["model"] == "hmr2"

@@ -2,11 +2,14 @@
 
 Upload -> poll -> result against the in-process runner, concurrency, idempotency, backpressure,
 cancel/delete, paging, each video edge case's documented answer, the drop-in ``/pose/video``
-route and its confinement, NPZ, callbacks, and a worker crash in the middle of a job.
+route and its confinement, NPZ, callbacks, and a worker crash in the middle of a job. Jobs are
+per client: the application reads a keys file with two clients and an admin; the tests act as the
+admin unless they say otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import io
 import json
@@ -41,6 +44,16 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 CALLBACK_SECRET = "test-callback-secret"
+KEYS = {"alice": "alice-key-1", "bob": "bob-key-2", "ops": "ops-admin-key-3"}  # ops is the admin
+
+
+@pytest.fixture(scope="module")
+def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The keys file the service reads: each key's SHA-256, never the key."""
+    path = tmp_path_factory.mktemp("keys") / "keys.txt"
+    lines = [f"{c}:{hashlib.sha256(k.encode()).hexdigest()}" + (":admin" if c == "ops" else "") for c, k in KEYS.items()]
+    path.write_text("# test clients\n" + "\n".join(lines) + "\n")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +91,10 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def app_args(clips: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def app_args(clips: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, keys_file: Path) -> dict[str, Any]:
     return {
         "data_dir": str(tmp_path_factory.mktemp("data")),
+        "auth_keys_file": str(keys_file),
         "media_dir": str(clips["media"]),
         # a short lease: a killed worker's job is taken over within seconds
         "jobs": {"max_active": MAX_ACTIVE, "max_queued": MAX_QUEUED, "sync_timeout_s": 120.0, "lease_s": 4.0,
@@ -97,9 +111,26 @@ def service(tiny_dir: Path, app_args: dict[str, Any]) -> Iterator[str]:
         yield url
 
 
+def bearer(client_id: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[client_id]}"}
+
+
 @pytest.fixture(scope="module")
 def client(service: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=service, timeout=180.0) as c:
+    """The admin's client: sees every job."""
+    with httpx.Client(base_url=service, timeout=180.0, headers=bearer("ops")) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def alice(service: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service, timeout=180.0, headers=bearer("alice")) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def bob(service: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service, timeout=180.0, headers=bearer("bob")) as c:
         yield c
 
 
@@ -330,6 +361,66 @@ def test_list_paging_and_filter(client, crossing_job):
     assert_error(client.get("/v1/jobs", params={"limit": 916, "offset": 575207384587722167418880}), 422, "request_invalid")
     assert_error(client.get("/v1/jobs", params={"limit": 0}), 422, "request_invalid")
     assert_error(client.get("/v1/jobs/not-a-job"), 404, "job_not_found")
+
+
+# -- clients ---------------------------------------------------------------------------------------
+
+
+def test_each_client_sees_only_its_own_jobs_and_the_admin_sees_all(alice, bob, client, clips):
+    a = upload(alice, clips["one"])
+    b = upload(bob, clips["one"])
+    assert a.status_code == b.status_code == 202, (a.text, b.text)
+    ja, jb = wait_job(alice, a.json()["id"]), wait_job(bob, b.json()["id"])
+    assert ja["state"] == jb["state"] == "succeeded" and (ja["client"], jb["client"]) == ("alice", "bob")
+    for me, mine, other in ((alice, ja, jb), (bob, jb, ja)):
+        listed = me.get("/v1/jobs", params={"limit": 1000}).json()
+        ids = [j["id"] for j in listed["jobs"]]
+        assert mine["id"] in ids and other["id"] not in ids and listed["total"] == len(ids)
+        assert {j["client"] for j in listed["jobs"]} == {mine["client"]}
+        assert me.get(mine["links"]["result"]).status_code == 200
+        # another client's job answers as a job that does not exist, on every route
+        job = f"/v1/jobs/{other['id']}"
+        assert_error(me.get(job), 404, "job_not_found")
+        assert_error(me.get(job + "/result"), 404, "job_not_found")
+        assert_error(me.get(job + "/export", params={"format": "mot"}), 404, "job_not_found")
+        assert_error(me.get(job + "/overlay.mp4"), 404, "job_not_found")
+        assert_error(me.delete(job), 404, "job_not_found")
+    everything = {j["id"] for j in client.get("/v1/jobs", params={"limit": 1000}).json()["jobs"]}
+    assert {ja["id"], jb["id"]} <= everything
+    assert client.get(f"/v1/jobs/{jb['id']}").json()["client"] == "bob"
+    assert client.get(f"/v1/jobs/{ja['id']}/result").status_code == 200  # bob's delete did nothing
+    assert alice.delete(f"/v1/jobs/{ja['id']}").status_code == 204
+    assert_error(client.get(f"/v1/jobs/{ja['id']}"), 404, "job_not_found")
+    assert client.delete(f"/v1/jobs/{jb['id']}").status_code == 204  # an admin manages any client's job
+    assert_error(bob.get(f"/v1/jobs/{jb['id']}"), 404, "job_not_found")
+
+
+def test_an_idempotency_key_is_the_clients_own(alice, bob, clips):
+    key = {"Idempotency-Key": "order-1001"}
+    a = upload(alice, clips["one"], headers=key)
+    b = upload(bob, clips["second"], headers=key)  # another client, another request: no 422
+    assert a.status_code == b.status_code == 202, (a.text, b.text)
+    assert a.json()["id"] != b.json()["id"] and "idempotent-replayed" not in b.headers
+    again = upload(alice, clips["one"], headers=key)
+    assert again.json()["id"] == a.json()["id"] and again.headers.get("idempotent-replayed") == "true"
+    assert wait_job(alice, a.json()["id"])["state"] == wait_job(bob, b.json()["id"])["state"] == "succeeded"
+
+
+def test_missing_and_unknown_keys_are_401(service, clips):
+    digest = hashlib.sha256(KEYS["alice"].encode()).hexdigest()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEYS["alice"]},
+                    {"Authorization": f"Bearer {digest}"}, {"Authorization": "Basic " + KEYS["alice"]}):
+        for method, path in (("GET", "/v1/jobs"), ("GET", "/v1/jobs/" + "0" * 32), ("GET", "/v1/info"),
+                             ("DELETE", "/v1/jobs/" + "0" * 32)):
+            resp = httpx.request(method, service + path, headers=headers, timeout=60)
+            assert_error(resp, 401, "unauthorized")
+            assert resp.headers["www-authenticate"] == "Bearer"
+        resp = httpx.post(service + "/v1/videos", files={"video": ("one.mp4", clips["one"].read_bytes(), "video/mp4")},
+                          headers=headers, timeout=60)
+        assert_error(resp, 401, "unauthorized")
+    me = httpx.get(service + "/v1/info", headers=bearer("alice"), timeout=60).json()
+    assert me["auth"] == "keys" and me["caller"] == {"client": "alice", "admin": False}
+    assert httpx.get(service + "/healthz").status_code == 200  # liveness needs no key
 
 
 # -- edge cases: each with its documented answer ---------------------------------------------------
