@@ -3,11 +3,42 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave without interpreter finalisation once Ray has run in this process.
+
+    After several ``ray.init``/``ray.shutdown`` cycles, Ray's core-worker threads can still call
+    into Python (``check_signals`` → ``PyGILState_Ensure``) while the interpreter tears down, and
+    the process dies with SIGSEGV after every test has passed and the summary is printed
+    (ray-project/ray#47864). Everything is reported by now, so exit with pytest's own status.
+    """
+    if "ray" not in sys.modules or _EXIT_STATUS not in config.stash:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(config.stash[_EXIT_STATUS])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _patient_serve_proxy():
+    """Ray Serve marks its HTTP proxy unhealthy after three 5 s readiness checks; on a 2-core
+    machine busy with model replicas starting, a healthy proxy can take longer than that. The
+    Ray processes the tests start inherit this from the test process."""
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
+    yield
 
 
 def golden_root() -> Path:
