@@ -12,29 +12,29 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from .source import ResultReader, track_key
+from .source import ResultReader, tracked_people
 
 
 def mot_lines(
     reader: ResultReader, *, track: int | None = None, include_unconfirmed: bool = False, seen: set[int] | None = None
 ) -> Iterator[str]:
     """The MOT lines of a result, streamed frame by frame; ``seen`` collects the ids written."""
-    unconfirmed = 0
-    for frame in reader.frames():
-        rows = []
-        for person in frame["people"]:
-            confirmed = person.get("track_id") is not None
-            if not confirmed and not include_unconfirmed:
-                continue
-            key = track_key(person, unconfirmed)
-            if not confirmed:
-                unconfirmed += 1
-            if track is not None and key != track:
-                continue
-            x1, y1, x2, y2 = (float(v) for v in person["bbox"])
-            score = person.get("score")
-            if seen is not None:
-                seen.add(key)
-            rows.append((key, x1 + 1, y1 + 1, x2 - x1, y2 - y1, 1.0 if score is None else float(score)))
-        for key, left, top, width, height, conf in sorted(rows):
-            yield f"{int(frame['frame_index']) + 1},{key},{left:.3f},{top:.3f},{width:.3f},{height:.3f},{conf:.5f},-1,-1,-1\n"
+    rows: list[tuple] = []
+    current = None
+    for frame, person, key in tracked_people(reader, track=track, include_unconfirmed=include_unconfirmed):
+        if current is not None and frame["frame_index"] != current:
+            yield from _lines(current, rows)
+            rows = []
+        current = frame["frame_index"]
+        x1, y1, x2, y2 = (float(v) for v in person["bbox"])
+        score = person.get("score")
+        if seen is not None:
+            seen.add(key)
+        rows.append((key, x1 + 1, y1 + 1, x2 - x1, y2 - y1, 1.0 if score is None else float(score)))
+    if current is not None:
+        yield from _lines(current, rows)
+
+
+def _lines(frame_index: int, rows: list[tuple]) -> Iterator[str]:
+    for key, left, top, width, height, conf in sorted(rows):
+        yield f"{int(frame_index) + 1},{key},{left:.3f},{top:.3f},{width:.3f},{height:.3f},{conf:.5f},-1,-1,-1\n"

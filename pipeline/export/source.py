@@ -305,36 +305,39 @@ class TrackSpool:
         self.close()
 
 
-def track_key(person: Mapping[str, Any], unconfirmed_seen: int) -> int | None:
-    """The id a person is exported under: its track id, or (unconfirmed) ``-(n + 1)``."""
-    tid = person.get("track_id")
-    return int(tid) if tid is not None else -(unconfirmed_seen + 1)
+def tracked_people(
+    reader: ResultReader, *, track: int | None = None, include_unconfirmed: bool = False
+) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any], int]]:
+    """(frame, person, id) of every wanted detection, in frame order.
+
+    Detections never confirmed as a track (``track_id`` null) are left out unless
+    ``include_unconfirmed``; then each is a track of its own with a negative id (-1, -2, ... in
+    order of appearance). With ``track`` only that id's detections.
+    """
+    unconfirmed = 0
+    for frame in reader.frames():
+        for person in frame["people"]:
+            tid = person.get("track_id")
+            if tid is None:
+                if not include_unconfirmed:
+                    continue
+                unconfirmed += 1
+                key = -unconfirmed
+            else:
+                key = int(tid)
+            if track is None or key == track:
+                yield frame, person, key
 
 
 def spool_tracks(
     reader: ResultReader, spool: TrackSpool, *, track: int | None = None, include_unconfirmed: bool = False
 ) -> None:
-    """One pass over the frames: every wanted detection into ``spool``.
-
-    Detections never confirmed as a track (``track_id`` null) are left out unless
-    ``include_unconfirmed``; then each is a track of its own with a negative id (-1, -2, ... in
-    order of appearance).
-    """
-    unconfirmed = 0
-    for frame in reader.frames():
-        for person in frame["people"]:
-            confirmed = person.get("track_id") is not None
-            if not confirmed and not include_unconfirmed:
-                continue
-            key = track_key(person, unconfirmed)
-            if not confirmed:
-                unconfirmed += 1
-            if track is not None and key != track:
-                continue
-            try:
-                spool.add(key, person_row(frame, person))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise InputError("result_unreadable", f"frame {frame.get('frame_index')}: a person without SMPL parameters or camera: {exc}") from exc
+    """One pass over the frames: every wanted detection (`tracked_people`) into ``spool``."""
+    for frame, person, key in tracked_people(reader, track=track, include_unconfirmed=include_unconfirmed):
+        try:
+            spool.add(key, person_row(frame, person))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError("result_unreadable", f"frame {frame.get('frame_index')}: a person without SMPL parameters or camera: {exc}") from exc
 
 
 def require_track(spool: TrackSpool, track: int | None, reader: ResultReader) -> list[int]:
