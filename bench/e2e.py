@@ -68,8 +68,13 @@ def random_caches(root: Path) -> Path:
         path = roots.detectron2 / CHECKPOINT_PATH
         with open(path, "rb") as fh:
             doc = pickle.load(fh)
-        bias = doc["model"]["roi_heads.box_predictor.cls_score.bias"]
-        bias[0] = PERSON_LOGIT  # class 0 is COCO's person; the last logit is background
+        # Every stage of the cascade (its scores are averaged); class 0 is COCO's person, the last
+        # logit is background.
+        biases = [k for k in doc["model"] if k.startswith("roi_heads.box_predictor.") and k.endswith("cls_score.bias")]
+        if not biases:
+            raise KeyError(f"no box predictor classification bias in {path}")
+        for key in biases:
+            doc["model"][key][0] = PERSON_LOGIT
         with open(path, "wb") as fh:
             pickle.dump(doc, fh, protocol=4)
         marker.write_text(f"{PERSON_LOGIT}\n")

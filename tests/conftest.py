@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from export_readers import GLTF_VALIDATOR, VALIDATE_JS
 
 REPO = Path(__file__).resolve().parents[1]
 _EXIT_STATUS = pytest.StashKey[int]()
@@ -126,3 +129,27 @@ def postgres_url(postgres_server: str):
 
     with isolated_schema(postgres_server) as (url, _):
         yield url
+
+
+@pytest.fixture(scope="session")
+def gltf_validator(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, dict[str, str]]:
+    """node + the Khronos glTF-Validator (npm ``gltf-validator``), installed once into
+    ``.cache/node`` (ignored by git). Without node/npm: a skip, except under CI=true: a failure."""
+    def unavailable(msg: str) -> None:
+        if _in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+    node, npm = shutil.which("node"), shutil.which("npm")
+    prefix = REPO / ".cache" / "node"
+    if node is None or npm is None:
+        unavailable("node and npm are needed to run the Khronos glTF validator (npm package gltf-validator)")
+    if not (prefix / "node_modules" / "gltf-validator").is_dir():
+        prefix.mkdir(parents=True, exist_ok=True)
+        cmd = [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", GLTF_VALIDATOR]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            unavailable(f"npm could not install {GLTF_VALIDATOR} (offline?): {done.stderr[-500:]}")
+    script = tmp_path_factory.mktemp("node") / "validate.js"
+    script.write_text(VALIDATE_JS)
+    return node, script, {**os.environ, "NODE_PATH": str(prefix / "node_modules")}

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 import shutil
-import struct
-import subprocess
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
+
+from export_readers import parse_bvh, parse_glb, validate_glb
 
 from pipeline.schema import VideoResult
 
@@ -194,47 +193,6 @@ def test_json_document_is_read_frame_by_frame_across_read_boundaries(document, s
 # -- BVH ------------------------------------------------------------------------------------------
 
 
-def parse_bvh(text: str) -> dict[str, Any]:
-    """A minimal BVH reader: joints (name, parent, offset, channels), then the motion table."""
-    tokens = text.split()
-    i = 0
-    joints: list[dict[str, Any]] = []
-    stack: list[int] = []
-    assert tokens[0] == "HIERARCHY"
-    i = 1
-    while tokens[i] != "MOTION":
-        tok = tokens[i]
-        if tok in ("ROOT", "JOINT"):
-            joints.append({"name": tokens[i + 1], "parent": stack[-1] if stack else -1, "channels": [], "end": None})
-            stack.append(len(joints) - 1)
-            i += 2
-        elif tok == "End":
-            assert tokens[i + 1] == "Site" and tokens[i + 2] == "{" and tokens[i + 3] == "OFFSET"
-            joints[stack[-1]]["end"] = [float(v) for v in tokens[i + 4 : i + 7]]
-            assert tokens[i + 7] == "}"
-            i += 8
-        elif tok == "OFFSET":
-            joints[stack[-1]]["offset"] = np.array([float(v) for v in tokens[i + 1 : i + 4]])
-            i += 4
-        elif tok == "CHANNELS":
-            n = int(tokens[i + 1])
-            joints[stack[-1]]["channels"] = tokens[i + 2 : i + 2 + n]
-            i += 2 + n
-        elif tok == "{":
-            i += 1
-        elif tok == "}":
-            stack.pop()
-            i += 1
-        else:
-            raise AssertionError(f"unexpected BVH token {tok!r}")
-    assert tokens[i + 1] == "Frames:" and tokens[i + 3] == "Frame" and tokens[i + 4] == "Time:"
-    frames, frame_time = int(tokens[i + 2]), float(tokens[i + 5])
-    values = np.array([float(v) for v in tokens[i + 6 :]])
-    width = sum(len(j["channels"]) for j in joints)
-    assert values.size == frames * width, (values.size, frames, width)
-    return {"joints": joints, "frame_time": frame_time, "motion": values.reshape(frames, width)}
-
-
 def bvh_rotations(bvh: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Per frame each joint's rotation matrix (its channels composed by scipy, in the listed
     order, intrinsic) and the root position."""
@@ -344,17 +302,6 @@ def test_amass_npz_keys_shapes_and_poses(document, sources, body, smpl_joints):
 # -- GLB ------------------------------------------------------------------------------------------
 
 
-def parse_glb(data: bytes) -> tuple[dict[str, Any], bytes]:
-    magic, version, length = struct.unpack_from("<III", data, 0)
-    assert magic == 0x46546C67 and version == 2 and length == len(data)
-    json_len, json_type = struct.unpack_from("<II", data, 12)
-    assert json_type == 0x4E4F534A
-    doc = json.loads(data[20 : 20 + json_len])
-    bin_len, bin_type = struct.unpack_from("<II", data, 20 + json_len)
-    assert bin_type == 0x004E4942
-    return doc, data[28 + json_len : 28 + json_len + bin_len]
-
-
 def read_accessor(doc: dict[str, Any], binary: bytes, index: int) -> np.ndarray:
     acc = doc["accessors"][index]
     view = doc["bufferViews"][acc["bufferView"]]
@@ -367,48 +314,6 @@ def read_accessor(doc: dict[str, Any], binary: bytes, index: int) -> np.ndarray:
 def quat_matrix(q: np.ndarray) -> np.ndarray:
     """x, y, z, w -> matrix, via scipy (which takes the same scalar-last order)."""
     return Rotation.from_quat(q).as_matrix()
-
-
-# The Khronos validator's npm releases are all 2.0.0-dev.* prereleases, which a range would not match.
-GLTF_VALIDATOR = "gltf-validator@2.0.0-dev.3.10"
-
-VALIDATE_JS = """
-const fs = require('fs');
-const validator = require('gltf-validator');
-validator.validateBytes(new Uint8Array(fs.readFileSync(process.argv[2])))
-  .then((report) => { process.stdout.write(JSON.stringify(report.issues)); })
-  .catch((err) => { process.stderr.write(String(err)); process.exit(1); });
-"""
-
-
-@pytest.fixture(scope="session")
-def gltf_validator(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, dict[str, str]]:
-    """node + the Khronos glTF-Validator (npm ``gltf-validator``), installed once into
-    ``.cache/node`` (ignored by git). Without node/npm: a skip, except under CI=true: a failure."""
-    def unavailable(msg: str) -> None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-
-    node, npm = shutil.which("node"), shutil.which("npm")
-    prefix = REPO / ".cache" / "node"
-    if node is None or npm is None:
-        unavailable("node and npm are needed to run the Khronos glTF validator (npm package gltf-validator)")
-    if not (prefix / "node_modules" / "gltf-validator").is_dir():
-        prefix.mkdir(parents=True, exist_ok=True)
-        cmd = [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", GLTF_VALIDATOR]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            unavailable(f"npm could not install {GLTF_VALIDATOR} (offline?): {done.stderr[-500:]}")
-    script = tmp_path_factory.mktemp("node") / "validate.js"
-    script.write_text(VALIDATE_JS)
-    return node, script, {**os.environ, "NODE_PATH": str(prefix / "node_modules")}
-
-
-def validate_glb(validator: tuple[str, Path, dict[str, str]], path: Path) -> dict[str, Any]:
-    node, script, env = validator
-    out = subprocess.run([node, str(script), str(path)], capture_output=True, text=True, env=env, timeout=120, check=True)
-    return json.loads(out.stdout)
 
 
 def test_glb_passes_the_khronos_validator_and_holds_the_input(document, sources, body, smpl_joints, gltf_validator, tmp_path):

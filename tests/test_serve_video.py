@@ -27,6 +27,7 @@ httpx = pytest.importorskip("httpx")
 jsonschema = pytest.importorskip("jsonschema")
 
 from pipeline.callbacks import SIGNATURE_HEADER, verify  # noqa: E402
+from export_readers import parse_bvh, parse_glb, validate_glb  # noqa: E402
 from serve_helpers import free_port, serve_tiny, wait_job  # noqa: E402
 from videos import audio_only, crossing_video, figure_frame, write_video  # noqa: E402
 
@@ -227,15 +228,28 @@ def test_json_lines_are_the_frames_of_the_document(client, crossing_job):
     assert [json.loads(line) for line in resp.text.splitlines()] == doc["frames"]
 
 
-def test_exports_of_a_finished_job(client, crossing_job):
+def test_exports_of_a_finished_job(client, crossing_job, gltf_validator, tmp_path):
     doc = client.get(crossing_job["links"]["result"]).json()
     assert doc["tracks"], "the tiny models should track the two drawn figures"
-    track_id = doc["tracks"][0]["track_id"]
+    track = doc["tracks"][0]
+    track_id = track["track_id"]
     url = f"/v1/jobs/{crossing_job['id']}/export"
     glb = client.get(url, params={"format": "glb", "track": track_id})  # rigged with the tiny profile's SMPL
     assert glb.status_code == 200, glb.text[:300]
     assert glb.headers["content-type"] == "model/gltf-binary" and glb.content[:4] == b"glTF"
     assert glb.headers["content-disposition"] == f'attachment; filename="{crossing_job["id"]}-track-{track_id}.glb"'
+    (tmp_path / "track.glb").write_bytes(glb.content)
+    report = validate_glb(gltf_validator, tmp_path / "track.glb")
+    assert report["numErrors"] == 0, report["messages"][:5]
+    gltf, _ = parse_glb(glb.content)
+    assert len(gltf["skins"][0]["joints"]) == 24 and len(gltf["animations"]) == 1
+    spanned = track["last_frame"] - track["first_frame"] + 1
+    bvh = parse_bvh(client.get(url, params={"format": "bvh", "track": track_id}).text)
+    assert len(bvh["joints"]) == 24 and bvh["motion"].shape[0] == spanned
+    assert bvh["frame_time"] == pytest.approx(1.0 / doc["video"]["fps"], rel=1e-5)
+    amass = np.load(io.BytesIO(client.get(url, params={"format": "amass", "track": track_id}).content))
+    assert amass["poses"].shape == (spanned, 72) and amass["trans"].shape == (spanned, 3)
+    assert float(amass["mocap_framerate"]) == pytest.approx(doc["video"]["fps"])
     mot = client.get(url, params={"format": "mot"})
     confirmed = [(f["frame_index"] + 1, p["track_id"]) for f in doc["frames"] for p in f["people"] if p["track_id"] is not None]
     assert sorted((int(r.split(",")[0]), int(r.split(",")[1])) for r in mot.text.splitlines()) == sorted(confirmed)
