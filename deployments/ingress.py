@@ -301,10 +301,30 @@ class Ingress:
         self.regressor = regressor
         self.video = video
         # Video jobs need the worker and the store; without PHALP tracking the graph has neither.
-        self.videos = (
-            VideoJobs(video, jobs, video_api or VideoApiSettings()) if video is not None and jobs is not None else None
-        )
+        self.videos: VideoJobs | None = None
+        self.videos_error: PoseError | None = None  # data_dir_unavailable: tried again on use
+        self._video_args = (video, jobs, video_api or VideoApiSettings()) if video is not None and jobs is not None else None
+        self._videos_retry_at = 0.0
+        self.open_videos()
         self.metrics = IngressMetrics()
+
+    def open_videos(self) -> VideoJobs | None:
+        """The video jobs' store, opened on first use; an unusable data folder disables video jobs
+        (`data_dir_unavailable`, 503) without taking images down, and is tried again at most every
+        10 s, so fixing the folder brings videos back without a restart."""
+        if self.videos is not None or self._video_args is None or time.monotonic() < self._videos_retry_at:
+            return self.videos
+        try:
+            self.videos = VideoJobs(*self._video_args)
+            self.videos_error = None
+        except PoseError as exc:
+            if exc.code != "data_dir_unavailable":
+                raise
+            if self.videos_error is None:
+                logger.error("%s", exc.message)
+            self.videos_error = exc
+            self._videos_retry_at = time.monotonic() + 10.0
+        return self.videos
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = build_api(self)
@@ -472,7 +492,7 @@ class Ingress:
             },
             "auth": auth_mode(self.keys),
             "caller": {"client": caller.id, "admin": caller.admin},
-            "videos": None
+            "videos": ({"error": self.videos_error.to_dict()["error"]} if self.videos_error is not None else None)
             if self.videos is None
             else {
                 "max_active": self.videos.jobs.max_active,

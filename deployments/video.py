@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -114,7 +115,22 @@ class JobSettings(BaseModel):
 
     def open_store(self) -> JobStore:
         """The job store, checked against where it is used: a node-local store (SQLite) on a
-        cluster of several nodes fails here, loudly, rather than split the jobs per node."""
+        cluster of several nodes fails here, loudly, rather than split the jobs per node.
+
+        A data folder that cannot be used (read-only, not a folder, gone) is `data_dir_unavailable`
+        (503): the replicas start anyway, video jobs answer that code, images keep working, and
+        the store is opened again once the folder is usable."""
+        try:
+            return self._open_store()
+        except (OSError, sqlite3.Error) as exc:
+            raise PoseError(
+                "data_dir_unavailable",
+                f"video jobs are disabled: the data folder {self.data_dir} cannot be used "
+                f"({type(exc).__name__}: {exc}); images keep working",
+                status=503,
+            ) from exc
+
+    def _open_store(self) -> JobStore:
         store = JobStore(
             Path(self.data_dir).expanduser(),
             retention_s=self.retention_s,
@@ -210,14 +226,9 @@ class VideoPipeline:
             chunk_size=settings.chunk_size, limits=self.limits, max_stage_wait_s=settings.max_stage_wait_s,
         )
         self.start = start_info(time.perf_counter() - started)
-        self.store = settings.open_store()
-        # Jobs of other workers come back only through their expired leases (`expire_leases`).
-        report = self.store.recover_after_restart(settings.max_attempts, requeue_running=False)
-        logger.info(
-            "VideoPipeline up on %s in %.1f s: requeued %d, failed %d, cancelled %d jobs after restart",
-            settings.data_dir, time.perf_counter() - started, len(report.requeued), len(report.failed), len(report.cancelled),
-        )
-        for job_id in report.failed + report.cancelled:
+        self.store: JobStore | None = None
+        self.store_error: PoseError | None = None
+        for job_id in self._open_store() or []:
             self._schedule_callback(job_id)
         self._active: dict[str, asyncio.Task[None]] = {}
         self._tokens: dict[str, int] = {}  # job id -> attempt this replica runs
@@ -238,18 +249,40 @@ class VideoPipeline:
         if delete:
             self._delete_when_stopped.add(job_id)
         task = self._active.get(job_id)
-        if task is None and delete:
+        if task is None and delete and self.store is not None:
             await asyncio.to_thread(self._delete_if_finished, job_id)
 
     async def ready(self) -> bool:
         return not self._loop_task.done()
+
+    def _open_store(self) -> list[str] | None:
+        """Open the store and recover after a restart: the jobs that recovery ended (their
+        callbacks are due), or None on an unusable data folder; the worker then waits (the
+        Ingress refuses video jobs meanwhile) and tries again each poll."""
+        try:
+            self.store = self.settings.open_store()
+        except PoseError as exc:
+            if exc.code != "data_dir_unavailable":
+                raise
+            if self.store_error is None:
+                logger.error("%s", exc.message)
+            self.store_error = exc
+            return None
+        self.store_error = None
+        # Jobs of other workers come back only through their expired leases (`expire_leases`).
+        report = self.store.recover_after_restart(self.settings.max_attempts, requeue_running=False)
+        logger.info(
+            "VideoPipeline up on %s: requeued %d, failed %d, cancelled %d jobs after restart",
+            self.settings.data_dir, len(report.requeued), len(report.failed), len(report.cancelled),
+        )
+        return report.failed + report.cancelled
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's custom autoscaling metrics (see `deployments.autoscaling`): the store's queue
         and the jobs this replica runs."""
         from .autoscaling import JOBS_QUEUED, JOBS_RUNNING
 
-        counts = await asyncio.to_thread(self.store.counts)
+        counts = await asyncio.to_thread(self.store.counts) if self.store is not None else {}
         return {JOBS_QUEUED: float(counts.get("queued", 0)), JOBS_RUNNING: float(len(self._active))}
 
     def __del__(self) -> None:
@@ -272,8 +305,9 @@ class VideoPipeline:
             "replica": serve.get_replica_context().replica_id.unique_id,
             "pid": os.getpid(),
             "node_id": _node_id(),
-            "job_store": redact(self.store.url),
-            "job_store_shared": not self.store.node_local,
+            "job_store": redact(self.store.url) if self.store is not None else None,
+            "job_store_shared": None if self.store is None else not self.store.node_local,
+            "store_error": None if self.store_error is None else self.store_error.to_dict()["error"],
             "start": self.start,
         }
 
@@ -292,6 +326,13 @@ class VideoPipeline:
         while True:
             self._loop_beat = time.monotonic()
             try:
+                if self.store is None:
+                    ended = await asyncio.to_thread(self._open_store)
+                    if ended is None:
+                        await asyncio.sleep(self.settings.poll_interval_s)
+                        continue
+                    for job_id in ended:
+                        self._schedule_callback(job_id)
                 await self._claim_jobs()
                 if time.time() - self._last_purge > 600:
                     self._last_purge = time.time()

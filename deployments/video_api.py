@@ -585,7 +585,7 @@ _VIDEO_ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"description": "video_no_video_stream (audio only), request_invalid"},
     416: {"description": "range_not_satisfiable (overlay.mp4: the range starts past the end)"},
     429: {"description": "too_many_jobs: the queue is full; retry after Retry-After seconds"},
-    503: {"description": "videos_unavailable, stage_unavailable; retry after Retry-After seconds"},
+    503: {"description": "videos_unavailable, data_dir_unavailable (the data folder cannot be used; images keep working), stage_unavailable; retry after Retry-After seconds"},
 }
 
 _UPLOAD_BODY = {
@@ -617,12 +617,15 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
     caller_dep = Depends(service.authenticate)  # the same dependency as ``protected``: run once a request
 
     def jobs() -> VideoJobs:
-        if service.videos is None:
+        videos = service.open_videos()
+        if videos is None and service.videos_error is not None:
+            raise service.videos_error
+        if videos is None:
             raise PoseError(
                 "videos_unavailable", "video jobs are not enabled in this deployment (no tracker or no data folder)",
                 status=503,
             )
-        return service.videos
+        return videos
 
     def accepted(job: Job, replayed: bool) -> JSONResponse:
         headers = {"Location": f"/v1/jobs/{job.id}"}

@@ -37,8 +37,17 @@ APP_ARGS: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def service(tiny_dir: Path) -> Iterator[str]:
-    with serve_tiny(tiny_dir, env={"POSE_SERVICE_TOKEN": TOKEN}, **APP_ARGS) as url:
+def blocked_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder that cannot be created (its parent is a file): this module's application
+    starts on it, so every image test here also shows images serving while video jobs cannot."""
+    blocker = tmp_path_factory.mktemp("data") / "blocker"
+    blocker.write_text("a file where the data folder's parent should be")
+    return blocker / "data"
+
+
+@pytest.fixture(scope="module")
+def service(tiny_dir: Path, blocked_data_dir: Path) -> Iterator[str]:
+    with serve_tiny(tiny_dir, env={"POSE_SERVICE_TOKEN": TOKEN}, data_dir=str(blocked_data_dir), **APP_ARGS) as url:
         yield url
 
 
@@ -261,14 +270,14 @@ def test_token_required(service: str, scene_png: Path) -> None:
     assert httpx.get(f"{service}/healthz").status_code == 200
 
 
-def test_batch_settings_follow_user_config(client: httpx.Client, tiny_dir: Path) -> None:
+def test_batch_settings_follow_user_config(client: httpx.Client, tiny_dir: Path, blocked_data_dir: Path) -> None:
     """``reconfigure`` applies new batch settings (with ``serve deploy`` of a config file, where the
     code version is stable, Serve does this on the running replica; ``serve.run`` restarts it)."""
     from ray import serve
 
     from deployments.app import AppArgs, build_app
 
-    args = {**APP_ARGS, "regressor_batch": {"max_batch_size": 4, "batch_wait_timeout_s": 0.02}}
+    args = {**APP_ARGS, "data_dir": str(blocked_data_dir), "regressor_batch": {"max_batch_size": 4, "batch_wait_timeout_s": 0.02}}
     serve.run(build_app(AppArgs(profile="tiny", tiny_dir=str(tiny_dir), **args)), name="pose", route_prefix="/")
     after = client.get("/v1/info").json()["deployments"]["regressor"]
     assert after["batching"]["max_batch_size"] == 4 and after["batching"]["batch_wait_timeout_s"] == 0.02
@@ -294,3 +303,31 @@ def test_killed_replica_is_replaced(client: httpx.Client, scene_png: Path) -> No
     assert statuses[-1] == 200, statuses
     replicas = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "MeshRegressor" in a["name"]]
     assert replicas and replicas != names
+
+
+def test_an_unusable_data_folder_disables_videos_only_until_it_is_fixed(
+    client: httpx.Client, scene_png: Path, blocked_data_dir: Path, tmp_path: Path
+) -> None:
+    from serve_helpers import wait_job
+    from videos import crossing_video
+
+    clip = crossing_video(tmp_path / "clip.mp4", n=6)
+    upload = lambda: client.post("/v1/videos", files={"video": ("clip.mp4", clip.read_bytes(), "video/mp4")})  # noqa: E731
+    assert_error(upload(), 503, "data_dir_unavailable")
+    assert_error(client.get("/v1/jobs"), 503, "data_dir_unavailable")
+    assert client.get("/v1/info").json()["videos"]["error"]["code"] == "data_dir_unavailable"
+    image = client.post("/v1/images", files={"image": ("scene.png", scene_png.read_bytes(), "image/png")})
+    assert image.status_code == 200 and image.json()["people"]
+    assert client.get("/readyz").status_code == 200
+
+    blocker = blocked_data_dir.parent
+    blocker.unlink()
+    blocker.mkdir()  # the folder fixed: videos come back without a restart (retried every 10 s)
+    deadline = time.monotonic() + 60
+    while (listed := client.get("/v1/jobs")).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(1.0)
+    assert listed.status_code == 200, listed.text[:300]
+    accepted = upload()
+    assert accepted.status_code == 202, accepted.text[:300]
+    job = wait_job(client, accepted.json()["id"])
+    assert job["state"] == "succeeded" and job["progress"]["frames_done"] == 6, job
