@@ -80,17 +80,27 @@ class LocalCluster:
 
     def start_head(self, *, num_cpus: float, resources: dict[str, float], private: bool = False, port: int | None = None) -> str:
         """The head node; ``private``: in its own mount namespace too (so it can be killed whole)."""
-        port = port or free_port()
-        log = self.workdir / f"head-{len(self.nodes)}.log"
-        start = [
-            self._ray(), "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}",
-            f"--resources={json.dumps(resources)}", "--include-dashboard=false", "--disable-usage-stats",
-            *self._ports(),
-        ]
-        node = Node("head", _spawn(_namespaced(start) if private else start, log, self._environ()), log)
-        self.nodes.insert(0, node)
-        self.address = f"127.0.0.1:{port}"
-        self._wait_nodes(1)
+        for attempt in range(2):
+            head_port = port or free_port()
+            log = self.workdir / f"head-{len(self.nodes)}-{attempt}.log"
+            start = [
+                self._ray(), "start", "--head", "--block", f"--port={head_port}", f"--num-cpus={num_cpus}",
+                f"--resources={json.dumps(resources)}", "--include-dashboard=false", "--disable-usage-stats",
+                *self._ports(),
+            ]
+            node = Node("head", _spawn(_namespaced(start) if private else start, log, self._environ()), log)
+            self.nodes.insert(0, node)
+            self.address = f"127.0.0.1:{head_port}"
+            try:
+                self._wait_nodes(1)
+                break
+            except RuntimeError as exc:
+                # Ray gives a starting node a fixed 30 s to register with its GCS; on a loaded
+                # 2-core machine that can run out once. Start it again, once.
+                self.nodes.remove(node)
+                if attempt == 1 or "timed out during startup" not in str(exc):
+                    raise
+                node.process.wait(timeout=30)
         if private:
             node.mnt_ns = _mnt_ns(node.process.pid)
         return self.address
