@@ -17,21 +17,8 @@ from typing import IO, Iterator
 def atomic_open(target: str | os.PathLike[str], *, sync_dir: bool = True) -> Iterator[IO[bytes]]:
     """A binary file to write; on success it replaces ``target`` in one rename (``sync_dir``:
     and the folder entry is flushed too, so the rename survives a crash)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if sync_dir:
-        fsync_dir(target.parent)
+    with atomic_path(target, sync_dir=sync_dir) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 @contextlib.contextmanager
