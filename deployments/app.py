@@ -112,6 +112,10 @@ class JobArgs(BaseModel):
     )
     job_store_env: str = Field(default="POSE_JOB_STORE_URL", description="variable holding the job store URL on each node")
     max_stage_wait_s: float = Field(default=120.0, gt=0, description="stage failures in a row retried this long, then the job fails")
+    stage_timeout_s: float = Field(
+        default=600.0, gt=0,
+        description="a chunk's detector and regressor answers awaited this long, then its calls are cancelled and the chunk retried",
+    )
 
 
 class AppArgs(BaseModel):
@@ -165,7 +169,7 @@ class AppArgs(BaseModel):
     media_dir: str | None = Field(default=None, description="POST /pose/video reads videos from here only; None: route off")
     jobs: JobArgs = Field(default_factory=JobArgs)
     video_limits: VideoLimitArgs = Field(default_factory=VideoLimitArgs)
-    public_docs: bool = True
+    public_docs: bool = Field(default=True, description="/docs, /openapi.json and the web page /ui without a key (none holds data)")
 
     def key_sources(self) -> KeySources:
         return KeySources(file=self.auth_keys_file, keys_env=self.auth_keys_env, token_env=self.auth_token_env)
@@ -385,6 +389,7 @@ def build_app(args: AppArgs) -> Application:
         video_limits=args.video_limits,
         lease_s=args.jobs.lease_s,
         max_stage_wait_s=args.jobs.max_stage_wait_s,
+        stage_timeout_s=args.jobs.stage_timeout_s,
         job_store=args.jobs.job_store,
         job_store_env=args.jobs.job_store_env,
         callback_allow_http=args.jobs.callback_allow_http,

@@ -120,7 +120,7 @@ def as_pose_error(exc: BaseException) -> PoseError | None:
         if isinstance(link, (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError, ObjectLostError)):
             return PoseError("stage_unavailable", "a model replica is restarting; retry shortly", status=503)
         if isinstance(link, (asyncio.TimeoutError, TimeoutError)):
-            return PoseError("stage_timeout", "the image took too long to process", status=503)
+            return PoseError("stage_timeout", "a model stage took too long to answer; retry shortly", status=503)
     # Serve's own failure of a call into a stage (e.g. the replica died while queued there): the
     # serving layer, not the request, so a retry is the answer
     if any(isinstance(link, RayServeException) for link in chain):

@@ -32,7 +32,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -98,6 +98,9 @@ class JobSettings(BaseModel):
     callback_secret_env: str = "POSE_CALLBACK_SECRET"  # HMAC key of the X-Pose-Signature header, read on each node
     lease_s: float = Field(default=30.0, gt=0)  # a running job whose attempt stops renewing this long is taken over
     max_stage_wait_s: float = Field(default=120.0, gt=0)  # stage failures in a row retried this long, then the job fails
+    # One chunk's detector and regressor answers are awaited this long, then its calls are
+    # cancelled and the chunk is retried (a call can wait forever on a replica lost with its node).
+    stage_timeout_s: float = Field(default=600.0, gt=0)
 
     def callback_policy(self) -> CallbackPolicy:
         """Which callback URLs are allowed and how they are called (see `pipeline.callbacks`)."""
@@ -175,27 +178,47 @@ class RemoteStages:
     Used from the job's worker thread: ``.remote()`` and ``.result()`` are Serve's blocking
     handle API, which runs outside the replica's event loop."""
 
-    def __init__(self, detector: DeploymentHandle, regressor: DeploymentHandle) -> None:
+    def __init__(self, detector: DeploymentHandle, regressor: DeploymentHandle, timeout_s: float = 600.0) -> None:
         self.detector = detector
         self.regressor = regressor
+        self.timeout_s = timeout_s
 
-    def submit(self, chunk: FrameChunk) -> Callable[[], list[Any]]:
+    def submit(self, chunk: FrameChunk) -> "ChunkCalls":
         import ray
 
-        inflight = []
+        detections, regressions = [], []
         for frame in chunk.frames:
             ref = ray.put(frame)
-            detections = self.detector.detect_for_video.remote(ref)
-            inflight.append((ref, self.regressor.regress_video.remote(ref, detections)))
-
-        def wait() -> list[Any]:
-            return [response.result() for _, response in inflight]
-
-        return wait
+            detections.append(self.detector.detect_for_video.remote(ref))
+            regressions.append(self.regressor.regress_video.remote(ref, detections[-1]))
+        return ChunkCalls(detections, regressions, self.timeout_s)
 
     def transient(self, exc: BaseException) -> PoseError | None:
         mapped = as_pose_error(exc)
         return mapped if mapped is not None and mapped.code in TRANSIENT_CODES else None
+
+
+class ChunkCalls:
+    """The Serve calls of one chunk: awaited under one deadline (past it: ``TimeoutError``, a
+    transient ``stage_timeout``) and cancelled together when any fails or the loop drops them,
+    so no call is left retrying against a replica that is gone."""
+
+    def __init__(self, detections: list[Any], regressions: list[Any], timeout_s: float) -> None:
+        self.calls = [*detections, *regressions]
+        self.regressions = regressions
+        self.timeout_s = timeout_s
+
+    def __call__(self) -> list[Any]:
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            return [r.result(timeout_s=max(0.0, deadline - time.monotonic())) for r in self.regressions]
+        except BaseException:
+            self.cancel()
+            raise
+
+    def cancel(self) -> None:
+        for call in self.calls:
+            call.cancel()
 
 
 @serve.deployment(name="VideoPipeline", num_replicas=1, max_ongoing_requests=256, health_check_period_s=10)
@@ -222,7 +245,7 @@ class VideoPipeline:
             models.roots(), device=models.device, download=models.download
         )
         self.loop = VideoLoop(
-            RemoteStages(detector, regressor), appearance, tracker_models,
+            RemoteStages(detector, regressor, settings.stage_timeout_s), appearance, tracker_models,
             chunk_size=settings.chunk_size, limits=self.limits, max_stage_wait_s=settings.max_stage_wait_s,
         )
         self.start = start_info(time.perf_counter() - started)

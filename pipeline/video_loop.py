@@ -58,8 +58,10 @@ class FrameStages(Protocol):
     """Detection + mesh recovery for the frames of a chunk.
 
     ``submit`` starts the work and returns a function that waits for it, so the loop can start
-    chunk k + 1 before it tracks chunk k. ``transient`` says whether an error raised while waiting
-    is worth retrying (a stage replica died, a queue was full); None: it is final.
+    chunk k + 1 before it tracks chunk k; where that function has a ``cancel()``, the loop calls
+    it for work it drops (a failure or a cancel while the work runs). ``transient`` says whether
+    an error raised while waiting is worth retrying (a stage replica died, a queue was full);
+    None: it is final.
     """
 
     def submit(self, chunk: FrameChunk) -> Callable[[], list[FrameModels]]: ...
@@ -243,6 +245,7 @@ class VideoLoop:
         progressed = False
         frames = iter_frames(path, self.limits, chunk_size=self.chunk_size, start_frame=next_frame)
         pending: tuple[FrameChunk, Callable[[], list[FrameModels]]] | None = None
+        submitted = None
         try:
             while True:
                 t0 = time.perf_counter()
@@ -276,6 +279,12 @@ class VideoLoop:
                 if submitted is None:
                     break
                 pending = submitted
+        except BaseException:
+            for started in (pending, submitted):  # work in flight that no one will wait for
+                cancel = getattr(started[1], "cancel", None) if started is not None else None
+                if cancel is not None:
+                    cancel()
+            raise
         finally:
             frames.close()
         return state

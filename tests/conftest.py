@@ -36,11 +36,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _patient_serve_proxy():
-    """Ray Serve marks its HTTP proxy unhealthy after three 5 s readiness checks; on a 2-core
-    machine busy with model replicas starting, a healthy proxy can take longer than that. The
-    Ray processes the tests start inherit this from the test process."""
+def _test_ray_settings():
+    """Settings every Ray process the tests start inherits from the test process.
+
+    - Ray Serve marks its HTTP proxy unhealthy after three 5 s readiness checks; on a 2-core
+      machine busy with model replicas starting, a healthy proxy can take longer than that.
+    - Every test cluster is loopback-only and runs without Ray's token authentication. Ray reads
+      the mode once per process, so one test process cannot switch it between clusters: a local
+      ``ray.init()`` turns tokens on by default while a driver that already ran with them off
+      keeps sending none, and the new GCS refuses it.
+    """
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     yield
 
 

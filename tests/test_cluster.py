@@ -84,7 +84,7 @@ def _app_args(shared: dict[str, Path], data_dir: Path, **jobs: Any) -> dict[str,
         "tiny_dir": str(shared["tiny"]),
         "data_dir": str(data_dir),
         "placement": {"ingress": {"pose_ingress": 0.01}, "video": {"pose_video": 1.0}},
-        "jobs": {"max_active": 1, "max_queued": 8, "lease_s": 4.0, "workers": 2, **jobs},
+        "jobs": {"max_active": 1, "max_queued": 8, "lease_s": 4.0, "workers": 2, "stage_timeout_s": 20.0, **jobs},
     }
 
 

@@ -54,3 +54,37 @@ def test_a_replica_error_with_a_code_keeps_it_and_is_not_retried():
 
 def test_other_errors_are_not_stage_failures():
     assert as_pose_error(_raised(ValueError("bug"))) is None
+
+
+class _Answer:
+    """What `ChunkCalls` reads of a Serve response: ``result(timeout_s=)`` and ``cancel()``."""
+
+    def __init__(self, value=None, hang: bool = False) -> None:
+        self.value, self.hang, self.cancelled, self.timeouts = value, hang, False, []
+
+    def result(self, timeout_s=None):
+        self.timeouts.append(timeout_s)
+        if self.hang:
+            raise TimeoutError(f"no answer within {timeout_s} s")
+        return self.value
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_a_chunk_waits_under_one_deadline_and_is_cancelled_whole():
+    from deployments.video import ChunkCalls
+
+    detections = [_Answer("d0"), _Answer("d1"), _Answer("d2")]
+    regressions = [_Answer("r0"), _Answer(hang=True), _Answer("r2")]
+    calls = ChunkCalls(detections, regressions, timeout_s=5.0)
+    with pytest.raises(TimeoutError) as err:
+        calls()
+    assert as_pose_error(err.value).code == "stage_timeout" and "stage_timeout" in TRANSIENT_CODES
+    assert all(a.cancelled for a in detections + regressions), "every call of the chunk is cancelled"
+    assert regressions[2].timeouts == [], "the wait stops at the first failure"
+    waited = regressions[0].timeouts + regressions[1].timeouts
+    assert 0.0 <= waited[1] <= waited[0] <= 5.0, "one deadline for the chunk, not one per call"
+
+    fine = ChunkCalls([_Answer("d")], [_Answer("r")], timeout_s=5.0)
+    assert fine() == ["r"]

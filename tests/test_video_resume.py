@@ -161,6 +161,45 @@ def test_transient_stage_failure_goes_back_one_checkpoint(runner, clip, referenc
     assert document == reference["document"]
 
 
+def test_work_dropped_by_a_failure_is_cancelled(runner, clip, reference, tmp_path):
+    """A chunk whose answers time out: its calls and those of the chunk submitted after it (the
+    loop runs one ahead) are cancelled, nothing is waited for twice, and the result is the same."""
+
+    class Calls:
+        def __init__(self, run, fail: bool) -> None:
+            self.run, self.fail, self.cancelled, self.waited = run, fail, False, False
+
+        def __call__(self):
+            self.waited = True
+            if self.fail:
+                raise TimeoutError("no answer in time")
+            return self.run()
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    class Slow(LocalStages):
+        def __init__(self) -> None:
+            super().__init__(runner.detector, runner.hmr2)
+            self.submitted: list[Calls] = []
+
+        def submit(self, chunk):
+            self.submitted.append(Calls(super().submit(chunk), fail=len(self.submitted) == 1))
+            return self.submitted[-1]
+
+        def transient(self, exc):
+            return PoseError("stage_timeout", "too slow", status=503) if isinstance(exc, TimeoutError) else None
+
+    stages = Slow()
+    result = _loop(runner, stages).run(clip, tmp_path / "work")
+    failed, ahead = stages.submitted[1], stages.submitted[2]
+    assert failed.waited and failed.cancelled
+    assert ahead.cancelled and not ahead.waited, "the chunk submitted ahead is dropped, not waited for"
+    assert not any(c.cancelled for c in stages.submitted[3:]), "the retried chunks run to the end"
+    document, _ = _document(tmp_path / "work", tmp_path, 1, result)
+    assert document == reference["document"]
+
+
 def test_persistent_stage_failure_fails_after_the_bounded_wait(runner, clip, tmp_path):
     class Down(LocalStages):
         def submit(self, chunk):
