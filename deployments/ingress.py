@@ -34,6 +34,7 @@ from .common import as_pose_error, unwrap_error
 from .metrics import IngressMetrics
 from .video import JobSettings
 from .video_api import VideoApiSettings, VideoJobs, add_video_routes
+from .webpage import add_page_routes
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class IngressSettings(BaseModel):
     # Set by the builder when the HTTP proxy listens beyond loopback: a replica that finds no key
     # on its node then refuses to start instead of serving everyone.
     require_keys: bool = False
-    public_docs: bool = True  # /docs and /openapi.json without the token (they hold no data)
+    public_docs: bool = True  # /docs, /openapi.json and the web page /ui without the token (they hold no data)
     stage_timeout_s: float = 120.0  # one image through detector + regressor
     app_info: dict[str, Any] = Field(default_factory=dict)  # resources chosen by the builder, for /v1/info
 
@@ -129,6 +130,7 @@ class ErrorResponse(BaseModel):
 
 class Health(BaseModel):
     status: str
+    key_required: bool = Field(description="calls other than these health checks, /docs and /ui need a client key")
 
 
 _ERRORS = {
@@ -210,8 +212,8 @@ def build_api(service: "Ingress") -> FastAPI:
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz() -> Health:
-        """The ingress is alive (no auth, no call to the models)."""
-        return Health(status="ok")
+        """The ingress is alive (no auth, no call to the models); whether other calls need a key."""
+        return Health(status="ok", key_required=auth_mode(service.keys) == "keys")
 
     @app.get("/readyz", tags=["health"], dependencies=protected, responses={503: _ERRORS[503]})
     async def readyz() -> dict[str, Any]:
@@ -251,6 +253,8 @@ def build_api(service: "Ingress") -> FastAPI:
         return JSONResponse(result)
 
     add_video_routes(app, service, protected)
+    if settings.public_docs:
+        add_page_routes(app)
     return app
 
 

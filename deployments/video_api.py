@@ -30,7 +30,7 @@ from pipeline.auth import Client
 from pipeline.callbacks import check_url
 from pipeline.errors import InputError, PoseError
 from pipeline.jobs import MAX_OFFSET, Job, JobStore, check_replay
-from pipeline.schema import VideoResult
+from pipeline.schema import SCHEMA_VERSION, TrackSummary, VideoMeta, VideoResult
 from pipeline.weights import sha256_of
 
 from .common import ModelSettings
@@ -105,6 +105,15 @@ class JobList(BaseModel):
     total: int = Field(description="jobs matching the filter, all pages")
     offset: int
     limit: int
+
+
+class ResultSummary(BaseModel):
+    """A succeeded job's result without its frames: what a page or a dashboard shows first."""
+
+    schema_version: str = SCHEMA_VERSION
+    video: VideoMeta
+    tracks: list[TrackSummary]
+    models: dict[str, str] = Field(default_factory=dict)
 
 
 class VideoPathRequest(BaseModel):
@@ -243,6 +252,18 @@ class VideoJobs:
                     await self.call(self.store.delete, job_id)
                 return None
         return job
+
+    async def cancel(self, job_id: str, client: Client) -> Job:
+        """Cancel and keep the job: a queued one at once, a running one at its next chunk
+        (``cancel_requested`` until then); a finished one is a 409 with its state."""
+        return await self.call(self.store.cancel, job_id, client.scope)
+
+    async def summary(self, job: Job) -> ResultSummary:
+        require_succeeded(job)
+        meta = job.result_paths.get("meta")
+        if meta is None or not meta.is_file():
+            raise PoseError("result_missing", f"the result of job {job.id} is not on disk", status=500)
+        return ResultSummary.model_validate_json(await self.call(meta.read_bytes))
 
     async def wait(self, job_id: str, timeout_s: float) -> Job:
         deadline = time.monotonic() + timeout_s
@@ -730,6 +751,31 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         """The result of a succeeded job: the versioned `VideoResult` document, or NPZ arrays."""
         v = jobs()
         return await v.result_response(await v.call(v.store.get, job_id, caller.scope), format, vertices)
+
+    @app.get(
+        "/v1/jobs/{job_id}/summary", response_model=ResultSummary, tags=["videos"], dependencies=protected,
+        responses=_VIDEO_ERRORS,
+    )
+    async def job_summary(job_id: str, caller: Client = caller_dep) -> ResultSummary:
+        """The result of a succeeded job without its frames: video, tracks (first/last frame,
+        frames seen) and models; small whatever the video's length."""
+        v = jobs()
+        return await v.summary(await v.call(v.store.get, job_id, caller.scope))
+
+    @app.post(
+        "/v1/jobs/{job_id}/cancel",
+        response_model=JobStatus,
+        tags=["videos"],
+        dependencies=protected,
+        responses={**_VIDEO_ERRORS, 202: {"model": JobStatus, "description": "running: it stops at its next chunk"}},
+    )
+    async def cancel_job(job_id: str, caller: Client = caller_dep) -> JSONResponse:
+        """Cancel the job and keep it (its state becomes ``cancelled``); DELETE also removes it.
+        A job that already ended is a 409 ``job_state_conflict``."""
+        v = jobs()
+        job = await v.cancel(job_id, caller)
+        status = 202 if job.state == "running" else 200
+        return JSONResponse(JobStatus.of(job).model_dump(mode="json"), status_code=status)
 
     @app.get(
         "/v1/jobs/{job_id}/export",

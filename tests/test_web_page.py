@@ -1,0 +1,315 @@
+"""The web page in a real browser: Debian's Chromium driven by Playwright, against the real Ray
+Serve application (tiny profile) with a client key.
+
+A person's path through the page: the key entered once, a generated clip uploaded through the
+file input, the job followed to its end, the overlay video playing, the track table, every
+download answering with its own content type, a job cancelled, an image, a truncated video's
+error shown as such; no console errors, no key in any URL, usable at phone width.
+
+The browser: see `browser_helpers`. With ``POSE_UPDATE_DOCS=1`` the result screenshot also
+replaces ``docs/img/web-page.jpg`` (the README's picture).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+pytest.importorskip("ray.serve")
+httpx = pytest.importorskip("httpx")
+
+from browser_helpers import PageLog, artifacts_dir, launched_browser, wait_job_state, wait_video_loaded  # noqa: E402
+from conftest import REPO  # noqa: E402
+from serve_helpers import encode, serve_tiny, stick_figures  # noqa: E402
+from videos import crossing_video, figure_frame, write_video  # noqa: E402
+
+KEY = "web-page-key-1"
+KEY_STORAGE = "pose-service.key"
+# What a client must get for each download the page offers (label -> content type).
+DOWNLOAD_TYPES = {
+    "JSON": "application/json",
+    "JSON Lines": "application/jsonl",
+    "NPZ": "application/octet-stream",
+    "AMASS (zip)": "application/zip",
+    "BVH (zip)": "application/zip",
+    "glTF (zip)": "application/zip",
+    "MOT": "text/plain",
+    "Overlay MP4": "video/mp4",
+}
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with launched_browser() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("page-clips")
+    whole = write_video(base / "walk.mp4", [figure_frame([120 + 8 * i, 520 - 8 * i]) for i in range(32)])
+    cut = base / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    image = base / "three.png"
+    image.write_bytes(encode(stick_figures()))
+    return {
+        "crossing": crossing_video(base / "crossing.mp4"),
+        "long": write_video(base / "long.mp4", [figure_frame([120 + (i % 50) * 8]) for i in range(240)]),
+        "truncated": cut,
+        "image": image,
+    }
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from configs.tiny import tiny_roots
+
+    base = tmp_path_factory.mktemp("page-service")
+    tiny_roots(base / "tiny")
+    keys = base / "keys.txt"
+    keys.write_text(f"web:{hashlib.sha256(KEY.encode()).hexdigest()}\n")
+    args = {
+        "data_dir": str(base / "data"),
+        "auth_keys_file": str(keys),
+        # one job at a time: a second upload waits in the queue (the cancel test needs one there)
+        "jobs": {"max_active": 1, "max_queued": 4},
+    }
+    with serve_tiny(base / "tiny", **args) as url:
+        yield url
+
+
+@pytest.fixture()
+def api(service: str) -> Iterator[Any]:
+    with httpx.Client(base_url=service, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as client:
+        yield client
+
+
+def _open(browser: Any, service: str, *, width: int = 1100, height: int = 900) -> tuple[Any, Any, PageLog]:
+    """A fresh browser context (empty session storage) on the page, the key typed in."""
+    context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+    page = context.new_page()
+    log = PageLog(page)
+    page.goto(f"{service}/")
+    assert page.url == f"{service}/ui/", "/ leads to the page"
+    key_input = page.locator("#key-input")
+    key_input.wait_for(state="visible")
+    assert page.evaluate("document.activeElement && document.activeElement.id") == "key-input"
+    page.keyboard.type(KEY)
+    page.keyboard.press("Enter")
+    page.locator("#key-form").wait_for(state="hidden")
+    page.locator("#job-list li").first.wait_for()
+    return context, page, log
+
+
+def _tracks_from_frames(document: dict[str, Any]) -> list[tuple[int, int, int, int]]:
+    """(track id, first frame, last frame, frames seen), counted from the frames themselves
+    (negative ids: detections never confirmed as a track)."""
+    seen: dict[int, list[int]] = {}
+    for frame in document["frames"]:
+        for person in frame["people"]:
+            if person["track_id"] is not None:
+                seen.setdefault(person["track_id"], []).append(frame["frame_index"])
+    return [(t, min(f), max(f), len(set(f))) for t, f in sorted(seen.items())]
+
+
+def test_page_files_are_public_fixed_and_locked_down(service):
+    with httpx.Client(base_url=service, timeout=30) as client:
+        root = client.get("/", follow_redirects=False)
+        assert root.status_code == 307 and root.headers["location"] == "/ui/"
+        page = client.get("/ui/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert client.get("/ui/app.js").headers["content-type"].startswith("text/javascript")
+        for name in ("../ingress.py", "..%2Fingress.py", "app.py", "web/app.js"):
+            resp = client.get(f"/ui/{name}")
+            assert resp.status_code == 404, name
+        # the page holds no data: the API behind it still wants the key
+        assert client.get("/v1/jobs").status_code == 401
+        assert client.get("/healthz").json() == {"status": "ok", "key_required": True}
+
+
+def test_a_video_from_upload_to_downloads(browser, service, clips, api):
+    context, page, log = _open(browser, service)
+    try:
+        assert page.locator("#job-list").inner_text().strip() == "no jobs yet"
+        page.set_input_files("#file-input", str(clips["crossing"]))
+        page.locator("#job").wait_for(state="visible")
+        job_id = page.locator("#job-id").inner_text()
+        assert wait_job_state(page) == "succeeded", page.locator("#message").inner_text()
+        assert page.locator("#upload-text").inner_text() == "uploaded"
+        job = api.get(f"/v1/jobs/{job_id}").json()
+        assert job["state"] == "succeeded" and job["options"]["render"] is True
+        frames_total = job["progress"]["frames_total"]
+        assert page.locator("#job-frames").inner_text() == f"{frames_total} / {frames_total} frames"
+
+        # the track table: one row per track, as the frames of the result document count them
+        document = api.get(f"/v1/jobs/{job_id}/result").json()
+        want = _tracks_from_frames(document)
+        assert len([t for t in want if t[0] >= 0]) == 2, "the crossing clip shows two people"
+        page.locator("#tracks tbody tr").first.wait_for()
+        rows = page.locator("#tracks tbody tr")
+        got = [tuple(int(c) for c in rows.nth(i).locator("td").all_inner_texts()) for i in range(rows.count())]
+        assert got == want
+
+        # the overlay plays: loaded, with the clip's duration
+        duration = wait_video_loaded(page)
+        assert duration == pytest.approx(frames_total / document["video"]["fps"], abs=0.15)
+
+        # keyboard: a track row is reached and selected without a mouse
+        first_row = rows.nth(1)
+        first_row.focus()
+        page.keyboard.press("Enter")
+        assert first_row.get_attribute("aria-selected") == "true"
+        assert rows.nth(0).get_attribute("aria-selected") == "false"
+
+        # every download: each link answers 200 with its own content type
+        links = page.locator("#downloads a")
+        labels = links.all_inner_texts()
+        assert sorted(labels) == sorted(DOWNLOAD_TYPES)
+        for i, label in enumerate(labels):
+            href = links.nth(i).get_attribute("href")
+            assert href.startswith(f"/v1/jobs/{job_id}")
+            resp = api.get(href)
+            assert resp.status_code == 200, (label, resp.text[:200])
+            assert resp.headers["content-type"].split(";")[0] == DOWNLOAD_TYPES[label], label
+            assert len(resp.content) > 0, label
+        # and one saved by the browser itself (fetched with the key, saved from a blob)
+        with page.expect_download() as saved:
+            page.locator("#downloads a", has_text="MOT").click()
+        mot = Path(saved.value.path()).read_text().splitlines()
+        assert len(mot) == sum(t[3] for t in want if t[0] >= 0), "one MOT line per confirmed detection"
+        assert all(len(line.split(",")) == 10 for line in mot)
+
+        page.screenshot(path=str(artifacts_dir() / "web-page.png"), full_page=True)
+        if os.environ.get("POSE_UPDATE_DOCS") == "1":
+            page.set_viewport_size({"width": 900, "height": 900})
+            page.screenshot(path=str(REPO / "docs" / "img" / "web-page.jpg"), full_page=True, type="jpeg", quality=70)
+
+        # the key: kept for this tab, never in a URL
+        assert page.evaluate(f"sessionStorage.getItem('{KEY_STORAGE}')") == KEY
+        assert log.urls and not [u for u in log.urls if KEY in u]
+
+        # entered once: a reload keeps it, and the recent jobs reopen the result
+        page.reload()
+        page.locator(f"#job-list button[data-job='{job_id}']").wait_for()
+        assert page.locator("#key-form").is_hidden()
+        assert "succeeded" in page.locator(f"#job-list button[data-job='{job_id}']").inner_text()
+        page.locator(f"#job-list button[data-job='{job_id}']").click()
+        page.locator("#tracks tbody tr").first.wait_for()
+        assert page.locator("#tracks tbody tr").count() == len(want)
+
+        # phone width: nothing wider than the screen
+        page.set_viewport_size({"width": 375, "height": 740})
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+        assert log.page_errors == [] and log.console_errors == []
+    finally:
+        context.close()
+
+
+def test_an_image_shows_its_people(browser, service, clips, api):
+    want = api.post("/v1/images", files={"image": ("three.png", clips["image"].read_bytes(), "image/png")}).json()
+    assert want["people"], "the tiny detector finds the drawn figures"
+    context, page, log = _open(browser, service, width=375, height=740)
+    try:
+        page.set_input_files("#file-input", str(clips["image"]))
+        page.locator("#people tbody tr").first.wait_for(timeout=120_000)
+        rows = page.locator("#people tbody tr")
+        got = [rows.nth(i).locator("td").all_inner_texts() for i in range(rows.count())]
+        assert [int(r[0]) for r in got] == [p["person_index"] for p in want["people"]]
+        assert [[float(v) for v in r[2].split(",")] for r in got] == [[round(v) for v in p["bbox"]] for p in want["people"]]
+        page.wait_for_function("() => document.getElementById('overlay-image').naturalWidth > 0", timeout=120_000)
+        size = page.evaluate("[document.getElementById('overlay-image').naturalWidth, document.getElementById('overlay-image').naturalHeight]")
+        assert size == [480, 360]
+        assert sorted(page.locator("#downloads a").all_inner_texts()) == ["JSON", "Overlay PNG"]
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        assert log.page_errors == [] and log.console_errors == []
+    finally:
+        context.close()
+
+
+def test_a_truncated_video_shows_its_error(browser, service, clips):
+    context, page, log = _open(browser, service)
+    try:
+        page.set_input_files("#file-input", str(clips["truncated"]))
+        message = page.locator("#message")
+        message.wait_for(state="visible", timeout=60_000)
+        assert page.locator("#message-code").inner_text() == "video_corrupt"
+        assert page.locator("#message-text").inner_text().strip() != ""
+        assert page.get_attribute("#message", "role") == "alert"
+        assert page.locator("#job").is_hidden() and page.locator("#result").is_hidden()
+        assert page.locator("#upload-text").inner_text() == "not accepted"
+        page.screenshot(path=str(artifacts_dir() / "web-page-error.png"))
+        # the only console line is the browser's own note of the refused upload
+        assert log.page_errors == []
+        assert all("status of 400" in line for line in log.console_errors), log.console_errors
+    finally:
+        context.close()
+
+
+def test_a_queued_job_is_cancelled_from_the_page(browser, service, clips, api):
+    busy = api.post("/v1/videos", files={"video": ("long.mp4", clips["long"].read_bytes(), "video/mp4")})
+    assert busy.status_code == 202, busy.text
+    context, page, log = _open(browser, service)
+    try:
+        page.uncheck("#opt-render")
+        page.set_input_files("#file-input", str(clips["crossing"]))
+        page.locator("#job").wait_for(state="visible")
+        job_id = page.locator("#job-id").inner_text()
+        assert api.get(f"/v1/jobs/{job_id}").json()["state"] == "queued", "one job at a time: this one waits"
+        page.locator("#cancel-button").click()
+        assert wait_job_state(page, timeout_ms=30_000) == "cancelled"
+        page.locator("#message").wait_for(state="visible")
+        assert page.locator("#message-code").inner_text() == "cancelled"
+        assert page.locator("#cancel-button").is_hidden()
+        job = api.get(f"/v1/jobs/{job_id}").json()
+        assert job["state"] == "cancelled" and job["error"]["code"] == "cancelled"
+        assert log.page_errors == [] and log.console_errors == []
+    finally:
+        context.close()
+        api.delete(f"/v1/jobs/{busy.json()['id']}")
+
+
+def test_cancel_keeps_the_job_and_refuses_an_ended_one(service, clips, api):
+    """The route the page's button calls: a queued job is cancelled and kept; an ended one is a 409."""
+    first = api.post("/v1/videos", files={"video": ("long.mp4", clips["long"].read_bytes(), "video/mp4")}).json()
+    second = api.post("/v1/videos", files={"video": ("c.mp4", clips["crossing"].read_bytes(), "video/mp4")}).json()
+    try:
+        resp = api.post(f"/v1/jobs/{second['id']}/cancel")
+        assert resp.status_code == 200 and resp.json()["state"] == "cancelled"
+        assert api.get(f"/v1/jobs/{second['id']}").json()["state"] == "cancelled"
+        again = api.post(f"/v1/jobs/{second['id']}/cancel")
+        assert again.status_code == 200 and again.json()["state"] == "cancelled"  # already cancelled: the same answer
+        running = api.post(f"/v1/jobs/{first['id']}/cancel")
+        assert running.status_code in (200, 202)
+        from serve_helpers import wait_job
+
+        assert wait_job(api, first["id"])["state"] == "cancelled"
+        summary = api.get(f"/v1/jobs/{first['id']}/summary")
+        assert summary.status_code == 409 and summary.json()["error"]["code"] == "job_cancelled"
+        assert api.post("/v1/jobs/0123456789abcdef0123456789abcdef/cancel").status_code == 404
+    finally:
+        for job in (first, second):
+            api.delete(f"/v1/jobs/{job['id']}")
+
+
+def test_summary_is_the_result_without_frames(service, clips, api):
+    job = api.post("/v1/videos", files={"video": ("c.mp4", clips["crossing"].read_bytes(), "video/mp4")}).json()
+    from serve_helpers import wait_job
+
+    assert wait_job(api, job["id"])["state"] == "succeeded"
+    summary = api.get(f"/v1/jobs/{job['id']}/summary").json()
+    document = api.get(f"/v1/jobs/{job['id']}/result").json()
+    assert "frames" not in summary
+    assert summary["video"] == document["video"] and summary["models"] == document["models"]
+    counted = _tracks_from_frames(document)
+    assert [(t["track_id"], t["first_frame"], t["last_frame"], t["num_frames"]) for t in summary["tracks"]] == counted
+    assert len([t for t in counted if t[0] >= 0]) == 2
+    ended = api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert ended.status_code == 409 and ended.json()["error"]["code"] == "job_state_conflict"
+    assert api.get(f"/v1/jobs/{job['id']}").json()["state"] == "succeeded"
+    api.delete(f"/v1/jobs/{job['id']}")
+

@@ -1,0 +1,66 @@
+"""The web page on a loopback service without client keys (the README's first run), in a real
+browser (see `browser_helpers`): no key is asked for, the overlay video plays straight from its
+URL and seeks with byte ranges, downloads are plain links."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+pytest.importorskip("ray.serve")
+httpx = pytest.importorskip("httpx")
+
+from browser_helpers import PageLog, launched_browser, wait_job_state, wait_video_loaded  # noqa: E402
+from serve_helpers import serve_tiny  # noqa: E402
+from videos import crossing_video  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from configs.tiny import tiny_roots
+
+    base = tmp_path_factory.mktemp("open-service")
+    tiny_roots(base / "tiny")
+    with serve_tiny(base / "tiny", data_dir=str(base / "data")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with launched_browser() as b:
+        yield b
+
+
+def test_without_keys_the_overlay_streams_and_seeks(browser, service, tmp_path: Path):
+    assert httpx.get(f"{service}/healthz").json() == {"status": "ok", "key_required": False}
+    clip = crossing_video(tmp_path / "crossing.mp4")
+    context = browser.new_context(viewport={"width": 1000, "height": 900})
+    page = context.new_page()
+    log = PageLog(page)
+    ranges: list[str] = []
+    page.on("request", lambda r: ranges.append(r.headers.get("range", "")) if r.url.endswith("/overlay.mp4") else None)
+    try:
+        page.goto(f"{service}/")
+        page.locator("#job-list li").first.wait_for()
+        assert page.locator("#key-form").is_hidden() and page.locator("#key-forget").is_hidden()
+        page.set_input_files("#file-input", str(clip))
+        assert wait_job_state(page) == "succeeded", page.locator("#message").inner_text()
+        duration = wait_video_loaded(page)
+        src = page.evaluate("document.getElementById('overlay-video').currentSrc")
+        assert src.startswith(f"{service}/v1/jobs/") and src.endswith("/overlay.mp4"), src
+        # seek to the middle and play from there: the browser asks the service for byte ranges
+        page.evaluate(
+            "() => new Promise((done) => { const v = document.getElementById('overlay-video');"
+            " v.addEventListener('seeked', () => done(), { once: true }); v.currentTime = v.duration / 2; })"
+        )
+        assert page.evaluate("document.getElementById('overlay-video').currentTime") == pytest.approx(duration / 2, abs=0.2)
+        assert any(r.startswith("bytes=") for r in ranges), ranges
+        links = page.locator("#downloads a").evaluate_all("links => links.map((a) => [a.href, a.download])")
+        assert len(links) == 8 and all(h.startswith(f"{service}/v1/jobs/") and name for h, name in links)
+        for href, _ in links:
+            assert httpx.get(href, timeout=120).status_code == 200, href
+        assert log.page_errors == [] and log.console_errors == []
+    finally:
+        context.close()
