@@ -85,7 +85,7 @@ def assert_same_people(got: list[dict[str, Any]], want: list[dict[str, Any]]) ->
 
 
 def test_health_ready_docs(client: httpx.Client, service: str) -> None:
-    assert httpx.get(f"{service}/healthz").json() == {"status": "ok"}  # no token needed
+    assert httpx.get(f"{service}/healthz").json() == {"status": "ok", "key_required": True}  # no token needed to ask
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     schema = httpx.get(f"{service}/openapi.json").json()
