@@ -29,9 +29,13 @@ TexturePairs = Literal["all", "decisive"]
 
 
 def _pdist_f32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared distances in float32, expanded form, clipped at 0 (deep_sort ``_pdist``)."""
-    a = np.asarray(a, dtype=np.float32)
-    b = np.asarray(b, dtype=np.float32)
+    """Squared distances in float32, expanded form, clipped at 0 (deep_sort ``_pdist``).
+
+    Both sides are made contiguous first, as the reference's arrays are: numpy takes another
+    product path for strided views (one whose sums round as a fused multiply-add), and near-zero
+    distances, which the location factor amplifies, then differ from the reference's by ulps."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    b = np.ascontiguousarray(b, dtype=np.float32)
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)), dtype=np.float32)
     a2, b2 = np.square(a).sum(axis=1), np.square(b).sum(axis=1)
