@@ -58,8 +58,8 @@ class FrameStages(Protocol):
     """Detection + mesh recovery for the frames of a chunk.
 
     ``submit`` starts the work and returns a function that waits for it, so the loop can start
-    chunk k + 1 before it tracks chunk k; where that function has a ``cancel()``, the loop calls
-    it for work it drops (a failure or a cancel while the work runs). ``transient`` says whether
+    chunk k + 1 before it tracks chunk k; where that function has a ``cancel()`` (which must not
+    raise), the loop calls it for work it drops (a failure or a cancel while the work runs). ``transient`` says whether
     an error raised while waiting is worth retrying (a stage replica died, a queue was full);
     None: it is final.
     """

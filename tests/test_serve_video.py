@@ -604,7 +604,7 @@ def test_replica_killed_mid_job_resumes_with_an_identical_result(client, clips, 
     _wait_for_progress(client, job_id, chunk)
     os.kill(before, signal.SIGKILL)
     job = wait_job(client, job_id, timeout=300)
-    assert job["state"] == "succeeded", job
+    assert job["state"] == "succeeded", (job["error"], job["attempts"], job["progress"])
     assert_same_result(client.get(job["links"]["result"]).json(), long_reference)
     if deployment == "video":
         assert job["attempts"] == 2

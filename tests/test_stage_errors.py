@@ -59,8 +59,8 @@ def test_other_errors_are_not_stage_failures():
 class _Answer:
     """What `ChunkCalls` reads of a Serve response: ``result(timeout_s=)`` and ``cancel()``."""
 
-    def __init__(self, value=None, hang: bool = False) -> None:
-        self.value, self.hang, self.cancelled, self.timeouts = value, hang, False, []
+    def __init__(self, value=None, hang: bool = False, dead: bool = False) -> None:
+        self.value, self.hang, self.dead, self.cancelled, self.timeouts = value, hang, dead, False, []
 
     def result(self, timeout_s=None):
         self.timeouts.append(timeout_s)
@@ -70,6 +70,8 @@ class _Answer:
 
     def cancel(self) -> None:
         self.cancelled = True
+        if self.dead:  # Serve re-raises the failure of a call whose replica died
+            raise ActorDiedError()
 
 
 def test_a_chunk_waits_under_one_deadline_and_is_cancelled_whole():
@@ -88,3 +90,12 @@ def test_a_chunk_waits_under_one_deadline_and_is_cancelled_whole():
 
     fine = ChunkCalls([_Answer("d")], [_Answer("r")], timeout_s=5.0)
     assert fine() == ["r"]
+
+    # a call that already failed raises again when cancelled: the others are still cancelled,
+    # and the error the loop sees is the chunk's own, not the cancel's
+    dead = [_Answer(dead=True), _Answer("d1")]
+    calls = ChunkCalls(dead, [_Answer(hang=True), _Answer("r1")], timeout_s=5.0)
+    with pytest.raises(TimeoutError):
+        calls()
+    assert all(a.cancelled for a in calls.calls)
+    calls.cancel()  # again, from the loop: never raises
