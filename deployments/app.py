@@ -52,6 +52,10 @@ class LimitArgs(BaseModel):
     max_upload_bytes: int | None = Field(default=None, ge=1024)
     max_pixels: int | None = Field(default=None, ge=1)
     max_people: int | None = Field(default=None, ge=1)
+    max_image_wait_s: float = Field(
+        default=30.0, gt=0,
+        description="an image request expected to take longer (in flight / recent rate) is answered 503 overloaded at once",
+    )
 
 
 class FractionArgs(BaseModel):
@@ -331,7 +335,7 @@ def build_app(args: AppArgs) -> Application:
         device="cuda" if use_gpu else "cpu",
         dtype=args.dtype,
     ).model_dump()
-    limits = Limits(**{**profile.limits.__dict__, **{k: v for k, v in args.limits.model_dump().items() if v is not None}})
+    limits = Limits(**{**profile.limits.__dict__, **{k: v for k, v in args.limits.model_dump(exclude={"max_image_wait_s"}).items() if v is not None}})
 
     detector = Detector.options(
         ray_actor_options=actor_options("detector"), user_config=_batch(profile.detector_batch, args.detector_batch)
@@ -368,6 +372,7 @@ def build_app(args: AppArgs) -> Application:
         max_upload_bytes=limits.max_upload_bytes,
         max_pixels=limits.max_pixels,
         max_people=limits.max_people,
+        max_image_wait_s=args.limits.max_image_wait_s,
         auth=args.auth,
         auth_keys_file=args.auth_keys_file,
         auth_keys_env=args.auth_keys_env,

@@ -33,6 +33,7 @@ from pipeline.schema import SCHEMA_VERSION, ImageInfo, ImageResult, models_used,
 from .common import as_pose_error, unwrap_error
 from .metrics import IngressMetrics
 from .video import JobSettings
+from .admission import Admission
 from .video_api import VideoApiSettings, VideoJobs, add_video_routes
 from .webpage import add_page_routes
 
@@ -106,6 +107,9 @@ class IngressSettings(BaseModel):
     require_keys: bool = False
     public_docs: bool = True  # /docs, /openapi.json and the web page /ui without the token (they hold no data)
     stage_timeout_s: float = 120.0  # one image through detector + regressor
+    # An image request whose expected wait (in flight / recent rate) is past this is answered at
+    # once with 503 overloaded + Retry-After (see deployments/admission.py).
+    max_image_wait_s: float = 30.0
     app_info: dict[str, Any] = Field(default_factory=dict)  # resources chosen by the builder, for /v1/info
 
     def key_sources(self) -> KeySources:
@@ -245,12 +249,13 @@ def build_api(service: "Ingress") -> FastAPI:
         Without boxes the detector finds the people; with boxes it is skipped and ``score`` is null.
         ``format=png`` answers the overlay instead: meshes coloured and numbered by person index.
         """
-        data, form_boxes = await service.read_upload(request)
-        boxes_json = form_boxes if form_boxes is not None else boxes
-        if format == "png":
-            return Response(await service.process_image_overlay(data, boxes_json), media_type="image/png")
-        result = await service.process_image(data, boxes_json, vertices)
-        return JSONResponse(result)
+        async with service.admission.admit():  # shed before the body is read
+            data, form_boxes = await service.read_upload(request)
+            boxes_json = form_boxes if form_boxes is not None else boxes
+            if format == "png":
+                return Response(await service.process_image_overlay(data, boxes_json), media_type="image/png")
+            result = await service.process_image(data, boxes_json, vertices)
+            return JSONResponse(result)
 
     add_video_routes(app, service, protected)
     if settings.public_docs:
@@ -285,7 +290,9 @@ def auth_mode(keys: LiveKeys | None) -> str:
     return "keys" if keys.current() else "loopback_only"
 
 
-@serve.deployment(name="Ingress", max_ongoing_requests=64)
+# Many slots: waiting requests should reach the admission check (which answers 503 at once)
+# rather than queue unseen in the proxy.
+@serve.deployment(name="Ingress", max_ongoing_requests=256)
 @serve.ingress()
 class Ingress:
     """Holds the handles of the model deployments; the routes live in `build_api`."""
@@ -311,6 +318,7 @@ class Ingress:
         self._videos_retry_at = 0.0
         self.open_videos()
         self.metrics = IngressMetrics()
+        self.admission = Admission(settings.max_image_wait_s)
 
     def open_videos(self) -> VideoJobs | None:
         """The video jobs' store, opened on first use; an unusable data folder disables video jobs
@@ -494,6 +502,7 @@ class Ingress:
                 "max_pixels": self.settings.max_pixels,
                 "max_people": self.settings.max_people,
             },
+            "load": {"images": self.admission.stats()},  # this Ingress replica's
             "auth": auth_mode(self.keys),
             "caller": {"client": caller.id, "admin": caller.admin},
             "videos": ({"error": self.videos_error.to_dict()["error"]} if self.videos_error is not None else None)

@@ -1,6 +1,10 @@
-"""The web page on a loopback service without client keys (the README's first run), in a real
-browser (see `browser_helpers`): no key is asked for, the overlay video plays straight from its
-URL and seeks with byte ranges, downloads are plain links."""
+"""A loopback service without client keys (the README's first run), tiny profile:
+
+- the web page in a real browser (see `browser_helpers`): no key is asked for, the overlay video
+  plays straight from its URL and seeks with byte ranges, downloads are plain links;
+- load shedding: with a tight bound on the expected wait of image requests, a burst is answered
+  at once with 503 ``overloaded`` and ``Retry-After`` instead of queueing.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from browser_helpers import PageLog, launched_browser, wait_job_state, wait_vide
 from serve_helpers import serve_tiny  # noqa: E402
 from videos import crossing_video  # noqa: E402
 
+MAX_WAIT_S = 0.01
+
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -23,7 +29,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     base = tmp_path_factory.mktemp("open-service")
     tiny_roots(base / "tiny")
-    with serve_tiny(base / "tiny", data_dir=str(base / "data")) as url:
+    # a bound far below one image's time: any request that finds another in flight is shed
+    with serve_tiny(base / "tiny", data_dir=str(base / "data"), limits={"max_image_wait_s": MAX_WAIT_S}) as url:
         yield url
 
 
@@ -64,3 +71,35 @@ def test_without_keys_the_overlay_streams_and_seeks(browser, service, tmp_path: 
         assert log.page_errors == [] and log.console_errors == []
     finally:
         context.close()
+
+
+def test_a_burst_past_the_bound_is_shed_at_once_with_retry_after(service):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serve_helpers import encode, stick_figures
+
+    body = encode(stick_figures())
+    with httpx.Client(base_url=service, timeout=120) as client:
+        for _ in range(4):  # one at a time: always admitted, and the rate is measured from them
+            assert client.post("/v1/images", content=body, headers={"content-type": "image/png"}).status_code == 200
+        before = client.get("/v1/info").json()["load"]["images"]
+    assert before["rate_per_s"] > 0 and before["max_wait_s"] == MAX_WAIT_S and before["in_flight"] == 0
+
+    def one(_: int) -> httpx.Response:
+        return httpx.post(f"{service}/v1/images", content=body, headers={"content-type": "image/png"}, timeout=120)
+
+    # threads, not asyncio: the browser fixture of this module runs an event loop in this thread
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(one, range(12)))
+    served = [r for r in answers if r.status_code == 200]
+    shed = [r for r in answers if r.status_code == 503]
+    assert len(served) + len(shed) == len(answers), [r.status_code for r in answers]
+    assert served and shed, "one request at a time is under the bound, twelve at once are not"
+    for r in shed:
+        assert r.json()["error"]["code"] == "overloaded"
+        assert int(r.headers["retry-after"]) >= 1
+    # refused at the door, not after a wait in a queue (the bound is generous for a busy machine)
+    assert max(r.elapsed.total_seconds() for r in shed) < 10.0
+    with httpx.Client(base_url=service, timeout=60) as client:
+        after = client.get("/v1/info").json()["load"]["images"]
+    assert after["shed"] - before["shed"] == len(shed) and after["in_flight"] == 0
