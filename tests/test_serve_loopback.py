@@ -18,7 +18,7 @@ httpx = pytest.importorskip("httpx")
 
 from browser_helpers import PageLog, launched_browser, wait_job_state, wait_video_loaded  # noqa: E402
 from serve_helpers import serve_tiny  # noqa: E402
-from videos import crossing_video  # noqa: E402
+from videos import crossing_video, write_video  # noqa: E402
 
 MAX_WAIT_S = 0.01
 
@@ -71,6 +71,26 @@ def test_without_keys_the_overlay_streams_and_seeks(browser, service, tmp_path: 
         assert log.page_errors == [] and log.console_errors == []
     finally:
         context.close()
+
+
+def test_a_video_without_people_says_so(browser, service, tmp_path: Path):
+    import numpy as np
+
+    clip = write_video(tmp_path / "empty.mp4", [np.full((240, 320, 3), 128, np.uint8)] * 4)
+    page = browser.new_page()
+    log = PageLog(page)
+    try:
+        page.goto(f"{service}/ui/")
+        page.locator("#job-list li").first.wait_for()
+        page.uncheck("#opt-render")
+        page.set_input_files("#file-input", str(clip))
+        assert wait_job_state(page) == "succeeded"
+        page.locator("#tracks tbody tr").first.wait_for()
+        assert page.locator("#tracks tbody tr").all_inner_texts() == ["no one was tracked in this video"]
+        assert page.locator("#overlay-none").is_visible() and page.locator("#overlay-video").is_hidden()
+        assert log.page_errors == [] and log.console_errors == []
+    finally:
+        page.close()
 
 
 def test_a_burst_past_the_bound_is_shed_at_once_with_retry_after(service):

@@ -262,6 +262,13 @@ async function submitImage(file) {
   ui.uploadText.textContent = `${result.people.length} ${result.people.length === 1 ? "person" : "people"} found`;
   ui.result.hidden = false;
   const body = ui.people.tBodies[0];
+  if (!result.people.length) {
+    const row = document.createElement("tr");
+    const td = cell(row, "no one was found in this image");
+    td.colSpan = 3;
+    td.className = "muted";
+    body.appendChild(row);
+  }
   result.people.forEach((person) => {
     const row = document.createElement("tr");
     cell(row, String(person.person_index));
@@ -392,6 +399,13 @@ async function showVideoResult(job) {
     cell(row, String(track.first_frame));
     cell(row, String(track.last_frame));
     cell(row, String(track.num_frames));
+    body.appendChild(row);
+  }
+  if (!summary.tracks.length) {
+    const row = document.createElement("tr");
+    const td = cell(row, "no one was tracked in this video");
+    td.colSpan = 4;
+    td.className = "muted";
     body.appendChild(row);
   }
   ui.tracks.hidden = false;
@@ -593,11 +607,11 @@ function wire() {
   ui.refreshJobs.addEventListener("click", () => loadJobs().catch(showError));
   ui.tracks.tBodies[0].addEventListener("click", (ev) => {
     const row = ev.target.closest("tr");
-    if (row) selectTrack(row);
+    if (row && row.dataset.track) selectTrack(row);
   });
   ui.tracks.tBodies[0].addEventListener("keydown", (ev) => {
     const row = ev.target.closest("tr");
-    if (!row) return;
+    if (!row || !row.dataset.track) return;
     if (ev.key === "Enter" || ev.key === " ") {
       ev.preventDefault();
       selectTrack(row);
