@@ -99,7 +99,13 @@ class JobArgs(BaseModel):
         description="host names, addresses or CIDR ranges callbacks may reach although internal (loopback, private, link-local)",
     )
     callback_secret_env: str = Field(
-        default="POSE_CALLBACK_SECRET", description="variable holding the HMAC key that signs callbacks (X-Pose-Signature)"
+        default="POSE_CALLBACK_SECRET",
+        description="variable holding the HMAC key that signs callbacks (X-Pose-Signature) of clients without their own",
+    )
+    callback_secrets_env: str = Field(
+        default="POSE_CALLBACK_SECRETS",
+        description="variable holding client_id:secret entries, each client's callbacks signed with its own "
+        "(also read from the file named in POSE_CALLBACK_SECRETS_FILE)",
     )
     callback_tries: int = Field(default=3, ge=1, le=10, description="tries per callback, with back-off")
     workers: int | None = Field(
@@ -400,6 +406,7 @@ def build_app(args: AppArgs) -> Application:
         callback_allow_http=args.jobs.callback_allow_http,
         callback_allow_hosts=tuple(args.jobs.callback_allow_hosts),
         callback_secret_env=args.jobs.callback_secret_env,
+        callback_secrets_env=args.jobs.callback_secrets_env,
         callback_tries=args.jobs.callback_tries,
     )
     _check_store_placement(jobs)

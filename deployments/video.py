@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from pipeline.callbacks import CallbackPolicy
+from pipeline.callbacks import CallbackPolicy, SecretSources
 from pipeline.errors import PoseError
 from pipeline.job_db import redact
 from pipeline.jobs import Job, JobStore
@@ -95,20 +95,26 @@ class JobSettings(BaseModel):
     callback_tries: int = Field(default=3, ge=1, le=10)  # tries per callback, with back-off (4xx answers end them)
     callback_allow_http: bool = False  # plain http callback URLs (https only by default)
     callback_allow_hosts: tuple[str, ...] = ()  # hosts / addresses / CIDR ranges callbacks may reach although internal
-    callback_secret_env: str = "POSE_CALLBACK_SECRET"  # HMAC key of the X-Pose-Signature header, read on each node
+    callback_secret_env: str = "POSE_CALLBACK_SECRET"  # shared HMAC key of X-Pose-Signature, for clients without their own
+    # client_id:secret entries (also from the file in $POSE_CALLBACK_SECRETS_FILE), read at each callback on its node
+    callback_secrets_env: str = "POSE_CALLBACK_SECRETS"
     lease_s: float = Field(default=30.0, gt=0)  # a running job whose attempt stops renewing this long is taken over
     max_stage_wait_s: float = Field(default=120.0, gt=0)  # stage failures in a row retried this long, then the job fails
     # One chunk's detector and regressor answers are awaited this long, then its calls are
     # cancelled and the chunk is retried (a call can wait forever on a replica lost with its node).
     stage_timeout_s: float = Field(default=600.0, gt=0)
 
-    def callback_policy(self) -> CallbackPolicy:
-        """Which callback URLs are allowed and how they are called (see `pipeline.callbacks`)."""
-        secret = os.environ.get(self.callback_secret_env)
+    def callback_policy(self, client: str | None = None) -> CallbackPolicy:
+        """Which callback URLs are allowed and how they are called (see `pipeline.callbacks`):
+        signed with ``client``'s own secret, so no other client can forge it, else the shared one.
+        Without ``client`` (the Ingress checking a URL at upload) per-client secrets are not read.
+
+        Raises `PoseError` ``callback_secrets_invalid`` when the secrets that should sign do not parse."""
+        sources = SecretSources(secrets_env=self.callback_secrets_env, secret_env=self.callback_secret_env)
         return CallbackPolicy(
             allow_http=self.callback_allow_http,
             allow_hosts=tuple(self.callback_allow_hosts),
-            secret=secret.encode() if secret else None,
+            secret=sources.secret_for(client),
             timeout_s=self.callback_timeout_s,
             tries=self.callback_tries,
         )
@@ -571,9 +577,9 @@ class VideoPipeline:
             status.pop(private, None)
         body = json.dumps({"event": "job." + job.state, "job": status}).encode()
         try:
-            answer = post(job.callback_url, body, self.settings.callback_policy())
+            answer = post(job.callback_url, body, self.settings.callback_policy(job.client))
             logger.info("job %s: callback answered %s", job_id, answer)
-        except Exception as exc:  # refused now, network or HTTP failure: logged, the job's state stands
+        except Exception as exc:  # refused now, bad secrets, network or HTTP failure: logged, the job's state stands
             logger.warning("job %s: callback failed: %s", job_id, exc)
 
 

@@ -14,7 +14,10 @@ database makes the server call it. So:
   cannot redirect it); redirects are never followed;
 - a bounded number of tries with back-off; a 4xx answer is not retried;
 - the body is signed: ``X-Pose-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">``
-  with the operator's secret, so a receiver can check who sent it and when.
+  so a receiver can check who sent it and when. The key is the job's client's own secret
+  (`SecretSources`), known to that client and the service only, so no client can forge or even
+  check another's callbacks; a client without one gets the operator's single secret of earlier
+  releases, shared by every such client; with neither the callback goes unsigned.
 """
 
 from __future__ import annotations
@@ -24,19 +27,30 @@ import hmac
 import http.client
 import ipaddress
 import logging
+import os
+import re
 import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
-from .errors import InputError
+from .auth import check_client_id
+from .errors import InputError, PoseError
 
 logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Pose-Signature"
 MAX_URL_LENGTH = 2048
+SECRET_ENV = "POSE_CALLBACK_SECRET"  # the one secret of earlier releases: signs for clients without their own
+SECRETS_ENV = "POSE_CALLBACK_SECRETS"  # client_id:secret entries in the variable itself
+SECRETS_FILE_ENV = "POSE_CALLBACK_SECRETS_FILE"  # path of a file of such entries (a mounted Secret)
+# 128 bits at the least: an HMAC key much shorter than that can be guessed from one signed body.
+MIN_SECRET_BYTES = 16
+# A comment starts at a '#' opening the line or following a blank; a '#' inside a secret is the secret's.
+_COMMENT = re.compile(r"(^|\s)#.*")
 # Not global unicast, or not safe to call, beyond what `ipaddress` flags as non-global.
 _ALWAYS_BLOCKED = [ipaddress.ip_network(n) for n in ("100.64.0.0/10", "192.0.0.0/24", "fd00:ec2::/32")]
 
@@ -50,7 +64,7 @@ class CallbackPolicy:
 
     allow_http: bool = False  # plain http (e.g. a receiver inside a trusted network)
     allow_hosts: tuple[str, ...] = ()  # host names, addresses or CIDR ranges allowed even if internal
-    secret: bytes | None = None  # HMAC key of the signature header; None: unsigned
+    secret: bytes | None = field(default=None, repr=False)  # HMAC key of the signature header; None: unsigned
     timeout_s: float = 5.0
     tries: int = 3
     backoff_s: float = 1.0  # first wait between tries, doubled after each
@@ -133,6 +147,108 @@ def check_url(url: str, policy: CallbackPolicy, resolve: Resolver = _resolve) ->
     if parts.query:
         path += "?" + parts.query
     return Target(scheme, host, port, path, addresses[0])
+
+
+def parse_secrets(text: str, source: str) -> dict[str, bytes]:
+    """The ``client_id:secret`` entries of a secrets file or variable, by client.
+
+    One entry a line, or several on a line separated by commas (as an environment variable holds
+    them); ``#`` comments. The secret is everything after the first ``:``, taken as UTF-8, at least
+    `MIN_SECRET_BYTES` bytes, without blanks or commas (``secrets.token_urlsafe(32)`` makes one).
+    A client listed twice is an error rather than a choice: one secret signs a client's callbacks.
+
+    An error (``callback_secrets_invalid``) names ``source`` and the line and quotes nothing of
+    the text: an entry that does not parse may hold its secret anywhere, even where the client id
+    was meant to be (an entry written the wrong way round)."""
+    found: dict[str, bytes] = {}
+    lines: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        where = f"{source}, line {number}"
+        for entry in _COMMENT.sub("", line).split(","):
+            entry = entry.strip()
+            if not entry:
+                continue
+            client, colon, secret = entry.partition(":")
+            if not colon or not secret:
+                raise _invalid_secrets(where, "expected client_id:secret")
+            try:
+                check_client_id(client)
+            except PoseError:
+                raise _invalid_secrets(
+                    where, "expected a client id of 1 to 64 letters, digits, '.', '_' or '-' before the ':'"
+                ) from None
+            if any(c.isspace() for c in secret):
+                raise _invalid_secrets(where, "expected a secret without blanks")
+            key = secret.encode()
+            if len(key) < MIN_SECRET_BYTES:
+                raise _invalid_secrets(where, f"expected a secret of at least {MIN_SECRET_BYTES} bytes, got {len(key)}")
+            if client in found:
+                raise _invalid_secrets(where, f"the client of line {lines[client]} again: a client has one secret")
+            found[client], lines[client] = key, number
+    return found
+
+
+def _invalid_secrets(where: str, what: str) -> PoseError:
+    return PoseError("callback_secrets_invalid", f"{where}: {what}", status=500)
+
+
+@dataclass(frozen=True)
+class SecretSources:
+    """Where the keys that sign callbacks are read: the environment of the node that sends the
+    callback, read again at every callback, so an edited file or variable needs no restart."""
+
+    secrets_env: str = SECRETS_ENV  # client_id:secret entries, comma- or newline-separated
+    file_env: str = SECRETS_FILE_ENV  # a file of such entries; both may be set, a client in one of them only
+    secret_env: str = SECRET_ENV  # the shared secret of clients without their own
+
+    def load(self, environ: Mapping[str, str] | None = None) -> dict[str, bytes]:
+        """Every client's own secret. A file that is named but missing, unreadable, malformed or
+        empty is an error (``callback_secrets_invalid``): it was meant to hold secrets, and
+        taking it as none would sign with the shared secret, or not at all, instead."""
+        env = os.environ if environ is None else environ
+        found: dict[str, bytes] = {}
+        path = env.get(self.file_env) or None
+        if path is not None:
+            found = _read_secrets_file(Path(path).expanduser())
+        text = env.get(self.secrets_env, "")
+        if text.strip():
+            for client, key in parse_secrets(text, f"${self.secrets_env}").items():
+                if client in found:
+                    raise PoseError(
+                        "callback_secrets_invalid",
+                        f"${self.secrets_env} and the file in ${self.file_env} name one client: a client has one secret",
+                        status=500,
+                    )
+                found[client] = key
+        return found
+
+    def secret_for(self, client: str | None, environ: Mapping[str, str] | None = None) -> bytes | None:
+        """The key that signs ``client``'s callbacks: its own, else the shared one, else None
+        (unsigned). ``client`` None reads the shared one only, for checking a URL, where no
+        callback is signed (a malformed secrets file then refuses no upload)."""
+        env = os.environ if environ is None else environ
+        if client is not None:
+            own = self.load(env).get(client)
+            if own is not None:
+                return own
+        shared = env.get(self.secret_env)
+        return shared.encode() if shared else None
+
+
+def _read_secrets_file(path: Path) -> dict[str, bytes]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        # the decoder's message quotes the offending byte, which would be a byte of a secret
+        raise PoseError("callback_secrets_invalid", f"the callback secrets file {path} is not UTF-8 text", status=500) from None
+    except OSError as exc:
+        raise PoseError(
+            "callback_secrets_invalid", f"cannot read the callback secrets file {path}: {type(exc).__name__}: {exc}", status=500
+        ) from None
+    found = parse_secrets(text, str(path))
+    if not found:
+        raise PoseError("callback_secrets_invalid", f"the callback secrets file {path} holds no secrets", status=500)
+    return found
 
 
 def signature(secret: bytes, body: bytes, timestamp: int) -> str:

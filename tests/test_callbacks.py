@@ -1,5 +1,6 @@
 """Callbacks: which URLs are refused, that the checked address is the one called, the signature,
-tries and redirects, against a real HTTP receiver on loopback (reached through the allow-list)."""
+per-client signing secrets, tries and redirects, against a real HTTP receiver on loopback
+(reached through the allow-list)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,17 @@ from typing import Any, Iterator
 
 import pytest
 
-from pipeline.callbacks import SIGNATURE_HEADER, CallbackPolicy, check_url, post, signature, verify
-from pipeline.errors import InputError
+from pipeline.callbacks import (
+    SIGNATURE_HEADER,
+    CallbackPolicy,
+    SecretSources,
+    check_url,
+    parse_secrets,
+    post,
+    signature,
+    verify,
+)
+from pipeline.errors import InputError, PoseError
 
 
 def fixed(*addresses: str):
@@ -170,3 +180,118 @@ def test_server_errors_are_retried_client_errors_and_redirects_are_not(receiver_
     assert [p for p, _, _ in r.requests] == ["/x"]  # the redirect is not followed
     r = receiver_factory([500, 500, 500, 204])
     assert post(f"http://127.0.0.1:{r.port}/x", b"{}", LOOPBACK) == 500 and len(r.requests) == 3  # bounded
+
+
+
+# -- per-client secrets ---------------------------------------------------------------------------
+
+ALICE, BOB, SHARED = "alice-secret-0123456789abcdef", "bob-secret-0123456789abcdefgh", "shared-secret-0123456789abcd"
+
+
+def test_secrets_parse_lines_commas_and_comments():
+    text = (
+        "# client_id:secret\n"
+        f"alice:{ALICE}  # rotated in March\n"
+        "\n"
+        f"bob:{BOB}, ops.team:with:colons#and-a-hash-inside\n"
+    )
+    assert parse_secrets(text, "secrets.txt") == {
+        "alice": ALICE.encode(), "bob": BOB.encode(), "ops.team": b"with:colons#and-a-hash-inside"}
+
+
+@pytest.mark.parametrize(
+    "entry, secret, complaint",
+    [
+        ("alice" + ALICE, ALICE, "expected client_id:secret"),
+        ("alice:", "", "expected client_id:secret"),
+        (f"-alice:{ALICE}", ALICE, "expected a client id of 1 to 64 letters, digits, '.', '_' or '-' before the ':'"),
+        (f"{ALICE}:bob", ALICE, "expected a secret of at least 16 bytes, got 3"),  # written the wrong way round
+        ("alice:fifteen-bytes!!", "fifteen-bytes!!", "expected a secret of at least 16 bytes, got 15"),
+        ("alice:half-a-secret other-half-of-it", "half-a-secret", "expected a secret without blanks"),
+        (f"alice:{ALICE}, bob:{BOB}, alice:{SHARED}", SHARED, "the client of line 2 again: a client has one secret"),
+    ],
+)
+def test_a_bad_entry_names_its_line_and_never_its_secret(entry, secret, complaint):
+    with pytest.raises(PoseError) as info:
+        parse_secrets(f"# a comment\n{entry}\n", "$S")
+    assert (info.value.code, info.value.status, info.value.message) == ("callback_secrets_invalid", 500, f"$S, line 2: {complaint}")
+    assert not secret or (secret not in str(info.value) and secret not in repr(info.value.__dict__))
+
+
+def test_file_and_variable_together_and_their_errors(tmp_path):
+    path = tmp_path / "callback-secrets"
+    path.write_text(f"alice:{ALICE}\n")
+    env = {"POSE_CALLBACK_SECRETS_FILE": str(path), "POSE_CALLBACK_SECRETS": f"bob:{BOB}"}
+    assert SecretSources().load(env) == {"alice": ALICE.encode(), "bob": BOB.encode()}
+
+
+@pytest.mark.parametrize(
+    "content, variable, complaint",
+    [
+        (None, "", "cannot read the callback secrets file {path}: FileNotFoundError"),
+        (b"# nobody yet\n", "", "the callback secrets file {path} holds no secrets"),
+        (b"alice:" + ALICE.encode() + b"\xff\n", "", "the callback secrets file {path} is not UTF-8 text"),
+        (f"alice:{ALICE}\n".encode(), f"alice:{SHARED}",
+         "$POSE_CALLBACK_SECRETS and the file in $POSE_CALLBACK_SECRETS_FILE name one client: a client has one secret"),
+    ],
+)
+def test_a_named_file_that_holds_no_usable_secrets_is_an_error(tmp_path, content, variable, complaint):
+    """Named but missing, empty, not text, or naming a client the variable names too: never taken
+    as "no secrets", which would sign with the shared secret instead."""
+    path = tmp_path / "callback-secrets"
+    if content is not None:
+        path.write_bytes(content)
+    env = {"POSE_CALLBACK_SECRETS_FILE": str(path), "POSE_CALLBACK_SECRETS": variable}
+    with pytest.raises(PoseError) as info:
+        SecretSources().load(env)
+    assert info.value.code == "callback_secrets_invalid"
+    assert info.value.message.startswith(complaint.format(path=path))
+    assert ALICE not in info.value.message and SHARED not in info.value.message
+
+
+ENV = {"POSE_CALLBACK_SECRETS": f"alice:{ALICE},bob:{BOB}", "POSE_CALLBACK_SECRET": SHARED}
+
+
+@pytest.mark.parametrize(
+    "client, environ, secret",
+    [
+        ("alice", ENV, ALICE.encode()),
+        ("bob", ENV, BOB.encode()),
+        ("carol", ENV, SHARED.encode()),  # no secret of her own: the shared one
+        ("carol", {"POSE_CALLBACK_SECRETS": f"alice:{ALICE}"}, None),  # neither: unsigned
+        (None, {"POSE_CALLBACK_SECRETS": "not an entry", "POSE_CALLBACK_SECRET": SHARED}, SHARED.encode()),
+    ],
+)
+def test_each_client_is_signed_with_its_own_secret_else_the_shared_one(client, environ, secret):
+    """The last case is the Ingress checking a URL: it reads no per-client secrets, so a
+    malformed entry there cannot refuse an upload."""
+    assert SecretSources().secret_for(client, environ) == secret
+
+
+def test_the_variable_names_are_the_operators():
+    sources = SecretSources(secrets_env="MY_SECRETS", secret_env="MY_SECRET")
+    env = {"MY_SECRETS": f"alice:{ALICE}", "MY_SECRET": SHARED, **ENV}
+    assert (sources.secret_for("alice", env), sources.secret_for("bob", env)) == (ALICE.encode(), SHARED.encode())
+
+
+def test_alices_callback_verifies_with_her_secret_only(receiver_factory):
+    """End to end: what reaches alice's receiver checks with her secret, not with bob's, not with
+    the shared one; so bob, who knows his own and perhaps the shared one, cannot forge hers."""
+    r = receiver_factory([204])
+    policy = CallbackPolicy(allow_http=True, allow_hosts=("127.0.0.1",), secret=SecretSources().secret_for("alice", ENV))
+    body = b'{"event":"job.succeeded","job":{"client":"alice"}}'
+    assert post(f"http://127.0.0.1:{r.port}/hook", body, policy) == 204
+    header = r.requests[0][1][SIGNATURE_HEADER]
+    assert [verify(key.encode(), body, header) for key in (ALICE, BOB, SHARED)] == [True, False, False]
+
+
+def test_a_client_without_any_secret_is_called_unsigned(receiver_factory):
+    r = receiver_factory([204])
+    secret = SecretSources().secret_for("carol", {"POSE_CALLBACK_SECRETS": f"alice:{ALICE}"})
+    policy = CallbackPolicy(allow_http=True, allow_hosts=("127.0.0.1",), secret=secret)
+    assert post(f"http://127.0.0.1:{r.port}/hook", b"{}", policy) == 204
+    assert SIGNATURE_HEADER.lower() not in {name.lower() for name in r.requests[0][1]}
+
+
+def test_the_policy_does_not_show_its_secret():
+    assert ALICE not in repr(CallbackPolicy(secret=ALICE.encode()))
