@@ -1,16 +1,20 @@
-"""The KubeRay manifests in deploy/kuberay: the RayService's embedded Serve config is a valid
-Ray Serve config (Ray's own schema), its application arguments are valid `AppArgs`, it names
-only deployments the application has, and every pod gets the job store URL from the Secret and
-the shared volume where the arguments put data and models."""
+"""The KubeRay manifests in deploy/kuberay: the RayService itself matches the RayService CRD's
+schema (tests/kuberay_schema.py), its embedded Serve config is a valid Ray Serve config (Ray's
+own schema), its application arguments are valid `AppArgs`, it names only deployments the
+application has, and every pod gets the job store URL from the Secret and the shared volume
+where the arguments put data and models."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
-pytest.importorskip("ray.serve")
+from kuberay_schema import QUANTITY_PATTERN, RAYSERVICE_SCHEMA
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kuberay"
 
@@ -28,6 +32,7 @@ def _pods(rayservice: dict) -> list[dict]:
 
 
 def test_serve_config_is_valid_for_ray_serve_and_our_application(rayservice):
+    pytest.importorskip("ray.serve")
     from ray.serve._private.build_app import build_app as flatten
     from ray.serve.schema import ServeDeploySchema
 
@@ -68,3 +73,132 @@ def test_the_ingress_is_pinned_to_the_head_group(rayservice):
     cluster = rayservice["spec"]["rayClusterConfig"]
     head = yaml.safe_load(cluster["headGroupSpec"]["rayStartParams"]["resources"].strip('"').replace('\\"', '"'))
     assert set(args["placement"]["ingress"]) <= set(head)
+
+
+def _rayservices() -> list[dict]:
+    documents = yaml.safe_load_all((DEPLOY / "rayservice.yaml").read_text())
+    return [d for d in documents if d and d.get("kind") == "RayService"]
+
+
+def _errors(document: dict) -> list[tuple[str, str]]:
+    validator = jsonschema.Draft202012Validator(RAYSERVICE_SCHEMA)
+    return sorted((e.json_path, e.message) for e in validator.iter_errors(document))
+
+
+def test_the_kuberay_schema_is_a_valid_json_schema():
+    jsonschema.Draft202012Validator.check_schema(RAYSERVICE_SCHEMA)
+
+
+def test_every_rayservice_matches_the_crd_schema():
+    rayservices = _rayservices()
+    assert rayservices, "expected a RayService document in deploy/kuberay/rayservice.yaml"
+    for document in rayservices:
+        assert _errors(document) == [], document["metadata"]["name"]
+
+
+def _rename(key: str, new: str) -> Callable[[dict], None]:
+    def mutate(node: dict) -> None:
+        node[new] = node.pop(key)
+
+    return mutate
+
+
+def _set(key: str, value: object) -> Callable[[dict], None]:
+    def mutate(node: dict) -> None:
+        node[key] = value
+
+    return mutate
+
+
+def _delete(key: str) -> Callable[[dict], None]:
+    def mutate(node: dict) -> None:
+        del node[key]
+
+    return mutate
+
+
+def _spec(rs: dict) -> dict:
+    return rs["spec"]
+
+
+def _cluster(rs: dict) -> dict:
+    return rs["spec"]["rayClusterConfig"]
+
+
+def _head(rs: dict) -> dict:
+    return _cluster(rs)["headGroupSpec"]
+
+
+def _worker(rs: dict) -> dict:
+    return _cluster(rs)["workerGroupSpecs"][0]
+
+
+def _worker_container(rs: dict) -> dict:
+    return _worker(rs)["template"]["spec"]["containers"][0]
+
+
+CLUSTER = "$.spec.rayClusterConfig"
+WORKER = f"{CLUSTER}.workerGroupSpecs[0]"
+CONTAINER = f"{WORKER}.template.spec.containers[0]"
+
+
+def _unexpected(key: str) -> str:
+    return f"Additional properties are not allowed ({key!r} was unexpected)"
+
+
+# (where, mutation, the one error expected: JSON path and jsonschema's message)
+MISTAKES = {
+    "misspelled spec field": (
+        _spec, _rename("serveConfigV2", "serveConfig"),
+        ("$.spec", _unexpected("serveConfig")),
+    ),
+    "workerGroupSpec for workerGroupSpecs": (
+        _cluster, _rename("workerGroupSpecs", "workerGroupSpec"),
+        (CLUSTER, _unexpected("workerGroupSpec")),
+    ),
+    "rayStartParam for rayStartParams": (
+        _head, _rename("rayStartParams", "rayStartParam"),
+        (f"{CLUSTER}.headGroupSpec", _unexpected("rayStartParam")),
+    ),
+    "a rayStartParams value that is not a string": (
+        lambda rs: _worker(rs)["rayStartParams"], _set("num-cpus", 0),
+        (f"{WORKER}.rayStartParams['num-cpus']", "0 is not of type 'string'"),
+    ),
+    "a worker group without groupName": (
+        _worker, _delete("groupName"),
+        (WORKER, "'groupName' is a required property"),
+    ),
+    "a worker group without template": (
+        _worker, _delete("template"),
+        (WORKER, "'template' is a required property"),
+    ),
+    "maxReplicas as a string": (
+        _worker, _set("maxReplicas", "4"),
+        (f"{WORKER}.maxReplicas", "'4' is not of type 'integer'"),
+    ),
+    "enableInTreeAutoscaling as a string": (
+        _cluster, _set("enableInTreeAutoscaling", "true"),
+        (f"{CLUSTER}.enableInTreeAutoscaling", "'true' is not of type 'boolean'"),
+    ),
+    "a memory quantity in GB": (
+        lambda rs: _worker_container(rs)["resources"]["limits"], _set("memory", "48GB"),
+        (f"{CONTAINER}.resources.limits.memory", f"'48GB' does not match {QUANTITY_PATTERN!r}"),
+    ),
+    "volumeMount for volumeMounts": (
+        _worker_container, _rename("volumeMounts", "volumeMount"),
+        (CONTAINER, _unexpected("volumeMount")),
+    ),
+    "a secretKeyRef without key": (
+        lambda rs: _worker_container(rs)["env"][0]["valueFrom"]["secretKeyRef"], _delete("key"),
+        (f"{CONTAINER}.env[0].valueFrom.secretKeyRef", "'key' is a required property"),
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_the_schema_rejects_a_typical_mistake(mistake):
+    where, mutate, expected = MISTAKES[mistake]
+    (original, *_) = _rayservices()
+    document = copy.deepcopy(original)
+    mutate(where(document))
+    assert _errors(document) == [expected]
