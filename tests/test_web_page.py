@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,7 +25,7 @@ httpx = pytest.importorskip("httpx")
 
 from browser_helpers import PageLog, artifacts_dir, launched_browser, wait_job_state, wait_video_loaded  # noqa: E402
 from conftest import REPO  # noqa: E402
-from serve_helpers import encode, serve_tiny, stick_figures  # noqa: E402
+from serve_helpers import encode, serve_tiny, stick_figures, wait_job  # noqa: E402
 from videos import crossing_video, figure_frame, write_video  # noqa: E402
 
 KEY = "web-page-key-1"
@@ -283,10 +284,13 @@ def test_cancel_keeps_the_job_and_refuses_an_ended_one(service, clips, api):
         assert api.get(f"/v1/jobs/{second['id']}").json()["state"] == "cancelled"
         again = api.post(f"/v1/jobs/{second['id']}/cancel")
         assert again.status_code == 200 and again.json()["state"] == "cancelled"  # already cancelled: the same answer
+        deadline = time.monotonic() + 120
+        while (state := api.get(f"/v1/jobs/{first['id']}").json()["state"]) != "running":
+            assert state == "queued" and time.monotonic() < deadline, f"the 240-frame job never ran: {state}"
+            time.sleep(0.2)
         running = api.post(f"/v1/jobs/{first['id']}/cancel")
-        assert running.status_code in (200, 202)
-        from serve_helpers import wait_job
-
+        assert running.status_code == 202, running.text  # running: it stops at its next chunk
+        assert running.json()["cancel_requested"] is True
         assert wait_job(api, first["id"])["state"] == "cancelled"
         summary = api.get(f"/v1/jobs/{first['id']}/summary")
         assert summary.status_code == 409 and summary.json()["error"]["code"] == "job_cancelled"
@@ -298,8 +302,6 @@ def test_cancel_keeps_the_job_and_refuses_an_ended_one(service, clips, api):
 
 def test_summary_is_the_result_without_frames(service, clips, api):
     job = api.post("/v1/videos", files={"video": ("c.mp4", clips["crossing"].read_bytes(), "video/mp4")}).json()
-    from serve_helpers import wait_job
-
     assert wait_job(api, job["id"])["state"] == "succeeded"
     summary = api.get(f"/v1/jobs/{job['id']}/summary").json()
     document = api.get(f"/v1/jobs/{job['id']}/result").json()
