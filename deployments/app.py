@@ -16,6 +16,7 @@ instance, and an address other than loopback without a client key (or an explici
 # runtime to validate the ``args:`` of serve_config.yaml into `AppArgs`.
 import logging
 import os
+from math import ceil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from ray.serve import Application
 
 from configs.profiles import BatchSettings, Fractions, Limits, Profile, get_profile
 from pipeline.auth import KeySources, check_exposure, is_loopback
+from pipeline.errors import PoseError
 
 from .common import ModelSettings
 from .detector import Detector, DetectorSettings
@@ -116,6 +118,20 @@ class JobArgs(BaseModel):
         description="autoscaling_config of the video workers (min/max_replicas, target_ongoing_requests = jobs per "
         "worker, delays); their queue policy is filled in. None: the deployment's own",
     )
+    max_disk_bytes: int | None = Field(
+        default=None, ge=0,
+        description="what uploads, checkpoints, results and artifacts in data_dir may take together; past it new "
+        "uploads are answered 507 storage_full. None: no budget of its own (the free-space floor still holds)",
+    )
+    min_free_disk_bytes: int = Field(
+        default=512 * 2**20, ge=0,
+        description="kept free on data_dir's file system for accepted jobs' results: uploads that would eat into it get 507",
+    )
+    min_upload_mbit_s: float = Field(
+        default=10.0, gt=0,
+        description="the slowest client the limits are for: video_limits.max_bytes at this rate must arrive within "
+        "http_options.request_timeout_s, else the deploy is refused (upload_timeout_too_short)",
+    )
     lease_s: float = Field(default=30.0, gt=0, description="a running job not heard of this long is taken over by another attempt")
     job_store: str | None = Field(
         default=None, description="postgresql://user@host/db for a cluster; None: $job_store_env, else SQLite in data_dir"
@@ -191,15 +207,33 @@ def _cluster_connected() -> bool:
     return ray.is_initialized()
 
 
-def _serve_http_host() -> str | None:
-    """The address Serve's HTTP proxies listen on: the running Serve instance's (``serve run
-    serve_config.yaml`` starts it with the file's ``http_options`` before building), else Serve's
-    default, which ``serve.run`` starts it with."""
+def _serve_http_options() -> Any:
+    """The running Serve instance's HTTP options (``serve run serve_config.yaml`` starts it with
+    the file's ``http_options`` before building), else Serve's defaults, which ``serve.run``
+    starts it with."""
     from ray.serve.config import HTTPOptions
     from ray.serve.context import _get_global_client  # no public call reports the running HTTP options
 
     client = _get_global_client(raise_if_no_controller_running=False)
-    return (client.http_config if client is not None else HTTPOptions()).host
+    return client.http_config if client is not None else HTTPOptions()
+
+
+def check_upload_time(args: AppArgs, request_timeout_s: float | None) -> None:
+    """Refuse limits a client at ``jobs.min_upload_mbit_s`` cannot meet: the largest video
+    (``video_limits.max_bytes``) must arrive within the proxy's ``request_timeout_s``, or every
+    slower client's upload is cut off at the timeout after it sent most of its bytes."""
+    if request_timeout_s is None:  # Serve's default: no timeout
+        return
+    mbit_s = args.jobs.min_upload_mbit_s
+    needed_s = args.video_limits.max_bytes * 8 / (mbit_s * 1e6)
+    if needed_s > request_timeout_s:
+        raise PoseError(
+            "upload_timeout_too_short",
+            f"an upload of video_limits.max_bytes ({args.video_limits.max_bytes} bytes) at jobs.min_upload_mbit_s "
+            f"({mbit_s:g} Mbit/s) takes {needed_s:.0f} s, longer than http_options.request_timeout_s "
+            f"({request_timeout_s:g} s): raise request_timeout_s to {ceil(needed_s)} or more, lower max_bytes to "
+            f"{int(request_timeout_s * mbit_s * 1e6 / 8)} or less, or raise min_upload_mbit_s",
+        )
 
 
 def check_auth(args: AppArgs, host: str | None) -> bool:
@@ -388,8 +422,11 @@ def build_app(args: AppArgs) -> Application:
     )
     # Without a connected cluster (``serve build``) the listen address is unknown here: the check
     # waits for the deploy, which builds again.
-    if _cluster_connected() and check_auth(args, _serve_http_host()):
-        settings = settings.model_copy(update={"require_keys": True})
+    if _cluster_connected():
+        http = _serve_http_options()
+        check_upload_time(args, http.request_timeout_s)
+        if check_auth(args, http.host):
+            settings = settings.model_copy(update={"require_keys": True})
     jobs = JobSettings(
         data_dir=resolve_data_dir(args),
         max_active=args.jobs.max_active,
@@ -398,6 +435,8 @@ def build_app(args: AppArgs) -> Application:
         max_attempts=args.jobs.max_attempts,
         chunk_size=args.jobs.chunk_size or profile.video_chunk_size,
         video_limits=args.video_limits,
+        max_disk_bytes=args.jobs.max_disk_bytes,
+        min_free_disk_bytes=args.jobs.min_free_disk_bytes,
         lease_s=args.jobs.lease_s,
         max_stage_wait_s=args.jobs.max_stage_wait_s,
         stage_timeout_s=args.jobs.stage_timeout_s,

@@ -7,11 +7,11 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Literal, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import PoseError
+from pipeline.errors import CODES, PoseError, codes_by_status
 from pipeline.weights import CacheRoots, WeightFile, locate, sha256_of
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,35 @@ class ModelSettings(BaseModel):
     def effective_dtype(self) -> str:
         """Half precision is a GPU feature; a CPU replica falls back to float32."""
         return self.dtype if self.device == "cuda" else "float32"
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="stable, machine-readable: one of x-error-codes", json_schema_extra={"enum": sorted(CODES)})
+    message: str = Field(description="for humans")
+    details: dict[str, Any] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer of the API: ``{"error": {"code", "message", "details"}}``."""
+
+    error: ErrorBody
+
+
+def error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of a route that can answer ``codes``: one entry per status,
+    listing its codes with their meanings from the one table (`pipeline.errors.CODES`)."""
+    return {
+        status: {
+            "model": ErrorResponse,
+            "description": "; ".join(f"`{code}`: {CODES[code].meaning}" for code in group),
+        }
+        for status, group in codes_by_status(dict.fromkeys(codes)).items()
+    }
+
+
+def error_codes_document() -> dict[str, dict[str, Any]]:
+    """The table as the OpenAPI document's ``x-error-codes``: code -> status, meaning, retry."""
+    return {code: {"status": e.status, "meaning": e.meaning, "retry": e.retry} for code, e in sorted(CODES.items())}
 
 
 def process_age_s() -> float | None:

@@ -30,7 +30,7 @@ from pipeline.imageio import decode_image
 from pipeline.models.hmr2.predictor import validate_boxes
 from pipeline.schema import SCHEMA_VERSION, ImageInfo, ImageResult, models_used, people_from_outputs
 
-from .common import as_pose_error, unwrap_error
+from .common import as_pose_error, error_codes_document, error_responses, unwrap_error
 from .metrics import IngressMetrics
 from .video import JobSettings
 from .admission import Admission
@@ -42,8 +42,10 @@ logger = logging.getLogger(__name__)
 RAW_IMAGE_TYPES = {
     "image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/tiff", "application/octet-stream",
 }
+# Starlette's own refusals (no route, wrong method, a body FastAPI cannot parse) in the table's words.
 _STATUS_CODES = {
     400: "request_malformed", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 406: "not_acceptable",
+    413: "request_too_large", 415: "unsupported_media_type", 422: "request_invalid",
 }
 MAX_JSON_BODY_BYTES = 64 * 1024  # a JSON request is a path, a flag and a URL: far below this
 
@@ -122,28 +124,18 @@ class IngressSettings(BaseModel):
         )
 
 
-class ErrorBody(BaseModel):
-    code: str = Field(description="stable, machine-readable")
-    message: str = Field(description="for humans")
-    details: dict[str, Any] | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
 class Health(BaseModel):
     status: str
     key_required: bool = Field(description="calls other than these health checks, /docs and /ui need a client key")
 
 
-_ERRORS = {
-    400: {"model": ErrorResponse, "description": "bad input (image or boxes)"},
-    401: {"model": ErrorResponse, "description": "missing or unknown client key (Authorization: Bearer <key>)"},
-    413: {"model": ErrorResponse, "description": "upload or image too large"},
-    415: {"model": ErrorResponse, "description": "unsupported content type"},
-    503: {"model": ErrorResponse, "description": "overloaded or a stage is unavailable; retry"},
-}
+# What the image route can answer besides 200.
+IMAGE_ERRORS = (
+    "request_malformed", "multipart_invalid", "image_missing", "image_empty", "image_unreadable", "image_truncated",
+    "image_unsupported_format", "image_too_elongated", "boxes_invalid", "boxes_empty", "box_empty", "box_outside_image",
+    "box_too_large", "too_many_boxes", "unauthorized", "request_too_large", "image_too_large", "unsupported_media_type",
+    "request_invalid", "overloaded", "stage_unavailable", "stage_timeout",
+)
 
 _IMAGE_BODY = {
     "requestBody": {
@@ -188,7 +180,7 @@ def build_api(service: "Ingress") -> FastAPI:
     async def _pose_error(request: Request, exc: PoseError) -> JSONResponse:
         service.count_error(request, exc)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        if exc.status in (429, 503):
+        if exc.status in (429, 503, 507):
             headers = {"Retry-After": str(int(exc.details.get("retry_after", 1)))}
         return error_response(exc, headers)
 
@@ -203,8 +195,14 @@ def build_api(service: "Ingress") -> FastAPI:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, PoseError):  # raised while FastAPI read the body (JsonBodyLimit)
             return await _pose_error(request, exc.__cause__)
-        code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        return await _pose_error(request, PoseError(code, str(exc.detail), status=exc.status_code))
+        code = _STATUS_CODES.get(exc.status_code, "request_malformed" if exc.status_code < 500 else "internal_error")
+        err = PoseError(code, str(exc.detail), status=exc.status_code)
+        response = await _pose_error(request, err)
+        for name, value in (exc.headers or {}).items():
+            response.headers.setdefault(name, value)
+        if exc.status_code == 405:  # Starlette names the methods of the first route of the path only
+            response.headers["Allow"] = ", ".join(_allowed_methods(request))
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -219,12 +217,12 @@ def build_api(service: "Ingress") -> FastAPI:
         """The ingress is alive (no auth, no call to the models); whether other calls need a key."""
         return Health(status="ok", key_required=auth_mode(service.keys) == "keys")
 
-    @app.get("/readyz", tags=["health"], dependencies=protected, responses={503: _ERRORS[503]})
+    @app.get("/readyz", tags=["health"], dependencies=protected, responses=error_responses("unauthorized", "not_ready"))
     async def readyz() -> dict[str, Any]:
         """Every deployment answers (each replica has loaded its model before it answers)."""
         return await service.readiness()
 
-    @app.get("/v1/info", tags=["info"], dependencies=protected, responses={401: _ERRORS[401]})
+    @app.get("/v1/info", tags=["info"], dependencies=protected, responses=error_responses("unauthorized"))
     async def info(caller: Client = Depends(service.authenticate)) -> dict[str, Any]:
         """Profile, models, weight checksums, devices and batch settings (and batch statistics)."""
         return await service.info(caller)
@@ -235,7 +233,7 @@ def build_api(service: "Ingress") -> FastAPI:
         response_model_exclude_none=False,
         tags=["images"],
         dependencies=protected,
-        responses={**_ERRORS, 200: {"content": {"image/png": {"description": "format=png: the overlay image"}}}},
+        responses={**error_responses(*IMAGE_ERRORS), 200: {"content": {"image/png": {"description": "format=png: the overlay image"}}}},
         openapi_extra=_IMAGE_BODY,
     )
     async def images(
@@ -260,7 +258,43 @@ def build_api(service: "Ingress") -> FastAPI:
     add_video_routes(app, service, protected)
     if settings.public_docs:
         add_page_routes(app)
+    publish_contract(app, key_required=auth_mode(service.keys) == "keys")
     return app
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the app's routes take on the request's path."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(route.methods)
+    return sorted(methods)
+
+
+def publish_contract(app: FastAPI, key_required: bool) -> None:
+    """What FastAPI cannot say by itself in the OpenAPI document: the whole error table
+    (``x-error-codes``) and, when keys are on, the bearer scheme of every route that answers 401
+    (so clients, /docs and fuzzers know which calls need the key)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc = generate()  # FastAPI builds it once and caches it
+        if "x-error-codes" in doc:
+            return doc
+        doc["x-error-codes"] = error_codes_document()
+        if key_required:
+            doc.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "a client key (pipeline.auth)"}
+            }
+            for item in doc["paths"].values():
+                for operation in item.values():
+                    if "401" in operation.get("responses", {}):
+                        operation["security"] = [{"bearer": []}]
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def replica_keys(settings: IngressSettings) -> LiveKeys | None:
@@ -513,6 +547,8 @@ class Ingress:
                 "retention_s": self.videos.jobs.retention_s,
                 "video_limits": self.videos.jobs.video_limits.model_dump(),
                 "pose_video_route": self.videos.media_root is not None,
+                # the data folder's budget (pipeline.disk): the figures of the server's disk, for admins
+                "disk": await asyncio.to_thread(self.videos.disk.report) if caller.admin else None,
             },
             "resources": self.settings.app_info,
             "ingress": {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()},

@@ -4,8 +4,9 @@ and a non-zero exit status.
 
 ``serve run`` of a config file builds the application inside the Serve controller: a builder
 that refuses marks the application failed, and ``serve run`` itself keeps running. This reads
-the same file (``http_options.host``, the application's ``args``) and makes the builder's own
-check (`deployments.app.check_auth`) in the environment ``serve run`` is about to get.
+the same file (``http_options``, the application's ``args``) and makes the builder's own checks
+(`deployments.app.check_auth`, `deployments.app.check_upload_time`) in the environment
+``serve run`` is about to get.
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ def check_config(path: Path) -> None:
     """Raise the builder's `PoseError` for a config that it would refuse."""
     from ray.serve.config import HTTPOptions
 
-    from .app import AppArgs, check_auth
+    from .app import AppArgs, check_auth, check_upload_time
 
     config: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {}
     http = config.get("http_options") or {}
     host = http["host"] if "host" in http else HTTPOptions().host
+    timeout = http["request_timeout_s"] if "request_timeout_s" in http else HTTPOptions().request_timeout_s
     apps = [a for a in config.get("applications") or [] if a.get("import_path") == BUILDER]
     for app in apps:
-        check_auth(AppArgs.model_validate(app.get("args") or {}), host)
+        args = AppArgs.model_validate(app.get("args") or {})
+        check_upload_time(args, timeout)
+        check_auth(args, host)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -90,6 +90,8 @@ class JobSettings(BaseModel):
     max_attempts: int = Field(default=3, ge=1)  # starts of one job (restarts included) before it fails
     chunk_size: int = Field(default=8, ge=1, le=256)  # frames decoded and submitted together
     video_limits: VideoLimitArgs = Field(default_factory=VideoLimitArgs)
+    max_disk_bytes: int | None = Field(default=None, ge=0)  # uploads, checkpoints, results, artifacts; None: no budget
+    min_free_disk_bytes: int = Field(default=512 * 2**20, ge=0)  # kept free on the data folder's file system
     poll_interval_s: float = Field(default=1.0, gt=0)  # queue check when no one wakes the worker
     callback_timeout_s: float = Field(default=5.0, gt=0)
     callback_tries: int = Field(default=3, ge=1, le=10)  # tries per callback, with back-off (4xx answers end them)

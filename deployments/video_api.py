@@ -28,12 +28,14 @@ from starlette.background import BackgroundTask
 
 from pipeline.auth import Client
 from pipeline.callbacks import check_url
-from pipeline.errors import InputError, PoseError
+from pipeline.disk import DiskBudget
+from pipeline.errors import InputError, PoseError, status_of
+from pipeline.export import FORMATS as EXPORT_FORMATS
 from pipeline.jobs import MAX_OFFSET, Job, JobStore, check_replay
 from pipeline.schema import SCHEMA_VERSION, TrackSummary, VideoMeta, VideoResult
 from pipeline.weights import sha256_of
 
-from .common import ModelSettings
+from .common import ModelSettings, error_responses
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
@@ -121,7 +123,10 @@ class VideoPathRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    video_path: str = Field(max_length=4096, description="a file inside the configured media folder (relative, or absolute inside it)")
+    video_path: str = Field(
+        max_length=4096, json_schema_extra={"minLength": 1},  # "" is refused as path_invalid
+        description="a file inside the configured media folder (relative, or absolute inside it)",
+    )
     vertices: bool = Field(default=False, description="also keep the 6890 SMPL vertices per person and frame (in the NPZ result)")
     render: bool = Field(default=False, description="also render the overlay video (GET /v1/jobs/{id}/overlay.mp4)")
     callback_url: Optional[str] = Field(default=None, max_length=2048)
@@ -152,6 +157,7 @@ class VideoJobs:
         self.api = api
         self.limits = jobs.video_limits.limits()
         self.store: JobStore = jobs.open_store()
+        self.disk = DiskBudget(self.store.data_dir, jobs.max_disk_bytes, jobs.min_free_disk_bytes)
         self.media_root = Path(api.media_dir).expanduser() if api.media_dir else None
         self._body: Any = None  # the SMPL rig exports use, read on the first export that needs it
 
@@ -508,9 +514,10 @@ class _FormSink:
             self.fields[self._name] = self._text.decode("utf-8", "replace")
 
 
-async def stream_upload(request: Request, dest: Path, limit: int) -> dict[str, str]:
+async def stream_upload(request: Request, dest: Path, limit: int, disk: DiskBudget | None = None) -> dict[str, str]:
     """The video of a multipart (field ``video``) or raw request body, streamed to ``dest``;
-    returns the text fields. Raises 413 past ``limit`` bytes, 415 for other content types."""
+    returns the text fields. Raises 413 past ``limit`` bytes, 507 ``storage_full`` past the room
+    ``disk`` leaves (before writing past it), 415 for other content types."""
     ctype = request.headers.get("content-type", "")
     kind = ctype.split(";")[0].strip().lower()
     if kind != "multipart/form-data" and kind not in RAW_VIDEO_TYPES:
@@ -521,17 +528,41 @@ async def stream_upload(request: Request, dest: Path, limit: int) -> dict[str, s
             status=415,
         )
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
-    received = 0
-    if kind != "multipart/form-data":
-        with open(dest, "wb") as f:
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    raise _too_large(received, limit)
-                f.write(chunk)
-        return {}
+    declared_size = int(declared) if declared is not None and declared.isdigit() else None
+    if declared_size is not None and declared_size > limit:
+        raise _too_large(declared_size, limit)
+    room = None
+    if disk is not None:
+        room = await asyncio.to_thread(disk.room)
+        disk.check(declared_size or 0, room)
+    received = charged = 0
+
+    def count(chunk: bytes) -> None:
+        nonlocal received, charged
+        received += len(chunk)
+        if received > limit:
+            raise _too_large(received, limit)
+        if disk is not None and room is not None:
+            if received > room:
+                raise disk.full(received, room)
+            disk.charge(len(chunk))  # seen at once by uploads that start meanwhile
+            charged += len(chunk)
+
+    try:
+        if kind != "multipart/form-data":
+            with open(dest, "wb") as f:
+                async for chunk in request.stream():
+                    count(chunk)
+                    f.write(chunk)
+            return {}
+        return await _stream_multipart(request, ctype, dest, count)
+    except BaseException:
+        if disk is not None:  # the caller deletes a refused upload: its bytes are free again
+            disk.charge(-charged)
+        raise
+
+
+async def _stream_multipart(request: Request, ctype: str, dest: Path, count: Any) -> dict[str, str]:
     from python_multipart.multipart import MultipartParser, parse_options_header
 
     _, params = parse_options_header(ctype)
@@ -542,9 +573,7 @@ async def stream_upload(request: Request, dest: Path, limit: int) -> dict[str, s
     try:
         parser = MultipartParser(boundary, sink.callbacks())
         async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise _too_large(received, limit)
+            count(chunk)
             parser.write(chunk)
             if sink.error is not None:
                 raise sink.error
@@ -590,23 +619,31 @@ def _flag(value: str | bool | None, name: str) -> bool:
         return True
     if text in ("", "0", "false", "no", "off"):
         return False
-    raise InputError("request_invalid", f"{name}: expected true or false, got {value!r}")
+    raise InputError("request_invalid", f"{name}: expected true or false, got {value!r}", status=422)
 
 
 # -- routes --------------------------------------------------------------------------------------
 
-_VIDEO_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "bad upload: video_corrupt (truncated), video_empty, multipart_invalid, video_missing; vertices_npz_only; range_invalid"},
-    401: {"description": "unauthorized: no client key, or one no entry names"},
-    403: {"description": "path_outside_media_root (/pose/video)"},
-    404: {"description": "job_not_found (also another client's job), path_not_found, overlay_not_requested"},
-    409: {"description": "job_not_finished, job_failed, job_cancelled, job_state_conflict, vertices_not_computed"},
-    413: {"description": "request_too_large, video_too_large (pixels or bytes), video_too_long"},
-    415: {"description": "unsupported_media_type, video_unsupported_format (not a video)"},
-    422: {"description": "video_no_video_stream (audio only), request_invalid"},
-    416: {"description": "range_not_satisfiable (overlay.mp4: the range starts past the end)"},
-    429: {"description": "too_many_jobs: the queue is full; retry after Retry-After seconds"},
-    503: {"description": "videos_unavailable, data_dir_unavailable (the data folder cannot be used; images keep working), stage_unavailable; retry after Retry-After seconds"},
+# What the video routes can answer besides success (the table: pipeline.errors.CODES).
+_JOBS_OFF = ("videos_unavailable", "data_dir_unavailable", "job_store_unavailable")
+_JOB = ("unauthorized", "request_invalid", "job_not_found", *_JOBS_OFF)
+_RESULT = (*_JOB, "job_not_finished", "job_failed", "job_cancelled", "result_missing")
+_ACCEPT = (
+    "unauthorized", "request_invalid", "video_corrupt", "video_empty", "video_unreadable", "video_unsupported_format",
+    "video_no_video_stream", "video_too_large", "video_too_long", "callback_url_invalid", "callback_url_forbidden",
+    "callback_url_unresolvable", "callbacks_disabled", "idempotency_key_invalid", "idempotency_key_reused",
+    "too_many_jobs", "storage_full", *_JOBS_OFF,
+)
+# the codes a job can end with, which POST /pose/video answers as its own
+_JOB_FAILURES = ("cancelled", "interrupted", "stage_unavailable", "stage_timeout", "overloaded", "input_missing", "internal_error")
+
+# The operations an accepted job's id leads to (OpenAPI links: clients and fuzzers follow them).
+_JOB_LINKS = {
+    name: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}}
+    for name, op in (
+        ("status", "getJob"), ("result", "getJobResult"), ("summary", "getJobSummary"), ("export", "exportJob"),
+        ("overlay", "getJobOverlay"), ("cancel", "cancelJob"), ("delete", "deleteJob"),
+    )
 }
 
 _UPLOAD_BODY = {
@@ -660,7 +697,10 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         response_model=JobStatus,
         tags=["videos"],
         dependencies=protected,
-        responses=_VIDEO_ERRORS,
+        responses={
+            **error_responses(*_ACCEPT, "request_too_large", "unsupported_media_type", "multipart_invalid", "video_missing"),
+            202: {"links": _JOB_LINKS},
+        },
         openapi_extra=_UPLOAD_BODY,
     )
     async def upload_video(
@@ -680,7 +720,7 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         # With a key the body is read even when the key is known: a replay must be the same request.
         dest = v.store.new_upload_path(".upload")
         try:
-            fields = await stream_upload(request, dest, v.limits.max_bytes + _MULTIPART_SLACK)
+            fields = await stream_upload(request, dest, v.limits.max_bytes + _MULTIPART_SLACK, v.disk)
             vertices = vertices or _flag(fields.get("vertices"), "vertices")
             render = render or _flag(fields.get("render"), "render")
             callback_url = callback_url or fields.get("callback_url") or None
@@ -707,7 +747,7 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         )
         return accepted(job, False)
 
-    @app.get("/v1/jobs", response_model=JobList, tags=["videos"], dependencies=protected, responses={401: _VIDEO_ERRORS[401]})
+    @app.get("/v1/jobs", response_model=JobList, tags=["videos"], dependencies=protected, responses=error_responses("unauthorized", "request_invalid", "paging_invalid", "state_invalid", *_JOBS_OFF))
     async def list_jobs(
         offset: int = Query(0, ge=0, le=MAX_OFFSET),
         limit: int = Query(50, ge=1, le=1000),
@@ -719,7 +759,10 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         page, total = await v.call(v.store.list, offset, limit, state, caller.scope)
         return JobList(jobs=[JobStatus.of(j) for j in page], total=total, offset=offset, limit=limit)
 
-    @app.get("/v1/jobs/{job_id}", response_model=JobStatus, tags=["videos"], dependencies=protected, responses=_VIDEO_ERRORS)
+    @app.get(
+        "/v1/jobs/{job_id}", response_model=JobStatus, tags=["videos"], dependencies=protected,
+        responses=error_responses(*_JOB), operation_id="getJob",
+    )
     async def job_status(job_id: str, caller: Client = caller_dep) -> JobStatus:
         """State, progress (frames done / total), stage timings, and the error of a failed job."""
         v = jobs()
@@ -727,11 +770,12 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
 
     @app.get(
         "/v1/jobs/{job_id}/result",
+        operation_id="getJobResult",
         response_model=VideoResult,
         tags=["videos"],
         dependencies=protected,
         responses={
-            **_VIDEO_ERRORS,
+            **error_responses(*_RESULT, "vertices_not_computed"),
             200: {
                 "content": {
                     "application/octet-stream": {"description": "format=npz: see pipeline.result_npz"},
@@ -754,7 +798,8 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
 
     @app.get(
         "/v1/jobs/{job_id}/summary", response_model=ResultSummary, tags=["videos"], dependencies=protected,
-        responses=_VIDEO_ERRORS,
+        operation_id="getJobSummary",
+        responses=error_responses(*_RESULT),
     )
     async def job_summary(job_id: str, caller: Client = caller_dep) -> ResultSummary:
         """The result of a succeeded job without its frames: video, tracks (first/last frame,
@@ -764,10 +809,11 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
 
     @app.post(
         "/v1/jobs/{job_id}/cancel",
+        operation_id="cancelJob",
         response_model=JobStatus,
         tags=["videos"],
         dependencies=protected,
-        responses={**_VIDEO_ERRORS, 202: {"model": JobStatus, "description": "running: it stops at its next chunk"}},
+        responses={**error_responses(*_JOB, "job_state_conflict"), 202: {"model": JobStatus, "description": "running: it stops at its next chunk"}},
     )
     async def cancel_job(job_id: str, caller: Client = caller_dep) -> JSONResponse:
         """Cancel the job and keep it (its state becomes ``cancelled``); DELETE also removes it.
@@ -779,10 +825,11 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
 
     @app.get(
         "/v1/jobs/{job_id}/export",
+        operation_id="exportJob",
         tags=["videos"],
         dependencies=protected,
         responses={
-            **_VIDEO_ERRORS,
+            **error_responses(*_RESULT, "export_format_unknown", "track_not_found", "no_tracks", "smpl_missing"),
             200: {
                 "content": {
                     "application/zip": {"description": "every track, one file each (amass, bvh, glb without track)"},
@@ -791,14 +838,14 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
                     "application/octet-stream": {"description": "format=amass: AMASS-style NPZ of one track"},
                 }
             },
-            404: {"description": "job_not_found, track_not_found, no_tracks"},
-            422: {"description": "export_format_unknown, request_invalid"},
-            503: {"description": "smpl_missing: amass, bvh and glb need the SMPL model in the configured caches"},
         },
     )
     async def export_job(
         job_id: str,
-        format: str = Query(..., description="amass (SMPL NPZ), bvh, glb (skinned mesh + animation) or mot (MOTChallenge text)"),
+        format: str = Query(
+            ..., description="amass (SMPL NPZ), bvh, glb (skinned mesh + animation) or mot (MOTChallenge text)",
+            json_schema_extra={"enum": sorted(EXPORT_FORMATS)},  # others: 422 export_format_unknown
+        ),
         track: Optional[int] = Query(None, description="one track id; without it every track (a zip; mot: one file)"),
         include_unconfirmed: bool = Query(False, description="also detections never confirmed as a track (negative ids)"),
         caller: Client = caller_dep,
@@ -810,10 +857,11 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
 
     @app.get(
         "/v1/jobs/{job_id}/overlay.mp4",
+        operation_id="getJobOverlay",
         tags=["videos"],
         dependencies=protected,
         responses={
-            **_VIDEO_ERRORS,
+            **error_responses(*_RESULT, "overlay_not_requested", "range_invalid", "range_not_satisfiable"),
             200: {"content": {"video/mp4": {}}, "description": "the overlay video (H.264); Range requests answer 206"},
             206: {"description": "the byte range asked for (Content-Range)"},
         },
@@ -826,10 +874,11 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
 
     @app.delete(
         "/v1/jobs/{job_id}",
+        operation_id="deleteJob",
         status_code=204,
         tags=["videos"],
         dependencies=protected,
-        responses={**_VIDEO_ERRORS, 202: {"model": JobStatus, "description": "still stopping; deleted when it stops"}},
+        responses={**error_responses(*_JOB), 202: {"model": JobStatus, "description": "still stopping; deleted when it stops"}},
     )
     async def delete_job(job_id: str, caller: Client = caller_dep) -> Response:
         """Cancel the job (a running one stops at its next chunk) and delete it with its files."""
@@ -844,7 +893,13 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         response_model=VideoResult,
         tags=["videos"],
         dependencies=protected,
-        responses={**_VIDEO_ERRORS, 202: {"model": JobStatus, "description": "not done within sync_timeout_s: poll the job"}},
+        responses={
+            **error_responses(
+                *_ACCEPT, "request_too_large", "request_malformed", "path_invalid", "path_not_a_file", "path_not_found",
+                "path_outside_media_root", "media_dir_not_configured", *_JOB_FAILURES,
+            ),
+            202: {"model": JobStatus, "description": "not done within sync_timeout_s: poll the job"},
+        },
     )
     async def pose_video(
         body: VideoPathRequest,
@@ -871,6 +926,7 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
                 check_replay(job, fingerprint)
         if job is None:
             await v.check_capacity()
+            await v.call(v.disk.check, 0)  # the input stays in the media folder; its results need room
             job = await v.accept(
                 path,
                 move=False,
@@ -886,21 +942,8 @@ def add_video_routes(app: FastAPI, service: "Ingress", protected: list[Any]) -> 
         if job.state in ("failed", "cancelled"):
             err = job.error
             code = err.code if err else "job_" + job.state
-            raise PoseError(code, err.message if err else f"the job ended {job.state}", status=_failed_status(code),
+            # the store keeps a failed job's code; the table gives its status
+            raise PoseError(code, err.message if err else f"the job ended {job.state}", status=status_of(code),
                             details={"job_id": job.id})
         return accepted(job, False)
 
-
-def _failed_status(code: str) -> int:
-    """The HTTP status of a failed job's stable code (the store keeps the code, not the status)."""
-    if code in ("video_too_large", "video_too_long"):
-        return 413
-    if code == "video_unsupported_format":
-        return 415
-    if code.startswith("video_"):
-        return 422
-    if code == "cancelled":
-        return 409
-    if code in ("interrupted", "stage_unavailable", "overloaded"):
-        return 503
-    return 500

@@ -112,21 +112,21 @@ def is_public(addr: Address) -> bool:
 
 
 def check_url(url: str, policy: CallbackPolicy, resolve: Resolver = _resolve) -> Target:
-    """The URL as a `Target`, or `InputError` ``callback_url_forbidden`` / ``invalid_callback_url``."""
+    """The URL as a `Target`, or `InputError` ``callback_url_forbidden`` / ``callback_url_invalid``."""
     if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
-        raise InputError("invalid_callback_url", f"expected an https URL of at most {MAX_URL_LENGTH} characters")
+        raise InputError("callback_url_invalid", f"expected an https URL of at most {MAX_URL_LENGTH} characters")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise InputError("invalid_callback_url", f"the callback URL cannot be parsed: {exc}") from exc
+        raise InputError("callback_url_invalid", f"the callback URL cannot be parsed: {exc}") from exc
     scheme = parts.scheme.lower()
     allowed = ("https", "http") if policy.allow_http else ("https",)
     if scheme not in allowed:
-        raise InputError("invalid_callback_url", f"expected a callback URL with scheme {' or '.join(allowed)}, got {scheme or 'none'!r}")
+        raise InputError("callback_url_invalid", f"expected a callback URL with scheme {' or '.join(allowed)}, got {scheme or 'none'!r}")
     host = parts.hostname
     if not host or parts.username is not None or parts.password is not None:
-        raise InputError("invalid_callback_url", "expected a callback URL with a host and no user name or password")
+        raise InputError("callback_url_invalid", "expected a callback URL with a host and no user name or password")
     port = port or (443 if scheme == "https" else 80)
     try:
         addresses = resolve(host, port)

@@ -212,7 +212,7 @@ class JobStore:
     def new_upload_path(self, suffix: str = "") -> Path:
         """A fresh path to receive an upload on the same file system, so `create` can move it in."""
         if not _SUFFIX.fullmatch(suffix):
-            raise InputError("invalid_suffix", f"expected a file suffix like '.mp4', got {suffix!r}")
+            raise InputError("suffix_invalid", f"expected a file suffix like '.mp4', got {suffix!r}")
         return self.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
 
     def open_result(self, job_id: str, name: str) -> Any:
@@ -252,14 +252,14 @@ class JobStore:
         Raises ``too_many_jobs`` (429, ``details["retry_after"]`` seconds) when full.
         """
         if not kind or not isinstance(kind, str):
-            raise InputError("invalid_kind", f"expected a job kind such as 'video', got {kind!r}")
+            raise InputError("job_kind_invalid", f"expected a job kind such as 'video', got {kind!r}")
         if fingerprint is not None:
             options = {**(options or {}), FINGERPRINT_OPTION: str(fingerprint)}
         options_json = _options_json(options)
         if idempotency_key is not None and not (isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= 255):
-            raise InputError("invalid_idempotency_key", f"expected 1 to 255 characters, got {idempotency_key!r}")
+            raise InputError("idempotency_key_invalid", f"expected 1 to 255 characters, got {idempotency_key!r}")
         if callback_url is not None and not re.match(r"https?://[^\s/]+", str(callback_url)):
-            raise InputError("invalid_callback_url", f"expected an http(s) URL, got {callback_url!r}")
+            raise InputError("callback_url_invalid", f"expected an http(s) URL, got {callback_url!r}")
         if move_input and input_file is None:
             raise ValueError("move_input needs an input_file")
         if not isinstance(client, str) or not client:
@@ -332,11 +332,11 @@ class JobStore:
     ) -> tuple[list[Job], int]:
         """A page of jobs, newest first, and the total count (of that state and client, if given)."""
         if not (isinstance(offset, int) and 0 <= offset <= MAX_OFFSET):
-            raise InputError("invalid_paging", f"expected 0 <= offset <= {MAX_OFFSET}, got {offset!r}")
+            raise InputError("paging_invalid", f"expected 0 <= offset <= {MAX_OFFSET}, got {offset!r}")
         if not (isinstance(limit, int) and 1 <= limit <= 1000):
-            raise InputError("invalid_paging", f"expected 1 <= limit <= 1000, got {limit!r}")
+            raise InputError("paging_invalid", f"expected 1 <= limit <= 1000, got {limit!r}")
         if state is not None and state not in JOB_STATES:
-            raise InputError("invalid_state", f"expected one of {', '.join(JOB_STATES)}, got {state!r}")
+            raise InputError("state_invalid", f"expected one of {', '.join(JOB_STATES)}, got {state!r}")
         conditions, args = [], []
         if state:
             conditions.append("state = ?")
@@ -806,7 +806,7 @@ def _options_json(options: Mapping[str, Any] | None) -> str:
     try:
         return json.dumps(dict(options or {}), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise InputError("invalid_options", f"expected JSON-serialisable options, got {exc}") from exc
+        raise InputError("job_options_invalid", f"expected JSON-serialisable options, got {exc}") from exc
 
 
 def _discard(input_file: Path | None, moved: bool) -> None:

@@ -203,7 +203,7 @@ class VideoLoop:
             on_start(total)
         state = dict(resume) if resume is not None else None
         if state is not None and (state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION):
-            raise PoseError("bad_checkpoint", f"expected a {STATE_FORMAT} v{STATE_VERSION} checkpoint", status=500)
+            raise PoseError("job_checkpoint_invalid", f"expected a {STATE_FORMAT} v{STATE_VERSION} checkpoint", status=500)
         resumed_from = int(state["next_frame"]) if state is not None else 0
         if state is not None:
             logger.info("resuming %s at frame %d (chunk %d)", Path(path).name, resumed_from, int(state["chunks"]))

@@ -59,7 +59,7 @@ def test_public_https_url_is_checked_and_pinned():
 def test_malformed_or_plain_urls_are_refused(url):
     with pytest.raises(InputError) as info:
         check_url(url, CallbackPolicy(), fixed("93.184.215.14"))
-    assert info.value.code == "invalid_callback_url"
+    assert info.value.code == "callback_url_invalid"
 
 
 def test_numeric_host_forms_resolve_to_what_they_mean():

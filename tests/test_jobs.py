@@ -94,13 +94,13 @@ def test_referenced_input_is_not_moved(store, tmp_path):
 def test_bad_create_arguments(store):
     with pytest.raises(InputError) as excinfo:
         store.create(options={"x": float("nan")})
-    assert _code(excinfo) == "invalid_options"
+    assert _code(excinfo) == "job_options_invalid"
     with pytest.raises(InputError) as excinfo:
         store.create(callback_url="file:///etc/passwd")
-    assert _code(excinfo) == "invalid_callback_url"
+    assert _code(excinfo) == "callback_url_invalid"
     with pytest.raises(InputError) as excinfo:
         store.new_upload_path("/../x")
-    assert _code(excinfo) == "invalid_suffix"
+    assert _code(excinfo) == "suffix_invalid"
 
 
 @pytest.mark.parametrize("bad", ["nope", "../" + "0" * 29, "A" * 32, ""])

@@ -3,7 +3,10 @@
 - the web page in a real browser (see `browser_helpers`): no key is asked for, the overlay video
   plays straight from its URL and seeks with byte ranges, downloads are plain links;
 - load shedding: with a tight bound on the expected wait of image requests, a burst is answered
-  at once with 503 ``overloaded`` and ``Retry-After`` instead of queueing.
+  at once with 503 ``overloaded`` and ``Retry-After`` instead of queueing;
+- the disk budget: an upload that would take the data folder past ``jobs.max_disk_bytes`` is
+  answered 507 ``storage_full`` with ``Retry-After`` before it writes past it, declared or
+  streamed, and leaves nothing on disk; smaller ones are still accepted.
 """
 
 from __future__ import annotations
@@ -21,16 +24,24 @@ from serve_helpers import serve_tiny  # noqa: E402
 from videos import crossing_video, write_video  # noqa: E402
 
 MAX_WAIT_S = 0.01
+DISK_BUDGET = 48 * 2**20  # far above what the page's jobs write, far below one big upload
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("open-service")
+
+
+@pytest.fixture(scope="module")
+def service(base: Path) -> Iterator[str]:
     from configs.tiny import tiny_roots
 
-    base = tmp_path_factory.mktemp("open-service")
     tiny_roots(base / "tiny")
     # a bound far below one image's time: any request that finds another in flight is shed
-    with serve_tiny(base / "tiny", data_dir=str(base / "data"), limits={"max_image_wait_s": MAX_WAIT_S}) as url:
+    with serve_tiny(
+        base / "tiny", data_dir=str(base / "data"), limits={"max_image_wait_s": MAX_WAIT_S},
+        jobs={"max_disk_bytes": DISK_BUDGET},
+    ) as url:
         yield url
 
 
@@ -123,3 +134,31 @@ def test_a_burst_past_the_bound_is_shed_at_once_with_retry_after(service):
     with httpx.Client(base_url=service, timeout=60) as client:
         after = client.get("/v1/info").json()["load"]["images"]
     assert after["shed"] - before["shed"] == len(shed) and after["in_flight"] == 0
+
+
+def test_uploads_past_the_disk_budget_are_refused_before_they_are_written(service, base, tmp_path: Path):
+    uploads = base / "data" / "uploads"
+    big = DISK_BUDGET + 2**20
+    raw = {"content-type": "video/mp4"}
+
+    def streamed() -> Iterator[bytes]:  # no Content-Length: refused as the bytes arrive
+        block = b"\0" * 2**20
+        for _ in range(big // len(block)):
+            yield block
+
+    with httpx.Client(base_url=service, timeout=120) as client:
+        disk = client.get("/v1/info").json()["videos"]["disk"]
+        assert disk["max_bytes"] == DISK_BUDGET and 0 < disk["room_bytes"] < DISK_BUDGET
+        for body in (b"\0" * big, streamed()):
+            resp = client.post("/v1/videos", content=body, headers=raw)
+            assert resp.status_code == 507, resp.text
+            error = resp.json()["error"]
+            assert error["code"] == "storage_full" and error["details"]["max_bytes"] == DISK_BUDGET
+            assert error["details"]["room_bytes"] < big
+            assert resp.headers["retry-after"] == str(error["details"]["retry_after"])
+            assert list(uploads.iterdir()) == [], "a refused upload left its bytes on disk"
+        clip = crossing_video(tmp_path / "fits.mp4")
+        accepted = client.post("/v1/videos", content=clip.read_bytes(), headers=raw)
+        assert accepted.status_code == 202, accepted.text
+        after = client.get("/v1/info").json()["videos"]["disk"]
+        assert after["used_bytes"] >= disk["used_bytes"] + clip.stat().st_size

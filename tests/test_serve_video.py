@@ -335,8 +335,8 @@ def test_idempotency_key_with_another_video_is_refused(client, clips, app_args):
 
 def test_refused_uploads_leave_nothing_on_disk(client, clips, app_args):
     uploads = Path(app_args["data_dir"]) / "uploads"
-    assert_error(upload(client, clips["one"], callback_url="ftp://example.org/hook"), 400, "invalid_callback_url")
-    assert_error(upload(client, clips["one"], headers={"Idempotency-Key": "k" * 300}), 400, "invalid_idempotency_key")
+    assert_error(upload(client, clips["one"], callback_url="ftp://example.org/hook"), 400, "callback_url_invalid")
+    assert_error(upload(client, clips["one"], headers={"Idempotency-Key": "k" * 300}), 400, "idempotency_key_invalid")
     assert_error(upload(client, clips["truncated"]), 400, "video_corrupt")
     assert list(uploads.iterdir()) == []
 
@@ -566,11 +566,65 @@ def test_callback_is_called_when_the_job_ends(client, clips):
         ("http://10.0.0.7/hook", "callback_url_forbidden"),
         ("http://127.0.0.53:8265/api/jobs/", "callback_url_forbidden"),  # the Ray dashboard port, loopback not allowed
         ("http://[::ffff:127.0.0.2]/hook", "callback_url_forbidden"),
-        ("file:///etc/passwd", "invalid_callback_url"),
+        ("file:///etc/passwd", "callback_url_invalid"),
     ],
 )
 def test_callbacks_cannot_reach_inside(client, clips, url, code):
     assert_error(upload(client, clips["one"], callback_url=url), 400, code)
+
+
+# -- the whole API under a fuzzer ----------------------------------------------------------------
+
+
+def test_schemathesis_finds_no_server_error_and_nothing_undocumented(client, clips, service, tmp_path):
+    """Schemathesis, its CLI as a user runs it, over every operation of ``/openapi.json`` with
+    every phase (examples, coverage, fuzzing, stateful links), as the admin: no 5xx, no status,
+    header, content type or body the document does not declare (error bodies carry a code of
+    the table), methods the document does not name answered 405 with ``Allow``, and calls
+    without the key refused. Job ids and media paths are drawn sometimes from real ones (a
+    succeeded job with an overlay, files in the media folder and a link out of it), so that the job routes are reached beyond their 404.
+
+    ``positive_data_acceptance`` is left out: a schema cannot tell a video from other bytes, so
+    a schema-valid upload of random bytes is rightly refused."""
+    import shutil
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    st = shutil.which("st", path=str(Path(sys.executable).parent))
+    assert st is not None, "schemathesis is a test dependency: its st command is missing"
+    done = run_job(client, clips["one"], render="true")
+    assert done["state"] == "succeeded", done
+    media = sorted(p.name for p in clips["media"].iterdir() if p.suffix == ".mp4" and p.name != "crossing.mp4")
+    assert "link.mp4" in media and "one.mp4" in media
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        "[dictionaries.jobs]\n"
+        f"values = {json.dumps([done['id']])}\n"
+        "[dictionaries.media]\n"
+        f"values = {json.dumps(media)}\n"
+        "[parameters]\n"
+        '"path.job_id" = { dictionary = "jobs", probability = 0.6 }\n'
+        '"body.video_path" = { dictionary = "media", probability = 0.5 }\n'
+    )
+    operations = {
+        f"{method.upper()} {path}" for path, item in client.get("/openapi.json").json()["paths"].items() for method in item
+        if method in ("get", "put", "post", "delete", "patch")
+    }
+    junit = tmp_path / "schemathesis.xml"
+    run = subprocess.run(
+        [st, "--config-file", str(config), "run", f"{service}/openapi.json",
+         "--header", f"Authorization: Bearer {KEYS['ops']}", "--checks", "all",
+         "--exclude-checks", "positive_data_acceptance", "--max-examples", "12", "--seed", "20261204",
+         "--request-timeout", "150", "--workers", "2", "--generation-database", "none",
+         "--report", "junit", "--report-junit-path", str(junit)],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
+    suite = ET.parse(junit).getroot()
+    cases = suite.findall(".//testcase")
+    assert {c.get("name") for c in cases} == operations | {"Stateful tests"}, "every operation, then the links between them"
+    assert [c.get("name") for c in cases if c.find("failure") is not None or c.find("error") is not None] == []
 
 
 @pytest.fixture(scope="module")

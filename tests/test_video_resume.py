@@ -220,4 +220,4 @@ def test_persistent_stage_failure_fails_after_the_bounded_wait(runner, clip, tmp
 def test_a_checkpoint_of_another_format_is_refused(runner, clip, tmp_path):
     with pytest.raises(PoseError) as err:
         _loop(runner).run(clip, tmp_path / "work", resume={"format": "something-else", "version": 1})
-    assert err.value.code == "bad_checkpoint"
+    assert err.value.code == "job_checkpoint_invalid"

@@ -43,7 +43,7 @@ def test_a_failure_is_recorded_after_the_store_comes_back(tmp_path):
     store, job = _running_job(tmp_path, lease_s=30.0)
     faltering = FalteringStore(store, failures=2)
     worker = SimpleNamespace(store=faltering, settings=JobSettings(data_dir=str(tmp_path / "data"), lease_s=30.0))
-    WORKER._record_failure(worker, job.id, job.attempts, PoseError("video_corrupt", "bad frames", status=422))
+    WORKER._record_failure(worker, job.id, job.attempts, PoseError("video_corrupt", "bad frames"))
     got = store.get(job.id)
     assert faltering.calls == 3
     assert (got.state, got.error.code) == ("failed", "video_corrupt")
@@ -55,7 +55,7 @@ def test_a_failure_that_cannot_be_recorded_leaves_the_job_to_its_lease(tmp_path)
     faltering = FalteringStore(store, failures=10**6)
     worker = SimpleNamespace(store=faltering, settings=JobSettings(data_dir=str(tmp_path / "data"), lease_s=1.5))
     started = time.monotonic()
-    WORKER._record_failure(worker, job.id, job.attempts, PoseError("video_corrupt", "bad frames", status=422))
+    WORKER._record_failure(worker, job.id, job.attempts, PoseError("video_corrupt", "bad frames"))
     assert time.monotonic() - started <= 1.5 + 0.5  # bounded by one lease
     assert faltering.calls >= 2 and store.get(job.id).state == "running"
     time.sleep(max(0.0, store.get(job.id).lease_until - time.time()) + 0.1)

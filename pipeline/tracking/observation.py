@@ -195,7 +195,7 @@ def check_image_size(image_size: tuple[int, int]) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in image_size)
     except (TypeError, ValueError):
-        raise InputError("bad_image_size", f"expected image_size as (height, width), got {image_size!r}") from None
+        raise InputError("image_size_invalid", f"expected image_size as (height, width), got {image_size!r}") from None
     if h <= 0 or w <= 0:
-        raise InputError("bad_image_size", f"expected a positive (height, width), got {(h, w)}")
+        raise InputError("image_size_invalid", f"expected a positive (height, width), got {(h, w)}")
     return h, w

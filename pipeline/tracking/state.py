@@ -58,4 +58,4 @@ def load_state(source: str | os.PathLike[str] | bytes) -> dict[str, Any]:
             meta = json.loads(bytes(data["__meta__"]).decode())
             return _join(meta, data)
     except (OSError, ValueError, KeyError) as exc:
-        raise InputError("bad_tracker_state", f"not a tracker state file: {exc}") from exc
+        raise InputError("tracker_state_invalid", f"not a tracker state file: {exc}") from exc

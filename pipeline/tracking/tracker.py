@@ -234,7 +234,7 @@ class Tracker:
         dropped: dict[int, str] = {}
         for i, person in enumerate(people):
             if not isinstance(person, PersonObservation):
-                raise InputError("bad_person", f"expected PersonObservation items, got {type(person).__name__}")
+                raise InputError("person_invalid", f"expected PersonObservation items, got {type(person).__name__}")
             reason = check_person(person, cfg.uv_size)
             if reason is None:
                 x1, y1, x2, y2 = (float(v) for v in np.asarray(person.bbox, dtype=np.float64))
@@ -392,21 +392,21 @@ class Tracker:
         """Restore a `state_dict` (the config it was taken with must match this tracker's)."""
         if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
             raise InputError(
-                "bad_tracker_state",
+                "tracker_state_invalid",
                 f"expected tracker state {STATE_FORMAT} v{STATE_VERSION}, got {state.get('format')} v{state.get('version')}",
             )
         ours = dataclasses.asdict(self.config)
         theirs = state.get("config", {})
         diff = sorted(k for k in ours if k in theirs and _plain(theirs[k]) != _plain(ours[k]))
         if diff:
-            raise InputError("bad_tracker_state", f"tracker state was taken with another config: differs in {diff}")
+            raise InputError("tracker_state_invalid", f"tracker state was taken with another config: differs in {diff}")
         try:
             tracks = [_track_from_dict(d) for d in state["tracks"]]
             self.next_id = int(state["next_id"])
             self.last_frame = None if state["last_frame"] is None else int(state["last_frame"])
             self.tracked_frames = deque((int(f) for f in state["tracked_frames"]), maxlen=max(1, self.config.n_init))
         except (KeyError, TypeError, ValueError) as exc:
-            raise InputError("bad_tracker_state", f"tracker state is incomplete or malformed: {exc!r}") from exc
+            raise InputError("tracker_state_invalid", f"tracker state is incomplete or malformed: {exc!r}") from exc
         self.tracks = tracks
 
 

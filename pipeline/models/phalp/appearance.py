@@ -89,7 +89,7 @@ class AppearanceModel:
         """
         image = np.asarray(image_bgr)
         if image.ndim != 3 or image.shape[2] != 3:
-            raise InputError("bad_image", f"expected an (H, W, 3) BGR image, got shape {image.shape}")
+            raise InputError("image_shape", f"expected an (H, W, 3) BGR image, got shape {image.shape}")
         n = len(crop_centers)
         u = self.sampler.tex_fmap.shape[0]
         if n == 0:
