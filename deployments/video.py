@@ -272,6 +272,7 @@ class VideoPipeline:
         self._wake = asyncio.Event()
         self._last_purge = 0.0
         self._loop_beat = time.monotonic()
+        self._stopping = False  # set when Serve stops the replica: the loop claims nothing more
         self._loop_task = asyncio.get_running_loop().create_task(self._worker())
 
     # -- called by the Ingress -------------------------------------------------------------
@@ -325,6 +326,7 @@ class VideoPipeline:
         """Serve stops this replica (scale-down, redeploy): hand its jobs back to the queue at
         once, so another worker resumes them from their checkpoints instead of waiting for the
         lease to run out; their threads stop at their next write (the token is then stale)."""
+        self._stopping = True
         store = getattr(self, "store", None)
         for job_id, token in list(getattr(self, "_tokens", {}).items()):
             with contextlib.suppress(Exception):
@@ -359,7 +361,7 @@ class VideoPipeline:
             raise RuntimeError(f"the video worker loop has not gone round for {stalled:.0f} s (limit {limit:.0f} s)")
 
     async def _worker(self) -> None:
-        while True:
+        while not self._stopping:
             self._loop_beat = time.monotonic()
             try:
                 if self.store is None:
@@ -376,6 +378,8 @@ class VideoPipeline:
                     if purged:
                         logger.info("retention: deleted %d finished jobs", len(purged))
             except Exception:  # the loop must outlive a failing store call (disk full, locked)
+                if self._stopping:  # the replica's executor is already shut down: nothing to retry
+                    return
                 logger.exception("video worker: claiming jobs failed; retrying")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
