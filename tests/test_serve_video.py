@@ -612,11 +612,14 @@ def test_schemathesis_finds_no_server_error_and_nothing_undocumented(client, cli
         if method in ("get", "put", "post", "delete", "patch")
     }
     junit = tmp_path / "schemathesis.xml"
+    # One worker thread: Hypothesis describes filter lambdas with ``ast.parse``, and on CPython
+    # before 3.12 two threads parsing at once can fail with "SystemError: AST constructor
+    # recursion depth mismatch" (python/cpython#106905), an error of the fuzzer, not of the API.
     run = subprocess.run(
         [st, "--config-file", str(config), "run", f"{service}/openapi.json",
          "--header", f"Authorization: Bearer {KEYS['ops']}", "--checks", "all",
          "--exclude-checks", "positive_data_acceptance", "--max-examples", "12", "--seed", "20261204",
-         "--request-timeout", "150", "--workers", "2", "--generation-database", "none",
+         "--request-timeout", "150", "--workers", "1", "--generation-database", "none",
          "--report", "junit", "--report-junit-path", str(junit)],
         capture_output=True, text=True, timeout=900, cwd=tmp_path,
     )
