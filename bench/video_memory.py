@@ -4,11 +4,14 @@ A long synthetic clip (3 drawn people a frame) goes through the real application
 poll, streamed result download. The resident memory (VmRSS) of the video worker replica and of
 the Ingress replica is read at every poll (twice a second); the table shows, per ``--every``
 frames, the mean and the max of the readings, and the slope of a least-squares line through all
-of them (MiB per 1,000 frames), with and without ``vertices=true``. Then ``--short-jobs`` short jobs run one after another and the worker's memory
-before and after is printed (per-job state must be released when a job ends).
+of them (MiB per 1,000 frames), with and without ``vertices=true``. One short job runs first
+(``--warmup-jobs``): a replica's first job grows it once (lazy imports, allocator arenas), which
+is not growth in video length. Then ``--short-jobs`` short jobs run one after another and the
+worker's memory before and after is printed (per-job state must be released when a job ends).
 
     python bench/video_memory.py                        # 3,000 frames, 360x640
     python bench/video_memory.py --frames 6000 --every 1000 --short-jobs 60
+    python bench/video_memory.py --vertices false --short-jobs 0
 
 Linux only (reads /proc). Every process runs torch with one thread (``OMP_NUM_THREADS=1``).
 """
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -118,6 +122,15 @@ def run_long(client, clip: bytes, every: int, vertices: bool) -> tuple[list[tupl
     return samples, peak_ingress, time.perf_counter() - start
 
 
+def run_short(client: Any, clip: bytes) -> None:
+    """Upload a short clip and wait for its job to end."""
+    resp = client.post("/v1/videos", files={"video": ("short.mp4", clip, "video/mp4")})
+    resp.raise_for_status()
+    job_id = resp.json()["id"]
+    while client.get(f"/v1/jobs/{job_id}").json()["state"] in ("queued", "running"):
+        time.sleep(0.2)
+
+
 def windows(samples: list[tuple[int, float, float]], every: int) -> list[tuple[int, float, float, float, float]]:
     """Per ``every`` frames: the last frame count, worker mean and max, Ingress mean and max.
 
@@ -140,6 +153,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=[360, 640], metavar=("H", "W"))
     parser.add_argument("--short-jobs", type=int, default=60)
     parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--vertices", choices=["false", "true", "both"], default="both",
+                        help="run the long video without vertices, with them, or both (default)")
+    parser.add_argument("--warmup-jobs", type=int, default=1,
+                        help="short jobs run before the long ones: a replica's first job pays one-time growth "
+                        "(lazy imports, allocator arenas, caches) that is not growth in video length")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -167,8 +185,11 @@ def main() -> None:
         serve.run(build_app(app_args), name="pose", route_prefix="/",
                   logging_config=LoggingConfig(log_level="WARNING", enable_access_log=False))
         with httpx.Client(base_url="http://127.0.0.1:8767", timeout=600) as client:
+            for _ in range(args.warmup_jobs):
+                run_short(client, short)
             rows = []
-            for vertices in (False, True):
+            modes = {"false": (False,), "true": (True,), "both": (False, True)}[args.vertices]
+            for vertices in modes:
                 samples, streamed_peak, seconds = run_long(client, clip, args.every, vertices)
                 frames = [s[0] for s in samples]
                 flag = str(vertices).lower()
@@ -191,11 +212,7 @@ def main() -> None:
                 before = rss_mib(worker)
                 marks = []
                 for i in range(args.short_jobs):
-                    resp = client.post("/v1/videos", files={"video": ("short.mp4", short, "video/mp4")})
-                    resp.raise_for_status()
-                    job_id = resp.json()["id"]
-                    while client.get(f"/v1/jobs/{job_id}").json()["state"] in ("queued", "running"):
-                        time.sleep(0.2)
+                    run_short(client, short)
                     if (i + 1) % max(1, args.short_jobs // 4) == 0:
                         marks.append((i + 1, f"{rss_mib(worker):.0f}"))
                 print()
