@@ -14,7 +14,8 @@ deviation), so the service's bfloat16 setting is not proven on these models.
 
 CPUs without bf16/fp16 instructions (AVX2 only) run half matmuls ~200x and convolutions ~85x
 slower than float32; to stay near a minute the detector runs at the tiny profile's test-time
-size, and the whole tracking scenario runs only on CUDA or when ``POSE_PRECISION_SCENARIO=1``.
+size (with the configured 1000 proposals, held at the float32 run's: see `_person_detections`),
+and the whole tracking scenario runs only on CUDA or when ``POSE_PRECISION_SCENARIO=1``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from phalp_golden import golden_config, golden_scenario
 HALF = [pytest.param(torch.bfloat16, id="bfloat16"), pytest.param(torch.float16, id="float16")]
 # bfloat16 (8 mantissa bits) misses the tolerances on the golden models; measured on the golden
 # inputs, kept as strict xfails so that a change that meets them is noticed.
-_BF16_VITDET = "bfloat16 moves person boxes to IoU 0.968 with float32 (tolerance 0.99)"
+_BF16_VITDET = "bfloat16 loses 2 of 52 person boxes of golden image 1 and moves others below IoU 0.99 with float32"
 _BF16_HMR2 = "bfloat16 in the ViT backbone moves vertices by 15 mm (tolerance 5 mm), even with head and SMPL in float32"
 VITDET_HALF = [pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.xfail(reason=_BF16_VITDET, strict=True)), HALF[1]]
 HMR2_HALF = [pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.xfail(reason=_BF16_HMR2, strict=True)), HALF[1]]
@@ -72,37 +73,55 @@ def vitdet(golden):
     summary = json.loads((folder / "expected_summary.json").read_text())
     images = [cv2.imread(str(folder / im["image_file"]), cv2.IMREAD_COLOR) for im in summary["images"]]
     assert images and all(im is not None for im in images), "no readable images in expected_summary.json"
-    fast = tiny_detector_settings()
-    predictor = VitDetPredictor.from_checkpoint(
-        folder / pkl, device=str(_device()), input_size=fast.input_size, post_nms_topk=fast.post_nms_topk
-    )
-    return predictor, images, _person_boxes(predictor, images, torch.float32)
+    # The tiny profile's test-time size keeps half precision near a minute on AVX2-only CPUs;
+    # the proposal count stays the configured one, so every box the cascade can give is compared.
+    predictor = VitDetPredictor.from_checkpoint(folder / pkl, device=str(_device()), input_size=tiny_detector_settings().input_size)
+    reference = [_person_detections(predictor, image, torch.float32) for image in images]
+    return predictor, images, reference
 
 
-def _person_boxes(predictor, images, dtype: torch.dtype) -> list[np.ndarray]:
-    predictor.dtype = dtype  # see the module docstring: the GPU's compute dtype, on any device
-    try:
-        return [d.boxes[d.classes == 0] for d in predictor.detect_raw(images)]
-    finally:
-        predictor.dtype = torch.float32
+def _person_detections(predictor, image: np.ndarray, dtype: torch.dtype, proposals=None):
+    """Person boxes and scores of one image (original frame) and the RPN proposals used.
+
+    With ``proposals`` given the RPN's choice is skipped: its top-k cut ranks proposals whose
+    objectness logits can lie closer than half precision's noise (in the golden image 1 at the
+    512 px size, proposal 98 of the first 100 is 8e-4 above the 100th), so which proposals enter
+    the cascade is a coin toss that says nothing about the boxes' precision. Backbone and
+    cascade still run in ``dtype``: ROIAlign reads the half-precision features.
+    """
+    from pipeline.models.vitdet.predictor import postprocess
+
+    with torch.inference_mode():
+        batch, sizes = predictor.preprocess([image])
+        with contextlib.ExitStack() as stack:
+            if dtype != torch.float32:  # the GPU's compute dtype, under CPU autocast on a CPU
+                stack.enter_context(torch.autocast(device_type=predictor.device.type, dtype=dtype))
+            features = predictor.model.backbone(batch)
+            if proposals is None:
+                proposals = predictor.model.proposal_generator(features, sizes)[0][0]
+            raw = predictor.model.roi_heads(features, [proposals], sizes, score_thresh=predictor.stage_score_thresh, masks=False)[0]
+    det = postprocess(raw, image.shape[:2], sizes[0], masks=False)
+    person = det.classes == 0
+    return det.boxes[person], det.scores[person], proposals
 
 
 @pytest.mark.parametrize("dtype", VITDET_HALF)
 def test_vitdet_half_boxes(vitdet, dtype):
     predictor, images, reference = vitdet
-    half = _person_boxes(predictor, images, dtype)
-    worst, seen = 1.0, 0
-    for i, (ref, ours) in enumerate(zip(reference, half)):
-        assert len(ours) == len(ref), f"image {i}: {len(ours)} person boxes in {dtype}, {len(ref)} in float32"
-        if len(ref) == 0:
+    worst, seen, score_diff = 1.0, 0, 0.0
+    for i, (image, (ref_boxes, ref_scores, proposals)) in enumerate(zip(images, reference)):
+        boxes, scores, _ = _person_detections(predictor, image, dtype, proposals)
+        assert len(boxes) == len(ref_boxes), f"image {i}: {len(boxes)} person boxes in {dtype}, {len(ref_boxes)} in float32"
+        if len(ref_boxes) == 0:
             continue
-        iou = box_iou(ref, ours)
+        iou = box_iou(ref_boxes, boxes)
         best = iou.argmax(1)
         assert len(set(best.tolist())) == len(best), f"image {i}: two float32 boxes matched one {dtype} box"
-        worst = min(worst, float(iou[np.arange(len(ref)), best].min()))
-        seen += len(ref)
+        worst = min(worst, float(iou[np.arange(len(ref_boxes)), best].min()))
+        score_diff = max(score_diff, float(np.abs(scores[best] - ref_scores).max()))
+        seen += len(ref_boxes)
     assert seen > 0, "the golden images gave no person boxes"
-    print(f"ViTDet {dtype}: min IoU {worst:.4f} over {seen} boxes")
+    print(f"ViTDet {dtype}: min IoU {worst:.4f} over {seen} boxes, max score change {score_diff:.4f}")
     assert worst >= IOU_MIN, f"{dtype}: min box IoU {worst:.4f} < {IOU_MIN}"
 
 

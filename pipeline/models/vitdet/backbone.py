@@ -2,8 +2,8 @@
 
 Tokens stay channels-last, (B, H, W, C), inside the trunk as in the original; the pyramid
 works on NCHW. Attention goes through ``scaled_dot_product_attention`` with the decomposed
-relative-position terms passed as an additive mask, so fused kernels are used where the
-device has them.
+relative-position terms folded into the query and key features (see `VitDetAttention`), so
+fused kernels are used where the device has them and no (HW, HW) bias is ever built.
 """
 
 from __future__ import annotations
@@ -77,22 +77,45 @@ class VitDetAttention(nn.Module):
         self.rel_pos_w = nn.Parameter(torch.zeros(rel_span, head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, H, W, C) tokens of one window (or the whole grid) -> same shape."""
+        """x: (B, H, W, C) tokens of one window (or the whole grid) -> same shape.
+
+        The logit of query (i, j) for key (k, l) is ``q·k / sqrt(d) + q·Rh[i, k] + q·Rw[j, l]``
+        (the original adds the relative terms with the *unscaled* query). Written out as a
+        (HW, HW) bias per head, that is 1 GiB of float32 per image for each global block of
+        ViT-H, built and read at every forward. Instead the relative terms become extra
+        features: the query gets its H + W relative logits appended, each key a one-hot of its
+        row and of its column, so one dot product gives the whole logit inside the fused
+        attention kernel. Same sum, different rounding order only.
+        """
         b, h, w, c = x.shape
         heads = self.num_heads
-        qkv = self.qkv(x).reshape(b, h * w, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, HW, head_dim)
-        # The original adds q·R with the *unscaled* query on top of the scaled q·k logits;
-        # SDPA applies its own 1/sqrt(head_dim) to q·k only, so the bias is exactly that term.
-        rq = q.reshape(b, heads, h, w, -1)
+        d = c // heads
+        qkv = self.qkv(x).reshape(b, h * w, 3, heads, d).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, HW, d)
+        rq = q.reshape(b, heads, h, w, d)
         rh = _relative_table(h, self.rel_pos_h).to(q.dtype)  # (H, H_k, d)
         rw = _relative_table(w, self.rel_pos_w).to(q.dtype)  # (W, W_k, d)
-        bias_h = torch.einsum("bnhwd,hkd->bnhwk", rq, rh)
-        bias_w = torch.einsum("bnhwd,wkd->bnhwk", rq, rw)
-        bias = (bias_h[..., :, None] + bias_w[..., None, :]).reshape(b, heads, h * w, h * w)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        rel_h = torch.einsum("bnhwd,hkd->bnhwk", rq, rh).reshape(b, heads, h * w, h)
+        rel_w = torch.einsum("bnhwd,wkd->bnhwk", rq, rw).reshape(b, heads, h * w, w)
+        # Fused kernels want one head size for q, k and v, a multiple of 8 on GPUs.
+        width = -(-(d + h + w) // 8) * 8
+        pad = width - d - h - w
+        keys = _key_positions(h, w, pad, q)
+        q = torch.cat([q * d**-0.5, rel_h, rel_w, q.new_zeros(b, heads, h * w, pad)], dim=-1)
+        k = torch.cat([k, keys.expand(b, heads, -1, -1)], dim=-1)
+        v = F.pad(v, (0, width - d))
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., :d]
         out = out.transpose(1, 2).reshape(b, h, w, c)
         return self.proj(out)
+
+
+def _key_positions(h: int, w: int, pad: int, like: torch.Tensor) -> torch.Tensor:
+    """(HW, H + W + pad) features of each key: one-hot of its row, one-hot of its column, zeros."""
+    rows = torch.arange(h, device=like.device).repeat_interleave(w)
+    cols = torch.arange(w, device=like.device).repeat(h)
+    eye_h = torch.eye(h, dtype=like.dtype, device=like.device)
+    eye_w = torch.eye(w, dtype=like.dtype, device=like.device)
+    return torch.cat([eye_h[rows], eye_w[cols], like.new_zeros(h * w, pad)], dim=-1)
 
 
 class VitDetMlp(nn.Module):
