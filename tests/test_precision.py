@@ -90,12 +90,12 @@ def _person_detections(predictor, image: np.ndarray, dtype: torch.dtype, proposa
     cascade still run in ``dtype``: ROIAlign reads the half-precision features.
     """
     from pipeline.models.vitdet.predictor import postprocess
+    from pipeline.runtime import autocast
 
     with torch.inference_mode():
         batch, sizes = predictor.preprocess([image])
-        with contextlib.ExitStack() as stack:
-            if dtype != torch.float32:  # the GPU's compute dtype, under CPU autocast on a CPU
-                stack.enter_context(torch.autocast(device_type=predictor.device.type, dtype=dtype))
+        # The predictor's own autocast, with the GPU's compute dtype on any device.
+        with autocast(predictor.device, dtype):
             features = predictor.model.backbone(batch)
             if proposals is None:
                 proposals = predictor.model.proposal_generator(features, sizes)[0][0]
