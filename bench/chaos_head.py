@@ -84,11 +84,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     import httpx
-
     from cluster_helpers import CLUSTER_ENV, ingress_and_two_video_nodes
-    from configs.tiny import tiny_roots
     from serve_helpers import free_port
     from videos import crossing_video
+
+    from pipeline.tiny.cache import tiny_roots
 
     work = Path(tempfile.mkdtemp(prefix="chaos-head-"))
     tiny_roots(work / "tiny")

@@ -2,7 +2,7 @@
 
 A generated 1080p clip (``--frames`` frames, 60 by default) with 1, 5 and 20 people a frame runs
 
-1. in process (`pipeline.runner.VideoRunner`, no Ray), and
+1. in process (`pipeline.video.runner.VideoRunner`, no Ray), and
 2. through the served application (upload -> job -> poll -> result download),
 
 with the full-size architectures (ViTDet-H, HMR2.0b, PHALP). The table gives milliseconds per
@@ -39,8 +39,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -120,7 +118,7 @@ def run_inprocess(roots, clips: dict[int, Path], warmups: dict[int, Path], args)
     """Each clip through one `VideoRunner` per people count (the models loaded once)."""
     import torch
 
-    from pipeline.runner import VideoRunner
+    from pipeline.video.runner import VideoRunner
 
     rows, models = [], []
     first = min(clips)
@@ -259,7 +257,7 @@ def main() -> None:
     from pipeline.weights import CacheRoots
 
     if args.weights == "tiny":
-        from configs.tiny import tiny_roots
+        from pipeline.tiny.cache import tiny_roots
 
         roots = tiny_roots(root)
     else:

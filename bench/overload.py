@@ -86,8 +86,8 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from configs.tiny import tiny_roots
     from deployments.app import AppArgs, build_app
+    from pipeline.tiny.cache import tiny_roots
     from pipeline.tiny.vitdet import calibration_figure
 
     tmp = Path(tempfile.mkdtemp(prefix="overload-bench-"))

@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table  # noqa: E402
-from pipeline.render import OverlayRenderer, RenderConfig  # noqa: E402
+
+from pipeline.render.overlay import OverlayRenderer, RenderConfig  # noqa: E402
 from pipeline.tiny.hmr2 import write_tiny_hmr2  # noqa: E402
 from pipeline.weights import CacheRoots  # noqa: E402
 

@@ -36,8 +36,7 @@ def in_process_images_per_s(roots: Any, image: Any, n: int) -> float:
 
     from pipeline.models.hmr2.predictor import HMR2Predictor
     from pipeline.models.vitdet.predictor import VitDetPredictor
-
-    from configs.tiny import runner_settings
+    from pipeline.tiny.cache import runner_settings
 
     # the tiny profile's detector settings, as the served Detector runs them
     detector = VitDetPredictor.from_cache(roots, device="cpu", download=False, **runner_settings()["detector_options"])
@@ -98,8 +97,8 @@ def main() -> None:
     import torch
     from ray import serve
 
-    from configs.tiny import tiny_roots
     from deployments.app import AppArgs, build_app
+    from pipeline.tiny.cache import tiny_roots
     from pipeline.tiny.vitdet import calibration_figure
 
     torch.set_num_threads(1)

@@ -58,10 +58,10 @@ def main() -> None:
     import torch
 
     from pipeline.models.hmr2.predictor import HMR2Predictor
-    from pipeline.models.phalp.loading import load_appearance_and_tracking
     from pipeline.models.vitdet.predictor import Detections, paste_masks
     from pipeline.tiny import write_tiny_caches
-    from pipeline.video_loop import FrameModels, observations_for
+    from pipeline.tracking.loading import load_appearance_and_tracking
+    from pipeline.video.loop import FrameModels, observations_for
     from pipeline.weights import CacheRoots
 
     torch.set_num_threads(2)

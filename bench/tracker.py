@@ -25,10 +25,10 @@ import time
 import numpy as np
 import torch
 
-from pipeline.models.phalp.loading import tracker_models_from_cache
 from pipeline.models.phalp.encoder import PhalpAppearanceEncoder
 from pipeline.models.phalp.predictor import PhalpPosePredictor
 from pipeline.tracking import Tracker, TrackerModels
+from pipeline.tracking.loading import tracker_models_from_cache
 from pipeline.tracking.synthetic import sequence, walkers
 from pipeline.weights import CacheRoots
 

@@ -1,6 +1,6 @@
 """Videos end to end, in one run (tiny profile, local Ray):
 
-1. frames/s for the same clip in process (`pipeline.runner.VideoRunner`, no Ray) and through
+1. frames/s for the same clip in process (`pipeline.video.runner.VideoRunner`, no Ray) and through
    HTTP (upload -> job -> poll -> result), and the ratio: the serving overhead;
 2. total frames/s through HTTP with 1, 2 and 4 jobs submitted at once (``max_active`` = the
    largest concurrency, so they all run together and their crops share the regressor's batches).
@@ -89,9 +89,9 @@ def main() -> None:
     import torch
     from ray import serve
 
-    from configs.tiny import runner_settings, tiny_roots
     from deployments.app import AppArgs, build_app
-    from pipeline.runner import VideoRunner
+    from pipeline.tiny.cache import runner_settings, tiny_roots
+    from pipeline.video.runner import VideoRunner
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="video-bench-"))

@@ -167,8 +167,8 @@ def main() -> None:
     from ray import serve
     from ray.serve.schema import LoggingConfig
 
-    from configs.tiny import tiny_roots
     from deployments.app import AppArgs, build_app
+    from pipeline.tiny.cache import tiny_roots
 
     tmp = Path(tempfile.mkdtemp(prefix="video-memory-"))
     tiny_roots(tmp / "tiny")

@@ -81,12 +81,12 @@ def main() -> None:
 
     import httpx
     import ray
-    from ray import serve
-
     from cluster_helpers import CLUSTER_ENV, ingress_and_two_video_nodes
-    from configs.tiny import tiny_roots
+    from ray import serve
     from serve_helpers import free_port
     from videos import crossing_video
+
+    from pipeline.tiny.cache import tiny_roots
 
     work = Path(tempfile.mkdtemp(prefix="video-scale-"))
     tiny_roots(work / "tiny")

@@ -84,10 +84,6 @@ def full() -> Profile:
 
 def tiny() -> Profile:
     """Tiny random-weight models from the project's factory: the whole graph on a laptop CPU."""
-    # The tiny detector's weights are calibrated for its fast settings; they live beside its factory.
-    from pipeline.tiny.vitdet import tiny_detector_settings
-
-    fast = tiny_detector_settings()
     return Profile(
         name="tiny",
         score_thresh=0.5,
@@ -97,8 +93,10 @@ def tiny() -> Profile:
         limits=Limits(max_upload_bytes=32 * 2**20, max_pixels=40_000_000, max_people=64),
         gpu_fractions=Fractions(detector=0.1, regressor=0.1, tracker=0.05),
         cpu_fractions=Fractions(detector=0.25, regressor=0.25, tracker=0.1, ingress=0.1, video=0.1),
-        detector_input_size=fast.input_size,
-        detector_post_nms_topk=fast.post_nms_topk,
+        # Half the input side and a tenth of the proposals: several times faster on a CPU. The
+        # tiny detector's hand-set weights (pipeline/tiny/vitdet.py) are calibrated at both sizes.
+        detector_input_size=512,
+        detector_post_nms_topk=100,
         tiny_models=True,
         notes="random weights: proves the plumbing, never accuracy",
     )

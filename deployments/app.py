@@ -9,7 +9,7 @@ CPU-only machine and the graph would wait for resources forever.
 
 Exposure is decided here too: the HTTP proxy's listen address is asked of the running Serve
 instance, and an address other than loopback without a client key (or an explicit
-``auth: none``) refuses the deploy with one message (`pipeline.auth.check_exposure`).
+``auth: none``) refuses the deploy with one message (`service.auth.check_exposure`).
 """
 
 # No ``from __future__ import annotations`` here: Serve reads ``build_app``'s annotation at
@@ -24,15 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
 from configs.profiles import BatchSettings, Fractions, Limits, Profile, get_profile
-from pipeline.auth import KeySources, check_exposure, is_loopback
 from pipeline.errors import PoseError
+from service.auth import KeySources, check_exposure, is_loopback
+from service.settings import ApiSettings, JobSettings, ModelSettings, VideoApiSettings, VideoLimitArgs
 
-from .common import ModelSettings
+from .common import alive_nodes
 from .detector import Detector, DetectorSettings
-from .ingress import Ingress, IngressSettings
+from .ingress import Ingress
 from .regressor import MeshRegressor, RegressorSettings
-from .video import JobSettings, VideoLimitArgs, VideoPipeline, alive_nodes, tracker_available
-from .video_api import VideoApiSettings
+from .video import VideoPipeline, tracker_available
 
 logger = logging.getLogger(__name__)
 
@@ -407,7 +407,7 @@ def build_app(args: AppArgs) -> Application:
         "num_gpus": gpu.__dict__ if use_gpu else None,
         "tracker": bool(with_tracker),
     }
-    settings = IngressSettings(
+    settings = ApiSettings(
         profile=profile.name,
         max_upload_bytes=limits.max_upload_bytes,
         max_pixels=limits.max_pixels,

@@ -1,87 +1,21 @@
-"""What every model replica shares: where its weights are and which device it runs on."""
+"""What the deployments share: Ray's failures as stable error codes, the cluster's size, and
+what each replica reports of its start and its model files."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
-from pipeline.errors import CODES, PoseError, codes_by_status
+from pipeline.errors import PoseError
 from pipeline.weights import CacheRoots, WeightFile, locate, sha256_of
 
 logger = logging.getLogger(__name__)
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-class ModelSettings(BaseModel):
-    """Resolved by the application builder; sent to each model replica's constructor."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    profile: Literal["full", "tiny"]
-    weights_dir: str | None = None  # one folder holding the three caches side by side; None: upstream defaults
-    weights_mirrors: tuple[str, ...] = ()  # base URLs in the cache layout, tried before the published addresses
-    weights_lock: str | None = None  # the lock file of digests; None: beside weights_dir, else ~/.cache/pose-service
-    tiny_dir: str | None = None  # tiny profile: where the factory writes; None: $POSE_TINY_DIR or ~/.cache
-    seed: int = 0
-    download: bool = True
-    device: Literal["cpu", "cuda"] = "cpu"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-
-    def roots(self) -> CacheRoots:
-        """The cache roots on this node (the tiny profile writes its models on first use)."""
-        if self.profile == "tiny":
-            from configs.tiny import tiny_roots
-
-            return tiny_roots(self.tiny_dir, seed=self.seed)
-        roots = CacheRoots.under(self.weights_dir) if self.weights_dir else CacheRoots.from_env()
-        return dataclasses.replace(
-            roots,
-            mirrors=self.weights_mirrors,
-            lock=Path(self.weights_lock).expanduser() if self.weights_lock else roots.lock,
-        )
-
-    @property
-    def effective_dtype(self) -> str:
-        """Half precision is a GPU feature; a CPU replica falls back to float32."""
-        return self.dtype if self.device == "cuda" else "float32"
-
-
-class ErrorBody(BaseModel):
-    code: str = Field(description="stable, machine-readable: one of x-error-codes", json_schema_extra={"enum": sorted(CODES)})
-    message: str = Field(description="for humans")
-    details: dict[str, Any] | None = None
-
-
-class ErrorResponse(BaseModel):
-    """Every error answer of the API: ``{"error": {"code", "message", "details"}}``."""
-
-    error: ErrorBody
-
-
-def error_responses(*codes: str) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI ``responses`` of a route that can answer ``codes``: one entry per status,
-    listing its codes with their meanings from the one table (`pipeline.errors.CODES`)."""
-    return {
-        status: {
-            "model": ErrorResponse,
-            "description": "; ".join(f"`{code}`: {CODES[code].meaning}" for code in group),
-        }
-        for status, group in codes_by_status(dict.fromkeys(codes)).items()
-    }
-
-
-def error_codes_document() -> dict[str, dict[str, Any]]:
-    """The table as the OpenAPI document's ``x-error-codes``: code -> status, meaning, retry."""
-    return {code: {"status": e.status, "meaning": e.meaning, "retry": e.retry} for code, e in sorted(CODES.items())}
-
 
 def process_age_s() -> float | None:
     """Seconds since this process started (Linux ``/proc``; None elsewhere).
@@ -133,11 +67,15 @@ def checksums(files: tuple[WeightFile, ...] | list[WeightFile], roots: CacheRoot
     return out
 
 
+def alive_nodes() -> int:
+    """Alive nodes of the connected Ray cluster (1 without one)."""
+    if not ray.is_initialized():
+        return 1
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
 def as_pose_error(exc: BaseException) -> PoseError | None:
     """Ray and Serve failures a client can retry, as stable codes; None for anything else."""
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
-    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
-
     chain = _chain(exc)
     for link in reversed(chain):  # the innermost error says most
         if isinstance(link, PoseError):

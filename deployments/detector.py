@@ -12,9 +12,10 @@ import numpy as np
 from ray import serve
 
 from pipeline.models.vitdet.predictor import Detections
+from service.settings import ModelSettings
 
 from .batching import BatchConfig, BatchStats
-from .common import ModelSettings, checksums, start_info
+from .common import checksums, start_info
 from .metrics import StageMetrics
 
 logger = logging.getLogger(__name__)

@@ -16,9 +16,10 @@ from ray import serve
 
 from pipeline.models.hmr2.predictor import HMR2Output
 from pipeline.models.vitdet.predictor import Detections
+from service.settings import ModelSettings
 
 from .batching import BatchConfig, BatchStats
-from .common import ModelSettings, checksums, start_info
+from .common import checksums, start_info
 from .metrics import StageMetrics
 
 logger = logging.getLogger(__name__)
@@ -77,12 +78,12 @@ class MeshRegressor:
         return await self._mesh(image, people, vertices)
 
     async def regress_video(self, image: np.ndarray, people: Detections) -> Any:
-        """One video frame and its detections -> `pipeline.video_loop.FrameModels`: the HMR2
+        """One video frame and its detections -> `pipeline.video.loop.FrameModels`: the HMR2
         outputs with vertices (the worker's appearance step needs them) and the detections as
         they came (boxes, scores, mask-head probabilities), so the worker needs one answer.
 
         The crops share the same ``@serve.batch`` queue as image requests and other jobs' frames."""
-        from pipeline.video_loop import FrameModels
+        from pipeline.video.loop import FrameModels
 
         result = await self._mesh(image, people, True)
         keep = len(result.output)
@@ -95,12 +96,12 @@ class MeshRegressor:
         return answer
 
     async def overlay(self, image: np.ndarray, people: Detections | np.ndarray) -> bytes:
-        """The PNG of one image with its people's meshes drawn over it (`pipeline.render`)."""
+        """The PNG of one image with its people's meshes drawn over it (`pipeline.render.overlay`)."""
         result = await self._mesh(image, people, True)
         return await asyncio.to_thread(self._draw, image, result.output)
 
     def _draw(self, image: np.ndarray, output: HMR2Output) -> bytes:
-        from pipeline.render import MeshRenderer, encode_image, overlay_from_output
+        from pipeline.render.overlay import MeshRenderer, encode_image, overlay_from_output
 
         if self._renderer is None:
             self._renderer = MeshRenderer(self.predictor.faces, device=self.predictor.device)

@@ -128,8 +128,8 @@ def cmd_image(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_video(args: argparse.Namespace) -> dict[str, Any] | None:
-    from .result_stream import iter_json_document
-    from .runner import VideoRunner
+    from pipeline.video.results import iter_json_document
+    from pipeline.video.runner import VideoRunner
 
     if args.vertices and args.out_dir is None:
         raise PoseError("vertices_npz_only", "vertices are written to the NPZ only: add --out-dir DIR", status=400)
@@ -186,10 +186,11 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_render(args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline.render.overlay import OverlayRenderer, RenderConfig, render_image, render_video
+    from pipeline.video.decode import sniff_container
+
     from .errors import InputError
     from .imageio import sniff_format
-    from .render import OverlayRenderer, RenderConfig, render_image, render_video
-    from .video import sniff_container
 
     try:
         with open(args.media, "rb") as f:
@@ -210,20 +211,6 @@ def cmd_render(args: argparse.Namespace) -> dict[str, Any]:
     else:
         summary = render_video(args.media, args.result, args.out, renderer)
     return summary.to_dict()
-
-
-def cmd_keys_new(args: argparse.Namespace) -> dict[str, Any]:
-    from .auth import check_client_id, key_line, new_key
-
-    client = check_client_id(args.client)
-    key = new_key()  # shown this once: only its digest is kept, in the line below
-    return {
-        "client": client,
-        "admin": args.admin,
-        "key": key,
-        "line": key_line(client, key, args.admin),
-        "next": "give the key to the client; add the line to the keys file ($POSE_SERVICE_KEYS_FILE) on every node",
-    }
 
 
 def cmd_tiny(args: argparse.Namespace) -> dict[str, Any]:
@@ -332,13 +319,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=_opacity, default=None, help="mesh opacity over the frame, 0 to 1 (default: 0.85)")
     p.add_argument("--no-labels", action="store_true", help="do not write the track ids beside the people")
     p.set_defaults(func=cmd_render)
-
-    p = sub.add_parser("keys", help="client keys for the service")
-    keys = p.add_subparsers(dest="keys_command", required=True)
-    k = keys.add_parser("new", help="a fresh random key for CLIENT, printed once, and the keys-file line that accepts it")
-    k.add_argument("client", help="client id (letters, digits, '.', '_', '-'): the owner of the jobs made with the key")
-    k.add_argument("--admin", action="store_true", help="the key sees and manages every client's jobs")
-    k.set_defaults(func=cmd_keys_new)
 
     p = sub.add_parser("tiny", help="write tiny random-weight models in the official cache layouts (for tests and demos)")
     p.add_argument("dest", type=Path, help="folder to hold 4DHumans/, phalp/, iopath_cache/")

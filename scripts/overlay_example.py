@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.cli import main as cli  # noqa: E402
-from pipeline.render import SMPLMeshes  # noqa: E402
+from pipeline.render.overlay import SMPLMeshes  # noqa: E402
 from pipeline.tiny.hmr2 import write_tiny_hmr2  # noqa: E402
 from pipeline.weights import CacheRoots  # noqa: E402
 

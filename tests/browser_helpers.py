@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
 from conftest import REPO, _in_ci
 
 # Headless, as root, on a machine without outside network: no sandbox, no background traffic.

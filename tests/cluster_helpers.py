@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from serve_helpers import free_port
 
 PRIVATE_DATA = Path.home() / ".cache" / "pose-service"

@@ -9,7 +9,6 @@ import uuid
 from typing import Iterator
 from urllib.parse import quote
 
-
 POSTGRES_URL_ENV = "POSE_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -11,7 +11,6 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 

@@ -1,4 +1,4 @@
-"""Load shedding at the door (`deployments.admission`): Little's law over busy time, on a clock
+"""Load shedding at the door (`service.api.admission`): Little's law over busy time, on a clock
 the test moves by hand."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from deployments.admission import Admission
 from pipeline.errors import PoseError
+from service.api.admission import Admission
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""Client keys (`pipeline.auth`), the ``keys new`` command, and the builder's refusal to serve a
+"""Client keys (`service.auth`), the ``keys new`` command, and the builder's refusal to serve a
 network without them. The served checks (two clients' jobs kept apart, 401s) are in
 tests/test_serve_video.py and tests/test_serve_app.py, on the applications those modules start."""
 
@@ -11,9 +11,9 @@ import os
 
 import pytest
 
-import pipeline.auth as auth
-from pipeline.auth import Client, ClientKey, KeyRing, KeySources, LiveKeys, check_exposure, is_loopback, parse_keys
+import service.auth as auth
 from pipeline.errors import PoseError
+from service.auth import Client, ClientKey, KeyRing, KeySources, LiveKeys, check_exposure, is_loopback, parse_keys
 
 
 def _digest(key: str) -> str:
@@ -21,7 +21,7 @@ def _digest(key: str) -> str:
 
 
 def _new_key(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
-    from pipeline.cli import main
+    from service.cli import main
 
     assert main(["keys", "new", *argv]) == 0
     return json.loads(capsys.readouterr().out)
@@ -45,7 +45,7 @@ def test_keys_new_prints_a_fresh_key_once_and_the_line_that_accepts_it(capsys, c
 
 
 def test_keys_new_refuses_a_client_id_that_a_keys_file_could_not_hold(capsys):
-    from pipeline.cli import main
+    from service.cli import main
 
     for bad in ("two words", "a:b", "", "-lead", "x" * 65):
         assert main(["keys", "new", "--", bad]) == 2
@@ -162,7 +162,7 @@ def test_a_changed_keys_file_is_read_again_and_a_broken_change_keeps_the_keys(tm
     path.write_text("alice:not-a-digest\n")
     os.utime(path, ns=(2 * 10**18, 2 * 10**18))
     now[0] = 11.0
-    with caplog.at_level(logging.ERROR, logger="pipeline.auth"):
+    with caplog.at_level(logging.ERROR, logger="service.auth"):
         kept = live.current()
     assert kept.authenticate("b") == Client("bob")
     assert "keys in force stay" in caplog.text and "line 1" in caplog.text and _digest("b") not in caplog.text
@@ -202,9 +202,9 @@ def test_the_builder_refuses_a_network_address_without_keys(tmp_path, monkeypatc
     pytest.importorskip("ray.serve")
     import ray
     from ray import serve
+    from serve_helpers import free_port
 
     from deployments.app import AppArgs, build_app
-    from serve_helpers import free_port
 
     for name in ("POSE_SERVICE_TOKEN", "POSE_SERVICE_KEYS", "POSE_SERVICE_KEYS_FILE"):
         monkeypatch.delenv(name, raising=False)
@@ -238,19 +238,20 @@ def test_an_ingress_replica_that_must_have_keys_and_finds_none_does_not_start(mo
     """The builder saw keys, but this replica's node has none (a variable set on the head only):
     it stops instead of serving everyone. ``auth: none`` starts and says so."""
     pytest.importorskip("ray.serve")
-    from deployments.ingress import IngressSettings, auth_mode, replica_keys
+    from service.api.context import auth_mode, replica_keys
+    from service.settings import ApiSettings
 
     for name in ("POSE_SERVICE_TOKEN", "POSE_SERVICE_KEYS", "POSE_SERVICE_KEYS_FILE"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(PoseError) as err:
-        replica_keys(IngressSettings(profile="tiny", require_keys=True))
+        replica_keys(ApiSettings(profile="tiny", require_keys=True))
     assert err.value.code == "auth_required"
-    assert auth_mode(replica_keys(IngressSettings(profile="tiny"))) == "loopback_only"
-    with caplog.at_level(logging.WARNING, logger="deployments.ingress"):
-        assert replica_keys(IngressSettings(profile="tiny", auth="none")) is None
+    assert auth_mode(replica_keys(ApiSettings(profile="tiny"))) == "loopback_only"
+    with caplog.at_level(logging.WARNING, logger="service.api.context"):
+        assert replica_keys(ApiSettings(profile="tiny", auth="none")) is None
     assert auth_mode(None) == "none" and "auth: none" in caplog.text
     monkeypatch.setenv("POSE_SERVICE_KEYS", f"alice:{_digest('a')}")
-    assert auth_mode(replica_keys(IngressSettings(profile="tiny", require_keys=True))) == "keys"
+    assert auth_mode(replica_keys(ApiSettings(profile="tiny", require_keys=True))) == "keys"
 
 
 def test_the_preflight_of_serve_sh_refuses_the_same_config_with_one_message(tmp_path, monkeypatch, caplog):
@@ -258,8 +259,8 @@ def test_the_preflight_of_serve_sh_refuses_the_same_config_with_one_message(tmp_
     the builder refuses; scripts/serve.sh runs this check first, on the same file."""
     pytest.importorskip("ray.serve")
     import yaml
-
     from conftest import REPO
+
     from deployments.preflight import main
 
     for name in ("POSE_SERVICE_TOKEN", "POSE_SERVICE_KEYS", "POSE_SERVICE_KEYS_FILE"):

@@ -10,7 +10,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from pipeline.callbacks import (
+from pipeline.errors import InputError, PoseError
+from service.callbacks import (
     SIGNATURE_HEADER,
     CallbackPolicy,
     SecretSources,
@@ -20,7 +21,6 @@ from pipeline.callbacks import (
     signature,
     verify,
 )
-from pipeline.errors import InputError, PoseError
 
 
 def fixed(*addresses: str):

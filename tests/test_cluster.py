@@ -23,10 +23,10 @@ pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 
 from cluster_helpers import CLUSTER_ENV, LocalCluster, ingress_and_two_video_nodes, unshare_available  # noqa: E402
+from conftest import _in_ci  # noqa: E402
 from serve_helpers import free_port, wait_job  # noqa: E402
 from videos import crossing_video, figure_frame, write_video  # noqa: E402
 
-from conftest import _in_ci  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
@@ -64,7 +64,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The storage every node mounts (here: a folder outside the private tmpfs), with the tiny
     models written once, and the clips."""
-    from configs.tiny import tiny_roots
+    from pipeline.tiny.cache import tiny_roots
 
     base = tmp_path_factory.mktemp("shared")
     tiny_roots(base / "tiny")
@@ -99,9 +99,9 @@ def test_sqlite_store_on_a_cluster_refuses_to_start(cluster, shared, tmp_path):
 def test_jobs_survive_losing_a_worker_node(cluster, shared, postgres_url, tmp_path):
     from ray import serve
 
-    from configs.tiny import runner_settings, tiny_roots
     from deployments.app import AppArgs, build_app
-    from pipeline.runner import VideoRunner
+    from pipeline.tiny.cache import runner_settings, tiny_roots
+    from pipeline.video.runner import VideoRunner
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")

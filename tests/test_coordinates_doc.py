@@ -61,11 +61,12 @@ def test_keypoint_table_is_the_smpl_layers_order() -> None:
 @pytest.fixture(scope="module")
 def tiny_result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, object]:
     """A result of the tiny HMR2 on three drawn figures (client boxes: no detector needed)."""
+    from serve_helpers import stick_figures
+
     from pipeline.image import run_image
-    from pipeline.render import SMPLMeshes
+    from pipeline.render.overlay import SMPLMeshes
     from pipeline.tiny.hmr2 import write_tiny_hmr2
     from pipeline.weights import CacheRoots
-    from serve_helpers import stick_figures
 
     base = tmp_path_factory.mktemp("coords")
     roots = CacheRoots.under(base)

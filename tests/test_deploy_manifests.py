@@ -13,7 +13,6 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-
 from kuberay_schema import QUANTITY_PATTERN, RAYSERVICE_SCHEMA
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kuberay"

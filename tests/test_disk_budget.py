@@ -1,4 +1,4 @@
-"""Bounded disk and time: the data folder's budget (`pipeline.disk`) on real files and the real
+"""Bounded disk and time: the data folder's budget (`service.disk`) on real files and the real
 file system, and limits that a client at the documented minimum speed can meet.
 
 The served answers (507 ``storage_full`` with ``Retry-After``, nothing left on disk) are in
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
-from pipeline.disk import RETRY_AFTER_S, DiskBudget, folder_bytes
+
 from pipeline.errors import PoseError
+from service.disk import RETRY_AFTER_S, DiskBudget, folder_bytes
 
 
 def _write(path: Path, nbytes: int) -> Path:

@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from pipeline.errors import CODES, InputError, PoseError, WeightsError, codes_by_status, status_of
 
-SOURCE_DIRS = ("pipeline", "deployments", "configs")
+SOURCE_DIRS = ("pipeline", "service", "deployments", "configs")
 ERROR_CLASSES = {"PoseError": PoseError, "InputError": InputError, "WeightsError": WeightsError}
 DOC = REPO / "docs" / "serving.md"
 

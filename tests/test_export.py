@@ -18,9 +18,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from scipy.spatial.transform import Rotation
-
 from export_readers import parse_bvh, parse_glb, validate_glb
+from scipy.spatial.transform import Rotation
 
 from pipeline.schema import VideoResult
 
@@ -466,10 +465,9 @@ def test_job_export_response(sources, tiny_cache, tmp_path):
     import asyncio
 
     pytest.importorskip("ray.serve")
-    from deployments.common import ModelSettings
-    from deployments.video import JobSettings
-    from deployments.video_api import VideoApiSettings, VideoJobs
     from pipeline.errors import PoseError
+    from service.api.video_jobs import VideoJobs
+    from service.settings import JobSettings, ModelSettings, VideoApiSettings
 
     models = ModelSettings(profile="full", weights_dir=str(tiny_cache))
     videos = VideoJobs(None, JobSettings(data_dir=str(tmp_path / "data")), VideoApiSettings(models=models))  # type: ignore[arg-type]

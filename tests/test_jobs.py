@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import InputError, PoseError
-from pipeline.jobs import Job, JobStore
-from pipeline.paths import resolve_media_path
+from service.jobs import Job, JobStore
+from service.paths import resolve_media_path
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -467,7 +467,7 @@ def test_embedded_database_is_sqlite_in_wal_mode_and_node_local(tmp_path):
 
 
 def test_postgresql_store_is_shared_and_hides_the_password(postgres_url, tmp_path):
-    from pipeline.job_db import redact
+    from service.jobs import redact
 
     with JobStore(tmp_path / "data", url=postgres_url) as store:
         assert not store.node_local and not (tmp_path / "data" / "jobs.sqlite3").exists()

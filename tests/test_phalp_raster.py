@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models.phalp.raster import DEFAULT_FAR, rasterize_depth
 from pipeline.models.phalp.texture import PhalpTextureSampler
+from pipeline.raster import DEFAULT_FAR, rasterize_depth
 
 F = 256.0  # focal length in pixels
 S = 64  # image size

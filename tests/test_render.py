@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from videos import write_video
 
 from pipeline.cli import main
-from pipeline.render import MeshRenderer, RenderConfig, SMPLMeshes, track_colour
+from pipeline.render.overlay import MeshRenderer, RenderConfig, SMPLMeshes, track_colour
 from pipeline.weights import CacheRoots
-from videos import write_video
 
 FLIP = np.diag([1.0, -1.0, -1.0])  # SMPL's y-up body turned into the camera's y-down frame
 
@@ -210,7 +210,7 @@ def video_document(frames: list[dict[str, Any]], size: tuple[int, int]) -> dict[
 
 
 def published(folder: Path, document: dict[str, Any]) -> Path:
-    """A document as `pipeline.result_stream` publishes it: result.jsonl + result-meta.json."""
+    """A document as `pipeline.video.results` publishes it: result.jsonl + result-meta.json."""
     folder.mkdir()
     (folder / "result.jsonl").write_text("".join(json.dumps(f) + "\n" for f in document["frames"]))
     (folder / "result-meta.json").write_text(json.dumps({k: v for k, v in document.items() if k != "frames"}))
@@ -285,7 +285,7 @@ def test_render_command_errors(cache_dir: Path, tmp_path: Path, capsys: pytest.C
 
 def test_a_cancelled_render_writes_nothing(cache_dir: Path, tmp_path: Path) -> None:
     from pipeline.errors import PoseError
-    from pipeline.render import OverlayRenderer, render_video
+    from pipeline.render.overlay import OverlayRenderer, render_video
 
     clip = write_video(tmp_path / "clip.mp4", [np.zeros((64, 64, 3), np.uint8)] * 4, fps=10)
     result = published(tmp_path / "result", video_document([{"frame_index": i, "time_s": 0.0, "people": []} for i in range(4)], (64, 64)))
@@ -322,7 +322,7 @@ def test_range_requests_get_the_bytes_asked_for(tmp_path: Path) -> None:
     httpx = pytest.importorskip("httpx")
     from fastapi import FastAPI
 
-    from deployments.video_api import ranged_file_response
+    from service.api.files import ranged_file_response
 
     data = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
     path = tmp_path / "overlay.mp4"

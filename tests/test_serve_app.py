@@ -23,7 +23,7 @@ UPLOAD_LIMIT = 2 * 2**20
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny models written once here, so the replicas find them instead of racing to write."""
-    from configs.tiny import tiny_roots
+    from pipeline.tiny.cache import tiny_roots
 
     base = tmp_path_factory.mktemp("tiny")
     tiny_roots(base)
@@ -94,8 +94,8 @@ def test_health_ready_docs(client: httpx.Client, service: str) -> None:
 
 
 def test_image_matches_in_process(client: httpx.Client, scene_png: Path, tiny_dir: Path) -> None:
-    from configs.tiny import runner_settings, tiny_roots
     from pipeline.image import run_image
+    from pipeline.tiny.cache import runner_settings, tiny_roots
 
     resp = client.post("/v1/images", files={"image": ("scene.png", scene_png.read_bytes(), "image/png")})
     assert resp.status_code == 200, resp.text[:500]
@@ -109,8 +109,8 @@ def test_image_matches_in_process(client: httpx.Client, scene_png: Path, tiny_di
 
 
 def test_client_boxes_skip_detection(client: httpx.Client, scene_png: Path, tiny_dir: Path) -> None:
-    from configs.tiny import tiny_roots
     from pipeline.image import run_image
+    from pipeline.tiny.cache import tiny_roots
 
     boxes = [[80, 40, 170, 290], [230, 60, 320, 310]]
     resp = client.post(
@@ -193,9 +193,9 @@ def test_info(client: httpx.Client) -> None:
 
 
 def _png_50mp() -> bytes:
-    from PIL import Image
-
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.new("L", (10_000, 5_000)).save(buf, format="PNG")

@@ -59,9 +59,9 @@ def test_weights_args_reach_the_replicas_and_a_changed_file_stops_the_build(tiny
     import shutil
 
     from deployments.app import AppArgs, check_model_files
-    from deployments.common import ModelSettings
     from pipeline.errors import WeightsError
     from pipeline.weights import DigestLock
+    from service.settings import ModelSettings
 
     args = AppArgs(weights_dir=str(tmp_path / "w"), weights_mirrors=["https://models.internal/pose"])
     models = ModelSettings(profile="full", weights_dir=args.weights_dir, weights_mirrors=tuple(args.weights_mirrors))

@@ -34,7 +34,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def service(base: Path) -> Iterator[str]:
-    from configs.tiny import tiny_roots
+    from pipeline.tiny.cache import tiny_roots
 
     tiny_roots(base / "tiny")
     # a bound far below one image's time: any request that finds another in flight is shed

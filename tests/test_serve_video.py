@@ -26,10 +26,11 @@ pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 jsonschema = pytest.importorskip("jsonschema")
 
-from pipeline.callbacks import SIGNATURE_HEADER, verify  # noqa: E402
 from export_readers import parse_bvh, parse_glb, validate_glb  # noqa: E402
 from serve_helpers import free_port, serve_tiny, wait_job  # noqa: E402
 from videos import audio_only, crossing_video, figure_frame, write_video  # noqa: E402
+
+from service.callbacks import SIGNATURE_HEADER, verify  # noqa: E402
 
 MAX_ACTIVE, MAX_QUEUED = 2, 1
 
@@ -37,7 +38,7 @@ MAX_ACTIVE, MAX_QUEUED = 2, 1
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny models written once here, so the replicas find them instead of racing to write."""
-    from configs.tiny import tiny_roots
+    from pipeline.tiny.cache import tiny_roots
 
     base = tmp_path_factory.mktemp("tiny")
     tiny_roots(base)
@@ -181,8 +182,8 @@ def crossing_job(client: httpx.Client, clips: dict[str, Path]) -> dict[str, Any]
 
 
 def test_upload_poll_result_equals_the_in_process_runner(client, clips, crossing_job, tiny_dir):
-    from configs.tiny import runner_settings, tiny_roots
-    from pipeline.runner import VideoRunner
+    from pipeline.tiny.cache import runner_settings, tiny_roots
+    from pipeline.video.runner import VideoRunner
 
     job = crossing_job
     assert job["progress"] == {"frames_done": 12, "frames_total": 12, "fraction": 1.0, "resumed_from_frame": 0}

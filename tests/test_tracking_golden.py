@@ -11,12 +11,11 @@ import json
 
 import numpy as np
 import pytest
+from phalp_golden import golden_config, golden_scenario, read_npz
 
 from pipeline.tracking import Tracker, TrackerModels, collect_outputs
 from pipeline.tracking.association import EncoderTextureCost
 from pipeline.tracking.observation import build_detection
-
-from phalp_golden import golden_config, golden_scenario, read_npz
 
 
 @pytest.fixture(scope="module")

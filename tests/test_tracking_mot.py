@@ -9,9 +9,9 @@ import pytest
 
 mm = pytest.importorskip("motmetrics")
 
-from pipeline.models.phalp.loading import tracker_models_from_cache  # noqa: E402
 from pipeline.tiny.phalp import write_tiny_phalp  # noqa: E402
 from pipeline.tracking import Tracker, collect_outputs  # noqa: E402
+from pipeline.tracking.loading import tracker_models_from_cache  # noqa: E402
 from pipeline.tracking.synthetic import sequence  # noqa: E402
 from pipeline.weights import CacheRoots  # noqa: E402
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from pipeline.errors import InputError, WeightsError
-from pipeline.models.phalp.loading import tracker_models_from_cache
 from pipeline.tiny.phalp import write_tiny_phalp
 from pipeline.tracking import Tracker, collect_outputs
+from pipeline.tracking.loading import tracker_models_from_cache
 from pipeline.tracking.state import load_state, save_state
 from pipeline.tracking.synthetic import sequence
 from pipeline.weights import CacheRoots

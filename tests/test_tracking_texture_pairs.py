@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.models.phalp.loading import tracker_models_from_cache
 from pipeline.tiny.phalp import write_tiny_phalp
 from pipeline.tracking import Tracker
 from pipeline.tracking.association import _fill_decisive, assign, texture_distance
+from pipeline.tracking.loading import tracker_models_from_cache
 from pipeline.tracking.synthetic import sequence
 from pipeline.weights import CacheRoots
 

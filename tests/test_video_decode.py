@@ -13,11 +13,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from videos import audio_only
 
 from pipeline import video as video_mod
 from pipeline.errors import InputError
-from pipeline.video import FrameChunk, VideoInfo, VideoLimits, iter_frames, probe_video
-from videos import audio_only
+from pipeline.video.decode import FrameChunk, VideoInfo, VideoLimits, iter_frames, probe_video
 
 REAL_CLIP = Path(__file__).resolve().parents[2] / "shared" / "media" / "phalp_vid.mp4"
 W, H = 64, 48

@@ -14,22 +14,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from videos import crossing_video
 
 from pipeline.errors import PoseError
-from pipeline.result_npz import video_result_arrays
-from pipeline.result_stream import iter_json_document
-from pipeline.runner import VideoRunner
 from pipeline.tracking.state import load_state, save_state
-from pipeline.video_loop import LocalStages, VideoLoop
-
-from videos import crossing_video
+from pipeline.video.loop import LocalStages, VideoLoop
+from pipeline.video.npz import video_result_arrays
+from pipeline.video.results import iter_json_document
+from pipeline.video.runner import VideoRunner
 
 CHUNK = 4
 
 
 @pytest.fixture(scope="module")
 def runner(tiny_roots) -> VideoRunner:
-    from configs.tiny import runner_settings
+    from pipeline.tiny.cache import runner_settings
 
     settings = {**runner_settings(), "chunk_size": CHUNK}
     return VideoRunner.from_cache(tiny_roots, download=False, device="cpu", **settings)

@@ -9,17 +9,16 @@ import sys
 import jsonschema
 import numpy as np
 import pytest
+from videos import crossing_video, figure_frame, write_video
 
 from pipeline.errors import InputError
-from pipeline.runner import VideoRunner
 from pipeline.schema import VideoResult
-
-from videos import crossing_video, figure_frame, write_video
+from pipeline.video.runner import VideoRunner
 
 
 @pytest.fixture(scope="module")
 def runner(tiny_roots) -> VideoRunner:
-    from configs.tiny import runner_settings
+    from pipeline.tiny.cache import runner_settings
 
     return VideoRunner.from_cache(tiny_roots, download=False, device="cpu", **runner_settings())
 

@@ -1,4 +1,4 @@
-"""The video worker's own bookkeeping, outside Serve: failures are recorded even when the store
+"""The video worker's own bookkeeping, without Ray: failures are recorded even when the store
 falters, and the health check notices a worker loop that stopped going round."""
 
 from __future__ import annotations
@@ -9,13 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 
-pytest.importorskip("ray.serve")
+from pipeline.errors import PoseError
+from service.jobs import JobStore
+from service.settings import JobSettings
+from service.worker import VideoWorker
 
-from deployments.video import JobSettings, VideoPipeline  # noqa: E402
-from pipeline.errors import PoseError  # noqa: E402
-from pipeline.jobs import JobStore  # noqa: E402
-
-WORKER = VideoPipeline.func_or_class  # the class Serve wraps
+WORKER = VideoWorker  # the worker without its host (Serve's VideoPipeline wraps one)
 
 
 class FalteringStore:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from pipeline.errors import InputError, WeightsError
-from pipeline.models.vitdet.config import VitDetConfig, vitdet_tiny
 from pipeline.models.checkpoint import load_strict
+from pipeline.models.vitdet.config import VitDetConfig, vitdet_tiny
 from pipeline.models.vitdet.convert import read_model_zoo, to_state_dict
 from pipeline.models.vitdet.files import CHECKPOINT_PATH, FILES
 from pipeline.models.vitdet.model import VitDetModel

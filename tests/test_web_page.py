@@ -65,7 +65,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from configs.tiny import tiny_roots
+    from pipeline.tiny.cache import tiny_roots
 
     base = tmp_path_factory.mktemp("page-service")
     tiny_roots(base / "tiny")

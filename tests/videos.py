@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.tiny.vitdet import draw_figures
 
+
 def figure_frame(positions: Sequence[int], size: tuple[int, int] = (360, 640)) -> np.ndarray:
     """A light frame with one standing figure per x position (BGR uint8): the figures the tiny
     detector is built to find."""

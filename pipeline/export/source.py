@@ -3,7 +3,7 @@
 A result can be far larger than memory allows (an hour of video is millions of people-frames),
 so frames are read one at a time from whichever form the result has: the `VideoResult` JSON
 document (a file, read with an incremental parser), the published pair ``result.jsonl`` +
-``result-meta.json`` that `pipeline.result_stream` writes, or an in-memory document.
+``result-meta.json`` that `pipeline.video.results` writes, or an in-memory document.
 
 Tracks are gathered in one pass into a `TrackSpool`: rows go to one file per track on disk,
 so only one track's arrays are ever held at once, whatever the number of tracks.
@@ -21,8 +21,9 @@ from typing import Any, Iterator, Mapping, Union
 
 import numpy as np
 
+from pipeline.video.results import JSONL_NAME, META_NAME
+
 from ..errors import InputError, PoseError
-from ..result_stream import JSONL_NAME, META_NAME
 
 logger = logging.getLogger(__name__)
 

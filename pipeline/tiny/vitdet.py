@@ -56,6 +56,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from configs.profiles import tiny as tiny_profile
+
 from ..models.vitdet.config import VitDetConfig, vitdet_tiny
 from ..models.vitdet.files import CHECKPOINT_PATH
 from ..models.vitdet.model import VitDetModel
@@ -104,13 +106,16 @@ class TinyDetectorSettings:
     hand-set weights are calibrated at both input sizes, so detections stay the same figures.
     """
 
-    input_size: int = 512  # VitDetPredictor(input_size=...): resize/pad side instead of 1024
-    post_nms_topk: int = 100  # VitDetPredictor(post_nms_topk=...): RPN proposals instead of 1000
+    input_size: int  # VitDetPredictor(input_size=...): resize/pad side instead of 1024
+    post_nms_topk: int  # VitDetPredictor(post_nms_topk=...): RPN proposals instead of 1000
 
 
 def tiny_detector_settings() -> TinyDetectorSettings:
-    """The fast settings the ``tiny`` profile should pass to `VitDetPredictor.from_cache`."""
-    return TinyDetectorSettings()
+    """The fast settings the ``tiny`` profile passes to `VitDetPredictor.from_cache` (the
+    profile in `configs` is where they are set)."""
+    profile = tiny_profile()
+    assert profile.detector_input_size is not None and profile.detector_post_nms_topk is not None
+    return TinyDetectorSettings(input_size=profile.detector_input_size, post_nms_topk=profile.detector_post_nms_topk)
 
 
 def draw_figures(positions: Sequence[int], size: tuple[int, int] = (360, 640)) -> np.ndarray:

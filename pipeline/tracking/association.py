@@ -8,10 +8,9 @@ as the reference does, so costs agree to float32 rounding.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Protocol
-
-import logging
 
 import numpy as np
 import torch

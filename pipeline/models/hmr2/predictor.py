@@ -19,10 +19,10 @@ from ...errors import InputError, WeightsError
 from ...imageio import as_bgr_image
 from ...runtime import autocast, resolve_device, resolve_dtype
 from ...weights import CacheRoots, ensure
+from ..checkpoint import load_strict
 from ..smpl import read_joint_regressor, read_smpl_pickle
 from . import files as hmr2_files
 from .config import HMR2Config
-from ..checkpoint import load_strict
 from .convert import convert_state_dict, read_checkpoint_state_dict
 from .model import HMR2
 from .preprocess import CropBatch, cam_crop_to_full, full_image_focal, make_crops

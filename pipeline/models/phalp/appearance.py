@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from ...errors import InputError
-from ...weights import CacheRoots
 from .encoder import PhalpAppearanceEncoder
 from .texture import PhalpTextureSampler
 
@@ -59,15 +58,6 @@ class AppearanceModel:
     @property
     def device(self) -> torch.device:
         return next(self.encoder.parameters()).device
-
-    @classmethod
-    def from_cache(
-        cls, roots: CacheRoots, *, device: str | torch.device | None = None, download: bool = True
-    ) -> "AppearanceModel":
-        """PHALP's atlas and encoder from PHALP's cache; SMPL faces from the SMPL model file."""
-        from .loading import load_appearance_and_tracking
-
-        return load_appearance_and_tracking(roots, device=device, download=download)[0]
 
     @torch.no_grad()
     def __call__(

@@ -20,8 +20,10 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import yaml
 
 from ...errors import WeightsError
+from .config import PosePredictorConfig
 
 # ---------------------------------------------------------------------------------------------
 # HMAR -> PhalpAppearanceEncoder
@@ -157,3 +159,15 @@ def read_mean_std(path: str | Path) -> np.ndarray:
     if arr.ndim < 2 or arr.shape[0] != 2:
         raise WeightsError("weights_corrupt", f"{path}: expected shape (2, 1, K), got {arr.shape}")
     return arr
+
+
+def read_pose_predictor_config(path: str | Path) -> PosePredictorConfig:
+    """The pose predictor's yaml (safe YAML: data only)."""
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise WeightsError("pose_predictor_config", f"{path} is not readable YAML: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise WeightsError("pose_predictor_config", f"{path}: expected a mapping, got {type(data).__name__}")
+    return PosePredictorConfig.from_yaml_dict(data, source=str(path))

@@ -37,7 +37,7 @@ def _check_pose_predictor(path: Path) -> None:
 
 
 def _check_yaml(path: Path) -> None:
-    from .loading import read_pose_predictor_config
+    from .convert import read_pose_predictor_config
 
     read_pose_predictor_config(path)
 

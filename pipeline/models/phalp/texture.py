@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.raster import rasterize_depth
+
 from .encoder import process_uv_image
-from .raster import rasterize_depth
 
 
 class PhalpTextureSampler(nn.Module):

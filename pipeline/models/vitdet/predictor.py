@@ -23,9 +23,9 @@ from ...errors import InputError
 from ...imageio import as_bgr_image
 from ...runtime import autocast, resolve_device, resolve_dtype
 from ...weights import CacheRoots, ensure
+from ..checkpoint import load_strict
 from .boxes import clip_boxes, nonempty
 from .config import VitDetConfig
-from ..checkpoint import load_strict
 from .convert import read_model_zoo, to_state_dict
 from .files import FILES
 from .model import VitDetModel

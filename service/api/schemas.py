@@ -1,0 +1,122 @@
+"""The bodies of the video and job routes, and the error codes each route documents."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.schema import SCHEMA_VERSION, TrackSummary, VideoMeta
+from service.jobs import Job
+
+
+class JobProgress(BaseModel):
+    frames_done: int = Field(description="frames decoded, run through the models and tracked")
+    frames_total: Optional[int] = Field(default=None, description="frames in the video, once known")
+    fraction: Optional[float] = Field(default=None, description="frames_done / frames_total")
+    resumed_from_frame: Optional[int] = Field(
+        default=None, description="where the running attempt resumed from its checkpoint (0: from the start)"
+    )
+
+
+class JobErrorInfo(BaseModel):
+    code: str = Field(description="stable, machine-readable (e.g. video_corrupt, interrupted, cancelled)")
+    message: str
+
+
+class JobStatus(BaseModel):
+    """One job as a caller sees it (no server paths)."""
+
+    id: str
+    client: str = Field(description="the client whose key created the job; only it and admin keys see the job")
+    kind: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    created_at: float = Field(description="unix seconds")
+    updated_at: float
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    progress: JobProgress
+    timings: dict[str, float] = Field(description="seconds per stage so far: decode_s, models_s (waiting for detector and regressor), appearance_s, tracking_s, write_s, total_s")
+    error: Optional[JobErrorInfo] = None
+    options: dict[str, Any]
+    idempotency_key: Optional[str] = None
+    callback_url: Optional[str] = None
+    attempts: int = Field(description="times a worker started the job (restarts included)")
+    cancel_requested: bool
+    results: list[str] = Field(description="result formats available: json, jsonl, npz, and overlay (the MP4 of jobs with render=true)")
+    links: dict[str, str] = Field(description="status, result and overlay URLs")
+
+    @classmethod
+    def of(cls, job: Job) -> "JobStatus":
+        links = {"self": f"/v1/jobs/{job.id}"}
+        if job.state == "succeeded":
+            links["result"] = f"/v1/jobs/{job.id}/result"
+            if "overlay" in job.result_paths:
+                links["overlay"] = f"/v1/jobs/{job.id}/overlay.mp4"
+        return cls(**{**job.to_dict(), "results": result_formats(job)}, links=links)
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus]
+    total: int = Field(description="jobs matching the filter, all pages")
+    offset: int
+    limit: int
+
+
+class ResultSummary(BaseModel):
+    """A succeeded job's result without its frames: what a page or a dashboard shows first."""
+
+    schema_version: str = SCHEMA_VERSION
+    video: VideoMeta
+    tracks: list[TrackSummary]
+    models: dict[str, str] = Field(default_factory=dict)
+
+
+class VideoPathRequest(BaseModel):
+    """The body of ``POST /pose/video`` (the call the replaced ``track.py`` wrapper received)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    video_path: str = Field(
+        max_length=4096, json_schema_extra={"minLength": 1},  # "" is refused as path_invalid
+        description="a file inside the configured media folder (relative, or absolute inside it)",
+    )
+    vertices: bool = Field(default=False, description="also keep the 6890 SMPL vertices per person and frame (in the NPZ result)")
+    render: bool = Field(default=False, description="also render the overlay video (GET /v1/jobs/{id}/overlay.mp4)")
+    callback_url: Optional[str] = Field(default=None, max_length=2048)
+
+
+def result_formats(job: Job) -> list[str]:
+    """The formats a succeeded job's result can be fetched in."""
+    have = set(job.result_paths)
+    out = []
+    if {"jsonl", "meta"} <= have:
+        out += ["json", "jsonl"]
+    if "npz" in have:
+        out.append("npz")
+    if "overlay" in have:
+        out.append("overlay")
+    return out
+
+
+# What the video routes can answer besides success (the table: pipeline.errors.CODES).
+JOBS_OFF = ("videos_unavailable", "data_dir_unavailable", "job_store_unavailable")
+JOB_CODES = ("unauthorized", "request_invalid", "job_not_found", *JOBS_OFF)
+RESULT_CODES = (*JOB_CODES, "job_not_finished", "job_failed", "job_cancelled", "result_missing")
+ACCEPT_CODES = (
+    "unauthorized", "request_invalid", "video_corrupt", "video_empty", "video_unreadable", "video_unsupported_format",
+    "video_no_video_stream", "video_too_large", "video_too_long", "callback_url_invalid", "callback_url_forbidden",
+    "callback_url_unresolvable", "callbacks_disabled", "idempotency_key_invalid", "idempotency_key_reused",
+    "too_many_jobs", "storage_full", *JOBS_OFF,
+)
+# the codes a job can end with, which POST /pose/video answers as its own
+JOB_FAILURES = ("cancelled", "interrupted", "stage_unavailable", "stage_timeout", "overloaded", "input_missing", "internal_error")
+
+# The operations an accepted job's id leads to (OpenAPI links: clients and fuzzers follow them).
+JOB_LINKS = {
+    name: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}}
+    for name, op in (
+        ("status", "getJob"), ("result", "getJobResult"), ("summary", "getJobSummary"), ("export", "exportJob"),
+        ("overlay", "getJobOverlay"), ("cancel", "cancelJob"), ("delete", "deleteJob"),
+    )
+}

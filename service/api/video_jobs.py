@@ -1,0 +1,281 @@
+"""The API's side of video jobs: accept an upload or a media file as a job, read jobs and
+their results from the store, cancel and delete, and export finished ones. The workers run the
+jobs; this side reads the store and nudges them through the model backend.
+
+A video is accepted only once it is safely on disk and known to be a video: probed by
+`pipeline.video.decode.probe_video` (content, not file name), and only then is a job created, so
+a bad upload is a 4xx at once and a 202 means the job survives any restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
+
+from pipeline.errors import InputError, PoseError
+from pipeline.export import FORMATS, ResultFiles, check_format, export_to, needs_body
+from pipeline.export.body import find_smpl, load_body
+from pipeline.video.decode import probe_video
+from pipeline.video.results import iter_json_document
+from service.api.backend import ModelBackend
+from service.api.files import attachment, ranged_file_response
+from service.api.schemas import ResultSummary
+from service.auth import Client
+from service.callbacks import check_url
+from service.disk import DiskBudget
+from service.jobs import Job, JobStore
+from service.settings import JobSettings, VideoApiSettings
+
+logger = logging.getLogger(__name__)
+
+
+class VideoJobs:
+    """The API's view of video jobs: the store (read, create, cancel), results, exports, and the
+    workers reached through the backend. ``nodes``: the cluster's, which a node-local store refuses."""
+
+    def __init__(self, backend: ModelBackend, jobs: JobSettings, api: VideoApiSettings, nodes: int = 1) -> None:
+        self.backend = backend
+        self.jobs = jobs
+        self.api = api
+        self.limits = jobs.video_limits.limits()
+        self.store: JobStore = jobs.open_store(nodes)
+        self.disk = DiskBudget(self.store.data_dir, jobs.max_disk_bytes, jobs.min_free_disk_bytes)
+        self.media_root = Path(api.media_dir).expanduser() if api.media_dir else None
+        self._body: Any = None  # the SMPL rig exports use, read on the first export that needs it
+
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Store calls are short but synchronous (SQLite, fsync): off the event loop."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def _nudge(self) -> None:
+        """Tell the worker a job is queued (best effort: it also polls the store)."""
+        try:
+            self.backend.wake_worker()
+        except Exception as exc:  # the worker restarting: it will find the job when it is back
+            logger.warning("could not wake the video worker: %s", exc)
+
+    async def check_capacity(self) -> None:
+        """Refuse before reading a large upload when the queue is already full (the store checks
+        again, atomically, when the job is created)."""
+        counts = await self.call(self._counts)
+        if self.store.queue_full(counts["queued"], counts["running"]):
+            raise PoseError(
+                "too_many_jobs",
+                f"expected at most {self.jobs.max_active} running and {self.jobs.max_queued} queued jobs, "
+                f"got {counts['running']} running and {counts['queued']} queued; retry later",
+                status=429,
+                details={
+                    "retry_after": 5,
+                    **counts,
+                    "max_active": self.jobs.max_active,
+                    "max_queued": self.jobs.max_queued,
+                },
+            )
+
+    def _counts(self) -> dict[str, int]:
+        counts = self.store.counts()
+        return {s: counts.get(s, 0) for s in ("queued", "running")}
+
+    async def accept(
+        self,
+        path: Path,
+        *,
+        move: bool,
+        options: dict[str, Any],
+        idempotency_key: str | None,
+        callback_url: str | None,
+        client: Client,
+        fingerprint: str | None = None,
+    ) -> Job:
+        """Probe the video (a bad one is refused here, as a 4xx), then queue a job for it, ``client``'s.
+
+        An upload (``move``) that is refused for any reason is deleted at once: nothing a
+        refused request sent stays on disk."""
+        try:
+            if callback_url is not None:
+                if not self.api.allow_callbacks:
+                    raise InputError("callbacks_disabled", "this service does not call callback URLs (allow_callbacks: false)")
+                await self.call(check_url, callback_url, self.jobs.callback_policy())
+            info = await self.call(_probe, path, self.limits)
+            job = await self.call(
+                self.store.create,
+                "video",
+                input_file=path,
+                move_input=move,
+                options={**options, "frames_expected": info.frame_count},
+                idempotency_key=idempotency_key,
+                callback_url=callback_url,
+                fingerprint=fingerprint,
+                client=client.id,
+            )
+        except BaseException:
+            if move:  # once accepted the upload has moved into the job's folder
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            raise
+        self._nudge()
+        return job
+
+    async def cancel_and_delete(self, job_id: str, client: Client, wait_s: float = 10.0) -> Job | None:
+        """Cancel (a running job stops at its next chunk) and delete a job ``client`` may see;
+        None once deleted, else the job still stopping (it is deleted by the worker when it stops)."""
+        job = await self.call(self.store.get, job_id, client.scope)
+        if job.state in ("queued", "running"):
+            job = await self.call(self.store.cancel, job_id, client.scope)
+        if job.state != "running":
+            await self.call(self.store.delete, job_id, client.scope)
+            return None
+        await self.backend.cancel_running(job_id, True)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            try:
+                job = await self.call(self.store.get, job_id)
+            except PoseError as exc:
+                if exc.code == "job_not_found":
+                    return None
+                raise
+            if job.state != "running":
+                with contextlib.suppress(PoseError):
+                    await self.call(self.store.delete, job_id)
+                return None
+        return job
+
+    async def cancel(self, job_id: str, client: Client) -> Job:
+        """Cancel and keep the job: a queued one at once, a running one at its next chunk
+        (``cancel_requested`` until then); a finished one is a 409 with its state."""
+        return await self.call(self.store.cancel, job_id, client.scope)
+
+    async def summary(self, job: Job) -> ResultSummary:
+        require_succeeded(job)
+        meta = job.result_paths.get("meta")
+        if meta is None or not meta.is_file():
+            raise PoseError("result_missing", f"the result of job {job.id} is not on disk", status=500)
+        return ResultSummary.model_validate_json(await self.call(meta.read_bytes))
+
+    async def wait(self, job_id: str, timeout_s: float) -> Job:
+        deadline = time.monotonic() + timeout_s
+        delay = 0.1
+        while True:
+            job = await self.call(self.store.get, job_id)
+            if job.state in ("succeeded", "failed", "cancelled") or time.monotonic() >= deadline:
+                return job
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(1.0, delay * 1.5)
+
+    async def result_response(self, job: Job, fmt: str, vertices: bool) -> Response:
+        """The result of a finished job, streamed from its files: the JSON document, JSON Lines
+        (one frame a line) or NPZ. Vertices are in the NPZ only (a long video's mesh as JSON
+        would be tens of GB)."""
+        require_succeeded(job)
+        has_vertices = bool(job.options.get("vertices", False))
+        if vertices and not has_vertices:
+            raise InputError(
+                "vertices_not_computed",
+                "this job was submitted without vertices=true, so its result has none; submit it again with vertices",
+                status=409,
+            )
+        if vertices and fmt != "npz":
+            raise InputError(
+                "vertices_npz_only", "vertices are served in the binary form only: ask for format=npz&vertices=true"
+            )
+        names = ("npz_vertices",) if fmt == "npz" and vertices else ("npz",) if fmt == "npz" else ("jsonl", "meta")
+        paths = [p for p in (job.result_paths.get(n) for n in names) if p is not None and p.is_file()]
+        if len(paths) != len(names):
+            raise PoseError("result_missing", f"the {fmt} result of job {job.id} is not on disk", status=500)
+        if fmt == "npz":
+            return FileResponse(paths[0], media_type="application/octet-stream", headers=attachment(f"{job.id}.npz"))
+        if fmt == "jsonl":
+            return FileResponse(paths[0], media_type="application/jsonl")
+        return StreamingResponse(iter_json_document(paths[0], paths[1]), media_type="application/json")
+
+
+    def export_body(self) -> Any:
+        """The SMPL rig for exports, from the configured caches (`smpl_missing` if absent there)."""
+        if self._body is None:
+            if self.api.models is None:
+                raise PoseError("smpl_missing", "this deployment has no model caches configured for exports", status=503)
+            self._body = load_body(find_smpl(self.api.models.roots()))
+        return self._body
+
+    async def export_response(self, job: Job, fmt: str, track: int | None, include_unconfirmed: bool) -> Response:
+        """A finished job's tracks in an export format (`pipeline.export`), as an attachment: one
+        file for one track or MOT, else a zip of one file per track."""
+        check_format(fmt)
+        require_succeeded(job)
+        jsonl, meta = job.result_paths.get("jsonl"), job.result_paths.get("meta")
+        if jsonl is None or meta is None or not jsonl.is_file() or not meta.is_file():
+            raise PoseError("result_missing", f"the result of job {job.id} is not on disk", status=500)
+        body = await self.call(self.export_body) if needs_body(fmt) else None
+        folder = Path(tempfile.mkdtemp(prefix="pose-export-"))
+        try:
+            out = folder / "export"
+            names = await self.call(
+                export_to, ResultFiles(jsonl, meta), fmt, out, track, body=body, include_unconfirmed=include_unconfirmed
+            )
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        if track is not None or fmt == "mot":
+            filename, media = f"{job.id}-{names[0]}", FORMATS[fmt][1]
+        else:
+            filename, media = f"{job.id}-{fmt}.zip", "application/zip"
+        return FileResponse(
+            out,
+            media_type=media,
+            headers=attachment(filename),
+            background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True),
+        )
+
+    def overlay_response(self, job: Job) -> Response:
+        """The overlay MP4 of a finished job that asked for it, with byte ranges (a browser
+        ``<video>`` seeks with them)."""
+        if not job.options.get("render"):
+            raise PoseError(
+                "overlay_not_requested",
+                "this job was submitted without render=true, so it has no overlay video; submit it again with render",
+                status=404,
+            )
+        require_succeeded(job)
+        path = job.result_paths.get("overlay")
+        if path is None or not path.is_file():
+            raise PoseError("result_missing", f"the overlay video of job {job.id} is not on disk", status=500)
+        return ranged_file_response(path, "video/mp4")
+
+
+def require_succeeded(job: Job) -> None:
+    """A job without a result yet (or that will never have one) is a 409 with its state."""
+    if job.state != "succeeded":
+        raise PoseError(
+            "job_not_finished" if job.state in ("queued", "running") else "job_" + job.state,
+            f"expected a succeeded job, got one that is {job.state}",
+            status=409,
+            details={"state": job.state, **({"error": job.error.__dict__} if job.error else {})},
+        )
+
+
+def _probe(path: Path, limits: Any) -> Any:
+    return probe_video(path, limits)
+
+
+def request_fingerprint(**fields: Any) -> str:
+    """sha256 of what a request asked for (the video's own digest or path, and its options):
+    what an idempotent replay must repeat."""
+    doc = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def render_field(render: bool) -> dict[str, bool]:
+    """``render`` in a request's fingerprint only when asked, so that requests made before the
+    option existed keep their fingerprints."""
+    return {"render": True} if render else {}

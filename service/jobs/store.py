@@ -1,0 +1,447 @@
+"""The job store: persistent jobs, so a video accepted over HTTP is never lost, and neither is its result.
+
+A web backend cannot hold a request open for the minutes a video takes, so a video is a job:
+accepted at once, processed by a worker, polled for progress, fetched when done. The jobs table
+lives in a database (`service.jobs.db`: SQLite beside the files by default, PostgreSQL for a
+cluster) and every job has a folder under the storage folder (`service.jobs.layout`).
+
+Every method is short and synchronous and one connection guarded by a lock serves all threads
+and asyncio tasks of a process. A worker claims a job with a lease that it renews
+(`heartbeat`, `save_checkpoint`); the claim's attempt number is its fencing token, and every
+write of a running job (checkpoint, progress, finish, fail) is refused once another attempt
+holds the job. A job whose lease runs out goes back to the queue (`expire_leases`) and the
+next attempt resumes from its last checkpoint.
+
+Every job belongs to the client that created it (`service.auth`). The calls a caller makes take
+a ``client`` scope: a job of another client is ``job_not_found``, exactly like a job that does
+not exist, so ids of other clients' jobs cannot even be probed; ``None`` is every client (an
+admin, and the service's own workers). Idempotency keys are one client's: the same key from two
+clients makes two jobs (`service.jobs.idempotency`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import logging
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Mapping, cast
+
+from pipeline.atomic import atomic_open
+from service.auth import DEFAULT_CLIENT
+from service.jobs.admission import check_capacity
+from service.jobs.admission import queue_full as _queue_full
+from service.jobs.cleanup import delete_expired_rows, remove_job_dirs, remove_orphans
+from service.jobs.db import Connection, Row, open_database
+from service.jobs.errors import conflict, not_found
+from service.jobs.idempotency import check_key, check_replay, discard, with_fingerprint
+from service.jobs.layout import (
+    check_id,
+    check_name,
+    move_input_into,
+    result_names,
+    upload_name,
+)
+from service.jobs.leases import claim_oldest
+from service.jobs.listing import check_paging, list_filter
+from service.jobs.model import Job, options_json
+from service.jobs.recovery import RecoveryReport, recover_expired, recover_stopped
+from service.jobs.rows import fenced_row, job_from_row, locked_row, visible
+from service.jobs.transitions import set_cancelled, write_progress
+from service.jobs.validation import check_create_args, check_kind, check_store_args
+
+log = logging.getLogger(__name__)
+
+
+class JobStore:
+    """Jobs in SQLite plus a folder of files per job; see `service.jobs.layout` for the layout.
+
+    ``max_active`` running jobs at most (`claim_next` hands out no more); ``max_queued`` jobs may
+    wait beyond those, after which `create` refuses with ``too_many_jobs`` (429, ``retry_after``).
+    Finished jobs are deleted by `purge_expired` after ``retention_s`` seconds (None: kept).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        retention_s: float | None = 7 * 24 * 3600.0,
+        max_active: int = 1,
+        max_queued: int = 100,
+        url: str | None = None,
+    ) -> None:
+        check_store_args(max_active, max_queued, retention_s)
+        self.data_dir = Path(data_dir)
+        self.retention_s = retention_s
+        self.max_active = max_active
+        self.max_queued = max_queued
+        self.jobs_dir = self.data_dir / "jobs"
+        self.uploads_dir = self.data_dir / "uploads"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        # Jobs this object claimed; recovery leaves them alone, everything else running is orphaned.
+        self._owner = uuid.uuid4().hex
+        self._db = open_database(url, self.data_dir)
+
+    @property
+    def node_local(self) -> bool:
+        """True for SQLite: only processes on this machine can share this store."""
+        return self._db.node_local
+
+    @property
+    def url(self) -> str:
+        return self._db.url
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _tx(self, *, lock_all: bool = False) -> Any:
+        """One write transaction; ``lock_all`` also serialises it with other multi-row writes."""
+
+        @contextlib.contextmanager
+        def tx() -> Iterator[Connection]:
+            with self._db.write() as db:
+                if lock_all:
+                    db.lock_all()
+                yield db
+
+        return tx()
+
+    # --- files ----------------------------------------------------------------------------
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs_dir / check_id(job_id)
+
+    def new_upload_path(self, suffix: str = "") -> Path:
+        """A fresh path to receive an upload on the same file system, so `create` can move it in."""
+        return self.uploads_dir / upload_name(suffix)
+
+    def open_result(self, job_id: str, name: str) -> Any:
+        """Write a result file atomically: readers see the old file or the whole new one."""
+        return atomic_open(self.job_dir(job_id) / check_name(name))
+
+    def write_result(self, job_id: str, name: str, data: bytes) -> Path:
+        with self.open_result(job_id, name) as f:
+            f.write(data)
+        return self.job_dir(job_id) / name
+
+    def write_json_result(self, job_id: str, name: str, document: Any) -> Path:
+        return self.write_result(job_id, name, json.dumps(document, separators=(",", ":")).encode())
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def create(
+        self,
+        kind: str = "video",
+        *,
+        input_file: Path | None = None,
+        move_input: bool = False,
+        options: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+        fingerprint: str | None = None,
+        client: str = DEFAULT_CLIENT,
+    ) -> Job:
+        """Accept a job, queued, for ``client``. Once this returns, the job and its input survive any restart.
+
+        ``move_input``: the file (an upload, see `new_upload_path`) is moved into the job folder
+        as ``input<suffix>``; otherwise ``input_file`` is only referenced (a media-folder file).
+        A known ``idempotency_key`` of the same client returns the existing job and drops the new upload, when the
+        request's ``fingerprint`` (a digest of what was sent, kept with the job) is the one the
+        job was made from; another payload under the same key is refused (422
+        ``idempotency_key_reused``), as the IETF Idempotency-Key draft asks.
+        Raises ``too_many_jobs`` (429, ``details["retry_after"]`` seconds) when full.
+        """
+        check_kind(kind)
+        options = with_fingerprint(options, fingerprint)
+        stored_options = options_json(options)
+        check_key(idempotency_key)
+        check_create_args(callback_url, input_file, move_input, client)
+
+        if idempotency_key is not None:
+            existing = self.find_by_idempotency_key(idempotency_key, client)
+            if existing is not None:
+                discard(input_file, move_input)
+                return check_replay(existing, fingerprint)
+        with self._db.read() as db:
+            check_capacity(db, max_active=self.max_active, max_queued=self.max_queued)  # refuse before moving any file
+
+        job_id = uuid.uuid4().hex
+        job_dir = self.jobs_dir / job_id
+        job_dir.mkdir()
+        input_path: Path | None = None
+        if input_file is not None:
+            input_file = Path(input_file)
+            input_path = move_input_into(job_dir, input_file) if move_input else input_file
+        now = time.time()
+        try:
+            with self._tx(lock_all=True) as db:
+                if idempotency_key is not None:
+                    row = db.execute(
+                        "SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?", (client, idempotency_key)
+                    ).fetchone()
+                    if row is not None:  # a concurrent retry won the race
+                        shutil.rmtree(job_dir, ignore_errors=True)
+                        return check_replay(self._job(row), fingerprint)
+                check_capacity(db, max_active=self.max_active, max_queued=self.max_queued)
+                seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+                db.execute(
+                    "INSERT INTO jobs (id, seq, kind, state, created_at, updated_at, input_path, options,"
+                    " idempotency_key, client, callback_url) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, seq, kind, now, now, None if input_path is None else str(input_path), stored_options,
+                     idempotency_key, client, callback_url),
+                )
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
+        log.info("job %s accepted (%s, client %s)", job_id, kind, client)
+        return self.get(job_id)
+
+    def find_by_idempotency_key(self, key: str, client: str = DEFAULT_CLIENT) -> Job | None:
+        """The job ``client`` created with this key, if any (keys of other clients are not looked at)."""
+        with self._db.read() as db:
+            row = db.execute("SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?", (client, key)).fetchone()
+        return None if row is None else self._job(row)
+
+    def get(self, job_id: str, client: str | None = None) -> Job:
+        """The job, or ``job_not_found`` (404), also when it belongs to a client other than ``client``."""
+        with self._db.read() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (check_id(job_id),)).fetchone()
+        if row is None or not visible(row, client):
+            raise not_found(job_id)
+        return self._job(row)
+
+    def list(
+        self, offset: int = 0, limit: int = 50, state: str | None = None, client: str | None = None
+    ) -> tuple[list[Job], int]:
+        """A page of jobs, newest first, and the total count (of that state and client, if given)."""
+        check_paging(offset, limit, state)
+        where, args = list_filter(state, client)
+        with self._db.read() as db:
+            total = cast(Row, db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone())[0]
+            rows = db.execute(
+                f"SELECT * FROM jobs {where} ORDER BY created_at DESC, seq DESC LIMIT ? OFFSET ?",
+                [*args, limit, offset],
+            ).fetchall()
+        return [self._job(r) for r in rows], total
+
+    def claim_next(self, lease_s: float = 30.0, *, limit_running: bool = True) -> Job | None:
+        """The oldest queued job, now running for this store with a new attempt number (its
+        fencing token) and a lease of ``lease_s``; None if none is queued.
+
+        ``limit_running``: also None while ``max_active`` jobs with live leases run anywhere
+        (one worker); a worker among many passes False and bounds its own jobs. The row is
+        taken with ``FOR UPDATE SKIP LOCKED`` where the database has row locks, so concurrent
+        workers claim different jobs.
+        """
+        now = time.time()
+        with self._tx() as db:
+            job_id = claim_oldest(db, self._owner, now, lease_s, limit_running=limit_running, max_active=self.max_active)
+            if job_id is None:
+                return None
+        return self.get(job_id)
+
+    def expire_leases(self, max_attempts: int = 3, now: float | None = None) -> RecoveryReport:
+        """Running jobs whose attempt stopped renewing its lease (its worker died, hangs or lost
+        its node) go back to the queue, keeping their checkpoint, so any worker resumes them;
+        or end ``cancelled`` (cancel was asked) or ``interrupted`` (started ``max_attempts``
+        times). The old attempt's token is stale from here on: it can publish nothing."""
+        now = time.time() if now is None else now
+        with self._tx(lock_all=True) as db:
+            report = recover_expired(db, max_attempts, now)
+        if report.requeued or report.failed or report.cancelled:
+            log.warning(
+                "expired leases: requeued %s, failed %s, cancelled %s", report.requeued, report.failed, report.cancelled
+            )
+        return report
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state (the queue length drives the video workers' autoscaling)."""
+        with self._db.read() as db:
+            return {r[0]: int(r[1]) for r in db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()}
+
+    def release(self, job_id: str, token: int) -> None:
+        """Attempt ``token`` stops (its worker shuts down): the job goes back to the queue with
+        its checkpoint, for the next attempt to resume at once (fenced)."""
+        now = time.time()
+        with self._tx() as db:
+            fenced_row(db, job_id, token)
+            db.execute(
+                "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
+                (now, job_id),
+            )
+
+    def heartbeat(self, job_id: str, token: int, lease_s: float = 30.0) -> None:
+        """Renew the lease of attempt ``token`` (fenced)."""
+        now = time.time()
+        with self._tx() as db:
+            fenced_row(db, job_id, token)
+            db.execute("UPDATE jobs SET lease_until = ? WHERE id = ?", (now + lease_s, job_id))
+
+    def save_checkpoint(
+        self,
+        job_id: str,
+        token: int,
+        checkpoint: Mapping[str, Any],
+        frames_done: int,
+        frames_total: int | None = None,
+        timings: Mapping[str, float] | None = None,
+        lease_s: float = 30.0,
+    ) -> None:
+        """Commit attempt ``token``'s checkpoint (a small JSON-able dict naming its files) with
+        the progress it stands for, and renew the lease; refused once another attempt took over."""
+        with self._tx() as db:
+            write_progress(db, job_id, token, frames_done, frames_total, timings, checkpoint=checkpoint, lease_s=lease_s)
+
+    def update_progress(
+        self,
+        job_id: str,
+        frames_done: int,
+        frames_total: int | None = None,
+        timings: Mapping[str, float] | None = None,
+        token: int | None = None,
+    ) -> Job:
+        """Record progress of a running job; ``timings`` keys overwrite; fenced by ``token``."""
+        with self._tx() as db:
+            write_progress(db, job_id, token, frames_done, frames_total, timings)
+        return self.get(job_id)
+
+    def finish(self, job_id: str, result_paths: Mapping[str, str | Path], token: int | None = None) -> Job:
+        """Mark a running job succeeded with its result files (inside its folder, written already).
+
+        A job whose cancel was asked meanwhile ends ``cancelled`` instead. With ``token`` only
+        that attempt may publish (``attempt_superseded`` otherwise).
+        """
+        job_dir = self.job_dir(job_id)
+        names = result_names(job_dir, result_paths)
+        now = time.time()
+        with self._tx() as db:
+            row = fenced_row(db, job_id, token)
+            if row["cancel_requested"]:
+                set_cancelled(db, job_id, now)
+            else:
+                db.execute(
+                    "UPDATE jobs SET state = 'succeeded', results = ?, finished_at = ?, updated_at = ?,"
+                    " owner = NULL, lease_until = NULL WHERE id = ?",
+                    (json.dumps(names), now, now, job_id),
+                )
+        return self.get(job_id)
+
+    def fail(self, job_id: str, code: str, message: str, token: int | None = None) -> Job:
+        """Mark a queued or running job failed with a stable code (cancelled if cancel was asked);
+        with ``token`` only while that attempt runs it."""
+        now = time.time()
+        with self._tx() as db:
+            row = locked_row(db, job_id)
+            if row["state"] not in ("queued", "running"):
+                raise conflict(job_id, row["state"], "queued or running")
+            if token is not None:
+                fenced_row(db, job_id, token)
+            if row["cancel_requested"]:
+                set_cancelled(db, job_id, now)
+            else:
+                db.execute(
+                    "UPDATE jobs SET state = 'failed', error_code = ?, error_message = ?, finished_at = ?,"
+                    " updated_at = ?, owner = NULL WHERE id = ?",
+                    (code, message, now, now, job_id),
+                )
+        return self.get(job_id)
+
+    def cancel(self, job_id: str, client: str | None = None) -> Job:
+        """Cancel: a queued job at once; a running one is flagged and its worker stops at the next chunk."""
+        now = time.time()
+        with self._tx() as db:
+            row = locked_row(db, job_id, client)
+            if row["state"] == "queued":
+                set_cancelled(db, job_id, now)
+            elif row["state"] == "running":
+                db.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?", (now, job_id))
+            elif row["state"] != "cancelled":
+                raise conflict(job_id, row["state"], "queued or running")
+        return self.get(job_id)
+
+    def is_cancelled(self, job_id: str) -> bool:
+        """For the worker, between chunks: stop when True (also when the job is gone)."""
+        with self._db.read() as db:
+            row = db.execute(
+                "SELECT state, cancel_requested FROM jobs WHERE id = ?", (check_id(job_id),)
+            ).fetchone()
+        return row is None or row["state"] == "cancelled" or bool(row["cancel_requested"])
+
+    def mark_cancelled(self, job_id: str, token: int | None = None) -> Job:
+        """The worker stopped a running job on request: it ends ``cancelled``."""
+        now = time.time()
+        with self._tx() as db:
+            fenced_row(db, job_id, token)
+            set_cancelled(db, job_id, now)
+        return self.get(job_id)
+
+    def delete(self, job_id: str, client: str | None = None) -> None:
+        """Remove a job that is not running, and its folder (a referenced media file is kept)."""
+        with self._tx() as db:
+            row = locked_row(db, job_id, client)
+            if row["state"] == "running":
+                raise conflict(job_id, "running", "not running (cancel it first)")
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+
+    # --- maintenance ------------------------------------------------------------------------
+
+    def recover_after_restart(
+        self,
+        max_attempts: int = 3,
+        *,
+        requeue_running: bool = True,
+        orphan_grace_s: float = 3600.0,
+        now: float | None = None,
+    ) -> RecoveryReport:
+        """Call on startup: jobs a dead process left ``running`` are re-queued, or failed
+        (``interrupted``) once they were started ``max_attempts`` times; none vanish.
+
+        ``requeue_running``: every running job not claimed by this store object is taken back
+        at once (one worker per store, which has just restarted). Where several workers share
+        the store pass False: their jobs come back only when their leases expire
+        (`expire_leases`); only jobs without a lease are taken back now.
+
+        Folders and uploads no job owns, older than ``orphan_grace_s`` (a crash between moving
+        an upload in and committing its job), are removed.
+        """
+        now = time.time() if now is None else now
+        with self._tx(lock_all=True) as db:
+            report = recover_stopped(db, self._owner, requeue_running, max_attempts, now)
+            known = {r["id"] for r in db.execute("SELECT id FROM jobs").fetchall()}
+        removed = remove_orphans(self.jobs_dir, self.uploads_dir, known, now, orphan_grace_s)
+        if report.requeued or report.failed or report.cancelled:
+            log.warning("recovered jobs: requeued %s, failed %s, cancelled %s", report.requeued, report.failed, report.cancelled)
+        return RecoveryReport(report.requeued, report.failed, report.cancelled, removed)
+
+    def purge_expired(self, now: float | None = None) -> builtins.list[str]:
+        """Delete finished jobs older than the retention period; their ids."""
+        if self.retention_s is None:
+            return []
+        now = time.time() if now is None else now
+        with self._tx(lock_all=True) as db:
+            ids = delete_expired_rows(db, now - self.retention_s)
+        remove_job_dirs(self.jobs_dir, ids)
+        return ids
+
+    def queue_full(self, queued: int, running: int) -> bool:
+        """Whether a new job must wait outside: ``max_queued`` jobs wait already, beyond the
+        ``max_active`` slots (of one worker) still free. With several workers running more
+        than ``max_active`` jobs, the queue alone bounds admission."""
+        return _queue_full(queued, running, max_active=self.max_active, max_queued=self.max_queued)
+
+    def _job(self, row: Row) -> Job:
+        return job_from_row(row, self.jobs_dir)

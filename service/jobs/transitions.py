@@ -1,0 +1,52 @@
+"""Row writes that several store operations share: ending a job ``cancelled``, and recording a
+running attempt's progress with its checkpoint and a renewed lease (fenced by the attempt)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Mapping
+
+from service.jobs.db import Connection, Row
+from service.jobs.rows import fenced_row
+
+
+def set_cancelled(db: Connection, job_id: str, now: float) -> None:
+    db.execute(
+        "UPDATE jobs SET state = 'cancelled', error_code = 'cancelled', error_message = ?,"
+        " finished_at = ?, updated_at = ?, owner = NULL WHERE id = ?",
+        ("cancelled at the caller's request", now, now, job_id),
+    )
+
+
+def write_progress(
+    db: Connection,
+    job_id: str,
+    token: int | None,
+    frames_done: int,
+    frames_total: int | None,
+    timings: Mapping[str, float] | None,
+    *,
+    checkpoint: Mapping[str, Any] | None = None,
+    lease_s: float | None = None,
+) -> None:
+    """Progress of a running job (fenced by ``token``), with its checkpoint and a renewed
+    lease when given."""
+    now = time.time()
+    merged = merged_timings(fenced_row(db, job_id, token), timings)
+    sets = "frames_done = ?, frames_total = COALESCE(?, frames_total), timings = ?, updated_at = ?"
+    values: list[Any] = [int(frames_done), frames_total, json.dumps(merged), now]
+    if checkpoint is not None:
+        sets += ", checkpoint = ?"
+        values.append(json.dumps(dict(checkpoint)))
+    if lease_s is not None:
+        sets += ", lease_until = ?"
+        values.append(now + lease_s)
+    db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*values, job_id))
+
+
+def merged_timings(row: Row, timings: Mapping[str, float] | None) -> dict[str, float]:
+    """The row's stage timings with ``timings`` written over them."""
+    merged = json.loads(row["timings"])
+    merged.update({str(k): float(v) for k, v in (timings or {}).items()})
+    return merged

@@ -1,0 +1,424 @@
+"""The video worker: claims jobs from the store and runs each through
+`pipeline.video.loop.VideoLoop`, the same loop as ``python -m pipeline video``, with the model
+stages its host gives it (Ray Serve's Detector and MeshRegressor under ``VideoPipeline``).
+
+* the appearance step and PHALP tracking run here, in the process that holds the job, so a
+  job's state has one home and the 1 MiB UV maps never cross a process boundary;
+* after every chunk the finished frames are appended to the job's result on disk and the loop's
+  state (tracker included) is checkpointed with the job, fenced by the attempt's token; a new
+  attempt (this worker restarted, another worker took an expired lease) resumes there, so a
+  lost worker costs at most the chunks in flight; a stage that fails or pushes back is retried
+  with back-off inside the job (the loop asks the stages which failures are transient).
+
+A job submitted with ``render=true`` gets its overlay video drawn (`pipeline.render.overlay`)
+from the finalized result before it succeeds. Progress and stage timings go to the store after
+each chunk; cancellation is checked between chunks; a job's optional callback URL is POSTed once
+it ends (failures are logged, never fail it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.errors import PoseError
+from pipeline.export.source import ResultFiles
+from pipeline.render.overlay import OverlayRenderer, render_video
+from pipeline.schema import MODEL_NAMES
+from pipeline.tracking.loading import load_appearance_and_tracking
+from pipeline.tracking.state import load_state, save_state
+from pipeline.video.loop import FrameStages, VideoLoop
+from service.callbacks import post
+from service.jobs import Job, JobStore, redact
+from service.settings import JobSettings, ModelSettings
+
+logger = logging.getLogger(__name__)
+
+VIDEO_WORK_DIR = "work"  # segments of the result being written, inside the job folder
+
+
+class VideoWorker:
+    """One video worker: a background loop that claims jobs and runs each in a thread; its
+    methods only nudge the loop (`wake`, `cancel`). Built inside a running event loop."""
+
+    def __init__(
+        self,
+        stages: FrameStages,
+        settings: JobSettings,
+        models: ModelSettings,
+        *,
+        map_error: Callable[[BaseException], PoseError | None],
+        unwrap: Callable[[BaseException], BaseException] = lambda exc: exc,
+        nodes: Callable[[], int] = lambda: 1,
+    ) -> None:
+        self.map_error = map_error  # a failure of the host's stages as a stable code
+        self.unwrap = unwrap  # the original exception inside the host's wrappers
+        self.nodes = nodes
+        self.settings = settings
+        self.models = models
+        self.limits = settings.video_limits.limits()
+        self._overlay: Any = None  # the overlay renderer, built by the first job that asks for one
+        self._overlay_lock = threading.Lock()
+        started = time.perf_counter()
+        appearance, tracker_models = load_appearance_and_tracking(
+            models.roots(), device=models.device, download=models.download
+        )
+        self.loop = VideoLoop(
+            stages, appearance, tracker_models,
+            chunk_size=settings.chunk_size, limits=self.limits, max_stage_wait_s=settings.max_stage_wait_s,
+        )
+        self.load_s = time.perf_counter() - started  # models loaded
+        self.store: JobStore | None = None
+        self.store_error: PoseError | None = None
+        for job_id in self._open_store() or []:
+            self._schedule_callback(job_id)
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._tokens: dict[str, int] = {}  # job id -> attempt this replica runs
+        self._delete_when_stopped: set[str] = set()
+        self._wake = asyncio.Event()
+        self._last_purge = 0.0
+        self._loop_beat = time.monotonic()
+        self._stopping = False  # set when the host stops the worker: the loop claims nothing more
+        self._loop_task = asyncio.get_running_loop().create_task(self._worker())
+
+    # -- called by the API, through the host -------------------------------------------------------------
+    async def wake(self) -> None:
+        """A job was queued: claim it now rather than at the next poll."""
+        self._wake.set()
+
+    async def cancel(self, job_id: str, delete: bool = False) -> None:
+        """Stop a running job at its next chunk (the store already has the flag); ``delete``:
+        remove it once stopped."""
+        if delete:
+            self._delete_when_stopped.add(job_id)
+        task = self._active.get(job_id)
+        if task is None and delete and self.store is not None:
+            await asyncio.to_thread(self._delete_if_finished, job_id)
+
+    async def ready(self) -> bool:
+        return not self._loop_task.done()
+
+    def _open_store(self) -> list[str] | None:
+        """Open the store and recover after a restart: the jobs that recovery ended (their
+        callbacks are due), or None on an unusable data folder; the worker then waits (the
+        Ingress refuses video jobs meanwhile) and tries again each poll."""
+        try:
+            self.store = self.settings.open_store(self.nodes())
+        except PoseError as exc:
+            if exc.code != "data_dir_unavailable":
+                raise
+            if self.store_error is None:
+                logger.error("%s", exc.message)
+            self.store_error = exc
+            return None
+        self.store_error = None
+        # Jobs of other workers come back only through their expired leases (`expire_leases`).
+        report = self.store.recover_after_restart(self.settings.max_attempts, requeue_running=False)
+        logger.info(
+            "VideoPipeline up on %s: requeued %d, failed %d, cancelled %d jobs after restart",
+            self.settings.data_dir, len(report.requeued), len(report.failed), len(report.cancelled),
+        )
+        return report.failed + report.cancelled
+
+    async def queue_stats(self) -> tuple[int, int]:
+        """Jobs queued in the store, and jobs this worker runs (what the autoscaling follows)."""
+        counts = await asyncio.to_thread(self.store.counts) if self.store is not None else {}
+        return int(counts.get("queued", 0)), len(self._active)
+
+    def stop(self) -> None:
+        """The host stops this worker (scale-down, redeploy): claim nothing more and hand its jobs
+        back to the queue at once, so another worker resumes them from their checkpoints instead
+        of waiting for the lease to run out; their threads stop at their next write (the token is
+        then stale)."""
+        self._stopping = True
+        store = getattr(self, "store", None)
+        if store is None:
+            return
+        for job_id, token in list(getattr(self, "_tokens", {}).items()):
+            with contextlib.suppress(Exception):
+                store.release(job_id, token)
+                logger.info("job %s handed back to the queue (attempt %d)", job_id, token)
+
+    async def info(self) -> dict[str, Any]:
+        return {
+            "active_jobs": sorted(self._active),
+            "max_active": self.settings.max_active,
+            "max_queued": self.settings.max_queued,
+            "chunk_size": self.settings.chunk_size,
+            "worker_alive": not self._loop_task.done(),
+            "job_store": redact(self.store.url) if self.store is not None else None,
+            "job_store_shared": None if self.store is None else not self.store.node_local,
+            "store_error": None if self.store_error is None else self.store_error.to_dict()["error"],
+        }
+
+    # -- the worker --------------------------------------------------------------------------
+    async def check_health(self) -> None:
+        """The host's health check: the worker loop runs and has gone round recently (a loop stuck
+        in a store call fails it, and Serve replaces the replica; its jobs' leases run out)."""
+        if self._loop_task.done():
+            raise RuntimeError("the video worker loop has stopped")
+        stalled = time.monotonic() - self._loop_beat
+        limit = max(60.0, 10 * self.settings.poll_interval_s, 2 * self.settings.lease_s)
+        if stalled > limit:
+            raise RuntimeError(f"the video worker loop has not gone round for {stalled:.0f} s (limit {limit:.0f} s)")
+
+    async def _worker(self) -> None:
+        assert self.store is not None  # jobs run only once the store is open
+        while not self._stopping:
+            self._loop_beat = time.monotonic()
+            try:
+                if self.store is None:
+                    ended = await asyncio.to_thread(self._open_store)
+                    if ended is None:
+                        await asyncio.sleep(self.settings.poll_interval_s)
+                        continue
+                    for job_id in ended:
+                        self._schedule_callback(job_id)
+                await self._claim_jobs()
+                if time.time() - self._last_purge > 600:
+                    self._last_purge = time.time()
+                    purged = await asyncio.to_thread(self.store.purge_expired)
+                    if purged:
+                        logger.info("retention: deleted %d finished jobs", len(purged))
+            except Exception:  # the loop must outlive a failing store call (disk full, locked)
+                if self._stopping:  # the replica's executor is already shut down: nothing to retry
+                    return
+                logger.exception("video worker: claiming jobs failed; retrying")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
+            self._wake.clear()
+
+    async def _claim_jobs(self) -> None:
+        assert self.store is not None  # jobs run only once the store is open
+        expired = await asyncio.to_thread(self.store.expire_leases, self.settings.max_attempts)
+        for job_id in expired.failed + expired.cancelled:
+            self._schedule_callback(job_id)
+        while len(self._active) < self.settings.max_active:
+            job = await asyncio.to_thread(self.store.claim_next, self.settings.lease_s, limit_running=False)
+            if job is None:
+                return
+            where = "from its checkpoint at frame %d" % job.checkpoint["next_frame"] if job.checkpoint else "from the start"
+            logger.info("job %s claimed (attempt %d), %s", job.id, job.attempts, where)
+            self._active[job.id] = asyncio.get_running_loop().create_task(self._run(job))
+
+    async def _run(self, job: Job) -> None:
+        """One attempt of a job to its end state (or until a newer attempt owns it); never raises."""
+        assert self.store is not None  # jobs run only once the store is open
+        token = job.attempts
+        self._tokens[job.id] = token
+        beat = asyncio.get_running_loop().create_task(self._heartbeat(job.id, token))
+        superseded = False
+        try:
+            names = await asyncio.to_thread(self._process, job, token)
+            await asyncio.to_thread(self.store.finish, job.id, names, token)
+            logger.info("job %s succeeded (attempt %d)", job.id, token)
+            await asyncio.to_thread(self._clean_after_finish, job.id, names)
+        except _Cancelled:
+            with contextlib.suppress(PoseError):
+                await asyncio.to_thread(self.store.mark_cancelled, job.id, token)
+            logger.info("job %s cancelled", job.id)
+        except Exception as exc:
+            err = self._as_job_error(exc)
+            if err.code in ("attempt_superseded", "job_state_conflict"):  # another attempt owns it, or it was handed back
+                superseded = True
+                logger.warning("job %s: attempt %d stops, %s", job.id, token, err.message)
+            else:
+                if err.code == "internal_error":
+                    logger.exception("job %s failed unexpectedly", job.id)
+                else:
+                    logger.info("job %s failed: %s", job.id, err)
+                await asyncio.to_thread(self._record_failure, job.id, token, err)
+        finally:
+            beat.cancel()
+            self._active.pop(job.id, None)
+            self._tokens.pop(job.id, None)
+            self._wake.set()
+        if superseded:
+            return
+        if job.id in self._delete_when_stopped:
+            await asyncio.to_thread(self._delete_if_finished, job.id)
+        elif job.callback_url:
+            self._schedule_callback(job.id)
+
+    def _record_failure(self, job_id: str, token: int, err: PoseError) -> None:
+        """Record the failure, retrying a failing store (disk full, database away) for up to a
+        lease; past that the job's lease runs out and the next attempt records or redoes it."""
+        assert self.store is not None  # jobs run only once the store is open
+        deadline, delay = time.monotonic() + self.settings.lease_s, 0.5
+        while True:
+            try:
+                self.store.fail(job_id, err.code, err.message, token)
+                return
+            except PoseError as exc:  # another attempt owns it, or it ended meanwhile: theirs to record
+                logger.warning("job %s: failure not recorded: %s", job_id, exc)
+                return
+            except Exception:
+                if time.monotonic() + delay > deadline:
+                    logger.exception("job %s: its failure (%s) could not be recorded; its lease will run out "
+                                     "and another attempt takes the job", job_id, err.code)
+                    return
+                logger.warning("job %s: recording its failure failed; retrying in %.1f s", job_id, delay, exc_info=True)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _heartbeat(self, job_id: str, token: int) -> None:
+        """Renew the attempt's lease while a long chunk runs (checkpoints renew it too)."""
+        assert self.store is not None  # jobs run only once the store is open
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            try:
+                await asyncio.to_thread(self.store.heartbeat, job_id, token, self.settings.lease_s)
+            except PoseError:
+                return
+            except Exception:
+                logger.exception("job %s: heartbeat failed", job_id)
+
+    def _process(self, job: Job, token: int) -> dict[str, str]:
+        """Run (or resume) the job in this thread; write its result files; their names."""
+        store = self.store
+        assert store is not None  # jobs run only once the store is open
+        if job.input_path is None:
+            raise PoseError("input_missing", "the job has no input video")
+        job_dir = store.job_dir(job.id)
+        checkpoint: dict[str, Any] = job.checkpoint or {}
+        vertices = bool(job.options.get("vertices", False))
+        resume = None
+        if job.checkpoint:
+            try:
+                resume = load_state(job_dir / checkpoint["file"])
+            except PoseError as exc:  # the file is gone or damaged: the result is deterministic, start over
+                logger.warning("job %s: checkpoint %s unreadable (%s); starting from the first frame",
+                               job.id, checkpoint["file"], exc)
+        committed = {"file": None if resume is None else checkpoint["file"]}
+        resumed_from = int(checkpoint["next_frame"]) if resume is not None else 0
+        started = time.perf_counter()
+
+        def on_chunk(state: dict[str, Any], done: int, total: int | None, timings: dict[str, float]) -> None:
+            name = f"checkpoint-a{token}-{int(state['chunks']):06d}.npz"
+            _save_checkpoint(state, job_dir / name)
+            timings = {**timings, "total_s": time.perf_counter() - started}
+            store.save_checkpoint(
+                job.id, token,
+                {"file": name, "next_frame": done, "chunks": int(state["chunks"]), "resumed_from": resumed_from},
+                done, total, timings, self.settings.lease_s,
+            )
+            previous, committed["file"] = committed["file"], name
+            if previous and previous != name:
+                with contextlib.suppress(FileNotFoundError):
+                    (job_dir / previous).unlink()
+
+        def should_stop() -> bool:
+            return store.is_cancelled(job.id)
+
+        def on_start(total: int | None) -> None:  # frames_total shown from the start
+            store.update_progress(job.id, resumed_from, total, token=token)
+
+        try:
+            done = self.loop.run(
+                job.input_path, job_dir / VIDEO_WORK_DIR, token=token, vertices=vertices,
+                resume=resume, on_chunk=on_chunk, should_stop=should_stop, on_start=on_start,
+            )
+        except PoseError as exc:
+            if exc.code == "cancelled":
+                raise _Cancelled() from None
+            raise
+        if done.resumed_from:
+            logger.info("job %s: attempt %d resumed at frame %d", job.id, token, done.resumed_from)
+        names = done.writer.finalize(job_dir, done.meta, dict(MODEL_NAMES), suffix=f"a{token}")
+        if job.options.get("render"):
+            names["overlay"] = self._render_overlay(job, job_dir / names["jsonl"], job_dir / names["meta"], token)
+        return names
+
+    def _render_overlay(self, job: Job, jsonl: Path, meta: Path, token: int) -> str:
+        """The overlay MP4 of the finalized result, written atomically beside it; its name."""
+        store = self.store
+        assert store is not None and job.input_path is not None  # a running job's
+        with self._overlay_lock:
+            if self._overlay is None:
+                self._overlay = OverlayRenderer.from_cache(
+                    self.models.roots(), device=self.models.device, download=self.models.download
+                )
+        name = f"overlay-a{token}.mp4"
+        started = time.perf_counter()
+        try:
+            render_video(job.input_path, ResultFiles(jsonl, meta), store.job_dir(job.id) / name, self._overlay,
+                         limits=self.limits, chunk_size=self.settings.chunk_size,
+                         should_stop=lambda: store.is_cancelled(job.id))
+        except PoseError as exc:
+            if exc.code == "cancelled":
+                raise _Cancelled() from None
+            raise
+        logger.info("job %s: overlay rendered in %.1f s", job.id, time.perf_counter() - started)
+        return name
+
+    def _clean_after_finish(self, job_id: str, names: dict[str, str]) -> None:
+        """The published files stay; segments, checkpoints and earlier attempts' files go."""
+        assert self.store is not None  # jobs run only once the store is open
+        job_dir = self.store.job_dir(job_id)
+        shutil.rmtree(job_dir / VIDEO_WORK_DIR, ignore_errors=True)
+        keep = set(names.values())
+        for path in job_dir.iterdir():
+            if path.is_file() and path.name.startswith(("checkpoint-", "result", "overlay")) and path.name not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    def _delete_if_finished(self, job_id: str) -> None:
+        assert self.store is not None  # jobs run only once the store is open
+        with contextlib.suppress(PoseError):
+            self.store.delete(job_id)
+            self._delete_when_stopped.discard(job_id)
+
+    # -- callbacks ---------------------------------------------------------------------------
+    def _schedule_callback(self, job_id: str) -> None:
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule on
+            asyncio.get_running_loop().create_task(asyncio.to_thread(self._callback, job_id))
+
+    def _callback(self, job_id: str) -> None:
+        """POST the job's status to its callback URL (signed, checked, a few tries); a failure
+        is logged, the job stands."""
+        assert self.store is not None  # jobs run only once the store is open
+        try:
+            job = self.store.get(job_id)
+        except PoseError:
+            return
+        if not job.callback_url:
+            return
+        status = job.to_dict()
+        for private in ("callback_url", "idempotency_key"):  # the receiver knows them; a log of it need not
+            status.pop(private, None)
+        body = json.dumps({"event": "job." + job.state, "job": status}).encode()
+        try:
+            answer = post(job.callback_url, body, self.settings.callback_policy(job.client))
+            logger.info("job %s: callback answered %s", job_id, answer)
+        except Exception as exc:  # refused now, bad secrets, network or HTTP failure: logged, the job's state stands
+            logger.warning("job %s: callback failed: %s", job_id, exc)
+
+    def _as_job_error(self, exc: BaseException) -> PoseError:
+        exc = self.unwrap(exc)
+        if isinstance(exc, PoseError):
+            return exc
+        mapped = self.map_error(exc)
+        if mapped is not None:
+            return mapped
+        return PoseError("internal_error", f"unexpected error while processing the video: {type(exc).__name__}", status=500)
+
+
+class _Cancelled(Exception):
+    """The job was cancelled between chunks."""
+
+
+def _save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """The loop's state as one uncompressed .npz, atomically (written every chunk: no zlib)."""
+    tmp = path.with_name("." + path.name + ".tmp")
+    save_state(state, tmp, compress=False)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
