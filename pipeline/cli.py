@@ -187,7 +187,7 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_render(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.render.overlay import OverlayRenderer, RenderConfig, render_image, render_video
-    from pipeline.video.decode import sniff_container
+    from pipeline.video.container import sniff_container
 
     from .errors import InputError
     from .imageio import sniff_format

@@ -121,7 +121,7 @@ def _rasterize(
     depth = torch.full((b * h * w,), float(far), dtype=torch.float32, device=device)
     key = None
     if with_faces:
-        far_bits = torch.tensor([float(far)], dtype=torch.float32).view(torch.int32).to(torch.int64).item()
+        far_bits = int(torch.tensor([float(far)], dtype=torch.float32).view(torch.int32).to(torch.int64).item())
         key = torch.full((b * h * w,), (far_bits << 32) | 0xFFFFFFFF, dtype=torch.int64, device=device)
 
     def done() -> Fragments:

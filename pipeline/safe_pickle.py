@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import codecs
 import collections
+import importlib
 import io
 import os
 import pickle
 import types
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO, Literal, Mapping, cast
 
 import numpy as np
 
@@ -45,7 +46,8 @@ def _opaque_class(module: str, name: str) -> type:
 
 
 def _numpy_globals() -> dict[tuple[str, str], Any]:
-    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # NumPy 2 / 1
+    # NumPy 2 / 1; looked up by module name: the stubs do not list ``multiarray`` as an attribute
+    multiarray = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
     out: dict[tuple[str, str], Any] = {}
     # Files written by NumPy 1 name numpy.core, by NumPy 2 numpy._core: accept both spellings.
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
@@ -60,7 +62,8 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
 
 def _frombuffer(buf: bytes, dtype: Any, shape: tuple[int, ...], order: str) -> np.ndarray:
     # NumPy >= 1.25 pickles contiguous arrays this way (protocol 5 path).
-    return np.frombuffer(buf, dtype=dtype).reshape(shape, order=order).copy()
+    # ``order`` comes from the file; numpy rejects anything but A, C, F
+    return np.frombuffer(buf, dtype=dtype).reshape(shape, order=cast(Literal["A", "C", "F"], order)).copy()
 
 
 _BUILTINS = {

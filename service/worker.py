@@ -89,7 +89,7 @@ class VideoWorker:
         self._stopping = False  # set when the host stops the worker: the loop claims nothing more
         self._loop_task = asyncio.get_running_loop().create_task(self._worker())
 
-    # -- called by the API, through the host -------------------------------------------------------------
+    # -- called by the API, through the host ---------------------------------------------------
     async def wake(self) -> None:
         """A job was queued: claim it now rather than at the next poll."""
         self._wake.set()
@@ -171,7 +171,6 @@ class VideoWorker:
             raise RuntimeError(f"the video worker loop has not gone round for {stalled:.0f} s (limit {limit:.0f} s)")
 
     async def _worker(self) -> None:
-        assert self.store is not None  # jobs run only once the store is open
         while not self._stopping:
             self._loop_beat = time.monotonic()
             try:
@@ -183,7 +182,7 @@ class VideoWorker:
                     for job_id in ended:
                         self._schedule_callback(job_id)
                 await self._claim_jobs()
-                if time.time() - self._last_purge > 600:
+                if time.time() - self._last_purge > 600 and self.store is not None:
                     self._last_purge = time.time()
                     purged = await asyncio.to_thread(self.store.purge_expired)
                     if purged:

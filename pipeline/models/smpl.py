@@ -96,7 +96,8 @@ def read_smpl_pickle(path: str | Path) -> dict[str, Any]:
             raise WeightsError("smpl_unreadable", f"{path}: key {key!r} missing; is this an SMPL model file?")
         if tuple(np.shape(data[key])) != shape:
             raise WeightsError("smpl_unreadable", f"{path}: {key} has shape {np.shape(data[key])}, expected {shape}")
-    sd = np.shape(data.get("shapedirs"))
+    shapedirs: Any = data.get("shapedirs")  # None when missing: its shape is then ()
+    sd = np.shape(shapedirs)
     if len(sd) != 3 or sd[:2] != (NUM_VERTICES, 3) or sd[2] < NUM_BETAS:
         raise WeightsError("smpl_unreadable", f"{path}: shapedirs has shape {sd}, expected (6890, 3, >=10)")
     return data
@@ -149,6 +150,16 @@ class SMPLBodyModel(nn.Module):
     Buffers are named as in the HMR2 checkpoint (``smpl.*``), so the checkpoint fills them; the
     pickles are only needed to build the model without a checkpoint (see `from_files`).
     """
+
+    shapedirs: torch.Tensor  # buffers
+    faces_tensor: torch.Tensor
+    v_template: torch.Tensor
+    J_regressor: torch.Tensor
+    posedirs: torch.Tensor
+    parents: torch.Tensor
+    lbs_weights: torch.Tensor
+    joint_regressor_extra: torch.Tensor
+    joint_map: torch.Tensor
 
     def __init__(self, num_betas: int = NUM_BETAS, num_extra_joints: int = 19) -> None:
         super().__init__()
@@ -239,6 +250,8 @@ class SMPLBodyModel(nn.Module):
 
 class _VertexJointSelector(nn.Module):
     """smplx's ``VertexJointSelector``: appends keypoints taken from fixed mesh vertices."""
+
+    extra_joints_idxs: torch.Tensor  # buffer
 
     def __init__(self) -> None:
         super().__init__()

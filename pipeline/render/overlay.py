@@ -360,6 +360,7 @@ class H264Writer:
             self.stream.width, self.stream.height = w + w % 2, h + h % 2
             self.stream.pix_fmt = "yuv420p"
             self.size = (self.stream.width, self.stream.height)
+        assert self.size is not None  # set with the stream
         if (w + w % 2, h + h % 2) != self.size:
             raise ValueError(f"expected frames of {self.size[0]}x{self.size[1]}, got {w}x{h}")
         if w % 2 or h % 2:

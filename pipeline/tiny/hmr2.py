@@ -57,13 +57,13 @@ class _ChumpyArray:
         self.state = {"x": x, "_dirty_vars": set(), "_itr": None, "_depends_on_deps": {}}
 
     def __reduce_ex__(self, protocol: int):  # type: ignore[override]
-        return (copyreg.__newobj__, (type(self),), self.state)
+        return (copyreg.__newobj__, (type(self),), self.state)  # type: ignore[attr-defined]  # exists at runtime; typeshed's copyreg omits it
 
 
-class _SMPLPickler(pickle._Pickler):  # type: ignore[name-defined]
+class _SMPLPickler(pickle._Pickler):
     """Names `_ChumpyArray` as ``chumpy.ch.Ch`` without importing chumpy."""
 
-    def save_global(self, obj, name=None):  # type: ignore[no-untyped-def]
+    def save_global(self, obj, name=None):
         if obj is _ChumpyArray:
             self.save("chumpy.ch")
             self.save("Ch")
@@ -272,7 +272,7 @@ def write_tiny_hmr2(roots: CacheRoots, seed: int = 0) -> list[Path]:
     paths["smpl"].write_bytes(_smpl_pickle_bytes(body))
     with open(paths["regressor"], "wb") as fh:
         pickle.dump(body["joint_regressor_extra"], fh, protocol=2)
-    np.savez(paths["means"], **means)
+    np.savez(paths["means"], allow_pickle=True, **means)  # the default; spelled out so **means cannot fill it (mypy)
     cfg = model_config_dict()
     paths["config"].write_text(yaml.safe_dump(cfg, sort_keys=False))
     checkpoint = {

@@ -52,6 +52,7 @@ import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ from ..models.vitdet.config import VitDetConfig, vitdet_tiny
 from ..models.vitdet.files import CHECKPOINT_PATH
 from ..models.vitdet.model import VitDetModel
 from ..models.vitdet.predictor import PERSON_CLASS, VitDetPredictor
-from ..models.vitdet.roi_heads import POOL_LEVELS, pool_boxes
+from ..models.vitdet.roi_heads import POOL_LEVELS, VitDetBoxHead, pool_boxes
 from ..weights import CacheRoots
 
 logger = logging.getLogger(__name__)
@@ -249,11 +250,11 @@ def _set_pyramid(state: dict[str, torch.Tensor], cfg: VitDetConfig) -> None:
     upsample_quadrants(state["backbone.simfp_2.0.weight"])
     state["backbone.simfp_2.1.weight"][:_PGATE] = _ln_scale(cfg.embed_dim // 2)
     # GELU(x) - GELU(-x) = x exactly, so the pairs survive the GELU between the two upsamplings
-    second = state["backbone.simfp_2.3.weight"]  # (in, out, 2, 2)
+    second_up = state["backbone.simfp_2.3.weight"]  # (in, out, 2, 2)
     for pos, neg in ((_PT, _PT_NEG), (_PC, _PC_NEG)):
-        second[pos, pos], second[neg, pos] = 1.0, -1.0
-        second[neg, neg], second[pos, neg] = 1.0, -1.0
-    second[_PK_POS, _PK_POS], second[_PK_POS, _PK_NEG] = 1.0, -1.0
+        second_up[pos, pos], second_up[neg, pos] = 1.0, -1.0
+        second_up[neg, neg], second_up[pos, neg] = 1.0, -1.0
+    second_up[_PK_POS, _PK_POS], second_up[_PK_POS, _PK_NEG] = 1.0, -1.0
     _copy(state["backbone.simfp_2.4.weight"], _PASS)
     _identity_norm(state, "backbone.simfp_2.4.norm", c)
     _copy(state["backbone.simfp_2.5.weight"], _PASS)
@@ -314,7 +315,7 @@ def _pooled_darkness(model: VitDetModel, frame: np.ndarray, boxes: np.ndarray, s
         feats = model.backbone(batch)
         pooled = pool_boxes([feats[n] for n in POOL_LEVELS], [scaled], model.cfg.box_pool_size)
         x = pooled
-        head = model.roi_heads.box_head[0]
+        head = cast(VitDetBoxHead, model.roi_heads.box_head[0])
         for i in range(head.num_convs):
             x = getattr(head, f"conv{i + 1}")(x)
     return x[:, _PT].clone()
@@ -353,10 +354,10 @@ def _centring_regressor(model: VitDetModel) -> tuple[torch.Tensor, torch.Tensor]
                     goals.append([(gx - cx) / w, (gy - cy) / h])
             rows.append(_pooled_darkness(model, frame, np.asarray(boxes, np.float32), size).flatten(1))
             targets.append(torch.tensor(goals, dtype=torch.float32))
-    x = torch.cat(rows).double()
+    features = torch.cat(rows).double()
     y = torch.cat(targets).double()
-    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
-    ridge = 1e-2 * torch.eye(x1.shape[1], dtype=x.dtype)
+    x1 = torch.cat([features, torch.ones(len(features), 1, dtype=features.dtype)], dim=1)
+    ridge = 1e-2 * torch.eye(x1.shape[1], dtype=features.dtype)
     ridge[-1, -1] = 0.0
     solution = torch.linalg.solve(x1.T @ x1 + ridge, x1.T @ y)  # (50, 2)
     return solution[:-1].T.float(), solution[-1].float()

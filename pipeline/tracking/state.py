@@ -46,7 +46,10 @@ def save_state(state: dict[str, Any], path: str | os.PathLike[str], *, compress:
     meta = _split(state, arrays)
     path = Path(path)
     with open(path, "wb") as fh:
-        (np.savez_compressed if compress else np.savez)(fh, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+        (np.savez_compressed if compress else np.savez)(
+            # allow_pickle is the default, spelled out so that mypy does not match **arrays to it
+            fh, allow_pickle=True, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays
+        )
     return path
 
 

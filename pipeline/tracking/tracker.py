@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence, cast
 
 import numpy as np
 import torch
@@ -274,7 +274,7 @@ class Tracker:
         poses = torch.from_numpy(np.stack([np.stack([h.pose for h in t.history]) for t in tracks]))
         times = torch.tensor([[h.time for h in t.history] for t in tracks], dtype=torch.int64)
         tsu = torch.tensor([t.time_since_update for t in tracks], dtype=torch.int64)
-        readout = "per_row" if cfg.pose_readout_per_row else "first_row"
+        readout: Literal["first_row", "per_row"] = "per_row" if cfg.pose_readout_per_row else "first_row"
         pred_pose = self.models.pose_predictor.predict_next(poses, times, tsu, readout=readout).numpy()
         for i, track in enumerate(tracks):
             track.pred_pose = pred_pose[i].astype(np.float32)
@@ -328,7 +328,7 @@ class Tracker:
             reports.append(
                 TrackReport(
                     track_id=track.track_id,
-                    bbox_tlwh=tuple(float(v) for v in last.bbox_tlwh),
+                    bbox_tlwh=_tlwh(last.bbox_tlwh),
                     time_since_update=track.time_since_update,
                     detection_index=last.index if matched_now else None,
                     conf=float(last.conf),
@@ -348,7 +348,7 @@ class Tracker:
                                 frame_index=frames[-1 - j],
                                 detection_index=rec.index,
                                 track_id=track.track_id,
-                                bbox_tlwh=tuple(float(v) for v in rec.bbox_tlwh),
+                                bbox_tlwh=_tlwh(rec.bbox_tlwh),
                                 conf=float(rec.conf),
                                 extra=rec.extra,
                             )
@@ -441,6 +441,11 @@ def collect_outputs(frames: Sequence[FrameTracks]) -> list[dict[str, Any]]:
             target["conf"].append(b.conf)
             target["extra_data"].append(b.extra)
     return out
+
+
+def _tlwh(box: np.ndarray) -> tuple[float, float, float, float]:
+    """A (4,) x, y, w, h box as a tuple of floats."""
+    return cast("tuple[float, float, float, float]", tuple(float(v) for v in box))
 
 
 def _unseen(size: int) -> np.ndarray:

@@ -243,6 +243,7 @@ class VideoLoop:
             next_frame, chunks = int(state["next_frame"]), int(state["chunks"])
             timings = {**dict.fromkeys(TIMINGS, 0.0), **state["timings"]}
         progressed = False
+        # a generator (closed below), though iter_frames is annotated as returning an Iterator
         frames = iter_frames(path, self.limits, chunk_size=self.chunk_size, start_frame=next_frame)
         pending: tuple[FrameChunk, Callable[[], list[FrameModels]]] | None = None
         submitted = None

@@ -170,7 +170,7 @@ class ResultWriter:
         atomic_write(stem.with_suffix(".jsonl"), "".join(frame_json(r) + "\n" for r in ready).encode())
         arrays = frame_arrays(ready, vertices=self.vertices)
         with atomic_open(stem.with_suffix(".npz")) as f:
-            np.savez(f, **arrays)
+            np.savez(f, allow_pickle=True, **arrays)  # the default; spelled out so **arrays cannot fill it (mypy)
         if self.segments and self.segments[-1][0] == self.token and self.segments[-1][2] == number - 1:
             self.segments[-1][2] = number
         else:

@@ -6,6 +6,9 @@ mean SMPL pose (6D per joint), shape and weak-perspective camera.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -92,7 +95,8 @@ class HMR2CrossAttnTransformer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        for self_attn, cross_attn, ff in self.layers:  # type: ignore[misc]
+        layers = cast("Iterable[tuple[HMR2PreNorm, HMR2PreNorm, HMR2PreNorm]]", self.layers)  # [self-attn, cross-attn, feed-forward]
+        for self_attn, cross_attn, ff in layers:
             x = self_attn(x) + x
             x = cross_attn(x, context=context) + x
             x = ff(x) + x
@@ -126,6 +130,10 @@ def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
 
 class HMR2SMPLHead(nn.Module):
     """Backbone features (B, C, H, W) -> SMPL rotations, betas and crop camera (s, tx, ty)."""
+
+    init_body_pose: torch.Tensor  # buffers
+    init_betas: torch.Tensor
+    init_cam: torch.Tensor
 
     def __init__(self, cfg: HMR2HeadConfig) -> None:
         super().__init__()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -61,7 +61,8 @@ class HMR2Output:
         return len(self.boxes)
 
     def select(self, index: slice | np.ndarray | Sequence[int]) -> "HMR2Output":
-        return HMR2Output(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index] for f in fields(self)})
+        values: dict[str, Any] = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index] for f in fields(self)}
+        return HMR2Output(**values)
 
 
 class HMR2Predictor:

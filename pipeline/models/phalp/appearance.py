@@ -24,8 +24,8 @@ IMAGENET_STD = np.array([58.395, 57.120, 57.375])
 def crop_affine(center: np.ndarray, size: float, out: int = 256) -> np.ndarray:
     """PHALP ``gen_trans_from_patch_cv`` without rotation: image -> crop affine (2, 3)."""
     cx, cy = float(center[0]), float(center[1])
-    src = np.float32([[cx, cy], [cx, cy + size * 0.5], [cx + size * 0.5, cy]])
-    dst = np.float32([[out * 0.5, out * 0.5], [out * 0.5, out], [out, out * 0.5]])
+    src = np.array([[cx, cy], [cx, cy + size * 0.5], [cx + size * 0.5, cy]], dtype=np.float32)
+    dst = np.array([[out * 0.5, out * 0.5], [out * 0.5, out], [out, out * 0.5]], dtype=np.float32)
     return cv2.getAffineTransform(src, dst)
 
 
@@ -35,7 +35,7 @@ def crop_person(
     """(4, out, out) float32: ImageNet-normalised RGB and the mask in [0, 1], as 4D-Humans feeds HMR2."""
     m = crop_affine(center, size, out)
     patch = cv2.warpAffine(image_bgr, m, (out, out), flags=cv2.INTER_LINEAR)
-    rgb = patch[:, :, ::-1].astype(np.float32)
+    rgb: np.ndarray = patch[:, :, ::-1].astype(np.float32)  # float32 throughout; numpy's stubs type float32 / float32 as complex128
     rgb = (rgb - IMAGENET_MEAN.astype(np.float32)) / IMAGENET_STD.astype(np.float32)
     mask_u8 = (np.asarray(mask) > 0).astype(np.uint8) * 255
     mpatch = cv2.warpAffine(mask_u8, m, (out, out), flags=cv2.INTER_LINEAR).astype(np.float32)

@@ -9,8 +9,9 @@ checkpoint loads key for key (see `convert.convert_pose_predictor_state_dict`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -103,7 +104,7 @@ class PhalpAttention(nn.Module):
         dots = torch.matmul(queries, keys_in.transpose(1, 2)).reshape(b, nq, self.heads, m) * self.scale
         if keys is not None:
             dots = dots.masked_fill(keys.padding[:, None, None, :], -1e3)
-        out_proj = self.to_out[0]
+        out_proj = cast(nn.Linear, self.to_out[0])
         w_o = out_proj.weight.reshape(-1, self.heads, inner // self.heads).transpose(0, 1)  # (H, D, dh)
         values_out = torch.matmul(v, w_o.transpose(1, 2)).reshape(b, self.heads * m, -1)  # (B, H*M, D)
         attn = dots.softmax(dim=-1).reshape(b, nq, self.heads * m)
@@ -145,7 +146,8 @@ class PhalpTransformer(nn.Module):
         (B, D) is returned: nothing after it looks at the other slots.
         """
         last = len(self.layers) - 1
-        for i, (attn, ff) in enumerate(self.layers):
+        layers = cast("Iterable[tuple[PhalpPreNorm, PhalpPreNorm]]", self.layers)  # [attention, feed-forward] pairs
+        for i, (attn, ff) in enumerate(layers):
             context = attn.norm(x)
             if i == last and read is not None:
                 rows = torch.arange(x.shape[0], device=x.device)
@@ -173,6 +175,10 @@ def rot6d_to_rotmat(x: torch.Tensor) -> torch.Tensor:
 
 class PhalpSMPLHead(nn.Module):
     """PHALP ``SMPLHead`` with ``pool='pooled'``: iterative regression of 6D pose, betas, camera."""
+
+    init_body_pose: torch.Tensor  # buffers
+    init_betas: torch.Tensor
+    init_cam: torch.Tensor
 
     def __init__(self, config: PosePredictorConfig) -> None:
         super().__init__()
@@ -264,6 +270,9 @@ class PhalpPosePredictor(nn.Module):
     Holds the network and the pose normalisation (``mean_std.npy``, padded to 229 with mean 0,
     std 1 for the camera entries).
     """
+
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
 
     def __init__(self, config: PosePredictorConfig | None = None) -> None:
         super().__init__()

@@ -24,6 +24,10 @@ class PhalpTextureSampler(nn.Module):
     ``tex_bmap`` (U, U, 3) and ``tex_fmap`` (U, U) are PHALP's atlas; ``faces`` (F, 3) the SMPL faces.
     """
 
+    tex_bmap: torch.Tensor  # buffers
+    tex_fmap: torch.Tensor
+    faces: torch.Tensor
+
     def __init__(
         self,
         bmap: np.ndarray,

@@ -102,7 +102,7 @@ def resize_rgb(bgr: np.ndarray, size: int, index: int = 0) -> np.ndarray:
             f"ratio below {size}:1",
         )
     rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-    return np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
+    return np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BILINEAR))
 
 
 def to_network_input(resized: Sequence[np.ndarray], cfg: VitDetConfig, device: torch.device) -> torch.Tensor:
