@@ -5,15 +5,10 @@ The pipeline's own commands (images, videos, exports, weights) are ``python -m p
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import sys
 from typing import Any, Sequence
 
-from pipeline.errors import PoseError
+from pipeline.cli import run
 from service.auth import check_client_id, key_line, new_key
-
-logger = logging.getLogger(__name__)
 
 
 def cmd_keys_new(args: argparse.Namespace) -> dict[str, Any]:
@@ -41,15 +36,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        result = args.func(args)
-    except PoseError as exc:
-        json.dump(exc.to_dict(), sys.stdout, indent=1)
-        sys.stdout.write("\n")
-        logger.error("%s", exc)
-        return 2
-    json.dump(result, sys.stdout, indent=1)
-    sys.stdout.write("\n")
-    return 0
+    return run(build_parser(), argv)
