@@ -107,22 +107,37 @@ def _person_detections(predictor, image: np.ndarray, dtype: torch.dtype, proposa
 
 @pytest.mark.parametrize("dtype", VITDET_HALF)
 def test_vitdet_half_boxes(vitdet, dtype):
+    """Every person box of the float32 run is found in half precision (IoU >= IOU_MIN) and the
+    other way round, except a box whose score lies within half precision's own score noise of
+    the cascade's threshold: keeping it is a discrete decision the noise may flip (on AVX2 CPUs
+    one float16 box of golden image 1 scores 0.2505 against the 0.25 cut and float32 drops it)."""
     predictor, images, reference = vitdet
+    thresholds = (predictor.stage_score_thresh, predictor.score_thresh)
     worst, seen, score_diff = 1.0, 0, 0.0
+    unmatched: list[tuple[int, str, float]] = []
     for i, (image, (ref_boxes, ref_scores, proposals)) in enumerate(zip(images, reference)):
         boxes, scores, _ = _person_detections(predictor, image, dtype, proposals)
-        assert len(boxes) == len(ref_boxes), f"image {i}: {len(boxes)} person boxes in {dtype}, {len(ref_boxes)} in float32"
-        if len(ref_boxes) == 0:
+        iou = box_iou(ref_boxes, boxes) if len(ref_boxes) and len(boxes) else np.zeros((len(ref_boxes), len(boxes)))
+        ref_found = iou.max(1) >= IOU_MIN if len(boxes) else np.zeros(len(ref_boxes), bool)
+        half_found = iou.max(0) >= IOU_MIN if len(ref_boxes) else np.zeros(len(boxes), bool)
+        unmatched += [(i, "float32", float(s)) for s in ref_scores[~ref_found]]
+        unmatched += [(i, str(dtype), float(s)) for s in scores[~half_found]]
+        if not ref_found.any():
             continue
-        iou = box_iou(ref_boxes, boxes)
-        best = iou.argmax(1)
+        best = iou.argmax(1)[ref_found]
         assert len(set(best.tolist())) == len(best), f"image {i}: two float32 boxes matched one {dtype} box"
-        worst = min(worst, float(iou[np.arange(len(ref_boxes)), best].min()))
-        score_diff = max(score_diff, float(np.abs(scores[best] - ref_scores).max()))
-        seen += len(ref_boxes)
+        worst = min(worst, float(iou[np.flatnonzero(ref_found), best].min()))
+        score_diff = max(score_diff, float(np.abs(scores[best] - ref_scores[ref_found]).max()))
+        seen += int(ref_found.sum())
     assert seen > 0, "the golden images gave no person boxes"
-    print(f"ViTDet {dtype}: min IoU {worst:.4f} over {seen} boxes, max score change {score_diff:.4f}")
+    print(f"ViTDet {dtype}: min IoU {worst:.4f} over {seen} boxes, max score change {score_diff:.4f}, unmatched {unmatched}")
     assert worst >= IOU_MIN, f"{dtype}: min box IoU {worst:.4f} < {IOU_MIN}"
+    far = [(i, run, s) for i, run, s in unmatched if min(abs(s - t) for t in thresholds) > score_diff]
+    assert far == [], (
+        f"{dtype}: boxes found in one run only, scored further from the thresholds {thresholds} than the "
+        f"largest score change of a matched box ({score_diff:.4f}): {far}"
+    )
+    assert len(unmatched) <= max(1, seen // 20), f"{dtype}: {len(unmatched)} boxes of {seen} found in one run only"
 
 
 # -- HMR2 --------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from videos import audio_only
 
-from pipeline import video as video_mod
+from pipeline.video import decode as video_mod
 from pipeline.errors import InputError
 from pipeline.video.decode import FrameChunk, VideoInfo, VideoLimits, iter_frames, probe_video
 
