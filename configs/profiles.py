@@ -7,7 +7,7 @@ A profile only supplies defaults; every value can be overridden by the applicati
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 ProfileName = Literal["full", "tiny"]
 
@@ -64,6 +64,21 @@ class Profile:
         """Keyword arguments for `VitDetPredictor.from_cache` beyond the thresholds (unset ones left out)."""
         options = {"input_size": self.detector_input_size, "post_nms_topk": self.detector_post_nms_topk}
         return {k: v for k, v in options.items() if v is not None}
+
+    def detector_settings(self) -> dict[str, float | int]:
+        """Every `VitDetPredictor.from_cache` keyword the profile sets: the thresholds and the
+        test-time options. The served Detector (``deployments/app.py``) and ``python -m pipeline``
+        both take them from here, so both detect the same people."""
+        return {"score_thresh": self.score_thresh, "stage_score_thresh": self.stage_score_thresh, **self.detector_options()}
+
+    def runner_options(self) -> dict[str, Any]:
+        """`VideoRunner.from_cache` keywords that run a video as the served video workers do: the
+        detector's settings, frames per chunk, people regressed per frame (the MeshRegressor's cap)."""
+        return {
+            "detector_options": self.detector_settings(),
+            "chunk_size": self.video_chunk_size,
+            "max_people": self.limits.max_people,
+        }
 
 
 def full() -> Profile:

@@ -28,11 +28,9 @@ from pipeline.errors import PoseError
 from service.auth import KeySources, check_exposure, is_loopback
 from service.settings import ApiSettings, JobSettings, ModelSettings, VideoApiSettings, VideoLimitArgs
 
-from .common import alive_nodes
-from .detector import Detector, DetectorSettings
-from .ingress import Ingress
-from .regressor import MeshRegressor, RegressorSettings
-from .video import VideoPipeline, tracker_available
+# The deployments' own modules (models, torch) are imported by `build_app`: the checks here stay
+# light for `deployments.preflight`, run before ``serve run``.
+from .common import alive_nodes, tracker_available
 
 logger = logging.getLogger(__name__)
 
@@ -307,32 +305,42 @@ def _check_store_placement(jobs: JobSettings) -> None:
         )
 
 
-def check_model_files(models: ModelSettings, names: list[str], *, shared: bool = True) -> None:
-    """The full profile's files that no replica could fetch or would refuse, checked where the app is built.
+def model_names(with_tracker: bool) -> list[str]:
+    """The catalog's models (`pipeline.weights.catalog`) a graph loads: the detector and HMR2,
+    PHALP's too when it serves video jobs."""
+    return ["vitdet", "hmr2"] + (["phalp"] if with_tracker else [])
 
-    Missing files a replica would download are left to it (with ``download``); a licensed file
-    (SMPL) or, offline, any file, missing here fails the deploy at once with one message instead
-    of replicas failing in a loop, and so does a file in place that differs from its lock file
-    entry (or is too short to be whole). ``shared``: the builder sees the replicas' caches (one
-    node, or a ``weights_dir`` on shared storage); otherwise each node's replicas check their own."""
+
+def tracker_served(args: AppArgs, profile: Profile) -> tuple[bool, bool]:
+    """Whether the graph serves video jobs (PHALP tracking), and whether tracking is installed."""
+    installed = tracker_available(tiny=profile.tiny_models)
+    return (args.tracker if args.tracker is not None else installed), installed
+
+
+def check_model_files(models: ModelSettings, names: list[str], *, shared: bool = True) -> None:
+    """The full profile's files that no replica could fetch or would refuse, checked where the app
+    is built (and, with the same call, by `deployments.preflight` before ``serve run``).
+
+    `pipeline.weights.check_available`: missing public files a replica would download are left to
+    it (with ``download``); a licensed file (SMPL) or, offline, any file, missing here fails the
+    deploy at once with one message naming every missing file instead of replicas failing in a
+    loop, and so does a file in place that differs from its lock file entry (or is too short to be
+    whole). ``shared``: the builder sees the replicas' caches (one node, or a ``weights_dir`` on
+    shared storage); otherwise each node's replicas check their own."""
     if models.profile != "full" or not shared:
         return
-    from pipeline.errors import WeightsError
-    from pipeline.weights import catalog, check_file, missing_message, report
+    from pipeline.weights import catalog, check_available
 
-    offline = not models.download or os.environ.get("POSE_OFFLINE", "") not in ("", "0")
-    roots = models.roots()
-    statuses = report(catalog(names), roots)
-    missing = [st for st in statuses if not st.present and (offline or st.file.download is None)]
-    if missing:
-        raise WeightsError("weights_missing", missing_message(missing), details={"missing": [st.file.key for st in missing]})
-    for st in statuses:
-        if st.present:
-            check_file(st, roots, deep=False)
+    check_available(catalog(names), models.roots(), download=models.download)
 
 
 def build_app(args: AppArgs) -> Application:
     """Detector + MeshRegressor (+ Tracker) behind the FastAPI ingress, sized for this cluster."""
+    from .detector import Detector, DetectorSettings
+    from .ingress import Ingress
+    from .regressor import MeshRegressor, RegressorSettings
+    from .video import VideoPipeline
+
     if not isinstance(args, AppArgs):
         args = AppArgs.model_validate(args)
     profile = resolve_profile(args)
@@ -377,22 +385,17 @@ def build_app(args: AppArgs) -> Application:
     ).model_dump()
     limits = Limits(**{**profile.limits.__dict__, **{k: v for k, v in args.limits.model_dump(exclude={"max_image_wait_s"}).items() if v is not None}})
 
+    thresholds = {k: v for k, v in (("score_thresh", args.score_thresh), ("stage_score_thresh", args.stage_score_thresh)) if v is not None}
     detector = Detector.options(
         ray_actor_options=actor_options("detector"), user_config=_batch(profile.detector_batch, args.detector_batch)
     ).bind(
-        DetectorSettings(
-            **common,
-            score_thresh=args.score_thresh if args.score_thresh is not None else profile.score_thresh,
-            stage_score_thresh=args.stage_score_thresh if args.stage_score_thresh is not None else profile.stage_score_thresh,
-            input_size=profile.detector_input_size,
-            post_nms_topk=profile.detector_post_nms_topk,
-        )
+        # the profile's detector settings (as `python -m pipeline --profile` applies them), then
+        # the thresholds the application's arguments set
+        DetectorSettings(**common, **{**profile.detector_settings(), **thresholds})
     )
-    installed = tracker_available(tiny=profile.tiny_models)
-    with_tracker = args.tracker if args.tracker is not None else installed
+    with_tracker, installed = tracker_served(args, profile)
     if _cluster_connected():  # a real deploy (not `serve build`): refuse it now rather than crash-loop replicas
-        check_model_files(ModelSettings(**common), ["vitdet", "hmr2"] + (["phalp"] if with_tracker else []),
-                          shared=bool(args.weights_dir) or alive_nodes() == 1)
+        check_model_files(ModelSettings(**common), model_names(with_tracker), shared=bool(args.weights_dir) or alive_nodes() == 1)
     if with_tracker and not installed:
         raise ValueError("tracker: true, but PHALP tracking (or, for the tiny profile, its tiny factory) is not installed")
     regressor = MeshRegressor.options(

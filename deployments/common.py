@@ -1,9 +1,11 @@
-"""What the deployments share: Ray's failures as stable error codes, the cluster's size, and
-what each replica reports of its start and its model files."""
+"""What the deployments share: Ray's failures as stable error codes, the cluster's size, whether
+tracking is installed, and what each replica reports of its start and its model files."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.machinery
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -16,6 +18,31 @@ from pipeline.errors import PoseError
 from pipeline.weights import CacheRoots, WeightFile, locate, sha256_of
 
 logger = logging.getLogger(__name__)
+
+
+def tracker_available(*, tiny: bool = False) -> bool:
+    """Whether this installation has the PHALP tracker (and, for the tiny profile, its tiny
+    factory); the graph leaves video jobs out otherwise. The modules are looked for, not run
+    (nor their packages: ``pipeline.tracking`` loads torch), so the check stays cheap."""
+    modules = ["pipeline.tracking.tracker", "pipeline.tracking.loading"]
+    if tiny:
+        modules.append("pipeline.tiny.phalp")
+    return all(_module_present(m) for m in modules)
+
+
+def _module_present(name: str) -> bool:
+    """Whether module ``name`` is installed, found without running its package's ``__init__``."""
+    package, _, leaf = name.rpartition(".")
+    try:
+        spec = importlib.util.find_spec(package.partition(".")[0])
+        for part in [*package.split(".")[1:], leaf]:
+            if spec is None or spec.submodule_search_locations is None:
+                return False
+            spec = importlib.machinery.PathFinder.find_spec(part, list(spec.submodule_search_locations))
+    except (ImportError, ValueError):
+        return False
+    return spec is not None
+
 
 def process_age_s() -> float | None:
     """Seconds since this process started (Linux ``/proc``; None elsewhere).

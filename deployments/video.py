@@ -12,7 +12,6 @@ checkpoints per chunk) with the ``Detector`` and ``MeshRegressor`` deployments a
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from typing import Any
@@ -28,19 +27,7 @@ from service.worker import VideoWorker
 
 from .autoscaling import JOBS_QUEUED, JOBS_RUNNING
 from .common import alive_nodes, as_pose_error, start_info, unwrap_error
-
-
-def tracker_available(*, tiny: bool = False) -> bool:
-    """Whether this installation has the PHALP tracker (and, for the tiny profile, its tiny
-    factory); the graph leaves video jobs out otherwise."""
-    modules = ["pipeline.tracking.tracker", "pipeline.tracking.loading"]
-    if tiny:
-        modules.append("pipeline.tiny.phalp")
-    try:
-        return all(importlib.util.find_spec(m) is not None for m in modules)
-    except ModuleNotFoundError:
-        return False
-
+from .common import tracker_available as tracker_available  # its earlier home: callers import it from here
 
 TRANSIENT_CODES = ("stage_unavailable", "overloaded", "stage_timeout")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -27,9 +27,7 @@ def atomic_path(target: str | os.PathLike[str], *, sync_dir: bool = True) -> Ite
     on success the file is fsynced and renamed onto ``target``, on failure removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _create_beside(target)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -41,6 +39,20 @@ def atomic_path(target: str | os.PathLike[str], *, sync_dir: bool = True) -> Ite
         raise
     if sync_dir:
         fsync_dir(target.parent)
+
+
+def _create_beside(target: Path) -> Path:
+    """A new empty file beside ``target`` under a random hidden name, created with the mode a
+    plain ``open`` gives (0666 less the umask): `tempfile.mkstemp` would make every result 0600,
+    unreadable to the user's group and to a web server that serves the folder."""
+    for _ in range(100):
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}{target.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {target}")
 
 
 def atomic_write(target: str | os.PathLike[str], data: bytes) -> Path:

@@ -1,7 +1,9 @@
 """Command line: ``python -m pipeline {weights,image,...}``.
 
 Every command prints JSON on stdout (results, or ``{"error": ...}`` with a stable code) and
-logs to stderr, so it can be driven from scripts.
+logs to stderr, so it can be driven from scripts; ``weights`` prints a table unless given
+``--json``. ``image`` and ``video`` check every model file they need before loading any model,
+so a missing file stops them at once with one error naming them all.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import InputError, PoseError
-from .weights import CacheRoots
+from .weights import CacheRoots, FileStatus, WeightFile
+
+if TYPE_CHECKING:
+    from configs.profiles import Profile
+    from pipeline.video.runner import VideoFiles, VideoRunner
 
 logger = logging.getLogger("pipeline")
 
@@ -39,8 +45,39 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline", action="store_true", help="never download; fail if a file is missing")
 
 
+def _add_profile(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--profile",
+        choices=["full", "tiny"],
+        default=None,
+        help="run as the service's profile does (configs/profiles.py): its detector thresholds and options, "
+        "people per image, frames per chunk; tiny also reads the tiny models from where the service writes "
+        "them ($POSE_TINY_DIR, else ~/.cache/pose-service/tiny; written on first use) unless --cache-dir is given. "
+        "Without it: the predictors' defaults and the models in --cache-dir or the upstream caches",
+    )
+
+
+def profile_from_args(args: argparse.Namespace) -> Profile | None:
+    """The serving profile named by ``--profile`` (None: none named)."""
+    name = getattr(args, "profile", None)
+    if name is None:
+        return None
+    # configs/ sits beside pipeline/ in this repository; imported only when asked for
+    from configs.profiles import get_profile
+
+    return get_profile(name)
+
+
 def roots_from_args(args: argparse.Namespace) -> CacheRoots:
-    return CacheRoots.under(args.cache_dir) if args.cache_dir else CacheRoots.from_env()
+    """``--cache-dir``, else the tiny profile's models where the service keeps them, else the upstream caches."""
+    if getattr(args, "cache_dir", None):
+        return CacheRoots.under(args.cache_dir)
+    profile = profile_from_args(args)
+    if profile is not None and profile.tiny_models:
+        from .tiny.cache import tiny_roots
+
+        return tiny_roots(None, seed=profile.seed)  # as service.settings.ModelSettings.roots
+    return CacheRoots.from_env()
 
 
 def _parse_box(text: str) -> list[float]:
@@ -63,7 +100,19 @@ def _opacity(text: str) -> float:
     return value
 
 
-def cmd_weights(args: argparse.Namespace) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Text:
+    """A command's answer written for a person (`cmd_weights` without ``--json``): printed as it
+    is; ``ok`` False exits 1, as a JSON report with ``"ok": false`` does."""
+
+    text: str
+    ok: bool = True
+
+
+def cmd_weights(args: argparse.Namespace) -> dict[str, Any] | Text:
+    """The model files: a table (key, status, size, where) or, with ``--json``, the JSON report.
+    Not ok (exit status 1) when a file of the chosen models is missing, or fails ``--verify``;
+    an import is not ok when it rejected a file or found none."""
     from . import weights
 
     roots = roots_from_args(args)
@@ -73,7 +122,11 @@ def cmd_weights(args: argparse.Namespace) -> dict[str, Any]:
     if args.action == "import":
         if args.source is None:
             raise InputError("import_source_missing", "weights import needs PATH: a cache folder or an archive of one")
-        return weights.import_weights(args.source, roots, files)
+        imported = weights.import_weights(args.source, roots, files)
+        if args.json:
+            return imported
+        table = _weights_text(weights.report(files, roots), roots, {})
+        return Text(_import_text(imported) + "\n\n" + table, ok=imported["ok"])
     if args.source is not None:
         raise InputError("unexpected_argument", f"{str(args.source)!r}: only `weights import` takes a PATH")
     forgotten = weights.DigestLock(roots.lock).forget(args.forget) if args.forget else None
@@ -92,6 +145,12 @@ def cmd_weights(args: argparse.Namespace) -> dict[str, Any]:
                     weights.check_file(st, roots, deep=True)
                 except PoseError as exc:
                     problems[st.file.key] = exc.message
+    missing = [st.file.key for st in statuses if not st.present]
+    if not args.json:
+        text = _weights_text(statuses, roots, problems, verified=args.verify)
+        if forgotten is not None:
+            text += "\nforgotten in the lock file: " + (", ".join(forgotten) or "nothing recorded for " + ", ".join(args.forget))
+        return Text(text, ok=not missing and not problems)
     return {
         "roots": roots.to_dict(),
         "lock": str(roots.lock) if roots.lock else None,
@@ -107,15 +166,74 @@ def cmd_weights(args: argparse.Namespace) -> dict[str, Any]:
             }
             for st in statuses
         ],
-        "missing": [st.file.key for st in statuses if not st.present],
+        "missing": missing,
+        "ok": not missing and not problems,
         **({"forgotten": forgotten} if forgotten is not None else {}),
         **({"verified": not problems, "problems": problems} if args.verify else {}),
     }
 
 
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _weights_text(statuses: Sequence[FileStatus], roots: CacheRoots, problems: dict[str, str], *, verified: bool = False) -> str:
+    """The table of `cmd_weights` (one row a file), then what to do about the files not there."""
+    rows = [("FILE", "STATUS", "SIZE", "WHERE")]
+    for st in statuses:
+        if st.found is not None:
+            status = "FAILED" if st.file.key in problems else "verified" if verified else "present"
+            rows.append((st.file.key, status, _size(st.found.stat().st_size), str(st.found)))
+        else:
+            status = "missing" if st.file.download is not None else "missing (licensed)"
+            rows.append((st.file.key, status, "-", str(st.looked_in[0])))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(row[:3], widths)), row[3]]).rstrip() for row in rows]
+    missing = [st for st in statuses if not st.present]
+    present = len(statuses) - len(missing)
+    lines.append("")
+    lines.append(f"{present} of {len(statuses)} present" + (f", {len(problems)} failed --verify" if problems else "") + f"; lock file: {roots.lock}")
+    for key, message in problems.items():
+        lines.append(f"- {key}: {message}" if not message.startswith(key) else f"- {message}")
+    public = [st.file.key for st in missing if st.file.download is not None]
+    if public:
+        lines.append(
+            f"missing public files ({', '.join(public)}): `python -m pipeline weights --fetch` downloads them "
+            "(the service and the commands also download them when first needed, unless offline)"
+        )
+    for st in missing:
+        if st.file.download is None:
+            lines.append(f"{st.file.key}: {st.file.how_to_get or 'not downloadable'}")
+            if len(st.looked_in) > 1:
+                lines.append("    also looked for: " + "; ".join(str(p) for p in st.looked_in[1:]))
+    if missing:
+        lines.append("a copy held elsewhere (another machine's cache folder, an archive of one): `python -m pipeline weights import PATH`")
+    return "\n".join(lines)
+
+
+def _import_text(report: dict[str, Any]) -> str:
+    """What `weights import` did, for a person (``--json``: the report itself)."""
+    lines = [f"import from {report['source']}:"]
+    lines += [f"  imported {i['key']}: {i['from']} -> {i['to']} ({i['how']})" for i in report["imported"]]
+    lines += [f"  REJECTED {r['key']}: {r['from']}: {r['reason']}" for r in report["rejected"]]
+    if report["present"]:
+        lines.append(f"  already in place: {', '.join(p['key'] for p in report['present'])}")
+    if report["missing"]:
+        lines.append(f"  not in the source: {', '.join(report['missing'])}")
+    if report.get("note"):
+        lines.append(f"  {report['note']}")
+    return "\n".join(lines)
+
+
 def cmd_image(args: argparse.Namespace) -> dict[str, Any]:
     from .image import run_image
 
+    profile = profile_from_args(args)
     return run_image(
         args.photo,
         boxes=args.boxes,
@@ -124,6 +242,9 @@ def cmd_image(args: argparse.Namespace) -> dict[str, Any]:
         dtype=args.dtype,
         download=not args.offline,
         vertices=args.vertices,
+        # as the served Detector and MeshRegressor run them
+        detector_options=None if profile is None else profile.detector_settings(),
+        max_people=None if profile is None else profile.limits.max_people,
     )
 
 
@@ -133,29 +254,20 @@ def cmd_video(args: argparse.Namespace) -> dict[str, Any] | None:
 
     if args.vertices and args.out_dir is None:
         raise PoseError("vertices_npz_only", "vertices are written to the NPZ only: add --out-dir DIR", status=400)
-    detector_options: dict[str, Any] = {}
-    chunk_size = args.chunk_size
-    if args.profile is not None:
-        # configs/ sits beside pipeline/ in this repository; imported only when asked for
-        from configs.profiles import get_profile
-
-        profile = get_profile(args.profile)
-        detector_options = {
-            "score_thresh": profile.score_thresh,
-            "stage_score_thresh": profile.stage_score_thresh,
-            **profile.detector_options(),
-        }
-        chunk_size = chunk_size or profile.video_chunk_size
+    profile = profile_from_args(args)
+    # as the served video workers run a job: detector settings, frames per chunk, people per frame
+    options: dict[str, Any] = {"chunk_size": 8} if profile is None else profile.runner_options()
+    if args.chunk_size is not None:
+        options["chunk_size"] = args.chunk_size
     runner = VideoRunner.from_cache(
         roots_from_args(args),
         device=args.device,
         dtype=args.dtype,
         download=not args.offline,
-        chunk_size=chunk_size or 8,
-        detector_options=detector_options,
+        **options,
     )
     if args.out_dir is not None:
-        files = runner.run_to(args.clip, args.out_dir, vertices=args.vertices, progress=not args.no_progress)
+        files = _noted(runner, runner.run_to(args.clip, args.out_dir, vertices=args.vertices, progress=not args.no_progress))
         out = files.write_json(args.out) if args.out is not None else None
         return {
             "out": None if out is None else str(out),
@@ -164,7 +276,7 @@ def cmd_video(args: argparse.Namespace) -> dict[str, Any] | None:
             "tracks": files.tracks,
         }
     with tempfile.TemporaryDirectory(prefix=".pose-video-", dir=args.out.parent if args.out else None) as tmp:
-        files = runner.run_to(args.clip, tmp, vertices=False, progress=not args.no_progress)
+        files = _noted(runner, runner.run_to(args.clip, tmp, vertices=False, progress=not args.no_progress))
         if args.out is None:  # the document to stdout, streamed
             for part in iter_json_document(files.jsonl, files.meta):
                 sys.stdout.buffer.write(part)
@@ -172,6 +284,15 @@ def cmd_video(args: argparse.Namespace) -> dict[str, Any] | None:
             return None
         files.write_json(args.out)
     return {"out": str(args.out), "frames": files.frames, "tracks": files.tracks}
+
+
+def _noted(runner: VideoRunner, files: VideoFiles) -> VideoFiles:
+    """``files``, after saying what the tiny models are when they tracked no one."""
+    from .tiny import TINY_NOTE, is_tiny_detector
+
+    if files.tracks == 0 and is_tiny_detector(runner.detector):
+        logger.warning("no one tracked: %s", TINY_NOTE)
+    return files
 
 
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
@@ -206,11 +327,20 @@ def cmd_render(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError("output_format_unsupported", f"the overlay of a {kind} is written as {' or '.join(wanted)}, got --out {args.out}")
     config = RenderConfig(side_view=args.side_view, labels=not args.no_labels, **({} if args.alpha is None else {"alpha": args.alpha}))
     renderer = OverlayRenderer.from_cache(roots_from_args(args), device=args.device, download=not args.offline, config=config)
+    profile = profile_from_args(args)
     if kind == "image":
         summary = render_image(args.media, args.result, args.out, renderer)
-    else:
-        summary = render_video(args.media, args.result, args.out, renderer)
+    else:  # frames decoded per chunk: the profile's, as the video workers render overlays
+        summary = render_video(args.media, args.result, args.out, renderer,
+                               chunk_size=8 if profile is None else profile.video_chunk_size, progress=not args.no_progress)
     return summary.to_dict()
+
+
+def cmd_demo_media(args: argparse.Namespace) -> dict[str, Any]:
+    from .tiny.media import write_demo_media
+
+    written = write_demo_media(args.dest)
+    return {name: str(path) for name, path in written.items()}
 
 
 def cmd_tiny(args: argparse.Namespace) -> dict[str, Any]:
@@ -231,8 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "weights",
-        help="report which model files are present; --fetch downloads the missing public ones; "
-        "import PATH adopts them from a cache folder or archive",
+        help="a table of the model files (present or missing, size, where; --json: a JSON report; exit 1 while one "
+        "is missing); --fetch downloads the missing public ones; import PATH adopts them from a cache folder or archive",
     )
     _add_common(p)
     p.add_argument(
@@ -256,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fetch", action="store_true", help="download missing public files (never the licensed SMPL model)")
     p.add_argument("--verify", action="store_true", help="also read every present file (checksum, format) and report problems")
     p.add_argument("--models", nargs="*", choices=["hmr2", "vitdet", "phalp"], help="only these models (default: all)")
+    p.add_argument(
+        "--json", action="store_true",
+        help="print the JSON report (roots, lock file, each file's place and state, missing keys) instead of the table",
+    )
     p.set_defaults(func=cmd_weights)
 
     p = sub.add_parser("image", help="people in one image -> JSON (SMPL, camera, keypoints)")
@@ -270,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="person boxes in image pixels; without them the detector finds the people",
     )
     p.add_argument("--vertices", action="store_true", help="include the 6890 mesh vertices per person")
+    _add_profile(p)
     p.set_defaults(func=cmd_image)
 
     p = sub.add_parser("video", help="people tracked through a video -> JSON (detection, HMR2, PHALP)")
@@ -283,15 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--vertices", action="store_true", help="also keep the 6890 mesh vertices per person and frame (NPZ only; needs --out-dir)")
     p.add_argument(
-        "--chunk-size", type=int, default=None, help="frames decoded and run through the models together (default: 8)"
+        "--chunk-size", type=int, default=None,
+        help="frames decoded and run through the models together (default: the --profile's, else 8)",
     )
-    p.add_argument(
-        "--profile",
-        choices=["full", "tiny"],
-        default=None,
-        help="use a serving profile's detector settings (thresholds, input size, proposals), "
-        "so the result matches the service's; the weights still come from --cache-dir",
-    )
+    _add_profile(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_video)
 
@@ -318,18 +448,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--side-view", action="store_true", help="a panel beside each frame: each person turned 90 degrees about its vertical axis")
     p.add_argument("--alpha", type=_opacity, default=None, help="mesh opacity over the frame, 0 to 1 (default: 0.85)")
     p.add_argument("--no-labels", action="store_true", help="do not write the track ids beside the people")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (videos)")
+    _add_profile(p)
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("tiny", help="write tiny random-weight models in the official cache layouts (for tests and demos)")
     p.add_argument("dest", type=Path, help="folder to hold 4DHumans/, phalp/, iopath_cache/")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny)
+
+    p = sub.add_parser(
+        "demo-media", help="write photo.jpg and clip.mp4 of the drawn test figures (what the tiny models find) to try the commands"
+    )
+    p.add_argument("dest", type=Path, help="folder to write them to (created if missing)")
+    p.set_defaults(func=cmd_demo_media)
     return parser
 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run(build_parser(), argv)
+
+
+def needed_files(args: argparse.Namespace) -> list[WeightFile]:
+    """The model files a command's models load: ``image`` HMR2.0's (ViTDet's too without
+    ``--boxes``), ``video`` every model's; none for the others (``render`` asks for its two
+    SMPL files in one call, which names both when they are missing)."""
+    from . import weights
+
+    func = getattr(args, "func", None)
+    if func is cmd_image:
+        return weights.catalog(["hmr2"] if args.boxes is not None else ["vitdet", "hmr2"])
+    if func is cmd_video:
+        return weights.catalog(["vitdet", "hmr2", "phalp"])
+    return []
+
+
+def check_model_files(args: argparse.Namespace) -> None:
+    """Before any model loads: `WeightsError` naming every file the command needs that it cannot
+    get (`pipeline.weights.check_available`: a licensed file, or offline any file, missing; a
+    file in place that fails its checks). Each model's loader would stop at its own files only,
+    after the models before it loaded (or downloaded). Missing public files it may download
+    are left to the loaders, as before."""
+    files = needed_files(args)
+    if files:
+        from . import weights
+
+        weights.check_available(files, roots_from_args(args), download=not args.offline)
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
@@ -341,12 +506,16 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         stream=sys.stderr,
     )
     try:
+        check_model_files(args)
         result = args.func(args)
     except PoseError as exc:
         json.dump(exc.to_dict(), sys.stdout, indent=1)
         sys.stdout.write("\n")
         logger.error("%s", exc)
         return 2
+    if isinstance(result, Text):
+        sys.stdout.write(result.text + "\n")
+        return 0 if result.ok else 1
     if result is not None:  # None: the command wrote its own output
         json.dump(result, sys.stdout, indent=1)
     sys.stdout.write("\n")

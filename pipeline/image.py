@@ -26,11 +26,14 @@ def run_image(
     download: bool = True,
     vertices: bool = False,
     detector_options: Mapping[str, Any] | None = None,
+    max_people: int | None = None,
 ) -> dict[str, Any]:
     """The result document (`ImageResult` as JSON-able dict) for an image file.
 
     ``detector_options``: further `VitDetPredictor.from_cache` arguments (thresholds,
-    ``input_size``, ``post_nms_topk``), e.g. a serving profile's, to match the service."""
+    ``input_size``, ``post_nms_topk``), e.g. a serving profile's, to match the service.
+    ``max_people``: detections beyond this (lowest scores) are not regressed, as the served
+    MeshRegressor does (`configs.profiles.Limits.max_people`); None: all of them."""
     roots = roots or CacheRoots.from_env()
     image = load_image(photo)
     scores = None
@@ -42,9 +45,16 @@ def run_image(
             roots, device=device, dtype=dtype, download=download, **dict(detector_options or {})
         )
         detections = detector([image])[0]
+        if max_people is not None and len(detections) > max_people:
+            detections = detections.select(np.arange(max_people))
         box_array, scores = detections.boxes, detections.scores
         models = models_used("detector", "mesh")
         logger.info("detected %d people", len(box_array))
+        if not len(box_array):
+            from .tiny import TINY_NOTE, is_tiny_detector
+
+            if is_tiny_detector(detector):
+                logger.warning("no one found: %s", TINY_NOTE)
     else:
         box_array = validate_boxes(boxes, image.shape[:2], allow_empty=False)
     hmr2 = HMR2Predictor.from_cache(roots, device=device, dtype=dtype, download=download)

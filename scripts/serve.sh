@@ -7,9 +7,17 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e .
-# the builder's refusals (e.g. a network address without client keys) as one message, before Ray starts
+# Installing takes seconds even when nothing changed: skip it while .venv holds the project as
+# installed from this very pyproject.toml (its sha256, written after a successful install).
+STAMP=.venv/.pose-service-installed
+WANT="$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')"
+if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e .
+  echo "$WANT" > "$STAMP"
+fi
+# the builder's refusals as one message each, before Ray starts: a network address without client
+# keys, model files the replicas cannot get (the licensed SMPL model; offline, any missing file)
 .venv/bin/python -m deployments.preflight serve_config.yaml
 # `serve run` joins the Ray instance recorded on this machine; after a crash that record can name
 # one that is gone, and joining would wait forever: start a new local instance instead.

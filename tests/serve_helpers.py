@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +44,17 @@ def stick_figures(height: int = 360, width: int = 480) -> np.ndarray:
     from pipeline.tiny.vitdet import draw_figures
 
     return draw_figures([width // 4, width // 2 + 20, 4 * width // 5], size=(height, width))
+
+
+def pipeline_cli(*args: str, tiny_dir: Path, timeout: float = 600.0) -> tuple[Any, str]:
+    """``python -m pipeline ARGS`` as `serve_tiny`'s replicas run the models: the tiny ones that
+    the service writes to ``tiny_dir`` (the CLI's ``--profile tiny`` finds them through
+    ``$POSE_TINY_DIR``, as the service does without ``tiny_dir``), one torch thread (Ray's
+    workers get OMP_NUM_THREADS=1). Its JSON answer and its log."""
+    env = {**os.environ, "POSE_TINY_DIR": str(tiny_dir), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout), done.stderr
 
 
 def encode(image: np.ndarray, ext: str = ".png") -> bytes:

@@ -265,6 +265,7 @@ def test_the_preflight_of_serve_sh_refuses_the_same_config_with_one_message(tmp_
 
     for name in ("POSE_SERVICE_TOKEN", "POSE_SERVICE_KEYS", "POSE_SERVICE_KEYS_FILE"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("POSE_SERVICE_PROFILE", "tiny")  # the keys alone: the model files are tests/test_fail_fast.py's
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     assert config["http_options"]["host"] == "127.0.0.1"  # the shipped default: loopback
     assert main([str(REPO / "serve_config.yaml")]) == 0

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 
-from serve_helpers import encode, serve_tiny, stick_figures  # noqa: E402
+from serve_helpers import encode, pipeline_cli, serve_tiny, stick_figures  # noqa: E402
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -106,6 +106,21 @@ def test_image_matches_in_process(client: httpx.Client, scene_png: Path, tiny_di
     assert got["schema_version"] == want["schema_version"]
     assert got["image"] == want["image"] and got["models"] == want["models"]
     assert_same_people(got["people"], want["people"])
+
+
+def test_cli_tiny_profile_gives_the_served_document(client: httpx.Client, scene_png: Path, tiny_dir: Path) -> None:
+    """``python -m pipeline image --profile tiny`` answers what the tiny application answers, to
+    the last bit: the same tiny models (from where the service keeps them), the profile's detector
+    settings and people cap in both (`Profile.detector_settings`, ``limits.max_people``), and the
+    same float32 work: one image alone through the detector, all its crops through one HMR2
+    forward, on one torch thread. (A different batch or thread count changes the last bits,
+    which is why the in-process comparison above needs a tolerance.)"""
+    resp = client.post("/v1/images", files={"image": ("scene.png", scene_png.read_bytes(), "image/png")})
+    assert resp.status_code == 200, resp.text[:500]
+    served = resp.json()
+    assert served["people"], "the tiny detector finds the drawn figures"
+    document, _ = pipeline_cli("image", "--profile", "tiny", "--offline", str(scene_png), tiny_dir=tiny_dir)
+    assert document == served
 
 
 def test_client_boxes_skip_detection(client: httpx.Client, scene_png: Path, tiny_dir: Path) -> None:

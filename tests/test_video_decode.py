@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from videos import audio_only
 
-from pipeline.video import decode as video_mod
 from pipeline.errors import InputError
+from pipeline.video import decode as video_mod
 from pipeline.video.decode import FrameChunk, VideoInfo, VideoLimits, iter_frames, probe_video
 
 REAL_CLIP = Path(__file__).resolve().parents[2] / "shared" / "media" / "phalp_vid.mp4"

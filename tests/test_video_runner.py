@@ -104,6 +104,35 @@ def test_cli_video_out_dir_writes_every_file(tiny_roots, crossing, tmp_path):
         assert arrays["vertices"].shape == (sum(len(f["people"]) for f in frames), 6890, 3)
 
 
+def test_cli_says_what_the_tiny_models_are_when_they_find_no_one(tiny_roots, runner, tmp_path, caplog):
+    """Tiny models (here found in --cache-dir, no profile named) and no one found: one warning on
+    stderr, the same document as ever."""
+    import logging
+
+    import cv2
+
+    from pipeline.cli import _noted
+    from pipeline.schema import ImageResult
+    from pipeline.tiny import TINY_NOTE, is_tiny_detector
+
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((240, 320, 3), 128, np.uint8))
+    cmd = [sys.executable, "-m", "pipeline", "image", str(blank), "--cache-dir", str(tiny_roots.hmr2.parent), "--offline"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    document = json.loads(done.stdout)
+    assert document["people"] == [] and document.keys() == ImageResult.model_fields.keys()
+    assert f"WARNING pipeline.image: no one found: {TINY_NOTE}" in done.stderr
+
+    # a video in which no one is tracked (the command's last step, on the runner it loaded)
+    clip = write_video(tmp_path / "empty.mp4", [np.full((240, 320, 3), 128, np.uint8)] * 2)
+    files = runner.run_to(clip, tmp_path / "out")
+    assert files.tracks == 0 and is_tiny_detector(runner.detector) and not is_tiny_detector(object())
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        assert _noted(runner, files) is files
+    assert caplog.messages == [f"no one tracked: {TINY_NOTE}"]
+
+
 def test_cli_video_vertices_need_the_binary_form(tiny_roots, crossing):
     cmd = [sys.executable, "-m", "pipeline", "video", str(crossing), "--cache-dir", str(tiny_roots.hmr2.parent),
            "--offline", "--vertices", "--no-progress"]

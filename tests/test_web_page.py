@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pytest
 
 pytest.importorskip("ray.serve")
@@ -226,7 +227,39 @@ def test_an_image_shows_its_people(browser, service, clips, api):
         size = page.evaluate("[document.getElementById('overlay-image').naturalWidth, document.getElementById('overlay-image').naturalHeight]")
         assert size == [480, 360]
         assert sorted(page.locator("#downloads a").all_inner_texts()) == ["JSON", "Overlay PNG"]
+        assert page.locator("#tiny-note").is_hidden(), "people were found: nothing to explain"
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        assert log.page_errors == [] and log.console_errors == []
+    finally:
+        context.close()
+
+
+def test_the_tiny_profile_is_explained_when_no_one_is_found(browser, service, tmp_path):
+    """The service runs the tiny profile (its header says so): an image and a video in which its
+    models find no one get the sentence that says what those models are."""
+    from pipeline.tiny import TINY_NOTE
+
+    blank = np.full((240, 320, 3), 128, np.uint8)
+    image = tmp_path / "blank.png"
+    image.write_bytes(encode(blank))
+    clip = write_video(tmp_path / "blank.mp4", [blank] * 2)
+    context, page, log = _open(browser, service)
+    try:
+        assert page.locator("#service-info").inner_text().startswith("profile tiny")
+        note = page.locator("#tiny-note")
+        page.set_input_files("#file-input", str(image))
+        page.locator("#people tbody tr").first.wait_for(timeout=120_000)
+        assert page.locator("#people tbody").inner_text().strip() == "no one was found in this image"
+        assert note.is_visible() and note.inner_text() == TINY_NOTE
+        page.wait_for_function("() => document.getElementById('overlay-image').naturalWidth > 0", timeout=120_000)
+
+        page.uncheck("#opt-render")
+        page.set_input_files("#file-input", str(clip))
+        note.wait_for(state="hidden")  # a new upload starts without it
+        assert wait_job_state(page) == "succeeded", page.locator("#message").inner_text()
+        page.locator("#tracks tbody tr").first.wait_for()
+        assert page.locator("#tracks tbody").inner_text().strip() == "no one was tracked in this video"
+        assert note.is_visible() and note.inner_text() == TINY_NOTE
         assert log.page_errors == [] and log.console_errors == []
     finally:
         context.close()

@@ -217,12 +217,13 @@ def test_roots_from_environment(tmp_path):
 
 
 def test_weights_command_reports_present_and_missing(tiny_roots, tmp_path):
-    cmd = [sys.executable, "-m", "pipeline", "weights", "--cache-dir", str(tiny_roots.hmr2.parent), "--models", "hmr2", "--verify"]
+    cmd = [sys.executable, "-m", "pipeline", "weights", "--cache-dir", str(tiny_roots.hmr2.parent), "--models", "hmr2", "--verify", "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     report_ = json.loads(done.stdout)
-    assert report_["missing"] == [] and report_["verified"] is True
+    assert report_["missing"] == [] and report_["verified"] is True and report_["ok"] is True
     empty = subprocess.run(cmd[:5] + [str(tmp_path)] + cmd[6:], capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 1, empty.stderr
     keys = json.loads(empty.stdout)["missing"]
     assert "hmr2.checkpoint" in keys and "smpl.neutral" in keys
 
@@ -461,7 +462,7 @@ def test_import_command_from_an_archive_checks_each_file(tiny_roots, tmp_path):
         info.size = len(cut)
         tar.addfile(info, io.BytesIO(cut))
     cache = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "pipeline", "weights", "import", str(archive), "--cache-dir", str(cache)]
+    cmd = [sys.executable, "-m", "pipeline", "weights", "import", str(archive), "--cache-dir", str(cache), "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
     report_ = json.loads(done.stdout)

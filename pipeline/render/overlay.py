@@ -406,6 +406,7 @@ def render_video(
     limits: VideoLimits = VideoLimits(),
     chunk_size: int = 8,
     should_stop: Callable[[], bool] | None = None,
+    progress: bool = False,
 ) -> RenderSummary:
     """The overlay MP4 of a video result over its clip, written atomically at ``out``; frames
     and result are read as they are drawn. ``result``: what `ResultReader` reads (the JSON
@@ -413,7 +414,10 @@ def render_video(
 
     `InputError` ``result_mismatch`` when the result is another video's (its frame size, or
     frames the clip does not have), ``result_unreadable`` when it is not a video result;
-    ``should_stop`` is asked after every chunk (True: `PoseError` ``cancelled``, nothing written)."""
+    ``should_stop`` is asked after every chunk (True: `PoseError` ``cancelled``, nothing written);
+    ``progress``: a progress bar on stderr, frame by frame."""
+    from tqdm import tqdm
+
     from pipeline.export.source import ResultReader
 
     info = probe_video(clip, limits)
@@ -422,7 +426,7 @@ def render_video(
     frames = reader.frames()
     pending: list[dict[str, Any]] = []
     count = people = 0
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, tqdm(total=info.frame_count, unit="frame", disable=not progress, desc=Path(out).name) as bar:
         writer = H264Writer(tmp, fps or 30.0, crf=renderer.config.crf)
         try:
             for chunk in iter_frames(clip, limits, chunk_size=chunk_size):
@@ -431,6 +435,7 @@ def render_video(
                     writer.write(renderer.frame(image, these))
                     count += 1
                     people += len(these)
+                    bar.update(1)
                 if should_stop is not None and should_stop():
                     raise PoseError("cancelled", "the job was cancelled", status=409)
             extra = pending[0] if pending else next(frames, None)

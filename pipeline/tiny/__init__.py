@@ -12,6 +12,9 @@ from pathlib import Path
 
 from ..weights import CacheRoots
 
+# Said wherever a run on the tiny models finds no one (the CLI's log, the web page).
+TINY_NOTE = "tiny test models: random weights, they only find the drawn test figures (python -m pipeline demo-media)"
+
 # (module, function) pairs; each writes one model's files into ``roots`` and returns the paths.
 _WRITERS: tuple[tuple[str, str], ...] = (
     ("pipeline.tiny.hmr2", "write_tiny_hmr2"),
@@ -32,3 +35,12 @@ def write_tiny_caches(roots: CacheRoots, seed: int = 0) -> list[Path]:
             raise
         written.extend(getattr(module, func)(roots, seed=seed))
     return written
+
+
+def is_tiny_detector(detector: object) -> bool:
+    """Whether a `VitDetPredictor` holds the tiny factory's detector (its architecture, whatever
+    the seed or the folder it was read from)."""
+    from ..models.vitdet.config import vitdet_tiny
+
+    model = getattr(detector, "model", None)
+    return getattr(model, "cfg", None) == vitdet_tiny()

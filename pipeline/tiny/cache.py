@@ -74,13 +74,4 @@ def runner_settings() -> dict[str, Any]:
     compared."""
     from configs.profiles import tiny
 
-    profile = tiny()
-    return {
-        "chunk_size": profile.video_chunk_size,
-        "max_people": profile.limits.max_people,
-        "detector_options": {
-            "score_thresh": profile.score_thresh,
-            "stage_score_thresh": profile.stage_score_thresh,
-            **profile.detector_options(),
-        },
-    }
+    return tiny().runner_options()

@@ -25,14 +25,14 @@ something else:
 The modules, lowest first: `cache` (roots, layout, environment), `digest` (sha256),
 `flock` (inter-process file locks), `lockfile` (`DigestLock`), `spec` (`WeightFile`,
 `Download`, `FileStatus`), `archive` (safe extraction), `download` (mirrors, resumable
-fetch), `catalog` (`catalog`, `locate`, `ensure`, `verify`), `importer` (`import_weights`).
+fetch), `catalog` (`catalog`, `locate`, `check_available`, `ensure`, `verify`), `importer` (`import_weights`).
 """
 
 from __future__ import annotations
 
 from .archive import safe_extract
 from .cache import MIRRORS_ENV, CacheRoots
-from .catalog import catalog, check_file, ensure, locate, missing_message, report
+from .catalog import catalog, check_available, check_file, ensure, locate, missing_message, offline, report
 from .digest import sha256_of
 from .download import fetch
 from .importer import import_weights
@@ -47,12 +47,14 @@ __all__ = [
     "FileStatus",
     "WeightFile",
     "catalog",
+    "check_available",
     "check_file",
     "ensure",
     "fetch",
     "import_weights",
     "locate",
     "missing_message",
+    "offline",
     "report",
     "safe_extract",
     "sha256_of",

@@ -1,5 +1,6 @@
 """The catalog of model files: which files each model needs, where they are found, what to say
-when they are missing, and `ensure` / `verify` to obtain and check them.
+when they are missing, `check_available` (whether `ensure` could succeed, said at once) and
+`ensure` / `verify` to obtain and check them.
 """
 
 from __future__ import annotations
@@ -81,6 +82,78 @@ def missing_message(missing: Sequence[FileStatus], *, import_hint: bool = True) 
     return "\n".join(lines)
 
 
+def offline() -> bool:
+    """``POSE_OFFLINE`` is set (to anything but 0): nothing is downloaded."""
+    return os.environ.get("POSE_OFFLINE", "") not in ("", "0")
+
+
+def _writable(path: Path) -> bool:
+    """Whether a file could be created at ``path``: its nearest existing folder can be written."""
+    for folder in path.parents:
+        if folder.exists():
+            return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+    return False
+
+
+def check_available(files: Sequence[WeightFile], roots: CacheRoots, *, download: bool = True) -> list[FileStatus]:
+    """Fail at once, with one message naming every file, when `ensure` of ``files`` could not
+    succeed; the statuses when it could. Nothing is downloaded, created or read in full.
+
+    What stops it: a missing file that `ensure` would not download, i.e. a licensed one (SMPL,
+    never downloaded), any missing file when downloads are off (``download=False`` or
+    ``POSE_OFFLINE=1``), or one whose download could not be written (its cache folder is
+    read-only); and a file in place that fails the checks `ensure` makes of files in place (size,
+    lock file entry). Missing public files that can be downloaded are left to `ensure`: alone they
+    stop nothing, but once something else stops it they are named in the same message.
+
+    The `WeightsError` is ``weights_missing`` when a file stops it by being missing, else the
+    code of the first failed check; ``details``: ``missing`` (the missing files that stop it),
+    ``downloadable`` (missing, to be downloaded), ``problems`` (key: message of each failed check).
+    """
+    allowed = download and not offline()
+    statuses = report(files, roots)
+    blocking: list[FileStatus] = []
+    downloadable: list[FileStatus] = []
+    unwritable: dict[Path, None] = {}
+    problems: dict[str, WeightsError] = {}
+    for st in statuses:
+        if st.present:
+            try:
+                check_file(st, roots, deep=False)
+            except WeightsError as exc:
+                problems[st.file.key] = exc
+            continue
+        dl = st.file.download
+        if allowed and dl is not None:
+            target = roots.root(dl.root) / dl.target
+            if _writable(target):
+                downloadable.append(st)
+                continue
+            unwritable[roots.root(dl.root)] = None
+        blocking.append(st)
+    if not blocking and not problems:
+        return statuses
+    parts: list[str] = []
+    if blocking:
+        parts.append(missing_message(blocking))
+        parts.extend(f"downloads cannot be written into {folder}: make it writable, or use another cache folder" for folder in unwritable)
+    if problems:
+        parts.append(f"{len(problems)} model file(s) in place that cannot be used:")
+        parts.extend(f"- {message}" for message in dict.fromkeys(exc.message for exc in problems.values()))
+    if downloadable:
+        parts.append(
+            f"also missing, {len(downloadable)} public file(s) downloaded when first needed "
+            f"(`python -m pipeline weights --fetch` fetches them now): " + ", ".join(st.file.key for st in downloadable)
+        )
+    code = "weights_missing" if blocking else next(iter(problems.values())).code
+    details: dict[str, Any] = {
+        "missing": [st.file.key for st in blocking],
+        "downloadable": [st.file.key for st in downloadable],
+        "problems": {key: exc.message for key, exc in problems.items()},
+    }
+    raise WeightsError(code, "\n".join(parts), details=details)
+
+
 def ensure(
     files: Sequence[WeightFile],
     roots: CacheRoots,
@@ -94,7 +167,7 @@ def ensure(
     every missing file at once. Files found in place are held to their lock file entries; fresh
     downloads are verified in full and, without a published checksum, recorded there.
     """
-    if os.environ.get("POSE_OFFLINE", "") not in ("", "0"):
+    if offline():
         download = False
     statuses = report(files, roots)
     absent_before = {st.file.key for st in statuses if not st.present}

@@ -8,6 +8,9 @@ const KEY_STORAGE = "pose-service.key";
 const POLL_MS = 1000;
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const VIDEO_EXT = /\.(mp4|m4v|mov|avi|mkv|webm|mpe?g|wmv|flv|3gp|ts)$/i;
+// Shown when the service runs the tiny profile and a result has no one in it: the same sentence
+// as pipeline/tiny/__init__.py:TINY_NOTE, which the command line logs.
+const TINY_NOTE = "tiny test models: random weights, they only find the drawn test figures (python -m pipeline demo-media)";
 
 const ui = {};
 const session = {
@@ -17,6 +20,7 @@ const session = {
   pollTimer: null,
   objectUrls: [],
   fps: null,
+  profile: null, // the service's profile, from /v1/info
 };
 
 function $(id) {
@@ -161,6 +165,12 @@ function stopPolling() {
   }
 }
 
+// What the tiny profile's models are, said where they found no one.
+function showTinyNote(nobody) {
+  ui.tinyNote.textContent = TINY_NOTE;
+  ui.tinyNote.hidden = !(nobody && session.profile === "tiny");
+}
+
 function resetViews() {
   stopPolling();
   forgetObjectUrls();
@@ -175,6 +185,7 @@ function resetViews() {
   ui.image.hidden = true;
   ui.image.removeAttribute("src");
   ui.overlayNone.hidden = true;
+  ui.tinyNote.hidden = true;
   ui.tracks.hidden = true;
   ui.people.hidden = true;
   ui.tracks.tBodies[0].replaceChildren();
@@ -214,6 +225,7 @@ async function useKey(key) {
 
 async function loadInfo() {
   const info = await apiJson("/v1/info");
+  session.profile = info.profile || null;
   const parts = [`profile ${info.profile || "?"}`];
   if (info.version) parts.push(`v${info.version}`);
   ui.serviceInfo.textContent = parts.join(" · ");
@@ -269,6 +281,7 @@ async function submitImage(file) {
     td.className = "muted";
     body.appendChild(row);
   }
+  showTinyNote(!result.people.length);
   result.people.forEach((person) => {
     const row = document.createElement("tr");
     cell(row, String(person.person_index));
@@ -408,6 +421,7 @@ async function showVideoResult(job) {
     td.className = "muted";
     body.appendChild(row);
   }
+  showTinyNote(!summary.tracks.length);
   ui.tracks.hidden = false;
 
   addDownload("JSON", `${base}/result`, `${job.id}.json`, "application/json", true);
@@ -566,6 +580,7 @@ function wire() {
     video: $("overlay-video"),
     image: $("overlay-image"),
     overlayNone: $("overlay-none"),
+    tinyNote: $("tiny-note"),
     tracks: $("tracks"),
     people: $("people"),
     downloads: $("downloads"),
