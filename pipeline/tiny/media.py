@@ -16,7 +16,7 @@ PHOTO_NAME = "photo.jpg"
 CLIP_NAME = "clip.mp4"
 
 
-def write_demo_media(dest: str | Path, *, frames: int = 24, fps: float = 12.0) -> dict[str, Path]:
+def write_demo_media(dest: str | Path, *, frames: int = 12, fps: float = 10.0) -> dict[str, Path]:
     """``photo.jpg`` (three figures) and ``clip.mp4`` (two figures walking past each other, H.264)
     under ``dest``; their paths by name."""
     dest = Path(dest)
