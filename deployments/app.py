@@ -305,6 +305,21 @@ def _check_store_placement(jobs: JobSettings) -> None:
         )
 
 
+def model_settings(args: AppArgs, profile: Profile, device: Literal["cpu", "cuda"] = "cpu") -> ModelSettings:
+    """Where the model replicas find their files, and on which device they run."""
+    return ModelSettings(
+        profile=profile.name,
+        weights_dir=args.weights_dir,
+        weights_mirrors=tuple(args.weights_mirrors),
+        weights_lock=args.weights_lock,
+        tiny_dir=args.tiny_dir,
+        seed=profile.seed,
+        download=args.download,
+        device=device,
+        dtype=args.dtype,
+    )
+
+
 def model_names(with_tracker: bool) -> list[str]:
     """The catalog's models (`pipeline.weights.catalog`) a graph loads: the detector and HMR2,
     PHALP's too when it serves video jobs."""
@@ -372,17 +387,7 @@ def build_app(args: AppArgs) -> Application:
             options["num_gpus"] = gpu.tracker
         return options
 
-    common = ModelSettings(
-        profile=profile.name,
-        weights_dir=args.weights_dir,
-        weights_mirrors=tuple(args.weights_mirrors),
-        weights_lock=args.weights_lock,
-        tiny_dir=args.tiny_dir,
-        seed=profile.seed,
-        download=args.download,
-        device="cuda" if use_gpu else "cpu",
-        dtype=args.dtype,
-    ).model_dump()
+    common = model_settings(args, profile, device="cuda" if use_gpu else "cpu").model_dump()
     limits = Limits(**{**profile.limits.__dict__, **{k: v for k, v in args.limits.model_dump(exclude={"max_image_wait_s"}).items() if v is not None}})
 
     thresholds = {k: v for k, v in (("score_thresh", args.score_thresh), ("stage_score_thresh", args.stage_score_thresh)) if v is not None}

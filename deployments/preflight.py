@@ -57,9 +57,7 @@ def config_errors(path: Path) -> list[PoseError]:
     """Every refusal of the builder for this config file, in the order it would meet them."""
     from ray.serve.config import HTTPOptions
 
-    from service.settings import ModelSettings
-
-    from .app import AppArgs, check_auth, check_model_files, check_upload_time, model_names, resolve_profile, tracker_served
+    from .app import AppArgs, check_auth, check_model_files, check_upload_time, model_names, model_settings, resolve_profile, tracker_served
 
     config: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {}
     http = config.get("http_options") or {}
@@ -70,15 +68,7 @@ def config_errors(path: Path) -> list[PoseError]:
     for app in apps:
         args = AppArgs.model_validate(app.get("args") or {})
         profile = resolve_profile(args)
-        models = ModelSettings(
-            profile=profile.name,
-            weights_dir=args.weights_dir,
-            weights_mirrors=tuple(args.weights_mirrors),
-            weights_lock=args.weights_lock,
-            tiny_dir=args.tiny_dir,
-            seed=profile.seed,
-            download=args.download,
-        )
+        models = model_settings(args, profile)
         with_tracker, _ = tracker_served(args, profile)
         checks = (
             lambda: check_upload_time(args, timeout),
