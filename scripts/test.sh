@@ -9,4 +9,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# the project is installed from this pyproject.toml: scripts/serve.sh need not install it again
+.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())' > .venv/.pose-service-installed
 exec .venv/bin/python -m pytest -q "$@"
