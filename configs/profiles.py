@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 ProfileName = Literal["full", "tiny"]
+# The person detectors 4D-Humans' demo offers: ViTDet-H (Cascade Mask R-CNN, the default) and the
+# lighter RegNetY-4GF Mask R-CNN (``demo.py --detector regnety``).
+DetectorName = Literal["vitdet", "regnety"]
+DETECTOR_NAMES: tuple[DetectorName, ...] = ("vitdet", "regnety")
 
 
 @dataclass(frozen=True)
@@ -65,17 +69,22 @@ class Profile:
         options = {"input_size": self.detector_input_size, "post_nms_topk": self.detector_post_nms_topk}
         return {k: v for k, v in options.items() if v is not None}
 
-    def detector_settings(self) -> dict[str, float | int]:
-        """Every `VitDetPredictor.from_cache` keyword the profile sets: the thresholds and the
-        test-time options. The served Detector (``deployments/app.py``) and ``python -m pipeline``
-        both take them from here, so both detect the same people."""
+    def detector_settings(self, detector: DetectorName = "vitdet") -> dict[str, float | int]:
+        """Every ``from_cache`` keyword the profile sets for that detector: the thresholds and, for
+        ViTDet, the test-time options (RegNetY keeps detectron2's 800/1333 resize and one stage).
+        The served Detector (``deployments/app.py``) and ``python -m pipeline`` both take them from
+        here, so both detect the same people."""
+        if detector == "regnety":
+            return {"score_thresh": self.score_thresh}
         return {"score_thresh": self.score_thresh, "stage_score_thresh": self.stage_score_thresh, **self.detector_options()}
 
-    def runner_options(self) -> dict[str, Any]:
+    def runner_options(self, detector: DetectorName = "vitdet") -> dict[str, Any]:
         """`VideoRunner.from_cache` keywords that run a video as the served video workers do: the
-        detector's settings, frames per chunk, people regressed per frame (the MeshRegressor's cap)."""
+        detector and its settings, frames per chunk, people regressed per frame (the
+        MeshRegressor's cap)."""
         return {
-            "detector_options": self.detector_settings(),
+            "detector": detector,
+            "detector_options": self.detector_settings(detector),
             "chunk_size": self.video_chunk_size,
             "max_people": self.limits.max_people,
         }

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
-from configs.profiles import BatchSettings, Fractions, Limits, Profile, get_profile
+from configs.profiles import BatchSettings, DetectorName, Fractions, Limits, Profile, get_profile
 from pipeline.errors import PoseError
 from service.auth import KeySources, check_exposure, is_loopback
 from service.settings import ApiSettings, JobSettings, ModelSettings, VideoApiSettings, VideoLimitArgs
@@ -165,8 +165,13 @@ class AppArgs(BaseModel):
     download: bool = Field(default=True, description="fetch missing public checkpoints on replica start")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: GPU when the cluster has one")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    detector: DetectorName = Field(
+        default="vitdet",
+        description="vitdet: ViTDet-H Cascade Mask R-CNN (4D-Humans' default); regnety: RegNetY-4GF Mask R-CNN, "
+        "several times lighter (demo.py --detector regnety)",
+    )
     score_thresh: float | None = Field(default=None, ge=0.0, le=1.0)
-    stage_score_thresh: float | None = Field(default=None, ge=0.0, le=1.0)
+    stage_score_thresh: float | None = Field(default=None, ge=0.0, le=1.0, description="ViTDet's cascade stages only")
     detector_batch: BatchArgs | None = Field(default=None, description="initial user_config of Detector")
     regressor_batch: BatchArgs | None = Field(default=None, description="initial user_config of MeshRegressor (crops)")
     limits: LimitArgs = Field(default_factory=LimitArgs)
@@ -317,13 +322,14 @@ def model_settings(args: AppArgs, profile: Profile, device: Literal["cpu", "cuda
         download=args.download,
         device=device,
         dtype=args.dtype,
+        detector=args.detector,
     )
 
 
-def model_names(with_tracker: bool) -> list[str]:
+def model_names(with_tracker: bool, detector: str = "vitdet") -> list[str]:
     """The catalog's models (`pipeline.weights.catalog`) a graph loads: the detector and HMR2,
     PHALP's too when it serves video jobs."""
-    return ["vitdet", "hmr2"] + (["phalp"] if with_tracker else [])
+    return [detector, "hmr2"] + (["phalp"] if with_tracker else [])
 
 
 def tracker_served(args: AppArgs, profile: Profile) -> tuple[bool, bool]:
@@ -390,17 +396,19 @@ def build_app(args: AppArgs) -> Application:
     common = model_settings(args, profile, device="cuda" if use_gpu else "cpu").model_dump()
     limits = Limits(**{**profile.limits.__dict__, **{k: v for k, v in args.limits.model_dump(exclude={"max_image_wait_s"}).items() if v is not None}})
 
+    if args.detector != "vitdet" and args.stage_score_thresh is not None:
+        raise ValueError(f"stage_score_thresh applies to ViTDet's cascade only; detector {args.detector!r} has one stage (set score_thresh)")
     thresholds = {k: v for k, v in (("score_thresh", args.score_thresh), ("stage_score_thresh", args.stage_score_thresh)) if v is not None}
     detector = Detector.options(
         ray_actor_options=actor_options("detector"), user_config=_batch(profile.detector_batch, args.detector_batch)
     ).bind(
         # the profile's detector settings (as `python -m pipeline --profile` applies them), then
         # the thresholds the application's arguments set
-        DetectorSettings(**common, **{**profile.detector_settings(), **thresholds})
+        DetectorSettings(**common, **{**profile.detector_settings(args.detector), **thresholds})
     )
     with_tracker, installed = tracker_served(args, profile)
     if _cluster_connected():  # a real deploy (not `serve build`): refuse it now rather than crash-loop replicas
-        check_model_files(ModelSettings(**common), model_names(with_tracker), shared=bool(args.weights_dir) or alive_nodes() == 1)
+        check_model_files(ModelSettings(**common), model_names(with_tracker, args.detector), shared=bool(args.weights_dir) or alive_nodes() == 1)
     if with_tracker and not installed:
         raise ValueError("tracker: true, but PHALP tracking (or, for the tiny profile, its tiny factory) is not installed")
     regressor = MeshRegressor.options(
@@ -417,6 +425,7 @@ def build_app(args: AppArgs) -> Application:
     }
     settings = ApiSettings(
         profile=profile.name,
+        detector=args.detector,
         max_upload_bytes=limits.max_upload_bytes,
         max_pixels=limits.max_pixels,
         max_people=limits.max_people,

@@ -1,4 +1,5 @@
-"""``Detector``: ViTDet person detection, images from concurrent requests batched together."""
+"""``Detector``: person detection (ViTDet-H, or RegNetY-4GF with ``detector: regnety``), images
+from concurrent requests batched together."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from pipeline.models.detectors import detector_model_id
 from pipeline.models.vitdet.predictor import Detections
 from service.settings import ModelSettings
 
@@ -23,9 +25,19 @@ logger = logging.getLogger(__name__)
 
 class DetectorSettings(ModelSettings):
     score_thresh: float = 0.5  # person score kept
-    stage_score_thresh: float = 0.25  # per cascade stage
-    input_size: int | None = None  # resize/pad side; None: the checkpoint's (1024)
-    post_nms_topk: int | None = None  # RPN proposals kept per image; None: the checkpoint's (1000)
+    stage_score_thresh: float | None = None  # ViTDet: per cascade stage (None: 0.25)
+    input_size: int | None = None  # ViTDet: resize/pad side; None: the checkpoint's (1024)
+    post_nms_topk: int | None = None  # ViTDet: RPN proposals kept per image; None: the checkpoint's (1000)
+
+    def predictor_options(self) -> dict[str, Any]:
+        """The ``from_cache`` keywords of the chosen detector (RegNetY takes only the threshold)."""
+        options: dict[str, Any] = {
+            "device": self.device, "dtype": self.effective_dtype, "download": self.download, "score_thresh": self.score_thresh,
+        }
+        if self.detector == "vitdet":
+            vitdet = {"stage_score_thresh": self.stage_score_thresh, "input_size": self.input_size, "post_nms_topk": self.post_nms_topk}
+            options.update({k: v for k, v in vitdet.items() if v is not None})
+        return options
 
 
 @serve.deployment(name="Detector", max_ongoing_requests=16, health_check_period_s=10)
@@ -33,31 +45,22 @@ class Detector:
     """Loads the predictor once per replica; ``detect`` answers one image, batched across callers."""
 
     def __init__(self, settings: DetectorSettings) -> None:
-        from pipeline.models.vitdet.files import FILES
-        from pipeline.models.vitdet.predictor import VitDetPredictor
+        from pipeline.models.detectors import load_detector
+        from pipeline.weights import catalog
 
         self.settings = settings
         self.roots = settings.roots()
         started = time.perf_counter()
-        self.predictor = VitDetPredictor.from_cache(
-            self.roots,
-            device=settings.device,
-            dtype=settings.effective_dtype,
-            download=settings.download,
-            score_thresh=settings.score_thresh,
-            stage_score_thresh=settings.stage_score_thresh,
-            input_size=settings.input_size,
-            post_nms_topk=settings.post_nms_topk,
-        )
-        self._files = FILES
+        self.predictor: Any = load_detector(settings.detector, self.roots, **settings.predictor_options())
+        self._files = catalog([settings.detector])
         self._checksums: dict[str, Any] | None = None
         self.batch_config = BatchConfig(max_batch_size=4, batch_wait_timeout_s=0.01)
         self.stats = BatchStats()
         self.metrics = StageMetrics()
         self.start = start_info(time.perf_counter() - started)
         logger.info(
-            "Detector ready on %s (%s, profile %s) in %.1f s",
-            self.predictor.device, self.predictor.dtype, settings.profile, time.perf_counter() - started,
+            "Detector (%s) ready on %s (%s, profile %s) in %.1f s",
+            settings.detector, self.predictor.device, self.predictor.dtype, settings.profile, time.perf_counter() - started,
         )
 
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -106,13 +109,16 @@ class Detector:
         if self._checksums is None:
             self._checksums = await asyncio.to_thread(checksums, self._files, self.roots)
         return {
-            "model": "vitdet",
+            "model": self.settings.detector,
+            "model_id": detector_model_id(self.settings.detector),
             "device": str(self.predictor.device),
             "dtype": self.settings.effective_dtype,
             "score_thresh": self.predictor.score_thresh,
-            "stage_score_thresh": self.predictor.stage_score_thresh,
-            "input_size": self.predictor.input_size,
-            "post_nms_topk": self.predictor.post_nms_topk,
+            **{
+                name: getattr(self.predictor, name)
+                for name in ("stage_score_thresh", "nms_thresh", "input_size", "post_nms_topk")
+                if hasattr(self.predictor, name)
+            },
             "files": self._checksums,
             "batching": {**self.batch_config.model_dump(), **self.stats.to_dict()},
             "replica": serve.get_replica_context().replica_id.unique_id,

@@ -73,7 +73,7 @@ def config_errors(path: Path) -> list[PoseError]:
         checks = (
             lambda: check_upload_time(args, timeout),
             lambda: check_auth(args, host),
-            lambda: check_model_files(models, model_names(with_tracker), shared=_local_caches(args.weights_dir)),
+            lambda: check_model_files(models, model_names(with_tracker, args.detector), shared=_local_caches(args.weights_dir)),
         )
         for check in checks:
             try:

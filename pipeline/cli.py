@@ -57,6 +57,16 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_detector(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--detector",
+        choices=["vitdet", "regnety"],
+        default="vitdet",
+        help="person detector: vitdet (ViTDet-H, 4D-Humans' default) or regnety (RegNetY-4GF Mask R-CNN, "
+        "several times faster; demo.py --detector regnety). The service chooses with its detector argument",
+    )
+
+
 def profile_from_args(args: argparse.Namespace) -> Profile | None:
     """The serving profile named by ``--profile`` (None: none named)."""
     name = getattr(args, "profile", None)
@@ -242,8 +252,9 @@ def cmd_image(args: argparse.Namespace) -> dict[str, Any]:
         dtype=args.dtype,
         download=not args.offline,
         vertices=args.vertices,
+        detector=args.detector,
         # as the served Detector and MeshRegressor run them
-        detector_options=None if profile is None else profile.detector_settings(),
+        detector_options=None if profile is None else profile.detector_settings(args.detector),
         max_people=None if profile is None else profile.limits.max_people,
     )
 
@@ -256,7 +267,7 @@ def cmd_video(args: argparse.Namespace) -> dict[str, Any] | None:
         raise PoseError("vertices_npz_only", "vertices are written to the NPZ only: add --out-dir DIR", status=400)
     profile = profile_from_args(args)
     # as the served video workers run a job: detector settings, frames per chunk, people per frame
-    options: dict[str, Any] = {"chunk_size": 8} if profile is None else profile.runner_options()
+    options: dict[str, Any] = {"chunk_size": 8, "detector": args.detector} if profile is None else profile.runner_options(args.detector)
     if args.chunk_size is not None:
         options["chunk_size"] = args.chunk_size
     runner = VideoRunner.from_cache(
@@ -404,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="person boxes in image pixels; without them the detector finds the people",
     )
     p.add_argument("--vertices", action="store_true", help="include the 6890 mesh vertices per person")
+    _add_detector(p)
     _add_profile(p)
     p.set_defaults(func=cmd_image)
 
@@ -421,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-size", type=int, default=None,
         help="frames decoded and run through the models together (default: the --profile's, else 8)",
     )
+    _add_detector(p)
     _add_profile(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_video)
@@ -471,16 +484,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def needed_files(args: argparse.Namespace) -> list[WeightFile]:
-    """The model files a command's models load: ``image`` HMR2.0's (ViTDet's too without
+    """The model files a command's models load: ``image`` HMR2.0's (the detector's too without
     ``--boxes``), ``video`` every model's; none for the others (``render`` asks for its two
     SMPL files in one call, which names both when they are missing)."""
     from . import weights
 
     func = getattr(args, "func", None)
     if func is cmd_image:
-        return weights.catalog(["hmr2"] if args.boxes is not None else ["vitdet", "hmr2"])
+        return weights.catalog(["hmr2"] if args.boxes is not None else [args.detector, "hmr2"])
     if func is cmd_video:
-        return weights.catalog(["vitdet", "hmr2", "phalp"])
+        return weights.catalog([args.detector, "hmr2", "phalp"])
     return []
 
 

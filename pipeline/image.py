@@ -25,13 +25,15 @@ def run_image(
     dtype: str = "float32",
     download: bool = True,
     vertices: bool = False,
+    detector: str = "vitdet",
     detector_options: Mapping[str, Any] | None = None,
     max_people: int | None = None,
 ) -> dict[str, Any]:
     """The result document (`ImageResult` as JSON-able dict) for an image file.
 
-    ``detector_options``: further `VitDetPredictor.from_cache` arguments (thresholds,
-    ``input_size``, ``post_nms_topk``), e.g. a serving profile's, to match the service.
+    ``detector``: ``vitdet`` or ``regnety`` (`pipeline.models.detectors`); ``detector_options``:
+    further arguments of its ``from_cache`` (thresholds; ViTDet's ``input_size``,
+    ``post_nms_topk``), e.g. a serving profile's, to match the service.
     ``max_people``: detections beyond this (lowest scores) are not regressed, as the served
     MeshRegressor does (`configs.profiles.Limits.max_people`); None: all of them."""
     roots = roots or CacheRoots.from_env()
@@ -39,21 +41,21 @@ def run_image(
     scores = None
     models = models_used("mesh")
     if boxes is None:
-        from .models.vitdet.predictor import VitDetPredictor
+        from .models.detectors import load_detector
 
-        detector = VitDetPredictor.from_cache(
-            roots, device=device, dtype=dtype, download=download, **dict(detector_options or {})
+        predictor = load_detector(
+            detector, roots, device=device, dtype=dtype, download=download, **dict(detector_options or {})
         )
-        detections = detector([image])[0]
+        detections = predictor([image])[0]
         if max_people is not None and len(detections) > max_people:
             detections = detections.select(np.arange(max_people))
         box_array, scores = detections.boxes, detections.scores
-        models = models_used("detector", "mesh")
+        models = models_used("detector", "mesh", detector=detector)
         logger.info("detected %d people", len(box_array))
         if not len(box_array):
             from .tiny import TINY_NOTE, is_tiny_detector
 
-            if is_tiny_detector(detector):
+            if is_tiny_detector(predictor):
                 logger.warning("no one found: %s", TINY_NOTE)
     else:
         box_array = validate_boxes(boxes, image.shape[:2], allow_empty=False)

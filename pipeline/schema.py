@@ -16,13 +16,17 @@ from .models.hmr2.predictor import HMR2Output
 
 SCHEMA_VERSION = "1.0"
 
-# What the ``models`` field of a result names, per stage.
+# What the ``models`` field of a result names, per stage (the detector: the default one's).
 MODEL_NAMES = {"detector": "vitdet_h_cascade", "mesh": "hmr2.0b", "tracker": "phalp"}
 
 
-def models_used(*stages: str) -> dict[str, str]:
-    """The ``models`` field for the stages that produced a result."""
-    return {stage: MODEL_NAMES[stage] for stage in stages}
+def models_used(*stages: str, detector: str = "vitdet") -> dict[str, str]:
+    """The ``models`` field for the stages that produced a result; ``detector``: which one ran
+    (`pipeline.models.detectors`)."""
+    from .models.detectors import detector_model_id
+
+    names = {**MODEL_NAMES, "detector": detector_model_id(detector)}
+    return {stage: names[stage] for stage in stages}
 
 Mat3 = list[list[float]]
 

@@ -12,6 +12,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from configs.profiles import DetectorName
 from pipeline.errors import PoseError
 from pipeline.tiny.cache import tiny_roots
 from pipeline.video.decode import VideoLimits
@@ -35,6 +36,7 @@ class ModelSettings(BaseModel):
     download: bool = True
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    detector: DetectorName = "vitdet"  # which person detector the Detector replicas hold
 
     def roots(self) -> CacheRoots:
         """The cache roots on this node (the tiny profile writes its models on first use)."""
@@ -157,6 +159,7 @@ class ApiSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     profile: str
+    detector: DetectorName = "vitdet"  # the Detector's model, named in image results
     max_upload_bytes: int = 32 * 2**20
     max_pixels: int = 40_000_000
     max_people: int = 64

@@ -32,7 +32,7 @@ from typing import Any, Callable
 from pipeline.errors import PoseError
 from pipeline.export.source import ResultFiles
 from pipeline.render.overlay import OverlayRenderer, render_video
-from pipeline.schema import MODEL_NAMES
+from pipeline.schema import models_used
 from pipeline.tracking.loading import load_appearance_and_tracking
 from pipeline.tracking.state import load_state, save_state
 from pipeline.video.loop import FrameStages, VideoLoop
@@ -331,7 +331,7 @@ class VideoWorker:
             raise
         if done.resumed_from:
             logger.info("job %s: attempt %d resumed at frame %d", job.id, token, done.resumed_from)
-        names = done.writer.finalize(job_dir, done.meta, dict(MODEL_NAMES), suffix=f"a{token}")
+        names = done.writer.finalize(job_dir, done.meta, models_used("detector", "mesh", "tracker", detector=self.models.detector), suffix=f"a{token}")
         if job.options.get("render"):
             names["overlay"] = self._render_overlay(job, job_dir / names["jsonl"], job_dir / names["meta"], token)
         return names

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pipeline.models.hmr2.predictor import HMR2Predictor
-from pipeline.schema import MODEL_NAMES, VideoResult
+from pipeline.schema import VideoResult, models_used
 from pipeline.tracking.tracker import TrackerModels
 from pipeline.video.decode import VideoLimits
 from pipeline.video.loop import LocalStages, VideoLoop, observations_for, video_meta
@@ -58,8 +58,10 @@ class VideoRunner:
         chunk_size: int = 8,
         limits: VideoLimits = VideoLimits(),
         max_people: int | None = 64,
+        detector_name: str = "vitdet",
     ) -> None:
         self.detector = detector
+        self.detector_name = detector_name  # which detector it is, for the result's ``models``
         self.hmr2 = hmr2
         self.appearance = appearance
         self.tracker_models = tracker_models
@@ -77,22 +79,24 @@ class VideoRunner:
         device: str | None = None,
         dtype: str = "float32",
         download: bool = True,
+        detector: str = "vitdet",
         detector_options: Mapping[str, Any] | None = None,
         **kwargs: object,
     ) -> "VideoRunner":
-        """The three models from the caches. ``detector_options``: further `VitDetPredictor.from_cache`
-        arguments (thresholds, ``input_size``, ``post_nms_topk``), e.g. a serving profile's, so the
-        in-process result equals the served one."""
-        from pipeline.models.vitdet.predictor import VitDetPredictor
+        """The three models from the caches. ``detector``: ``vitdet`` or ``regnety``;
+        ``detector_options``: further arguments of its ``from_cache`` (thresholds, ViTDet's
+        ``input_size``, ``post_nms_topk``), e.g. a serving profile's, so the in-process result
+        equals the served one."""
+        from pipeline.models.detectors import load_detector
         from pipeline.tracking.loading import load_appearance_and_tracking
 
         roots = roots or CacheRoots.from_env()
-        detector = VitDetPredictor.from_cache(
-            roots, device=device, dtype=dtype, download=download, **dict(detector_options or {})
+        predictor = load_detector(
+            detector, roots, device=device, dtype=dtype, download=download, **dict(detector_options or {})
         )
         hmr2 = HMR2Predictor.from_cache(roots, device=device, dtype=dtype, download=download)
         appearance, tracker_models = load_appearance_and_tracking(roots, device=device, download=download)
-        return cls(detector, hmr2, appearance, tracker_models, **kwargs)  # type: ignore[arg-type]
+        return cls(predictor, hmr2, appearance, tracker_models, detector_name=detector, **kwargs)  # type: ignore[arg-type]
 
     def run_to(
         self,
@@ -122,7 +126,7 @@ class VideoRunner:
 
             done = self.loop.run(path, work, vertices=vertices, on_chunk=on_chunk, should_stop=should_stop,
                                  on_frames=bar.update, on_start=on_start)
-            names = done.writer.finalize(out_dir, done.meta, dict(MODEL_NAMES))
+            names = done.writer.finalize(out_dir, done.meta, models_used("detector", "mesh", "tracker", detector=self.detector_name))
         return VideoFiles(
             jsonl=out_dir / names["jsonl"],
             meta=out_dir / names["meta"],

@@ -148,7 +148,7 @@ async def _image_and_boxes(ctx: ApiContext, data: bytes, boxes_json: str | None)
     ctx.metrics.stage("decode", time.perf_counter() - started)
     if boxes_json is not None and boxes_json.strip():
         return image, _parse_boxes(ctx, boxes_json, image.shape[:2]), models_used("mesh")
-    return image, None, models_used("detector", "mesh")
+    return image, None, models_used("detector", "mesh", detector=ctx.settings.detector)
 
 
 async def _stage(ctx: ApiContext, call: Awaitable[Any]) -> Any:
