@@ -5,7 +5,8 @@ A generated 1080p clip (``--frames`` frames, 60 by default) with 1, 5 and 20 peo
 1. in process (`pipeline.video.runner.VideoRunner`, no Ray), and
 2. through the served application (upload -> job -> poll -> result download),
 
-with the full-size architectures (ViTDet-H, HMR2.0b, PHALP). The table gives milliseconds per
+with the full-size architectures (ViTDet-H or RegNetY-4GF Mask R-CNN, ``--detectors``; HMR2.0b,
+PHALP), each detector on the same frames. The table gives milliseconds per
 frame for each stage (decode, detector, HMR2 crops + forward + SMPL, appearance = masks + UV
 texture + embedding, tracking, result writing), frames per second, peak resident memory, and
 the ratio to the reference's published figures: 1.8 frames/s end to end (4D-Humans issue #27,
@@ -26,6 +27,7 @@ Weights (``--weights``):
     python bench/e2e.py                                  # CPU, float32, 60 frames, 1/5/20 people
     python bench/e2e.py --frames 4 --people 1 5 --modes inprocess
     python bench/e2e.py --device cuda --dtype bfloat16   # on a GPU machine
+    python bench/e2e.py --detectors regnety --people 1 5 # the fast detector only
 """
 
 from __future__ import annotations
@@ -54,16 +56,18 @@ PERSON_LOGIT = 12.0  # random weights: softmax(person) ~ 1 for every proposal
 _PORT = 8771
 
 
-def random_caches(root: Path) -> Path:
+def random_caches(root: Path, detectors: list[str]) -> Path:
     """Full-size random caches under ``root`` (written once, then reused), every proposal a person."""
     from cold_start import write_all
 
-    from pipeline.models.vitdet.files import CHECKPOINT_PATH
+    from pipeline.weights import catalog
 
-    roots = write_all(root, ["vitdet", "hmr2", "phalp"])
-    marker = root / "e2e-person-logit"
-    if not marker.is_file():
-        path = roots.detectron2 / CHECKPOINT_PATH
+    roots = write_all(root, [*detectors, "hmr2", "phalp"])
+    for detector in detectors:
+        marker = root / f"e2e-person-logit-{detector}"
+        if marker.is_file():
+            continue
+        path = catalog([detector])[0].candidates(roots)[0]
         with open(path, "rb") as fh:
             doc = pickle.load(fh)
         # Every stage of the cascade (its scores are averaged); class 0 is COCO's person, the last
@@ -87,34 +91,26 @@ def status_mib(pid: int | str, field: str) -> float:
     return float("nan")
 
 
-def profile_settings(weights: str, people: int) -> dict:
+def profile_settings(weights: str, people: int, detector: str) -> dict:
     """`VideoRunner.from_cache` keyword arguments equal to what the served profile does."""
     from configs.profiles import full, tiny
 
     profile = tiny() if weights == "tiny" else full()
-    return {
-        "chunk_size": profile.video_chunk_size,
-        "max_people": people,
-        "detector_options": {
-            "score_thresh": profile.score_thresh,
-            "stage_score_thresh": profile.stage_score_thresh,
-            **profile.detector_options(),
-        },
-    }
+    return {**profile.runner_options(detector), "max_people": people}  # type: ignore[arg-type]
 
 
-def stage_row(mode: str, people: int, frames: int, crops: int, seconds: dict[str, float], wall: float, peak: float) -> list:
+def stage_row(mode: str, detector: str, people: int, frames: int, crops: int, seconds: dict[str, float], wall: float, peak: float) -> list:
     ms = {k: 1000.0 * v / max(1, frames) for k, v in seconds.items()}
     fps = frames / wall
     cell = lambda key: ms[key] if key in ms else "-"  # noqa: E731
     return [
-        mode, people, frames, crops, cell("decode_s"), cell("detect_s"), cell("hmr2_s"), cell("models_s"),
+        mode, detector, people, frames, crops, cell("decode_s"), cell("detect_s"), cell("hmr2_s"), cell("models_s"),
         cell("appearance_s"), cell("tracking_s"), cell("write_s"), 1000.0 * wall / frames, fps,
         fps / REFERENCE_FPS, peak,
     ]
 
 
-def run_inprocess(roots, clips: dict[int, Path], warmups: dict[int, Path], args) -> tuple[list, list]:
+def run_inprocess(roots, clips: dict[int, Path], warmups: dict[int, Path], args, detector: str) -> tuple[list, list]:
     """Each clip through one `VideoRunner` per people count (the models loaded once)."""
     import torch
 
@@ -124,7 +120,7 @@ def run_inprocess(roots, clips: dict[int, Path], warmups: dict[int, Path], args)
     first = min(clips)
     started = time.perf_counter()
     runner = VideoRunner.from_cache(roots, device=args.device, dtype=args.dtype, download=False,
-                                    **profile_settings(args.weights, first))
+                                    **profile_settings(args.weights, first, detector))
     load_s = time.perf_counter() - started
     logger.warning("in-process models loaded in %.1f s", load_s)
     for people, clip in clips.items():
@@ -144,18 +140,20 @@ def run_inprocess(roots, clips: dict[int, Path], warmups: dict[int, Path], args)
         wall = time.perf_counter() - start
         seconds = {**timings, **runner.stages.seconds}
         seconds.pop("models_s", None)  # in process the models run inside the wait; shown split instead
-        rows.append(stage_row("in process", people, files.frames, runner.stages.people, seconds, wall,
+        rows.append(stage_row("in process", detector, people, files.frames, runner.stages.people, seconds, wall,
                               status_mib("self", "VmHWM")))
-        models.append([people, 1000.0 * seconds["detect_s"] / files.frames,
-                       1000.0 * seconds["detect_s"] / files.frames / REFERENCE_VITDET_MS_PER_IMAGE,
+        detect_ms = 1000.0 * seconds["detect_s"] / files.frames
+        models.append([detector, people, detect_ms,
+                       detect_ms / REFERENCE_VITDET_MS_PER_IMAGE if detector == "vitdet" else "-",
                        1000.0 * seconds["hmr2_s"] / max(1, runner.stages.people),
                        1000.0 * seconds["hmr2_s"] / max(1, runner.stages.people) / REFERENCE_HMR2_MS_PER_CROP])
-        logger.warning("in process, %d people: %.2f frames/s", people, files.frames / wall)
+        logger.warning("in process, %s, %d people: %.2f frames/s", detector, people, files.frames / wall)
     return rows, models
 
 
 def run_served(root: Path | None, clips: dict[int, Path], warmups: dict[int, Path], args) -> tuple[list, list]:
-    """Each clip as a job through the application, redeployed per people count (``max_people``)."""
+    """Each clip as a job through the application, redeployed per detector and people count
+    (``detector``, ``max_people``)."""
     import httpx
     import ray
     from ray import serve
@@ -170,8 +168,9 @@ def run_served(root: Path | None, clips: dict[int, Path], warmups: dict[int, Pat
     data = Path(tempfile.mkdtemp(prefix="e2e-data-"))
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": _PORT})
-        for people, clip in clips.items():
+        for detector, (people, clip) in ((d, item) for d in args.detectors for item in clips.items()):
             app = AppArgs(
+                detector=detector,
                 profile="tiny" if args.weights == "tiny" else "full",
                 weights_dir=None if root is None or args.weights == "tiny" else str(root),
                 tiny_dir=str(root) if args.weights == "tiny" and root is not None else None,
@@ -184,7 +183,7 @@ def run_served(root: Path | None, clips: dict[int, Path], warmups: dict[int, Pat
             deploy_s = time.perf_counter() - started
             with httpx.Client(base_url=f"http://127.0.0.1:{_PORT}", timeout=3600) as client:
                 info = client.get("/v1/info").json()["deployments"]
-                starts.append([people, f"{deploy_s:.1f}", *(_start(info.get(k)) for k in ("detector", "regressor", "video"))])
+                starts.append([detector, people, f"{deploy_s:.1f}", *(_start(info.get(k)) for k in ("detector", "regressor", "video"))])
                 _job(client, warmups[people])  # warm-up: first calls, lazy imports
                 start = time.perf_counter()
                 job, crops = _job(client, clip)
@@ -192,8 +191,8 @@ def run_served(root: Path | None, clips: dict[int, Path], warmups: dict[int, Pat
                 info = client.get("/v1/info").json()["deployments"]
             frames = int(job["progress"]["frames_done"])
             peak = sum(status_mib(info[k]["pid"], "VmHWM") for k in ("detector", "regressor", "video") if k in info)
-            rows.append(stage_row("served", people, frames, crops, job["timings"], wall, peak))
-            logger.warning("served, %d people: %.2f frames/s", people, frames / wall)
+            rows.append(stage_row("served", detector, people, frames, crops, job["timings"], wall, peak))
+            logger.warning("served, %s, %d people: %.2f frames/s", detector, people, frames / wall)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -233,6 +232,8 @@ def main() -> None:
     parser.add_argument("--people", type=int, nargs="+", default=[1, 5, 20])
     parser.add_argument("--size", type=int, nargs=2, default=[1080, 1920], metavar=("H", "W"))
     parser.add_argument("--weights", choices=["random", "cache", "tiny"], default="random")
+    parser.add_argument("--detectors", nargs="+", choices=["vitdet", "regnety"], default=["vitdet", "regnety"],
+                        help="person detectors to compare on the same clips")
     parser.add_argument("--cache-dir", type=Path, default=None, help="random/tiny weights written here (reused)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
@@ -248,7 +249,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="e2e-"))
     root = args.cache_dir or tmp / "weights"
     if args.weights == "random":
-        random_caches(root)
+        random_caches(root, args.detectors)
         roots_dir: Path | None = root
     elif args.weights == "tiny":
         roots_dir = root
@@ -266,8 +267,10 @@ def main() -> None:
     warmups = {n: write_clip(tmp / f"warm-{n}.mp4", 2, tuple(args.size), people=n) for n in args.people}
     rows, models, starts = [], [], []
     if "inprocess" in args.modes:
-        r, models = run_inprocess(roots, clips, warmups, args)
-        rows += r
+        for detector in args.detectors:
+            r, m = run_inprocess(roots, clips, warmups, args, detector)
+            rows += r
+            models += m
     if "served" in args.modes:
         r, starts = run_served(roots_dir, clips, warmups, args)
         rows += r
@@ -276,7 +279,7 @@ def main() -> None:
         f"{args.frames}-frame {w}x{h} clip, weights {args.weights}, {args.device} {args.dtype}, "
         f"{torch.get_num_threads()} threads; ms per frame by stage (served: models = waiting for detector + regressor; "
         "peak MiB: this process in process, the sum of the model replicas served)",
-        ["path", "people", "frames", "crops", "decode", "detect", "hmr2", "models", "appearance", "tracking",
+        ["path", "detector", "people", "frames", "crops", "decode", "detect", "hmr2", "models", "appearance", "tracking",
          "write", "ms/frame", "frames/s", f"speed / ref {REFERENCE_FPS} fps", "peak MiB"],
         rows,
     )
@@ -284,7 +287,7 @@ def main() -> None:
         print()
         print_table(
             "models in process against the reference's figures (time / ref below 1: faster than the reference)",
-            ["people", "ViTDet ms/image", f"time / ref {REFERENCE_VITDET_MS_PER_IMAGE:.0f} ms",
+            ["detector", "people", "detector ms/image", f"time / ViTDet ref {REFERENCE_VITDET_MS_PER_IMAGE:.0f} ms",
              "HMR2 ms/crop", f"time / ref {REFERENCE_HMR2_MS_PER_CROP:.0f} ms"],
             models,
         )
@@ -292,7 +295,7 @@ def main() -> None:
         print()
         print_table(
             "replica start to ready, seconds (load: the model read inside it); serve.run: the whole redeploy",
-            ["people", "serve.run s", "Detector", "MeshRegressor", "VideoPipeline"],
+            ["detector", "people", "serve.run s", "Detector", "MeshRegressor", "VideoPipeline"],
             starts,
         )
 
