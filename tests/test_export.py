@@ -55,7 +55,7 @@ def _person(rng: np.random.Generator, index: int, track_id: int | None, rot: np.
             "focal_length_full": 1250.0,
         },
         "keypoints_2d": np.zeros((44, 2)).tolist(),
-        "keypoints_3d": np.zeros((44, 3)).tolist(),
+        "keypoints_3d": rng.normal(0, 0.3, (44, 3)).tolist(),
     }
 
 
@@ -558,6 +558,13 @@ def test_phalp_pickle_holds_the_results_tracks_and_numbers(document, sources):
             checked += 1
     assert checked == sum(len(v) for v in TRACK_FRAMES.values()) + 1  # + track 7 listed, missed, in frame 3
 
+    # a track missed for good stays listed MAX_AGE frames, then is gone
+    person = detections(document, 3)[0][1]
+    lost = {**document, "frames": [{"frame_index": f, "time_s": f / FPS, "people": [person] if f == 0 else []} for f in range(MAX_AGE + 3)]}
+    (item,) = export(lost, "phalp")
+    listed = [(e["tid"], e["tracked_time"]) for e in joblib.load(io.BytesIO(item.data)).values()]
+    assert listed == [([3], [f]) for f in range(MAX_AGE + 1)] + [([], [])] * 2
+
     (one,) = export(sources["json"], "phalp", track=7)
     assert one.name == "track-7.pkl"
     assert {t for e in joblib.load(io.BytesIO(one.data)).values() for t in e["tid"]} == {7}
@@ -602,6 +609,20 @@ def test_cli_export(sources, tiny_cache, tmp_path, capsys):
     with zipfile.ZipFile(archive) as zf:
         assert zf.namelist() == ["track-3.glb", "track-7.glb"]
         assert zf.read("track-7.glb")[:4] == b"glTF"
+
+    meshes = tmp_path / "meshes.zip"  # OBJ: a zip even for one track
+    assert main(["export", str(sources["json"]), "--format", "obj", "--track", "7", "--out", str(meshes), "--cache-dir", str(tiny_cache)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["zip"] is True and summary["files"] == [f"track-7/frame-{f:06d}.obj" for f in TRACK_FRAMES[7]]
+    with zipfile.ZipFile(meshes) as zf:
+        assert zf.namelist() == summary["files"]
+
+    import joblib
+
+    pkl = tmp_path / "demo_clip.pkl"  # PHALP: one file, and no SMPL model needed
+    assert main(["export", str(sources["folder"]), "--format", "phalp", "--out", str(pkl), "--cache-dir", str(tmp_path / "no-models")]) == 0
+    assert json.loads(capsys.readouterr().out)["zip"] is False
+    assert len(joblib.load(pkl)) == FRAMES
 
     cases = [
         (["--format", "fbx"], "export_format_unknown"),
@@ -665,3 +686,10 @@ def test_job_export_response(sources, tiny_cache, tmp_path):
     assert (info.value.code, info.value.status) == ("smpl_missing", 503)
     mot = asyncio.run(without.export_response(done, "mot", None, False))  # MOT needs no body model
     assert mot.headers["content-disposition"].endswith('-tracks.txt"')
+    pkl = asyncio.run(without.export_response(done, "phalp", 3, False))  # nor does PHALP's pickle
+    assert pkl.media_type == "application/octet-stream"
+    assert pkl.headers["content-disposition"] == f'attachment; filename="{job.id}-track-3.pkl"'
+    meshes = asyncio.run(videos.export_response(done, "obj", 7, False))  # OBJ: a zip, even for one track
+    assert meshes.media_type == "application/zip" and meshes.headers["content-disposition"].endswith('-obj.zip"')
+    with zipfile.ZipFile(meshes.path) as zf:
+        assert zf.namelist() == [f"track-7/frame-{f:06d}.obj" for f in TRACK_FRAMES[7]]

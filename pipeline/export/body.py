@@ -1,7 +1,7 @@
 """The SMPL skeleton and rest mesh the exporters rig, from the user's SMPL model file.
 
 Animation tools need what the result does not carry: the joints' rest positions (BVH offsets,
-glTF bind pose) and the mesh with its skinning weights. Both come from the SMPL file the user
+glTF bind pose), the mesh with its skinning weights, and for OBJ the posed mesh itself. Both come from the SMPL file the user
 provided, read by `pipeline.models.smpl.read_smpl_pickle`; the result's betas shape them.
 """
 

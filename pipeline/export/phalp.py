@@ -94,7 +94,7 @@ def detection_item(
     joints_2d = det.loca[: 2 * (NUM_JOINTS_3D + 1)]
     camera = det.loca[2 * (NUM_JOINTS_3D + 1) : 2 * (NUM_JOINTS_3D + 1) + 3]
     joints_3d = np.zeros((NUM_JOINTS_3D + 1, 3), np.float32)
-    joints_3d[:NUM_JOINTS_3D] = observation.joints_3d  # type: ignore[assignment]
+    joints_3d[:NUM_JOINTS_3D] = observation.joints_3d
     name = frame_name(frame["frame_index"])
     return {
         "bbox": det.bbox_tlwh.astype(np.float32),
