@@ -307,14 +307,13 @@ def _noted(runner: VideoRunner, files: VideoFiles) -> VideoFiles:
 
 
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
-    from .export import check_format, export_to
+    from .export import check_format, export_to, zipped
 
     fmt = check_format(args.format)
     names = export_to(
         args.result, fmt, args.out, args.track, roots=roots_from_args(args), include_unconfirmed=args.include_unconfirmed
     )
-    zipped = args.track is None and fmt != "mot"
-    return {"out": str(args.out), "format": fmt, "zip": zipped, "files": names}
+    return {"out": str(args.out), "format": fmt, "zip": zipped(fmt, args.track), "files": names}
 
 
 def cmd_render(args: argparse.Namespace) -> dict[str, Any]:
@@ -438,18 +437,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_video)
 
-    p = sub.add_parser("export", help="tracked people of a video result -> AMASS NPZ, BVH, GLB or MOTChallenge text")
+    p = sub.add_parser(
+        "export", help="tracked people of a video result -> AMASS NPZ, BVH, GLB, MOTChallenge text, OBJ meshes or PHALP's pickle"
+    )
     p.add_argument(
         "result", type=Path,
         help="the result JSON document (video --out), or a folder with result.jsonl and result-meta.json (video --out-dir)",
     )
-    p.add_argument("--format", required=True, metavar="{amass,bvh,glb,mot}", help="amass: SMPL NPZ; bvh; glb: skinned mesh + animation; mot: MOTChallenge boxes")
-    p.add_argument("--track", type=int, default=None, help="only this track id (default: every track, as a zip; mot: one file)")
-    p.add_argument("--out", type=Path, required=True, help="file to write (a .zip for every track of amass/bvh/glb)")
+    p.add_argument(
+        "--format", required=True, metavar="{amass,bvh,glb,mot,obj,phalp}",
+        help="amass: SMPL NPZ; bvh; glb: skinned mesh + animation; mot: MOTChallenge boxes; "
+        "obj: a zip of one mesh per track and frame (track-<id>/frame-<frame>.obj); phalp: PHALP's results pickle (joblib)",
+    )
+    p.add_argument(
+        "--track", type=int, default=None,
+        help="only this track id (default: every track, as a zip for amass/bvh/glb; mot and phalp: one file; obj: always a zip)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="file to write (a .zip for obj, and for every track of amass/bvh/glb)")
     p.add_argument("--include-unconfirmed", action="store_true", help="also detections never confirmed as a track (negative ids)")
     p.add_argument(
         "--cache-dir", type=Path, default=None,
-        help="model caches (4DHumans/, phalp/, iopath_cache/) under this folder; amass/bvh/glb read the SMPL model there",
+        help="model caches (4DHumans/, phalp/, iopath_cache/) under this folder; amass/bvh/glb/obj read the SMPL model there",
     )
     p.set_defaults(func=cmd_export)
 

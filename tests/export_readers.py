@@ -79,3 +79,55 @@ def validate_glb(validator: tuple[str, Path, dict[str, str]], path: Path) -> dic
     node, script, env = validator
     out = subprocess.run([node, str(script), str(path)], capture_output=True, text=True, env=env, timeout=120, check=True)
     return json.loads(out.stdout)
+
+
+def rle_counts(text: str) -> list[int]:
+    """COCO's compressed RLE text back to run lengths (pycocotools' ``rleFrString``)."""
+    counts: list[int] = []
+    p = 0
+    while p < len(text):
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(text[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def rle_mask(rle: dict[str, Any]) -> np.ndarray:
+    """A COCO RLE (``size`` [H, W], compressed ``counts``) as an (H, W) uint8 mask."""
+    height, width = rle["size"]
+    flat = np.zeros(height * width, np.uint8)
+    pos, value = 0, 0
+    for run in rle_counts(rle["counts"]):
+        flat[pos : pos + run] = value
+        pos, value = pos + run, 1 - value
+    assert pos == height * width, (pos, height, width)
+    return flat.reshape(width, height).T  # column-major runs
+
+
+def phalp_schema(markdown: str) -> dict[str, dict[str, Any]]:
+    """The PHALP pickle's schema table of docs/exports.md: key -> per, type, dtype, shape."""
+    lines = markdown.split("### Schema", 1)[1].splitlines()
+    rows: dict[str, dict[str, Any]] = {}
+    for line in lines:
+        if not line.startswith("| `"):
+            if rows and not line.strip():
+                break
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        key, per, kind, dtype, shape = cells[0].strip("`"), cells[1], cells[2], cells[3], cells[4]
+        rows[key] = {
+            "per": per,
+            "type": kind,
+            "dtype": None if dtype == "-" else dtype,
+            "shape": None if shape == "-" else tuple(int(v) for v in shape.strip("()").split(",") if v.strip()),
+        }
+    return rows

@@ -1,7 +1,7 @@
-"""Exports (AMASS NPZ, BVH, GLB, MOT) of a result built from known SMPL parameters.
+"""Exports (AMASS NPZ, BVH, GLB, MOT, OBJ, PHALP) of a result built from known SMPL parameters.
 
 Every file is read back by a reader written here (or a third-party one: the Khronos glTF
-validator, motmetrics' MOT loader), differently from the exporter: Euler channels composed by
+validator, motmetrics' MOT loader, trimesh's OBJ loader, joblib), differently from the exporter: Euler channels composed by
 scipy, quaternions and Rodrigues vectors turned into matrices by explicit formulas, the SMPL
 joints regressed from the pickle with numpy. Angles must agree within 1e-4 rad.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from export_readers import parse_bvh, parse_glb, validate_glb
+from export_readers import parse_bvh, parse_glb, phalp_schema, rle_mask, validate_glb
 from scipy.spatial.transform import Rotation
 
 from pipeline.schema import VideoResult
@@ -55,7 +55,7 @@ def _person(rng: np.random.Generator, index: int, track_id: int | None, rot: np.
             "focal_length_full": 1250.0,
         },
         "keypoints_2d": np.zeros((44, 2)).tolist(),
-        "keypoints_3d": np.zeros((44, 3)).tolist(),
+        "keypoints_3d": rng.normal(0, 0.3, (44, 3)).tolist(),
     }
 
 
@@ -408,6 +408,169 @@ def test_unconfirmed_detections_only_on_request(sources, body):
     assert parse_bvh(one.data.decode())["motion"].shape[0] == 1
 
 
+# -- OBJ ------------------------------------------------------------------------------------------
+
+
+def _array(value: Any) -> np.ndarray:
+    return np.asarray(getattr(value, "x", value))  # chumpy arrays keep theirs in .x
+
+
+def smpl_mesh(data: dict[str, Any], rot: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """SMPL's posed vertices (6890, 3), untranslated, written out here in float64 numpy: shape
+    and pose blend shapes, forward kinematics along the tree, linear blend skinning."""
+    shaped = _array(data["v_template"]) + _array(data["shapedirs"])[:, :, :10] @ betas
+    rest = data["J_regressor"].toarray() @ shaped
+    posed = shaped + _array(data["posedirs"]) @ (rot[1:] - np.eye(3)).reshape(-1)
+    parents = np.asarray(data["kintree_table"][0]).astype(np.int64)
+    world = np.zeros((24, 4, 4))
+    for j in range(24):
+        local = np.eye(4)
+        local[:3, :3] = rot[j]
+        local[:3, 3] = rest[j] - (rest[parents[j]] if j else 0.0)
+        world[j] = world[parents[j]] @ local if j else local
+    skin = world.copy()
+    skin[:, :3, 3] -= np.einsum("jab,jb->ja", world[:, :3, :3], rest)  # relative to the rest pose
+    blended = np.einsum("vj,jab->vab", _array(data["weights"]), skin)
+    return np.einsum("vab,vb->va", blended[:, :3, :3], posed) + blended[:, :3, 3]
+
+
+def test_obj_meshes_are_the_posed_bodies_in_the_y_up_scene(document, sources, body, smpl_joints):
+    trimesh = pytest.importorskip("trimesh")
+    from pipeline.export import export
+
+    files = list(export(sources["json"], "obj", body=body))
+    want_names = [f"track-{t}/frame-{f:06d}.obj" for t, frames in TRACK_FRAMES.items() for f in frames]
+    assert [f.name for f in files] == want_names
+    faces = np.asarray(smpl_joints.data["f"]).astype(np.int64)
+    checked = 0
+    for item in files:
+        track_id, frame = int(item.name.split("/")[0][6:]), int(item.name[-10:-4])
+        ((_, person),) = [(f, p) for f, p in detections(document, track_id) if f == frame]
+        mesh = trimesh.load(io.BytesIO(item.data), file_type="obj", process=False, maintain_order=True)
+        assert mesh.vertices.shape == (6890, 3) and mesh.faces.shape == (13776, 3)
+        np.testing.assert_array_equal(mesh.faces, faces)
+        rot = np.concatenate([[person["smpl"]["global_orient"]], person["smpl"]["body_pose"]])
+        camera = smpl_mesh(smpl_joints.data, rot, np.asarray(person["smpl"]["betas"])) + person["camera"]["t_full"]
+        # float32 posing in the exporter, 6 decimals in the file
+        np.testing.assert_allclose(mesh.vertices, camera @ Y_UP.T, atol=2e-5, err_msg=item.name)
+        checked += 1
+    assert checked == sum(len(v) for v in TRACK_FRAMES.values())
+
+    names = [f.name for f in export(sources["folder"], "obj", track=-1, body=body, include_unconfirmed=True)]
+    assert names == [f"unconfirmed-1/frame-{UNCONFIRMED_FRAME:06d}.obj"]
+
+
+# -- PHALP ----------------------------------------------------------------------------------------
+
+MAX_AGE = 50  # PHALP's max_age_track: frames a confirmed track stays listed without a detection
+SCHEMA = phalp_schema((REPO / "docs" / "exports.md").read_text())
+
+
+def check_value(value: Any, spec: dict[str, Any], where: str) -> None:
+    kind, dtype, shape = spec["type"], spec["dtype"], spec["shape"]
+    if kind == "ndarray":
+        assert isinstance(value, np.ndarray) and value.dtype == np.dtype(dtype) and value.shape == shape, (where, type(value), getattr(value, "dtype", None), getattr(value, "shape", None))
+    elif kind.startswith("np."):
+        assert type(value) is getattr(np, kind[3:]) and value.dtype == np.dtype(dtype), (where, type(value))
+    else:
+        assert type(value) is {"int": int, "float": float, "str": str, "list": list, "dict": dict}[kind], (where, type(value))
+        if kind == "list" and shape is not None:
+            assert len(value) == shape[0], (where, len(value))
+
+
+def test_phalp_pickle_holds_every_documented_key_of_every_frame(document, sources):
+    import joblib
+
+    from pipeline.export import export
+
+    assert len(SCHEMA) > 25 and {"tid", "smpl", "smpl.betas", "appe", "mask"} <= set(SCHEMA)
+    top = {k: v for k, v in SCHEMA.items() if "." not in k}
+    subkeys = {k.split(".", 1)[1]: v for k, v in SCHEMA.items() if k.startswith("smpl.")}
+    (item,) = export(sources["json"], "phalp")
+    assert item.name == "tracks.pkl"
+    results = joblib.load(io.BytesIO(item.data))
+    assert list(results) == [f"{f['frame_index'] + 1:06d}.jpg" for f in document["frames"]]
+    checked = 0
+    for name, entry in results.items():
+        assert set(entry) == set(top), (name, set(entry) ^ set(top))
+        count = {"track": len(entry["tid"]), "detected": len(entry["tracked_ids"])}
+        for key, spec in top.items():
+            if spec["per"] == "frame":
+                check_value(entry[key], spec, f"{name} {key}")
+                continue
+            assert isinstance(entry[key], list) and len(entry[key]) == count[spec["per"]], (name, key)
+            for i, value in enumerate(entry[key]):
+                check_value(value, spec, f"{name} {key}[{i}]")
+                if key == "smpl":
+                    assert set(value) == set(subkeys)
+                    for sub, subspec in subkeys.items():
+                        check_value(value[sub], subspec, f"{name} smpl[{i}].{sub}")
+                checked += 1
+        assert all(type(t) is int for t in entry["tid"] + entry["tracked_ids"])
+    assert checked > 0
+
+
+def test_phalp_pickle_holds_the_results_tracks_and_numbers(document, sources):
+    import joblib
+
+    from pipeline.export import export
+
+    (item,) = export(sources["folder"], "phalp")
+    results = joblib.load(io.BytesIO(item.data))
+    height, width = document["video"]["height"], document["video"]["width"]
+    checked = 0
+    for t, frame in enumerate(document["frames"]):
+        entry = results[f"{frame['frame_index'] + 1:06d}.jpg"]
+        assert entry["time"] == t and entry["shot"] == 0
+        here = {p["track_id"]: p for p in frame["people"] if p["track_id"] is not None}
+        # a track is listed from its first detection until MAX_AGE frames after its latest one
+        last = {tid: max(f for f in seen if f <= frame["frame_index"]) for tid, seen in TRACK_FRAMES.items() if seen[0] <= frame["frame_index"]}
+        assert entry["tid"] == sorted(tid for tid, f in last.items() if frame["frame_index"] - f <= MAX_AGE)
+        assert entry["tracked_ids"] == sorted(here)
+        assert entry["tracked_time"] == [frame["frame_index"] - last[tid] for tid in entry["tid"]]
+        for i, tid in enumerate(entry["tid"]):
+            ((f0, person),) = [(f, p) for f, p in detections(document, tid) if f == last[tid]]
+            x1, y1, x2, y2 = person["bbox"]
+            np.testing.assert_allclose(entry["bbox"][i], [x1, y1, x2 - x1, y2 - y1], rtol=1e-6)
+            smpl = entry["smpl"][i]
+            np.testing.assert_array_equal(smpl["global_orient"][0], np.float32(person["smpl"]["global_orient"]))
+            np.testing.assert_array_equal(smpl["body_pose"], np.float32(person["smpl"]["body_pose"]))
+            np.testing.assert_array_equal(smpl["betas"], np.float32(person["smpl"]["betas"]))
+            np.testing.assert_array_equal(entry["camera_bbox"][i], np.float32(person["camera"]["pred_cam"]))
+            np.testing.assert_array_equal(entry["3d_joints"][i][:44], np.float32(person["keypoints_3d"]))
+            assert entry["conf"][i] == np.float32(person["score"]) and entry["extra_data"][i] == person["person_index"]
+            assert entry["img_name"][i] == f"{f0 + 1:06d}.jpg" and entry["size"][i] == [height, width]
+            assert np.isnan(entry["appe"][i]).all()
+            # PHALP's vectors, by their definitions: the joints projected with focal 5000 in the
+            # 256-px square frame (0-1 coordinates), then the camera three times; the pose vector
+            cam = entry["camera"][i].astype(np.float64)
+            pts = np.vstack([person["keypoints_3d"], np.zeros((1, 3))]) + cam
+            joints_2d = 5000.0 / 256.0 * pts[:, :2] / pts[:, 2:] + 0.5
+            np.testing.assert_allclose(entry["2d_joints"][i], joints_2d.reshape(-1), rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(entry["loca"][i], np.concatenate([entry["2d_joints"][i], np.tile(entry["camera"][i], 3)]))
+            pose = np.concatenate([np.ravel(person["smpl"]["global_orient"]), np.ravel(person["smpl"]["body_pose"]), person["smpl"]["betas"], cam * [1, 1, 1 / 200]])
+            np.testing.assert_allclose(entry["pose"][i], pose, rtol=1e-6, atol=1e-7)
+            # the box as a COCO mask: the pixels whose centres lie inside it
+            mask = rle_mask(entry["mask"][i][0])
+            cols, rows = np.arange(width) + 0.5, np.arange(height) + 0.5
+            box = ((rows >= y1) & (rows < y2))[:, None] & ((cols >= x1) & (cols < x2))[None, :]
+            np.testing.assert_array_equal(mask, box.astype(np.uint8))
+            checked += 1
+    assert checked == sum(len(v) for v in TRACK_FRAMES.values()) + 1  # + track 7 listed, missed, in frame 3
+
+    # a track missed for good stays listed MAX_AGE frames, then is gone
+    person = detections(document, 3)[0][1]
+    lost = {**document, "frames": [{"frame_index": f, "time_s": f / FPS, "people": [person] if f == 0 else []} for f in range(MAX_AGE + 3)]}
+    (item,) = export(lost, "phalp")
+    listed = [(e["tid"], e["tracked_time"]) for e in joblib.load(io.BytesIO(item.data)).values()]
+    assert listed == [([3], [f]) for f in range(MAX_AGE + 1)] + [([], [])] * 2
+
+    (one,) = export(sources["json"], "phalp", track=7)
+    assert one.name == "track-7.pkl"
+    assert {t for e in joblib.load(io.BytesIO(one.data)).values() for t in e["tid"]} == {7}
+
+
+
 # -- errors and the command line ------------------------------------------------------------------
 
 
@@ -446,6 +609,20 @@ def test_cli_export(sources, tiny_cache, tmp_path, capsys):
     with zipfile.ZipFile(archive) as zf:
         assert zf.namelist() == ["track-3.glb", "track-7.glb"]
         assert zf.read("track-7.glb")[:4] == b"glTF"
+
+    meshes = tmp_path / "meshes.zip"  # OBJ: a zip even for one track
+    assert main(["export", str(sources["json"]), "--format", "obj", "--track", "7", "--out", str(meshes), "--cache-dir", str(tiny_cache)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["zip"] is True and summary["files"] == [f"track-7/frame-{f:06d}.obj" for f in TRACK_FRAMES[7]]
+    with zipfile.ZipFile(meshes) as zf:
+        assert zf.namelist() == summary["files"]
+
+    import joblib
+
+    pkl = tmp_path / "demo_clip.pkl"  # PHALP: one file, and no SMPL model needed
+    assert main(["export", str(sources["folder"]), "--format", "phalp", "--out", str(pkl), "--cache-dir", str(tmp_path / "no-models")]) == 0
+    assert json.loads(capsys.readouterr().out)["zip"] is False
+    assert len(joblib.load(pkl)) == FRAMES
 
     cases = [
         (["--format", "fbx"], "export_format_unknown"),
@@ -509,3 +686,10 @@ def test_job_export_response(sources, tiny_cache, tmp_path):
     assert (info.value.code, info.value.status) == ("smpl_missing", 503)
     mot = asyncio.run(without.export_response(done, "mot", None, False))  # MOT needs no body model
     assert mot.headers["content-disposition"].endswith('-tracks.txt"')
+    pkl = asyncio.run(without.export_response(done, "phalp", 3, False))  # nor does PHALP's pickle
+    assert pkl.media_type == "application/octet-stream"
+    assert pkl.headers["content-disposition"] == f'attachment; filename="{job.id}-track-3.pkl"'
+    meshes = asyncio.run(videos.export_response(done, "obj", 7, False))  # OBJ: a zip, even for one track
+    assert meshes.media_type == "application/zip" and meshes.headers["content-disposition"].endswith('-obj.zip"')
+    with zipfile.ZipFile(meshes.path) as zf:
+        assert zf.namelist() == [f"track-7/frame-{f:06d}.obj" for f in TRACK_FRAMES[7]]

@@ -16,6 +16,7 @@ import json
 import os
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -303,6 +304,31 @@ def test_exports_of_a_finished_job(client, crossing_job, gltf_validator, tmp_pat
     assert_error(client.get(url, params={"format": "bvh", "track": 9999}), 404, "track_not_found")
     assert_error(client.get(url, params={"format": "fbx"}), 422, "export_format_unknown")
 
+    import joblib
+
+    pkl = client.get(url, params={"format": "phalp"})
+    assert pkl.status_code == 200 and pkl.headers["content-disposition"].endswith('-tracks.pkl"')
+    results = joblib.load(io.BytesIO(pkl.content))
+    assert len(results) == len(doc["frames"])
+    checked = 0
+    for frame, entry in zip(doc["frames"], results.values()):
+        detected = {p["track_id"]: p for p in frame["people"] if p["track_id"] is not None}
+        assert entry["tracked_ids"] == sorted(detected)
+        for i, tid in enumerate(entry["tid"]):
+            if entry["tracked_time"][i]:
+                continue
+            # PHALP's camera is the full-image translation, derived in its own square frame
+            np.testing.assert_allclose(entry["camera"][i], detected[tid]["camera"]["t_full"], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(entry["smpl"][i]["betas"], detected[tid]["smpl"]["betas"], atol=1e-6)
+            checked += 1
+    assert checked == len(confirmed)
+
+    meshes = client.get(url, params={"format": "obj", "track": track_id})
+    assert meshes.status_code == 200 and meshes.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(meshes.content)) as zf:
+        frames = [f["frame_index"] for f in doc["frames"] if any(p["track_id"] == track_id for p in f["people"])]
+        assert zf.namelist() == [f"track-{track_id}/frame-{f:06d}.obj" for f in frames]
+
 
 def test_vertices_on_request_are_in_the_binary_form_only(client, clips):
     job = run_job(client, clips["one"], vertices="true")
@@ -316,6 +342,25 @@ def test_vertices_on_request_are_in_the_binary_form_only(client, clips):
     assert arrays["vertices"].shape == (len(people), 6890, 3)
     np.testing.assert_allclose(arrays["keypoints_3d"], [p["keypoints_3d"] for p in people], atol=1e-6)
     assert "vertices" not in np.load(io.BytesIO(client.get(url, params={"format": "npz"}).content)).files
+
+    # the OBJ export poses the same mesh from the stored parameters: the model's vertices + t_full, y up
+    trimesh = pytest.importorskip("trimesh")
+    rows = {}  # zip entry -> the person's NPZ row
+    unconfirmed = 0
+    for row, (frame, person) in enumerate((f, p) for f in document["frames"] for p in f["people"]):
+        if person["track_id"] is None:
+            unconfirmed += 1
+            rows[f"unconfirmed-{unconfirmed}/frame-{frame['frame_index']:06d}.obj"] = row
+        else:
+            rows[f"track-{person['track_id']}/frame-{frame['frame_index']:06d}.obj"] = row
+    meshes = client.get(f"/v1/jobs/{job['id']}/export", params={"format": "obj", "include_unconfirmed": "true"})
+    assert meshes.status_code == 200, meshes.text[:300]
+    with zipfile.ZipFile(io.BytesIO(meshes.content)) as zf:
+        assert sorted(zf.namelist()) == sorted(rows)
+        for name, row in rows.items():
+            mesh = trimesh.load(io.BytesIO(zf.read(name)), file_type="obj", process=False, maintain_order=True)
+            want = (arrays["vertices"][row].astype(np.float64) + arrays["t_full"][row]) * [1.0, -1.0, -1.0]
+            np.testing.assert_allclose(mesh.vertices, want, atol=2e-5, err_msg=name)
 
 
 def test_render_option_serves_a_seekable_overlay(client, clips, crossing_job):

@@ -1,7 +1,7 @@
 """The SMPL skeleton and rest mesh the exporters rig, from the user's SMPL model file.
 
 Animation tools need what the result does not carry: the joints' rest positions (BVH offsets,
-glTF bind pose) and the mesh with its skinning weights. Both come from the SMPL file the user
+glTF bind pose), the mesh with its skinning weights, and for OBJ the posed mesh itself. Both come from the SMPL file the user
 provided, read by `pipeline.models.smpl.read_smpl_pickle`; the result's betas shape them.
 """
 
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +44,7 @@ class BodyModel:
     j_regressor: np.ndarray  # (24, 6890)
     weights: np.ndarray  # (6890, 24) skinning weights
     faces: np.ndarray  # (13776, 3) vertex indices
+    posedirs: np.ndarray  # (6890, 3, 207) pose blend shapes, driven by (R - I) of joints 1-23
     source: str = ""  # the file it was read from
 
     def vertices(self, betas: np.ndarray) -> np.ndarray:
@@ -54,6 +57,38 @@ class BodyModel:
         template = self.j_regressor @ self.v_template  # (24, 3)
         dirs = np.einsum("jv,vkl->jkl", self.j_regressor, self.shapedirs)  # (24, 3, 10)
         return template + np.einsum("jkl,...l->...jk", dirs, b)
+
+    def posed_vertices(self, rotations: np.ndarray, betas: np.ndarray) -> np.ndarray:
+        """The posed meshes (N, 6890, 3) float32, untranslated (the result's body frame), for
+        (N, 24, 3, 3) rotations (global_orient, then the 23 body joints) and (N, 10) betas.
+
+        Posed by the SMPL layer HMR2 uses (`pipeline.models.smpl`; pose correctives included),
+        so they are the vertices the model itself output for these parameters.
+        """
+        import torch
+
+        rot = torch.as_tensor(np.asarray(rotations, np.float32)).reshape(-1, 24, 3, 3)
+        b = torch.as_tensor(np.asarray(betas, np.float32)).reshape(len(rot), -1)
+        with torch.no_grad():
+            out = self._layer(rot[:, :1], rot[:, 1:], b)
+        return out.vertices.numpy()
+
+    @cached_property
+    def _layer(self) -> Any:
+        """This rig as an `SMPLBodyModel` (no extra joints: only its mesh is used), built once."""
+        from ..models.smpl import SMPLBodyModel
+
+        data = {
+            "kintree_table": np.stack([self.parents, np.arange(len(self.parents))]),
+            "posedirs": self.posedirs,
+            "shapedirs": self.shapedirs,
+            "v_template": self.v_template,
+            "J_regressor": self.j_regressor,
+            "weights": self.weights,
+            "f": self.faces,
+        }
+        layer = SMPLBodyModel(num_betas=self.shapedirs.shape[-1], num_extra_joints=0)
+        return layer.fill_from_pickles(data, np.zeros((0, len(self.v_template)))).eval()
 
     @property
     def children(self) -> list[list[int]]:
@@ -94,5 +129,6 @@ def load_body(path: str | Path) -> BodyModel:
         j_regressor=np.asarray(data["J_regressor"], np.float64),
         weights=np.asarray(data["weights"], np.float64),
         faces=np.asarray(data["f"]).astype(np.int64),
+        posedirs=np.asarray(data["posedirs"], np.float64),
         source=str(path),
     )

@@ -306,10 +306,10 @@ class TrackSpool:
         self.close()
 
 
-def tracked_people(
+def frame_people(
     reader: ResultReader, *, track: int | None = None, include_unconfirmed: bool = False
-) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any], int]]:
-    """(frame, person, id) of every wanted detection, in frame order.
+) -> Iterator[tuple[Mapping[str, Any], list[tuple[Mapping[str, Any], int]]]]:
+    """Every frame, in order, with its wanted (person, id) pairs (possibly none).
 
     Detections never confirmed as a track (``track_id`` null) are left out unless
     ``include_unconfirmed``; then each is a track of its own with a negative id (-1, -2, ... in
@@ -317,6 +317,7 @@ def tracked_people(
     """
     unconfirmed = 0
     for frame in reader.frames():
+        wanted: list[tuple[Mapping[str, Any], int]] = []
         for person in frame["people"]:
             tid = person.get("track_id")
             if tid is None:
@@ -327,7 +328,17 @@ def tracked_people(
             else:
                 key = int(tid)
             if track is None or key == track:
-                yield frame, person, key
+                wanted.append((person, key))
+        yield frame, wanted
+
+
+def tracked_people(
+    reader: ResultReader, *, track: int | None = None, include_unconfirmed: bool = False
+) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any], int]]:
+    """(frame, person, id) of every wanted detection, in frame order (see `frame_people`)."""
+    for frame, wanted in frame_people(reader, track=track, include_unconfirmed=include_unconfirmed):
+        for person, key in wanted:
+            yield frame, person, key
 
 
 def spool_tracks(

@@ -107,10 +107,10 @@ def add_job_routes(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> None:
             **error_responses(*RESULT_CODES, "export_format_unknown", "track_not_found", "no_tracks", "smpl_missing"),
             200: {
                 "content": {
-                    "application/zip": {"description": "every track, one file each (amass, bvh, glb without track)"},
+                    "application/zip": {"description": "every track, one file each (amass, bvh, glb without track); obj: track-<id>/frame-<frame>.obj meshes"},
                     "model/gltf-binary": {"description": "format=glb: skinned SMPL mesh + the track's animation"},
                     "text/plain": {"description": "format=bvh (one track) or mot (MOTChallenge lines)"},
-                    "application/octet-stream": {"description": "format=amass: AMASS-style NPZ of one track"},
+                    "application/octet-stream": {"description": "format=amass: AMASS-style NPZ of one track; phalp: PHALP's results pickle (joblib)"},
                 }
             },
         },
@@ -118,10 +118,11 @@ def add_job_routes(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> None:
     async def export_job(
         job_id: str,
         format: str = Query(
-            ..., description="amass (SMPL NPZ), bvh, glb (skinned mesh + animation) or mot (MOTChallenge text)",
+            ..., description="amass (SMPL NPZ), bvh, glb (skinned mesh + animation), mot (MOTChallenge text), "
+            "obj (a zip of one mesh per track and frame) or phalp (PHALP's results pickle, all tracks in one file)",
             json_schema_extra={"enum": sorted(EXPORT_FORMATS)},  # others: 422 export_format_unknown
         ),
-        track: Optional[int] = Query(None, description="one track id; without it every track (a zip; mot: one file)"),
+        track: Optional[int] = Query(None, description="one track id; without it every track (a zip; mot, phalp: one file; obj: always a zip)"),
         include_unconfirmed: bool = Query(False, description="also detections never confirmed as a track (negative ids)"),
         caller: Client = caller_dep,
     ) -> Response:

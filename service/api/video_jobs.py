@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from pipeline.errors import InputError, PoseError
-from pipeline.export import FORMATS, ResultFiles, check_format, export_to, needs_body
+from pipeline.export import FORMATS, ResultFiles, check_format, export_to, needs_body, zipped
 from pipeline.export.body import find_smpl, load_body
 from pipeline.video.decode import probe_video
 from pipeline.video.results import iter_json_document
@@ -210,7 +210,7 @@ class VideoJobs:
 
     async def export_response(self, job: Job, fmt: str, track: int | None, include_unconfirmed: bool) -> Response:
         """A finished job's tracks in an export format (`pipeline.export`), as an attachment: one
-        file for one track or MOT, else a zip of one file per track."""
+        file (one track, MOT, PHALP) or a zip (every track; OBJ: always), see `zipped`."""
         check_format(fmt)
         require_succeeded(job)
         jsonl, meta = job.result_paths.get("jsonl"), job.result_paths.get("meta")
@@ -226,7 +226,7 @@ class VideoJobs:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        if track is not None or fmt == "mot":
+        if not zipped(fmt, track):
             filename, media = f"{job.id}-{names[0]}", FORMATS[fmt][1]
         else:
             filename, media = f"{job.id}-{fmt}.zip", "application/zip"
