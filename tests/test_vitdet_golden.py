@@ -32,7 +32,7 @@ from pipeline.models.vitdet.predictor import (
     to_network_input,
 )
 from pipeline.models.vitdet.roi_heads import RawDetections, pool_boxes
-from pipeline.models.vitdet.rpn import cell_anchors
+from pipeline.models.detection.rpn import cell_anchors
 
 
 @dataclass

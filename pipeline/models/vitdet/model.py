@@ -8,8 +8,9 @@ from torch import nn
 
 from .backbone import VitDetFeaturePyramid
 from .config import VitDetConfig
-from .roi_heads import RawDetections, VitDetCascadeHeads
-from .rpn import VitDetRPN
+from ..detection.roi_heads import RawDetections
+from .roi_heads import VitDetCascadeHeads
+from ..detection.rpn import RPN
 
 
 class VitDetModel(nn.Module):
@@ -23,7 +24,7 @@ class VitDetModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = VitDetFeaturePyramid(cfg)
-        self.proposal_generator = VitDetRPN(cfg)
+        self.proposal_generator = RPN(cfg)
         self.roi_heads = VitDetCascadeHeads(cfg)
 
     def forward(
