@@ -6,9 +6,10 @@ The weights are seeded random convolutions (scaled by fan-in) whose BatchNorm st
 measured on drawn test figures (`pipeline.tiny.vitdet.draw_figures`), so activations stay of
 order one; the person score is then fitted: a least-squares linear read-out of the box head's
 features that is high on proposals covering a drawn figure and low elsewhere, and the other 79
-classes are switched off. Box deltas are zero (boxes are the proposals) and the person mask is
-the pooled darkness of the box. It finds drawn figures roughly (a box over each, give or take);
-it proves the plumbing, never accuracy.
+classes are switched off. The RPN's anchor deltas are constant, so every proposal is an upright
+box of a standing figure's shape; box deltas are zero (boxes are the proposals) and the person
+mask is the whole box. It finds drawn figures roughly at best; it proves the plumbing, never
+accuracy.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ _OTHER_CLASS_LOGIT = -10.0
 _PERSON_TARGET = 8.0  # fitted person logit on a figure's proposals, minus this elsewhere
 _POSITIVE_IOU = 0.6  # a proposal covering a figure at least this well is a positive
 _NEGATIVE_IOU = 0.3  # below this with every figure: a negative (in between: not fitted)
-_CALIBRATION = ([130, 330, 510], [160, 450], [100, 300, 520])
+_CALIBRATION: tuple[list[int], ...] = ([130, 330, 510], [160, 450], [100, 300, 520], [])  # the last: a blank frame
+_CALIBRATION_SIZE = 400  # short edge of the calibration frames (the model's default: 800)
+_ANCHOR_ASPECT = 4.2  # height / width of every proposal: a standing figure's shape
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -61,7 +64,23 @@ def _random_init(model: RegNetYModel, seed: int) -> None:
 
 
 def _frames() -> list[np.ndarray]:
-    return [draw_figures(xs) for xs in _CALIBRATION]
+    noise = np.random.default_rng(0).integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    return [draw_figures(xs) for xs in _CALIBRATION] + [noise]
+
+
+def _upright_proposals(model: RegNetYModel) -> None:
+    """Constant anchor deltas: every anchor becomes an upright figure-shaped box of its area."""
+    cfg = model.cfg
+    head = model.proposal_generator.rpn_head
+    with torch.no_grad():
+        bias = head.anchor_deltas.bias
+        assert bias is not None
+        head.anchor_deltas.weight.zero_()
+        bias.zero_()
+        for a, ratio in enumerate(cfg.anchor_ratios):
+            # anchor (w, h) = (s / sqrt(r), s sqrt(r)) -> (s / sqrt(A), s sqrt(A))
+            bias[4 * a + 2] = 0.5 * float(np.log(ratio / _ANCHOR_ASPECT))
+            bias[4 * a + 3] = 0.5 * float(np.log(_ANCHOR_ASPECT / ratio))
 
 
 def _calibrate_norms(model: RegNetYModel, predictor: RegNetYPredictor) -> None:
@@ -84,12 +103,12 @@ def _fit_person(model: RegNetYModel, predictor: RegNetYPredictor) -> None:
     """Least-squares person logit on the box head's features of every proposal."""
     features, targets = [], []
     with torch.no_grad():
-        for xs, frame in zip(_CALIBRATION, _frames()):
+        for xs, frame in zip([*_CALIBRATION, []], _frames()):
             batch, sizes = predictor.preprocess([frame])
             maps = model.backbone(batch)
             proposals = model.proposal_generator(maps, sizes)[0][0]
             out = model.roi_heads.boxes([maps[n] for n in POOL_LEVELS], [proposals])
-            truth = torch.from_numpy(np.stack([figure_box(x) for x in xs]))
+            truth = torch.from_numpy(np.stack([figure_box(x) for x in xs] or [np.zeros(4, np.float32)]))
             scale = torch.tensor([sizes[0][1] / frame.shape[1], sizes[0][0] / frame.shape[0]] * 2)
             best = _iou(proposals, truth * scale).max(dim=1).values
             keep = (best >= _POSITIVE_IOU) | (best < _NEGATIVE_IOU)
@@ -101,7 +120,7 @@ def _fit_person(model: RegNetYModel, predictor: RegNetYPredictor) -> None:
     # balance the few positives against the many negatives
     weight = torch.where(y > 0, len(y) / (2 * positives.sum().clamp(min=1)), len(y) / (2 * (1 - positives).sum().clamp(min=1)))
     x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
-    ridge = 1e-1 * torch.eye(x1.shape[1], dtype=x.dtype)
+    ridge = 1.0 * torch.eye(x1.shape[1], dtype=x.dtype)
     ridge[-1, -1] = 0.0
     solution = torch.linalg.solve(x1.T @ (weight[:, None] * x1) + ridge, x1.T @ (weight * y))
     predictor_layer = model.roi_heads.box_predictor
@@ -119,16 +138,19 @@ def build_tiny_state(seed: int = 0) -> dict[str, np.ndarray]:
     torch.manual_seed(seed)
     model = RegNetYModel(regnety_tiny())
     _random_init(model, seed)
+    _upright_proposals(model)
     with torch.no_grad():
         head = model.roi_heads
         head.box_predictor.bbox_pred.weight.zero_()
         head.box_predictor.bbox_pred.bias.zero_()
-        # person mask = dark pixels: the mask logits read the pooled features' mean, a
-        # rough proxy; other classes' masks are off
+        # person mask = the whole box; other classes' masks are off
+        mask_bias = head.mask_head.predictor.bias
+        assert mask_bias is not None
         head.mask_head.predictor.weight.zero_()
-        head.mask_head.predictor.bias.fill_(_OTHER_CLASS_LOGIT)
-        head.mask_head.predictor.bias[PERSON_CLASS] = 1.0
-    predictor = RegNetYPredictor(model, device="cpu")
+        mask_bias.fill_(_OTHER_CLASS_LOGIT)
+        mask_bias[PERSON_CLASS] = 1.0
+    # calibrated at half the input size: a few seconds instead of half a minute
+    predictor = RegNetYPredictor(model, device="cpu", input_size=_CALIBRATION_SIZE)
     _calibrate_norms(model, predictor)
     _fit_person(model, predictor)
     return {name: value.detach().numpy().astype(np.float32, copy=True) for name, value in model.state_dict().items()}

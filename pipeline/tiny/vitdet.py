@@ -59,11 +59,11 @@ import torch
 
 from configs.profiles import tiny as tiny_profile
 
+from ..models.detection.roi_heads import POOL_LEVELS, BoxHead, pool_boxes
 from ..models.vitdet.config import VitDetConfig, vitdet_tiny
 from ..models.vitdet.files import CHECKPOINT_PATH
 from ..models.vitdet.model import VitDetModel
 from ..models.vitdet.predictor import PERSON_CLASS, VitDetPredictor
-from ..models.detection.roi_heads import POOL_LEVELS, BoxHead, pool_boxes
 from ..weights import CacheRoots
 
 logger = logging.getLogger(__name__)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..detection.roi_heads import RawDetections
+from ..detection.rpn import RPN
 from .backbone import VitDetFeaturePyramid
 from .config import VitDetConfig
-from ..detection.roi_heads import RawDetections
 from .roi_heads import VitDetCascadeHeads
-from ..detection.rpn import RPN
 
 
 class VitDetModel(nn.Module):

@@ -22,6 +22,7 @@ from ..detection.roi_heads import (
 from .backbone import VitDetConvNorm
 from .config import VitDetConfig
 
+
 def _conv_norm(cfg: VitDetConfig) -> ConvNormReLU:
     """3x3 conv, channel LayerNorm, ReLU: the layer of ViTDet's box and mask heads."""
     return lambda cin, cout: VitDetConvNorm(cin, cout, 3, eps=cfg.norm_eps, relu=True)
