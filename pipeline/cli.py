@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fetch", action="store_true", help="download missing public files (never the licensed SMPL model)")
     p.add_argument("--verify", action="store_true", help="also read every present file (checksum, format) and report problems")
-    p.add_argument("--models", nargs="*", choices=["hmr2", "vitdet", "phalp"], help="only these models (default: all)")
+    p.add_argument("--models", nargs="*", choices=["hmr2", "vitdet", "regnety", "phalp"], help="only these models (default: all)")
     p.add_argument(
         "--json", action="store_true",
         help="print the JSON report (roots, lock file, each file's place and state, missing keys) instead of the table",

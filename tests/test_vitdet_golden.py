@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.models.detection.rpn import cell_anchors
 from pipeline.models.vitdet.config import VitDetConfig
 from pipeline.models.vitdet.convert import read_model_zoo
 from pipeline.models.vitdet.model import VitDetModel
@@ -32,7 +33,6 @@ from pipeline.models.vitdet.predictor import (
     to_network_input,
 )
 from pipeline.models.vitdet.roi_heads import RawDetections, pool_boxes
-from pipeline.models.vitdet.rpn import cell_anchors
 
 
 @dataclass

@@ -19,6 +19,7 @@ TINY_NOTE = "tiny test models: random weights, they only find the drawn test fig
 _WRITERS: tuple[tuple[str, str], ...] = (
     ("pipeline.tiny.hmr2", "write_tiny_hmr2"),
     ("pipeline.tiny.vitdet", "write_tiny_vitdet"),
+    ("pipeline.tiny.regnety", "write_tiny_regnety"),
     ("pipeline.tiny.phalp", "write_tiny_phalp"),
 )
 
@@ -38,9 +39,10 @@ def write_tiny_caches(roots: CacheRoots, seed: int = 0) -> list[Path]:
 
 
 def is_tiny_detector(detector: object) -> bool:
-    """Whether a `VitDetPredictor` holds the tiny factory's detector (its architecture, whatever
-    the seed or the folder it was read from)."""
+    """Whether a detector predictor (`VitDetPredictor`, `RegNetYPredictor`) holds a tiny
+    factory's model (its architecture, whatever the seed or the folder it was read from)."""
+    from ..models.regnety.config import regnety_tiny
     from ..models.vitdet.config import vitdet_tiny
 
     model = getattr(detector, "model", None)
-    return getattr(model, "cfg", None) == vitdet_tiny()
+    return getattr(model, "cfg", None) in (vitdet_tiny(), regnety_tiny())

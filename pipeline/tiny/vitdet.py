@@ -59,11 +59,11 @@ import torch
 
 from configs.profiles import tiny as tiny_profile
 
+from ..models.detection.roi_heads import POOL_LEVELS, BoxHead, pool_boxes
 from ..models.vitdet.config import VitDetConfig, vitdet_tiny
 from ..models.vitdet.files import CHECKPOINT_PATH
 from ..models.vitdet.model import VitDetModel
 from ..models.vitdet.predictor import PERSON_CLASS, VitDetPredictor
-from ..models.vitdet.roi_heads import POOL_LEVELS, VitDetBoxHead, pool_boxes
 from ..weights import CacheRoots
 
 logger = logging.getLogger(__name__)
@@ -315,7 +315,7 @@ def _pooled_darkness(model: VitDetModel, frame: np.ndarray, boxes: np.ndarray, s
         feats = model.backbone(batch)
         pooled = pool_boxes([feats[n] for n in POOL_LEVELS], [scaled], model.cfg.box_pool_size)
         x = pooled
-        head = cast(VitDetBoxHead, model.roi_heads.box_head[0])
+        head = cast(BoxHead, model.roi_heads.box_head[0])
         for i in range(head.num_convs):
             x = getattr(head, f"conv{i + 1}")(x)
     return x[:, _PT].clone()

@@ -22,12 +22,13 @@ from .spec import Download, FileStatus, WeightFile
 CATALOG_MODULES: tuple[str, ...] = (
     "pipeline.models.hmr2.files",
     "pipeline.models.vitdet.files",
+    "pipeline.models.regnety.files",
     "pipeline.models.phalp.files",
 )
 
 
 def catalog(models: Iterable[str] | None = None) -> list[WeightFile]:
-    """Every known file, optionally only those of the named models ("hmr2", "vitdet", "phalp")."""
+    """Every known file, optionally only those of the named models ("hmr2", "vitdet", "regnety", "phalp")."""
     files: list[WeightFile] = []
     for module_name in CATALOG_MODULES:
         model = module_name.split(".")[-2]

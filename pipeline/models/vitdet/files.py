@@ -7,26 +7,11 @@ iopath caches ``https://dl.fbaipublicfiles.com/<path>`` as ``<cache>/<path>``, t
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ...errors import WeightsError
 from ...weights import Download, WeightFile
+from ..detection.files import check_pickle_complete
 
 CHECKPOINT_PATH = "detectron2/ViTDet/COCO/cascade_mask_rcnn_vitdet_h/f328730692/model_final_f05665.pkl"
 CHECKPOINT_URL = "https://dl.fbaipublicfiles.com/" + CHECKPOINT_PATH
-
-
-def check_pickle_complete(path: Path) -> None:
-    """Cheap truncation check run after download and at startup: a pickle ends with its STOP
-    opcode. The full structural check (every key and shape) happens when the model loads, so
-    the 2.6 GB file is not parsed twice."""
-    with open(path, "rb") as fh:
-        fh.seek(0, 2)
-        if fh.tell() == 0:
-            raise WeightsError("weights_corrupt", f"{path} is empty; delete it and fetch again")
-        fh.seek(-1, 2)
-        if fh.read(1) != b".":
-            raise WeightsError("weights_corrupt", f"{path} does not end like a pickle (truncated download?); delete it and fetch again")
 
 
 FILES: tuple[WeightFile, ...] = (

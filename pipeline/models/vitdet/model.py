@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..detection.roi_heads import RawDetections
+from ..detection.rpn import RPN
 from .backbone import VitDetFeaturePyramid
 from .config import VitDetConfig
-from .roi_heads import RawDetections, VitDetCascadeHeads
-from .rpn import VitDetRPN
+from .roi_heads import VitDetCascadeHeads
 
 
 class VitDetModel(nn.Module):
@@ -23,7 +24,7 @@ class VitDetModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = VitDetFeaturePyramid(cfg)
-        self.proposal_generator = VitDetRPN(cfg)
+        self.proposal_generator = RPN(cfg)
         self.roi_heads = VitDetCascadeHeads(cfg)
 
     def forward(

@@ -1,109 +1,31 @@
-"""Cascade box heads and mask head (detectron2 ``CascadeROIHeads``, ``FastRCNNConvFCHead``,
-``FastRCNNOutputLayers``, ``MaskRCNNConvUpsampleHead``, ``ROIPooler``), test-time path only."""
+"""Cascade box heads and mask head (detectron2 ``CascadeROIHeads``) from the shared head parts,
+test-time path only."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, roi_align
 
+from ..detection.boxes import apply_deltas, clip_boxes
+from ..detection.roi_heads import (
+    POOL_LEVELS,
+    BoxHead,
+    BoxPredictor,
+    ConvNormReLU,
+    MaskHead,
+    RawDetections,
+    pool_boxes,
+    select_detections,
+)
 from .backbone import VitDetConvNorm
-from .boxes import apply_deltas, clip_boxes
 from .config import VitDetConfig
 
-POOL_LEVELS: tuple[str, ...] = ("p2", "p3", "p4", "p5")
-POOL_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
 
-
-def assign_levels(boxes: torch.Tensor, canonical_size: float = 224.0, canonical_level: int = 4) -> torch.Tensor:
-    """Pyramid level index (0 = p2 ... 3 = p5) per box, by the FPN paper's rule as detectron2's
-    ``assign_boxes_to_levels`` writes it (the +1e-8 and floor matter at level boundaries)."""
-    sizes = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-    levels = torch.floor(canonical_level + torch.log2(sizes / canonical_size + 1e-8))
-    low = int(math.log2(POOL_STRIDES[0]))
-    high = int(math.log2(POOL_STRIDES[-1]))
-    return (torch.clamp(levels, min=low, max=high) - low).to(torch.int64)
-
-
-def pool_boxes(features: list[torch.Tensor], boxes: list[torch.Tensor], size: int) -> torch.Tensor:
-    """ROIAlignV2 (aligned, adaptive sampling) of each image's boxes on its assigned level.
-
-    ``features``: p2..p5 maps (B, C, H, W); ``boxes``: per image (Ni, 4) in the resized frame.
-    Returns (sum Ni, C, size, size) in image-then-box order.
-    """
-    rois = torch.cat(
-        [torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)], dim=0
-    )
-    channels = features[0].shape[1]
-    out = torch.zeros((rois.shape[0], channels, size, size), dtype=features[0].dtype, device=rois.device)
-    if rois.shape[0] == 0:
-        return out
-    levels = assign_levels(rois[:, 1:])
-    for level, (x, stride) in enumerate(zip(features, POOL_STRIDES)):
-        inds = torch.nonzero(levels == level).squeeze(1)
-        if inds.numel() == 0:
-            continue
-        # float32 whatever the autocast dtype: half-precision box corners lose up to 0.5 px
-        pooled = roi_align(
-            x.float(), rois[inds].float(), (size, size), spatial_scale=1.0 / stride, sampling_ratio=0, aligned=True
-        )
-        out[inds] = pooled.to(out.dtype)
-    return out
-
-
-class VitDetBoxHead(nn.Module):
-    """4 x (3x3 conv, LN, ReLU), flatten, fc + ReLU (detectron2 ``FastRCNNConvFCHead``)."""
-
-    def __init__(self, cfg: VitDetConfig) -> None:
-        super().__init__()
-        cin = cfg.fpn_channels
-        self.num_convs = len(cfg.box_conv_dims)
-        for i, dim in enumerate(cfg.box_conv_dims):
-            self.add_module(f"conv{i + 1}", VitDetConvNorm(cin, dim, 3, eps=cfg.norm_eps, relu=True))
-            cin = dim
-        self.fc1 = nn.Linear(cin * cfg.box_pool_size**2, cfg.box_fc_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i in range(self.num_convs):
-            x = getattr(self, f"conv{i + 1}")(x)
-        return F.relu(self.fc1(torch.flatten(x, 1)))
-
-
-class VitDetBoxPredictor(nn.Module):
-    """Class logits (background last) and class-agnostic deltas (detectron2 ``FastRCNNOutputLayers``)."""
-
-    def __init__(self, cfg: VitDetConfig) -> None:
-        super().__init__()
-        self.cls_score = nn.Linear(cfg.box_fc_dim, cfg.num_classes + 1)
-        self.bbox_pred = nn.Linear(cfg.box_fc_dim, 4)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cls_score(x), self.bbox_pred(x)
-
-
-class VitDetMaskHead(nn.Module):
-    """4 x (3x3 conv, LN, ReLU), 2x deconv + ReLU, 1x1 per-class logits
-    (detectron2 ``MaskRCNNConvUpsampleHead``)."""
-
-    def __init__(self, cfg: VitDetConfig) -> None:
-        super().__init__()
-        cin = cfg.fpn_channels
-        self.num_convs = len(cfg.mask_conv_dims)
-        for i, dim in enumerate(cfg.mask_conv_dims):
-            self.add_module(f"mask_fcn{i + 1}", VitDetConvNorm(cin, dim, 3, eps=cfg.norm_eps, relu=True))
-            cin = dim
-        self.deconv = nn.ConvTranspose2d(cin, cin, 2, stride=2)
-        self.predictor = nn.Conv2d(cin, cfg.num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(R, C, 14, 14) pooled features -> (R, num_classes, 28, 28) mask logits."""
-        for i in range(self.num_convs):
-            x = getattr(self, f"mask_fcn{i + 1}")(x)
-        return self.predictor(F.relu(self.deconv(x)))
+def _conv_norm(cfg: VitDetConfig) -> ConvNormReLU:
+    """3x3 conv, channel LayerNorm, ReLU: the layer of ViTDet's box and mask heads."""
+    return lambda cin, cout: VitDetConvNorm(cin, cout, 3, eps=cfg.norm_eps, relu=True)
 
 
 @dataclass
@@ -117,25 +39,21 @@ class StageOutput:
     pred_boxes: list[torch.Tensor]  # per image (Ri, 4), decoded, not clipped
 
 
-@dataclass
-class RawDetections:
-    """Final detections of one image in the resized frame, sorted by score (before paste)."""
-
-    boxes: torch.Tensor  # (N, 4) float32
-    scores: torch.Tensor  # (N,) float32
-    classes: torch.Tensor  # (N,) int64
-    mask_probs: torch.Tensor | None = None  # (N, 28, 28) float32
-
-
 class VitDetCascadeHeads(nn.Module):
     """Three box stages refining the same boxes, then masks on the final boxes."""
 
     def __init__(self, cfg: VitDetConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.box_head = nn.ModuleList(VitDetBoxHead(cfg) for _ in range(cfg.num_stages))
-        self.box_predictor = nn.ModuleList(VitDetBoxPredictor(cfg) for _ in range(cfg.num_stages))
-        self.mask_head = VitDetMaskHead(cfg)
+        conv = _conv_norm(cfg)
+        self.box_head = nn.ModuleList(
+            BoxHead(cfg.fpn_channels, cfg.box_conv_dims, cfg.box_fc_dim, cfg.box_pool_size, conv)
+            for _ in range(cfg.num_stages)
+        )
+        self.box_predictor = nn.ModuleList(
+            BoxPredictor(cfg.box_fc_dim, cfg.num_classes, class_specific=False) for _ in range(cfg.num_stages)
+        )
+        self.mask_head = MaskHead(cfg.fpn_channels, cfg.mask_conv_dims, cfg.num_classes, conv)
 
     def run_stage(self, features: list[torch.Tensor], proposals: list[torch.Tensor], k: int) -> StageOutput:
         """Pool, box head, predictor and decoding of stage ``k`` on the given proposals."""
@@ -180,27 +98,19 @@ class VitDetCascadeHeads(nn.Module):
         score_thresh: float,
     ) -> RawDetections:
         """Threshold every (box, class) pair, NMS per class, keep the best ``test_detections_per_image``
-        (detectron2 ``fast_rcnn_inference_single_image`` with class-agnostic boxes)."""
-        finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
-        if not bool(finite.all()):
-            boxes, scores = boxes[finite], scores[finite]
-        scores = scores[:, :-1]
-        boxes = clip_boxes(boxes, *image_size)
-        mask = scores > score_thresh
-        inds = mask.nonzero()
-        cand_boxes = boxes[inds[:, 0]]
-        cand_scores = scores[mask]
-        keep = batched_nms(cand_boxes, cand_scores, inds[:, 1], self.cfg.test_nms_thresh)
-        keep = keep[: self.cfg.test_detections_per_image]
-        return RawDetections(boxes=cand_boxes[keep], scores=cand_scores[keep], classes=inds[keep, 1])
+        (class-agnostic boxes: one per proposal)."""
+        return select_detections(
+            boxes,
+            scores,
+            image_size,
+            score_thresh=score_thresh,
+            nms_thresh=self.cfg.test_nms_thresh,
+            topk=self.cfg.test_detections_per_image,
+        )
 
     def masks(self, features: list[torch.Tensor], boxes: list[torch.Tensor], classes: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per image (Ni, 28, 28) foreground probabilities of each box's own class."""
-        pooled = pool_boxes(features, boxes, self.cfg.mask_pool_size)
-        logits = self.mask_head(pooled).float()
-        cls = torch.cat(classes)
-        probs = logits[torch.arange(len(cls), device=logits.device), cls].sigmoid()
-        return list(probs.split([len(b) for b in boxes]))
+        return self.mask_head.class_probs(features, boxes, classes, self.cfg.mask_pool_size)
 
     def forward(
         self,

@@ -1,4 +1,4 @@
-"""Box arithmetic shared by the RPN and the cascade (detectron2 ``Box2BoxTransform``, ``Boxes``).
+"""Box arithmetic shared by the RPNs and box heads of the detectors (detectron2 ``Box2BoxTransform``, ``Boxes``).
 
 Boxes are (N, 4) float32 ``x0, y0, x1, y1`` in continuous pixel coordinates; width is
 ``x1 - x0`` with no +1.

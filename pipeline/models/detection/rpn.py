@@ -4,13 +4,33 @@ and ``find_top_rpn_proposals``), test-time path only."""
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 from torch import nn
 from torchvision.ops import batched_nms
 
 from .boxes import apply_deltas, clip_boxes, nonempty
-from .config import VitDetConfig
+
+
+class ProposalConfig(Protocol):
+    """The sizes and test-time constants the RPN reads from a detector's config."""
+
+    @property
+    def fpn_channels(self) -> int: ...
+    @property
+    def anchor_sizes(self) -> tuple[float, ...]: ...
+    @property
+    def anchor_ratios(self) -> tuple[float, ...]: ...
+    @property
+    def rpn_pre_nms_topk(self) -> int: ...
+    @property
+    def rpn_post_nms_topk(self) -> int: ...
+    @property
+    def rpn_nms_thresh(self) -> float: ...
+    @property
+    def bbox_scale_clamp(self) -> float: ...
+
 
 LEVELS: tuple[str, ...] = ("p2", "p3", "p4", "p5", "p6")
 STRIDES: tuple[int, ...] = (4, 8, 16, 32, 64)
@@ -37,7 +57,7 @@ def grid_anchors(cell: torch.Tensor, stride: int, height: int, width: int) -> to
     return (shifts.view(-1, 1, 4) + cell.view(1, -1, 4)).reshape(-1, 4)
 
 
-class VitDetRPNHead(nn.Module):
+class RPNHead(nn.Module):
     """Two 3x3 conv + ReLU, then objectness and anchor deltas, shared by all levels
     (detectron2 ``StandardRPNHead`` with ``conv_dims=[-1, -1]``)."""
 
@@ -61,14 +81,14 @@ class VitDetRPNHead(nn.Module):
         return logits, deltas
 
 
-class VitDetRPN(nn.Module):
+class RPN(nn.Module):
     """Anchors, decoding and per-level NMS to ``post_nms_topk`` (1000) proposals per image
     (detectron2 ``RPN``)."""
 
-    def __init__(self, cfg: VitDetConfig) -> None:
+    def __init__(self, cfg: ProposalConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.rpn_head = VitDetRPNHead(cfg.fpn_channels, len(cfg.anchor_ratios))
+        self.rpn_head = RPNHead(cfg.fpn_channels, len(cfg.anchor_ratios))
         # Proposals kept per image after NMS (detectron2's POST_NMS_TOPK_TEST): a test-time knob
         # outside the frozen config so a predictor can lower it for speed without a new model.
         self.post_nms_topk = cfg.rpn_post_nms_topk
