@@ -33,7 +33,7 @@ from _common import print_table  # noqa: E402
 
 from pipeline.weights import CacheRoots  # noqa: E402
 
-MODELS = ("vitdet", "hmr2", "phalp", "smpl")
+MODELS = ("vitdet", "regnety", "hmr2", "phalp", "smpl")
 _MARK = "full-size-random"
 
 
@@ -64,6 +64,29 @@ def write_vitdet(roots: CacheRoots, gen: torch.Generator) -> None:
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in VitDetModel(vitdet_h()).state_dict().items()}
     arrays = {k: _random(s, gen).numpy() for k, s in shapes.items()}
+    path = roots.detectron2 / CHECKPOINT_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        pickle.dump({"model": arrays, "__author__": "Detectron2 Model Zoo"}, fh, protocol=4)
+
+
+def write_regnety(roots: CacheRoots, gen: torch.Generator) -> None:
+    """RegNetY-4GF Mask R-CNN shapes as a model-zoo pickle: random weights, BatchNorm statistics
+    of an identity (mean 0, variance 1; a random variance could be negative)."""
+    from pipeline.models.regnety.config import regnety_4gf
+    from pipeline.models.regnety.files import CHECKPOINT_PATH
+    from pipeline.models.regnety.model import RegNetYModel
+
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in RegNetYModel(regnety_4gf()).state_dict().items()}
+    arrays = {}
+    for key, shape in shapes.items():
+        if key.endswith("running_var"):
+            arrays[key] = torch.ones(shape).numpy()
+        elif key.endswith(("running_mean", "num_batches_tracked")):
+            arrays[key] = torch.zeros(shape).numpy()
+        else:
+            arrays[key] = _random(shape, gen).numpy()
     path = roots.detectron2 / CHECKPOINT_PATH
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
@@ -137,7 +160,7 @@ def write_all(root: Path, models: list[str]) -> CacheRoots:
     if not done:
         write_tiny_caches(roots)
     gen = torch.Generator().manual_seed(0)
-    writers = {"vitdet": write_vitdet, "hmr2": write_hmr2, "phalp": write_phalp}
+    writers = {"vitdet": write_vitdet, "regnety": write_regnety, "hmr2": write_hmr2, "phalp": write_phalp}
     for name in models:
         if name in writers and name not in done:
             start = time.perf_counter()
@@ -154,6 +177,8 @@ def load_once(model: str, root: Path) -> dict[str, float]:
     from pipeline.models.hmr2 import files as hmr2_files
     from pipeline.models.hmr2.predictor import HMR2Predictor
     from pipeline.models.phalp.loading import load_tracking_models
+    from pipeline.models.regnety import files as regnety_files
+    from pipeline.models.regnety.predictor import RegNetYPredictor
     from pipeline.models.smpl import SMPLBodyModel
     from pipeline.models.vitdet.files import CHECKPOINT_PATH
     from pipeline.models.vitdet.predictor import VitDetPredictor
@@ -161,6 +186,7 @@ def load_once(model: str, root: Path) -> dict[str, float]:
     roots = CacheRoots.under(root)
     loaders = {
         "vitdet": lambda: VitDetPredictor.from_checkpoint(roots.detectron2 / CHECKPOINT_PATH, device="cpu"),
+        "regnety": lambda: RegNetYPredictor.from_checkpoint(roots.detectron2 / regnety_files.CHECKPOINT_PATH, device="cpu"),
         "hmr2": lambda: HMR2Predictor.from_cache(roots, download=False, device="cpu"),
         "phalp": lambda: load_tracking_models(roots, device="cpu", download=False),
         "smpl": lambda: SMPLBodyModel.from_files(roots.hmr2 / hmr2_files.SMPL_NEUTRAL, roots.hmr2 / hmr2_files.JOINT_REGRESSOR),
