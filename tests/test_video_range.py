@@ -249,3 +249,49 @@ def test_a_range_resumes_from_its_checkpoint(clip, tiny_roots, tmp_path):
                          on_chunk=lambda s, done, total, t: seen.append(done))
     assert resumed.resumed_from == 6 and seen == [8, 11]
     assert document(resumed, 3) == reference
+
+
+def test_the_worker_resumes_a_range_job_from_its_checkpoint(clip, tiny_roots, tmp_path):
+    """The job row keeps the range; a second attempt after a death resumes inside it and the
+    result is the uninterrupted run's (the video worker without its host: no Ray)."""
+    from types import SimpleNamespace
+
+    from pipeline.tiny.cache import runner_settings
+    from pipeline.video.loop import LocalStages, VideoLoop
+    from pipeline.video.results import iter_json_document
+    from pipeline.video.runner import VideoRunner
+    from service.jobs import JobStore
+    from service.worker import VideoWorker
+
+    runner = VideoRunner.from_cache(tiny_roots, download=False, device="cpu", **{**runner_settings(), "chunk_size": CHUNK})
+    reference = runner.run(clip, frame_range=FrameRange(start_frame=2, end_frame=13)).model_dump(mode="json")
+
+    store = JobStore(tmp_path / "data")
+    worker = VideoWorker.__new__(VideoWorker)  # its job processing only: no background loop
+    worker.store, worker.settings = store, SimpleNamespace(lease_s=30.0)
+    worker.loop = VideoLoop(LocalStages(runner.detector, runner.hmr2), runner.appearance, runner.tracker_models,
+                            chunk_size=CHUNK, limits=runner.limits)
+    created = store.create("video", input_file=clip, options=FrameRange.of(start_frame=2, end_frame=13).to_options())
+    first = store.claim_next(30.0)
+    assert first is not None and first.options == {"start_frame": 2, "end_frame": 13}
+    commit = store.save_checkpoint
+
+    def commit_then_die(*args: Any, **kwargs: Any) -> None:
+        commit(*args, **kwargs)
+        raise _Died()
+
+    store.save_checkpoint = commit_then_die  # type: ignore[method-assign]
+    with pytest.raises(_Died):
+        worker._process(first, first.attempts)
+    store.save_checkpoint = commit  # type: ignore[method-assign]
+    store.release(created.id, first.attempts)
+    second = store.claim_next(30.0)
+    assert second is not None and second.checkpoint is not None
+    assert (second.checkpoint["next_frame"], second.checkpoint["frames_done"]) == (6, 4)
+    assert second.to_dict()["progress"]["frames_done"] == 4 and second.frames_total == 11
+    names = worker._process(second, second.attempts)
+    done = store.get(created.id)
+    assert (done.frames_done, done.frames_total, done.checkpoint["resumed_from"]) == (11, 11, 6)
+    folder = store.job_dir(created.id)
+    got = json.loads(b"".join(iter_json_document(folder / names["jsonl"], folder / names["meta"])))
+    assert got == reference
