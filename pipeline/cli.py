@@ -260,11 +260,18 @@ def cmd_image(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_video(args: argparse.Namespace) -> dict[str, Any] | None:
+    from pipeline.video.frame_range import FrameRange
     from pipeline.video.results import iter_json_document
     from pipeline.video.runner import VideoRunner
 
     if args.vertices and args.out_dir is None:
         raise PoseError("vertices_npz_only", "vertices are written to the NPZ only: add --out-dir DIR", status=400)
+    frame_range = FrameRange.of(args.start_frame, args.end_frame, args.start_s, args.end_s)
+    if frame_range is not None:  # a range past the video's end is refused before the models load
+        from pipeline.video.decode import probe_video
+
+        info = probe_video(args.clip)
+        frame_range.check_video(info.frame_count, info.frame_count_exact, info.duration_s)
     profile = profile_from_args(args)
     # as the served video workers run a job: detector settings, frames per chunk, people per frame
     options: dict[str, Any] = {"chunk_size": 8, "detector": args.detector} if profile is None else profile.runner_options(args.detector)
@@ -278,7 +285,9 @@ def cmd_video(args: argparse.Namespace) -> dict[str, Any] | None:
         **options,
     )
     if args.out_dir is not None:
-        files = _noted(runner, runner.run_to(args.clip, args.out_dir, vertices=args.vertices, progress=not args.no_progress))
+        files = _noted(runner, runner.run_to(
+            args.clip, args.out_dir, vertices=args.vertices, progress=not args.no_progress, frame_range=frame_range
+        ))
         out = files.write_json(args.out) if args.out is not None else None
         return {
             "out": None if out is None else str(out),
@@ -287,7 +296,9 @@ def cmd_video(args: argparse.Namespace) -> dict[str, Any] | None:
             "tracks": files.tracks,
         }
     with tempfile.TemporaryDirectory(prefix=".pose-video-", dir=args.out.parent if args.out else None) as tmp:
-        files = _noted(runner, runner.run_to(args.clip, tmp, vertices=False, progress=not args.no_progress))
+        files = _noted(runner, runner.run_to(
+            args.clip, tmp, vertices=False, progress=not args.no_progress, frame_range=frame_range
+        ))
         if args.out is None:  # the document to stdout, streamed
             for part in iter_json_document(files.jsonl, files.meta):
                 sys.stdout.buffer.write(part)
@@ -433,6 +444,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="frames decoded and run through the models together (default: the --profile's, else 8)",
     )
     _add_detector(p)
+    span = p.add_argument_group(
+        "range", "process part of the video: frames or seconds (not both), start inclusive, end exclusive; "
+        "the result keeps the whole video's frame indices and times",
+    )
+    span.add_argument("--start-frame", type=int, default=None, metavar="N", help="first frame index to process (0-based)")
+    span.add_argument("--end-frame", type=int, default=None, metavar="N",
+                      help="stop before this frame index (-1 or absent: to the last frame), as PHALP's video.end_frame")
+    span.add_argument("--start-s", type=float, default=None, metavar="SECONDS",
+                      help="first frame whose time stamp is at or after this (seconds from the stream start)")
+    span.add_argument("--end-s", type=float, default=None, metavar="SECONDS", help="stop before the first frame at or after this")
     _add_profile(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_video)

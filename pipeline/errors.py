@@ -123,6 +123,11 @@ CODES: dict[str, ErrorCode] = {
         video_no_video_stream="a file with no video stream (audio only)",
         export_format_unknown="an export format this service does not write",
         idempotency_key_reused="the Idempotency-Key was used for another request",
+        frame_range_invalid="a start_frame/end_frame that is not a whole number, or a start_s/end_s that is not a finite number",
+        frame_range_mixed="a range in frames and in seconds at once: give start_frame/end_frame or start_s/end_s",
+        frame_range_negative="a negative start or end of a range (only end_frame may be -1: to the end)",
+        frame_range_empty="a range whose end is at or before its start, or that holds no frame of the video",
+        frame_range_past_end="a range that starts after the video's last frame (at upload when the video says its length, else the job's failure)",
     ),
     **_codes(429, True, too_many_jobs="the job queue is full; retry after Retry-After seconds"),
     **_codes(

@@ -7,7 +7,7 @@ row-major 3x3 lists. Bump `SCHEMA_VERSION` on any incompatible change.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -121,13 +121,28 @@ def people_from_outputs(
     return people
 
 
+class VideoRange(BaseModel):
+    """The part of the video a result covers, when only a range was asked for."""
+
+    start_frame: int = Field(description="index of the first frame in the result (inclusive)")
+    end_frame: int = Field(description="one past the index of the last frame in the result (exclusive)")
+    requested: dict[str, Union[int, float]] = Field(
+        description="the range as asked: start_frame/end_frame, or start_s/end_s (seconds of time_s); start inclusive, end exclusive"
+    )
+
+
 class VideoMeta(BaseModel):
     width: int = Field(description="frame width after applying rotation metadata")
     height: int
     fps: Optional[float] = Field(default=None, description="average frame rate")
-    frame_count: int = Field(description="frames decoded")
-    duration_s: Optional[float] = None
+    frame_count: int = Field(description="frames in the result: every decoded frame, or those of the range")
+    duration_s: Optional[float] = Field(default=None, description="the whole video's duration, seconds")
     rotation: int = Field(default=0, description="clockwise rotation applied from the file's metadata, degrees")
+    range: Optional[VideoRange] = Field(
+        default=None,
+        description="the frames processed when a range was asked for (frame indices and times stay the whole video's); "
+        "null: the whole video",
+    )
 
 
 class Frame(BaseModel):

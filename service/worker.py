@@ -10,6 +10,10 @@ stages its host gives it (Ray Serve's Detector and MeshRegressor under ``VideoPi
   lost worker costs at most the chunks in flight; a stage that fails or pushes back is retried
   with back-off inside the job (the loop asks the stages which failures are transient).
 
+A job with a frame range (``start_frame``/``end_frame`` or ``start_s``/``end_s`` in its options,
+`pipeline.video.frame_range`) runs the loop on those frames only, resumes within them, and fails
+with the range's code when the video turns out to end before it.
+
 A job submitted with ``render=true`` gets its overlay video drawn (`pipeline.render.overlay`)
 from the finalized result before it succeeds. Progress and stage timings go to the store after
 each chunk; cancellation is checked between chunks; a job's optional callback URL is POSTed once
@@ -35,6 +39,7 @@ from pipeline.render.overlay import OverlayRenderer, render_video
 from pipeline.schema import models_used
 from pipeline.tracking.loading import load_appearance_and_tracking
 from pipeline.tracking.state import load_state, save_state
+from pipeline.video.frame_range import FrameRange
 from pipeline.video.loop import FrameStages, VideoLoop
 from service.callbacks import post
 from service.jobs import Job, JobStore, redact
@@ -297,7 +302,10 @@ class VideoWorker:
                 logger.warning("job %s: checkpoint %s unreadable (%s); starting from the first frame",
                                job.id, checkpoint["file"], exc)
         committed = {"file": None if resume is None else checkpoint["file"]}
+        # a frame index of the video (a range's jobs start past 0); frames done count the range's
         resumed_from = int(checkpoint["next_frame"]) if resume is not None else 0
+        done_before = int(checkpoint.get("frames_done", resumed_from)) if resume is not None else 0
+        frame_range = FrameRange.from_options(job.options)
         started = time.perf_counter()
 
         def on_chunk(state: dict[str, Any], done: int, total: int | None, timings: dict[str, float]) -> None:
@@ -306,7 +314,8 @@ class VideoWorker:
             timings = {**timings, "total_s": time.perf_counter() - started}
             store.save_checkpoint(
                 job.id, token,
-                {"file": name, "next_frame": done, "chunks": int(state["chunks"]), "resumed_from": resumed_from},
+                {"file": name, "next_frame": int(state["next_frame"]), "frames_done": done, "chunks": int(state["chunks"]),
+                 "resumed_from": resumed_from},
                 done, total, timings, self.settings.lease_s,
             )
             previous, committed["file"] = committed["file"], name
@@ -318,12 +327,12 @@ class VideoWorker:
             return store.is_cancelled(job.id)
 
         def on_start(total: int | None) -> None:  # frames_total shown from the start
-            store.update_progress(job.id, resumed_from, total, token=token)
+            store.update_progress(job.id, done_before, total, token=token)
 
         try:
             done = self.loop.run(
                 job.input_path, job_dir / VIDEO_WORK_DIR, token=token, vertices=vertices,
-                resume=resume, on_chunk=on_chunk, should_stop=should_stop, on_start=on_start,
+                resume=resume, on_chunk=on_chunk, should_stop=should_stop, on_start=on_start, frame_range=frame_range,
             )
         except PoseError as exc:
             if exc.code == "cancelled":

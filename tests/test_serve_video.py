@@ -792,3 +792,81 @@ def test_application_restart_mid_job_loses_nothing(client, clips, crossing_job, 
     assert earlier.status_code == 200 and len(earlier.json()["frames"]) == 12
     listed = client.get("/v1/jobs", params={"limit": 100}).json()
     assert {crossing_job["id"], job_id} <= {j["id"] for j in listed["jobs"]}
+
+
+# -- frame ranges --------------------------------------------------------------------------------
+
+
+def test_a_frame_range_job_keeps_the_videos_frame_numbers(client, clips, crossing_job):
+    import av
+
+    job = run_job(client, clips["crossing"], start_frame="3", end_frame="9", render="true")  # form fields
+    assert job["state"] == "succeeded", job
+    assert job["options"]["start_frame"] == 3 and job["options"]["end_frame"] == 9
+    assert job["progress"]["frames_done"] == job["progress"]["frames_total"] == 6
+    doc = client.get(job["links"]["result"]).json()
+    assert [f["frame_index"] for f in doc["frames"]] == [3, 4, 5, 6, 7, 8]
+    assert doc["video"]["frame_count"] == 6 and doc["video"]["range"]["start_frame"] == 3
+    # the people of those frames are the full run's (tracking starts at frame 3, so ids may differ)
+    full = client.get(crossing_job["links"]["result"]).json()
+    for frame in doc["frames"]:
+        want = full["frames"][frame["frame_index"]]
+        assert frame["time_s"] == want["time_s"] and len(frame["people"]) == len(want["people"])
+        for got, exp in zip(frame["people"], want["people"]):
+            np.testing.assert_allclose(got["bbox"], exp["bbox"], rtol=1e-4, atol=1e-4)
+    assert sum(len(f["people"]) for f in doc["frames"]) >= 6
+    mot = client.get(f"/v1/jobs/{job['id']}/export", params={"format": "mot"})
+    assert mot.status_code == 200, mot.text
+    assert {int(line.split(",")[0]) for line in mot.text.splitlines()} <= set(range(4, 10))  # 1-based frames 4..9
+    with av.open(io.BytesIO(client.get(job["links"]["overlay"]).content)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 6
+
+
+def test_a_range_in_seconds_through_the_drop_in_route(client):
+    resp = client.post("/pose/video", json={"video_path": "crossing.mp4", "start_s": 0.25, "end_s": 0.85})
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    assert [f["frame_index"] for f in doc["frames"]] == [3, 4, 5, 6, 7, 8]
+    assert doc["video"]["range"] == {"start_frame": 3, "end_frame": 9, "requested": {"start_s": 0.25, "end_s": 0.85}}
+
+
+@pytest.mark.parametrize(
+    ("query", "form", "code"),
+    [
+        ({"start_frame": 3, "end_s": 1.0}, {}, "frame_range_mixed"),
+        ({}, {"start_frame": "2", "start_s": "0.5"}, "frame_range_mixed"),
+        ({"start_frame": 9, "end_frame": 3}, {}, "frame_range_empty"),
+        ({"start_s": 0.5, "end_s": 0.5}, {}, "frame_range_empty"),
+        ({"start_frame": -1}, {}, "frame_range_negative"),
+        ({}, {"end_s": "-2"}, "frame_range_negative"),
+        ({}, {"start_frame": "three"}, "frame_range_invalid"),
+        ({"start_frame": 12}, {}, "frame_range_past_end"),  # the clip has 12 frames: 0 to 11
+        ({"start_s": 1.2}, {}, "frame_range_past_end"),  # and lasts 1.2 s
+    ],
+)
+def test_bad_ranges_are_422_at_upload(client, clips, query, form, code):
+    before = client.get("/v1/jobs").json()["total"]
+    resp = client.post("/v1/videos", params=query, data=form,
+                       files={"video": ("crossing.mp4", clips["crossing"].read_bytes(), "video/mp4")})
+    assert_error(resp, 422, code)
+    assert client.get("/v1/jobs").json()["total"] == before, "a refused range must not create a job"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"start_frame": 3, "end_s": 1.0}, "frame_range_mixed"),
+        ({"start_frame": 50}, "frame_range_past_end"),
+        ({"end_frame": -5}, "frame_range_negative"),
+        ({"start_frame": "x"}, "request_invalid"),
+    ],
+)
+def test_bad_ranges_are_422_at_the_drop_in_route(client, body, code):
+    assert_error(client.post("/pose/video", json={"video_path": "crossing.mp4", **body}), 422, code)
+
+
+def test_a_range_past_the_end_of_a_video_without_a_frame_count_fails_the_job(client, tmp_path):
+    clip = write_video(tmp_path / "crossing.mkv", [figure_frame([120 + 14 * i, 520 - 14 * i]) for i in range(6)])
+    job = run_job(client, clip, start_frame="40")  # Matroska states no frame count: known only by decoding
+    assert job["state"] == "failed" and job["error"]["code"] == "frame_range_past_end", job
+    assert "frame 5" in job["error"]["message"]

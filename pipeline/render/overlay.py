@@ -397,6 +397,17 @@ def _pair_frames(frames: Iterator[dict[str, Any]], index: int, pending: list[dic
         return list(pending.pop(0).get("people") or [])
 
 
+def _range_of(meta: Mapping[str, Any]) -> tuple[int, int | None]:
+    """The frames a result covers: its ``video.range`` (start, end exclusive), else (0, None): all."""
+    span = (meta.get("video") or {}).get("range") if isinstance(meta.get("video"), Mapping) else None
+    if not span:
+        return 0, None
+    start, end = span.get("start_frame"), span.get("end_frame")
+    if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end):
+        raise InputError("result_unreadable", f"expected video.range with start_frame < end_frame, got {span!r}")
+    return start, end
+
+
 def render_video(
     clip: str | Path,
     result: Any,
@@ -426,11 +437,21 @@ def render_video(
     frames = reader.frames()
     pending: list[dict[str, Any]] = []
     count = people = 0
-    with atomic_path(out) as tmp, tqdm(total=info.frame_count, unit="frame", disable=not progress, desc=Path(out).name) as bar:
+    # A result of a range (``video.range``) is drawn over that range only; any other over the
+    # whole clip. The document's ``video`` precedes its frames: known once the first is read.
+    first = next(frames, None)
+    if first is not None:
+        pending.append(first)
+    start, end = _range_of(reader.meta)
+    total = max(0, (info.frame_count if end is None else min(end, info.frame_count)) - start)
+    with atomic_path(out) as tmp, tqdm(total=total, unit="frame", disable=not progress, desc=Path(out).name) as bar:
         writer = H264Writer(tmp, fps or 30.0, crf=renderer.config.crf)
+        decoded = iter_frames(clip, limits, chunk_size=chunk_size, start_frame=start)
         try:
-            for chunk in iter_frames(clip, limits, chunk_size=chunk_size):
+            for chunk in decoded:
                 for index, image in zip(chunk.indices.tolist(), chunk.frames):
+                    if end is not None and index >= end:
+                        break
                     these = _pair_frames(frames, int(index), pending)
                     writer.write(renderer.frame(image, these))
                     count += 1
@@ -438,14 +459,18 @@ def render_video(
                     bar.update(1)
                 if should_stop is not None and should_stop():
                     raise PoseError("cancelled", "the job was cancelled", status=409)
+                if end is not None and chunk.start + len(chunk) >= end:
+                    break  # no need to decode the rest of the clip
             extra = pending[0] if pending else next(frames, None)
             if extra is not None:
                 raise InputError(
                     "result_mismatch",
-                    f"the result has frame {extra.get('frame_index')} but the clip decodes to {count} frames: is it this clip's result?",
+                    f"the result has frame {extra.get('frame_index')} but the clip decodes to {start + count} frames: "
+                    "is it this clip's result?",
                 )
             _check_video_meta(reader.meta, info)
         finally:
+            decoded.close()
             writer.close()
         width, height = writer.size or (info.width, info.height)
     logger.info("overlay of %d frames (%d people) written to %s", count, people, out)

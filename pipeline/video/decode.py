@@ -37,6 +37,7 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.video.container import IMAGE_BRANDS, check_complete, describe_other, sniff_container
+from pipeline.video.frame_range import FrameRange
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +113,19 @@ def iter_frames(
     limits: VideoLimits = VideoLimits(),
     chunk_size: int = 16,
     start_frame: int = 0,
+    frame_range: FrameRange | None = None,
 ) -> Generator[FrameChunk, None, None]:
     """Decoded frames in chunks of at most ``chunk_size``; only the current chunk is held.
 
     ``start_frame``: frames before it are decoded (frame-exact, limits still checked) but not
     converted or returned; chunks then start there (resuming a job).
+
+    ``frame_range``: only its frames are returned, with their indices and times in the whole
+    video. Frames before it are decoded but neither converted nor returned: a frame's index
+    counts decoded frames, and a seek lands on a key frame without saying which frame it is
+    (in a variable-frame-rate video, not even from its time), so skipping by decoding is what
+    keeps indices exact. Decoding stops at the range's end. A range holding no frame raises
+    ``frame_range_past_end`` (the video ends before it starts) or ``frame_range_empty``.
 
     Limits are enforced as frames arrive; damage found mid-stream raises ``video_corrupt``
     after the chunks before it. A stream that decodes to nothing raises ``video_empty``.
@@ -134,8 +143,9 @@ def iter_frames(
         times: list[float] = []
         index = 0
         skip = max(0, int(start_frame))
-        chunk_start = skip
+        chunk_start: int | None = None
         last_time = -1.0
+        in_range = 0  # frames of the range seen, also those before ``start_frame``
         for frame in _decode(opened.container, stream, frames_done=lambda: index):
             if info_rotation is None:
                 info_rotation = _rotation_of(frame, stream)
@@ -158,17 +168,34 @@ def iter_frames(
                 )
             last_time = t
             index += 1
+            if frame_range is not None:
+                if frame_range.past(index - 1, t):
+                    break
+                if not frame_range.contains(index - 1, t):
+                    continue
+                in_range += 1
             if index <= skip:
                 continue
+            if chunk_start is None:
+                chunk_start = index - 1
             frames.append(_upright(frame.to_ndarray(format="bgr24"), info_rotation))
             times.append(t)
             if len(frames) == chunk_size:
                 yield _chunk(chunk_start, frames, times)
                 chunk_start, frames, times = index, [], []
         if frames:
+            assert chunk_start is not None  # set with the chunk's first frame
             yield _chunk(chunk_start, frames, times)
         if index == 0:
             raise InputError("video_empty", "expected at least one frame, got a video stream with none")
+        if frame_range is not None and in_range == 0:
+            if not frame_range.past(index - 1, last_time):  # the last frame comes before the range
+                raise frame_range.past_end(f"the video's last frame is frame {index - 1}, at {last_time:.3f} s")
+            raise InputError(
+                "frame_range_empty",
+                f"expected at least one frame in the range, got none: the video has no frame in {_describe_range(frame_range)}",
+                status=422,
+            )
 
 
 # --- opening -------------------------------------------------------------------------------
@@ -335,6 +362,12 @@ def _frame_time(frame: Any, start_pts: int | None, last_time: float, fps: float 
         return float((frame.pts - (start_pts or 0)) * frame.time_base)
     step = 1.0 / fps if fps else 0.0
     return last_time + step if last_time >= 0 else 0.0
+
+
+def _describe_range(r: FrameRange) -> str:
+    if r.in_seconds:
+        return f"[{r.start_s or 0:g} s, {'end' if r.end_s is None else f'{r.end_s:g} s'})"
+    return f"frames [{r.start_frame or 0}, {'end' if r.end_frame is None else r.end_frame})"
 
 
 def _chunk(start: int, frames: list[np.ndarray], times: list[float]) -> FrameChunk:

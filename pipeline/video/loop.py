@@ -28,11 +28,12 @@ import numpy as np
 from pipeline.errors import PoseError
 from pipeline.models.hmr2.predictor import HMR2Output
 from pipeline.models.vitdet.predictor import Detections
-from pipeline.schema import VideoMeta
+from pipeline.schema import VideoMeta, VideoRange
 from pipeline.tracking.association import TexturePairs
 from pipeline.tracking.observation import PersonObservation
 from pipeline.tracking.tracker import Tracker, TrackerModels
 from pipeline.video.decode import FrameChunk, VideoInfo, VideoLimits, iter_frames, probe_video
+from pipeline.video.frame_range import FrameRange
 from pipeline.video.results import FrameRecord, ResultWriter
 
 logger = logging.getLogger(__name__)
@@ -128,14 +129,22 @@ def observations_for(out: HMR2Output, scores: np.ndarray, uv: np.ndarray | None,
     return people
 
 
-def video_meta(info: VideoInfo, frames_decoded: int) -> VideoMeta:
+def video_meta(info: VideoInfo, frames: int, frame_range: FrameRange | None = None, first_frame: int = 0) -> VideoMeta:
+    """The result's ``video``: ``frames`` processed, from ``first_frame`` on when a range was asked."""
+    span = None
+    if frame_range is not None:
+        span = VideoRange(
+            start_frame=first_frame, end_frame=first_frame + frames,
+            requested=frame_range.to_options(),
+        )
     return VideoMeta(
         width=info.width,
         height=info.height,
         fps=info.fps,
-        frame_count=frames_decoded,
+        frame_count=frames,
         duration_s=info.duration_s,
         rotation=info.rotation,
+        range=span,
     )
 
 
@@ -189,6 +198,7 @@ class VideoLoop:
         should_stop: Callable[[], bool] | None = None,
         on_frames: Callable[[int], None] | None = None,
         on_start: Callable[[int | None], None] | None = None,
+        frame_range: FrameRange | None = None,
     ) -> LoopResult:
         """Process one video into segments under ``work_dir``; see the module docstring.
 
@@ -196,9 +206,16 @@ class VideoLoop:
         frames_done, frames_total, timings)`` after every chunk; ``should_stop()`` between chunks
         (True: cancelled); ``on_frames(n)`` as frames are tracked (progress bars);
         ``on_start(frames_total)`` once the video is probed (None: its length is not exact).
+        ``frame_range``: only those frames (`pipeline.video.frame_range`), the models run on no
+        other; frame indices and times stay the whole video's, tracking starts fresh at the
+        range's first frame, and progress counts the range's frames.
         """
         info = probe_video(path, self.limits)
-        total = info.frame_count if info.frame_count_exact else None
+        if frame_range is None:
+            total = info.frame_count if info.frame_count_exact else None
+        else:
+            frame_range.check_video(info.frame_count, info.frame_count_exact, info.duration_s)
+            total = frame_range.expected_frames(info.frame_count, info.frame_count_exact)
         if on_start is not None:
             on_start(total)
         state = dict(resume) if resume is not None else None
@@ -211,7 +228,9 @@ class VideoLoop:
         delay = self.backoff_s[0]
         while True:
             try:
-                state = self._attempt(path, work_dir, token, vertices, state, total, on_chunk, should_stop, on_frames)
+                state = self._attempt(
+                    path, work_dir, token, vertices, state, total, on_chunk, should_stop, on_frames, frame_range
+                )
                 break
             except _StageFailure as failure:
                 state = failure.state
@@ -228,23 +247,30 @@ class VideoLoop:
                 delay = min(delay * 2, self.backoff_s[1])
         assert state is not None
         writer = ResultWriter.from_state(work_dir, token, state["writer"])
-        return LoopResult(video_meta(info, int(state["next_frame"])), writer, dict(state["timings"]), resumed_from)
+        first = int(state.get("first_frame") or 0)
+        meta = video_meta(info, int(state["next_frame"]) - first, frame_range, first)
+        return LoopResult(meta, writer, dict(state["timings"]), resumed_from)
 
     # -- one pass from a state to the end (or to a stage failure) --------------------------------
-    def _attempt(self, path, work_dir, token, vertices, state, total, on_chunk, should_stop, on_frames) -> dict[str, Any]:
+    def _attempt(self, path, work_dir, token, vertices, state, total, on_chunk, should_stop, on_frames, frame_range) -> dict[str, Any]:
         tracker = Tracker(self.tracker_models, texture_pairs=self.texture_pairs)
+        # first_frame: the first frame tracked, known once decoded (a range of seconds); None before
+        first_frame: int | None
         if state is None:
             writer = ResultWriter(work_dir, token, vertices=vertices)
-            next_frame, chunks, timings = 0, 0, dict.fromkeys(TIMINGS, 0.0)
-            state = self._state(0, 0, tracker, writer, timings)
+            next_frame, chunks, timings, first_frame = 0, 0, dict.fromkeys(TIMINGS, 0.0), None
+            state = self._state(0, 0, tracker, writer, timings, first_frame)
         else:
             tracker.load_state_dict(state["tracker"])
             writer = ResultWriter.from_state(work_dir, token, state["writer"])
             next_frame, chunks = int(state["next_frame"]), int(state["chunks"])
             timings = {**dict.fromkeys(TIMINGS, 0.0), **state["timings"]}
+            first_frame = state.get("first_frame", 0)  # checkpoints written before ranges: from frame 0
         progressed = False
         # a generator (closed below), though iter_frames is annotated as returning an Iterator
-        frames = iter_frames(path, self.limits, chunk_size=self.chunk_size, start_frame=next_frame)
+        frames = iter_frames(
+            path, self.limits, chunk_size=self.chunk_size, start_frame=next_frame, frame_range=frame_range
+        )
         pending: tuple[FrameChunk, Callable[[], list[FrameModels]]] | None = None
         submitted = None
         try:
@@ -267,14 +293,16 @@ class VideoLoop:
                     t0 = time.perf_counter()
                     writer.flush(tracker.settled_before())
                     timings["write_s"] += time.perf_counter() - t0
+                    if first_frame is None:
+                        first_frame = int(pending[0].start)
                     next_frame = int(pending[0].start + len(pending[0]))
                     chunks += 1
-                    state = self._state(next_frame, chunks, tracker, writer, timings)
+                    state = self._state(next_frame, chunks, tracker, writer, timings, first_frame)
                     progressed = True
                     if on_frames is not None:
                         on_frames(len(pending[0]))
                     if on_chunk is not None:
-                        on_chunk(state, next_frame, total, dict(timings))
+                        on_chunk(state, next_frame - first_frame, total, dict(timings))
                     if should_stop is not None and should_stop():
                         raise PoseError("cancelled", "the job was cancelled", status=409)
                 if submitted is None:
@@ -312,11 +340,14 @@ class VideoLoop:
             timings["tracking_s"] += time.perf_counter() - t1
 
     @staticmethod
-    def _state(next_frame: int, chunks: int, tracker: Tracker, writer: ResultWriter, timings: dict[str, float]) -> dict[str, Any]:
+    def _state(
+        next_frame: int, chunks: int, tracker: Tracker, writer: ResultWriter, timings: dict[str, float], first_frame: int | None
+    ) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
-            "next_frame": next_frame,
+            "next_frame": next_frame,  # the next frame index to decode and track (of the whole video)
+            "first_frame": first_frame,  # the first frame tracked (a range's start); None before any
             "chunks": chunks,
             "tracker": tracker.state_dict(),
             "writer": writer.state(),

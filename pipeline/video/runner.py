@@ -18,6 +18,7 @@ from pipeline.models.hmr2.predictor import HMR2Predictor
 from pipeline.schema import VideoResult, models_used
 from pipeline.tracking.tracker import TrackerModels
 from pipeline.video.decode import VideoLimits
+from pipeline.video.frame_range import FrameRange
 from pipeline.video.loop import LocalStages, VideoLoop, observations_for, video_meta
 from pipeline.video.results import NPZ_VERTICES_NAME, write_json_document
 from pipeline.weights import CacheRoots
@@ -107,9 +108,11 @@ class VideoRunner:
         progress: bool = False,
         on_progress: ProgressFn | None = None,
         should_stop: Callable[[], bool] | None = None,
+        frame_range: FrameRange | None = None,
     ) -> VideoFiles:
         """Process one video file into result files under ``out_dir`` (memory flat in length);
-        ``on_progress(frames_done, frames_total, stage_seconds)`` after each chunk."""
+        ``on_progress(frames_done, frames_total, stage_seconds)`` after each chunk;
+        ``frame_range``: only those frames (`pipeline.video.frame_range`)."""
         from tqdm import tqdm
 
         out_dir = Path(out_dir)
@@ -125,7 +128,7 @@ class VideoRunner:
                 bar.refresh()
 
             done = self.loop.run(path, work, vertices=vertices, on_chunk=on_chunk, should_stop=should_stop,
-                                 on_frames=bar.update, on_start=on_start)
+                                 on_frames=bar.update, on_start=on_start, frame_range=frame_range)
             names = done.writer.finalize(out_dir, done.meta, models_used("detector", "mesh", "tracker", detector=self.detector_name))
         return VideoFiles(
             jsonl=out_dir / names["jsonl"],

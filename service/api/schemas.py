@@ -72,6 +72,16 @@ class ResultSummary(BaseModel):
     models: dict[str, str] = Field(default_factory=dict)
 
 
+# A job's frame range, as every video route describes it (pipeline.video.frame_range).
+RANGE_DESCRIPTIONS = {
+    "start_frame": "process from this frame index on (0-based, inclusive); not with start_s/end_s",
+    "end_frame": "stop before this frame index (exclusive; -1 or absent: to the last frame, as PHALP's video.end_frame); "
+    "result frame indices stay the whole video's",
+    "start_s": "process the frames whose time_s (seconds from the stream start) is at least this; not with start_frame/end_frame",
+    "end_s": "stop before the first frame whose time_s is at least this (exclusive; absent: to the end)",
+}
+
+
 class VideoPathRequest(BaseModel):
     """The body of ``POST /pose/video`` (the call the replaced ``track.py`` wrapper received)."""
 
@@ -84,6 +94,10 @@ class VideoPathRequest(BaseModel):
     vertices: bool = Field(default=False, description="also keep the 6890 SMPL vertices per person and frame (in the NPZ result)")
     render: bool = Field(default=False, description="also render the overlay video (GET /v1/jobs/{id}/overlay.mp4)")
     callback_url: Optional[str] = Field(default=None, max_length=2048)
+    start_frame: Optional[int] = Field(default=None, description=RANGE_DESCRIPTIONS["start_frame"])
+    end_frame: Optional[int] = Field(default=None, description=RANGE_DESCRIPTIONS["end_frame"])
+    start_s: Optional[float] = Field(default=None, description=RANGE_DESCRIPTIONS["start_s"])
+    end_s: Optional[float] = Field(default=None, description=RANGE_DESCRIPTIONS["end_s"])
 
 
 def result_formats(job: Job) -> list[str]:
@@ -108,6 +122,8 @@ ACCEPT_CODES = (
     "video_no_video_stream", "video_too_large", "video_too_long", "callback_url_invalid", "callback_url_forbidden",
     "callback_url_unresolvable", "callbacks_disabled", "idempotency_key_invalid", "idempotency_key_reused",
     "too_many_jobs", "storage_full", *JOBS_OFF,
+    # a frame range (pipeline.video.frame_range); past_end and empty also as a job's failure
+    "frame_range_invalid", "frame_range_mixed", "frame_range_negative", "frame_range_empty", "frame_range_past_end",
 )
 # the codes a job can end with, which POST /pose/video answers as its own
 JOB_FAILURES = ("cancelled", "interrupted", "stage_unavailable", "stage_timeout", "overloaded", "input_missing", "internal_error")

@@ -26,6 +26,7 @@ from pipeline.errors import InputError, PoseError
 from pipeline.export import FORMATS, ResultFiles, check_format, export_to, needs_body, zipped
 from pipeline.export.body import find_smpl, load_body
 from pipeline.video.decode import probe_video
+from pipeline.video.frame_range import FrameRange
 from pipeline.video.results import iter_json_document
 from service.api.backend import ModelBackend
 from service.api.files import attachment, ranged_file_response
@@ -96,8 +97,12 @@ class VideoJobs:
         callback_url: str | None,
         client: Client,
         fingerprint: str | None = None,
+        frame_range: FrameRange | None = None,
     ) -> Job:
         """Probe the video (a bad one is refused here, as a 4xx), then queue a job for it, ``client``'s.
+
+        ``frame_range``: kept in the job's options (so every attempt runs the same frames); a
+        range the video is known to end before is refused here (``frame_range_past_end``).
 
         An upload (``move``) that is refused for any reason is deleted at once: nothing a
         refused request sent stays on disk."""
@@ -107,12 +112,17 @@ class VideoJobs:
                     raise InputError("callbacks_disabled", "this service does not call callback URLs (allow_callbacks: false)")
                 await self.call(check_url, callback_url, self.jobs.callback_policy())
             info = await self.call(_probe, path, self.limits)
+            expected = info.frame_count
+            if frame_range is not None:
+                frame_range.check_video(info.frame_count, info.frame_count_exact, info.duration_s)
+                options = {**options, **frame_range.to_options()}
+                expected = frame_range.expected_frames(info.frame_count, info.frame_count_exact)
             job = await self.call(
                 self.store.create,
                 "video",
                 input_file=path,
                 move_input=move,
-                options={**options, "frames_expected": info.frame_count},
+                options={**options, "frames_expected": expected},
                 idempotency_key=idempotency_key,
                 callback_url=callback_url,
                 fingerprint=fingerprint,
@@ -273,6 +283,11 @@ def request_fingerprint(**fields: Any) -> str:
     what an idempotent replay must repeat."""
     doc = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def range_field(frame_range: FrameRange | None) -> dict[str, int | float]:
+    """A frame range in a request's fingerprint only when asked (older fingerprints stay valid)."""
+    return {} if frame_range is None else frame_range.to_options()
 
 
 def render_field(render: bool) -> dict[str, bool]:

@@ -11,12 +11,13 @@ from fastapi.responses import JSONResponse, Response
 
 from pipeline.errors import PoseError, status_of
 from pipeline.schema import VideoResult
+from pipeline.video.frame_range import FrameRange
 from pipeline.weights import sha256_of
 from service.api.context import ApiContext
 from service.api.errors import error_responses
-from service.api.schemas import ACCEPT_CODES, JOB_FAILURES, JOB_LINKS, JobStatus, VideoPathRequest
+from service.api.schemas import ACCEPT_CODES, JOB_FAILURES, JOB_LINKS, RANGE_DESCRIPTIONS, JobStatus, VideoPathRequest
 from service.api.uploads import MULTIPART_SLACK, form_flag, stream_upload
-from service.api.video_jobs import render_field, request_fingerprint
+from service.api.video_jobs import range_field, render_field, request_fingerprint
 from service.auth import Client
 from service.jobs import Job, check_replay
 from service.paths import resolve_media_path
@@ -34,6 +35,10 @@ _UPLOAD_BODY = {
                         "vertices": {"type": "boolean", "description": "keep the 6890 SMPL vertices per person"},
                         "render": {"type": "boolean", "description": "also render the overlay video (overlay.mp4)"},
                         "callback_url": {"type": "string", "description": "POSTed the job status when it ends"},
+                        "start_frame": {"type": "integer", "description": RANGE_DESCRIPTIONS["start_frame"]},
+                        "end_frame": {"type": "integer", "description": RANGE_DESCRIPTIONS["end_frame"]},
+                        "start_s": {"type": "number", "description": RANGE_DESCRIPTIONS["start_s"]},
+                        "end_s": {"type": "number", "description": RANGE_DESCRIPTIONS["end_s"]},
                     },
                 }
             },
@@ -73,13 +78,22 @@ def add_upload_route(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> Non
         vertices: bool = Query(False, description="keep the 6890 SMPL vertices per person (large results)"),
         render: bool = Query(False, description="also render the meshes over the video: GET /v1/jobs/{id}/overlay.mp4"),
         callback_url: Optional[str] = Query(None, description="POSTed the job status when the job ends"),
+        start_frame: Optional[int] = Query(None, description=RANGE_DESCRIPTIONS["start_frame"]),
+        end_frame: Optional[int] = Query(None, description=RANGE_DESCRIPTIONS["end_frame"]),
+        start_s: Optional[float] = Query(None, description=RANGE_DESCRIPTIONS["start_s"]),
+        end_s: Optional[float] = Query(None, description=RANGE_DESCRIPTIONS["end_s"]),
         idempotency_key: Optional[str] = Header(
             None, description="a retried upload with the same key (from the same client) returns the same job"
         ),
         caller: Client = caller_dep,
     ) -> JSONResponse:
-        """Upload a video (multipart field ``video``, or the raw bytes) -> 202 with the job; poll ``links.self``."""
+        """Upload a video (multipart field ``video``, or the raw bytes) -> 202 with the job; poll ``links.self``.
+
+        A frame range (query parameters or form fields) processes part of the video; result frame
+        indices and times stay the whole video's."""
         v = ctx.video_jobs()
+        asked = {"start_frame": start_frame, "end_frame": end_frame, "start_s": start_s, "end_s": end_s}
+        FrameRange.of(**asked)  # a bad range in the query is refused before the upload is read
         if idempotency_key is None:
             await v.check_capacity()
         # With a key the body is read even when the key is known: a replay must be the same request.
@@ -89,10 +103,13 @@ def add_upload_route(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> Non
             vertices = vertices or form_flag(fields.get("vertices"), "vertices")
             render = render or form_flag(fields.get("render"), "render")
             callback_url = callback_url or fields.get("callback_url") or None
+            frame_range = FrameRange.of(**{k: fields.get(k) if q is None else q for k, q in asked.items()})
             fingerprint = None
             if idempotency_key is not None:
                 digest = await v.call(sha256_of, dest)
-                fingerprint = request_fingerprint(video=digest, vertices=vertices, callback_url=callback_url, **render_field(render))
+                fingerprint = request_fingerprint(
+                    video=digest, vertices=vertices, callback_url=callback_url, **render_field(render), **range_field(frame_range)
+                )
                 existing = await v.call(v.store.find_by_idempotency_key, idempotency_key, caller.id)
                 if existing is not None:
                     dest.unlink()
@@ -109,6 +126,7 @@ def add_upload_route(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> Non
             callback_url=callback_url,
             client=caller,
             fingerprint=fingerprint,
+            frame_range=frame_range,
         )
         return accepted(job, False)
 
@@ -137,16 +155,21 @@ def add_media_route(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> None
     ) -> Response:
         """Drop-in for the old ``track.py`` wrapper: a video already in the media folder -> the result JSON.
 
+        ``start_frame``/``end_frame`` or ``start_s``/``end_s``: only that part of the video (as
+        ``track.py``'s ``video.start_frame``/``video.end_frame``: start inclusive, end exclusive).
+
         Answers when the job ends; past ``sync_timeout_s`` it answers 202 with the job to poll.
         """
         v = ctx.video_jobs()
         if v.media_root is None:
             raise PoseError("media_dir_not_configured", "POST /pose/video needs the media_dir setting", status=404)
+        frame_range = FrameRange.of(body.start_frame, body.end_frame, body.start_s, body.end_s)
         path = await v.call(resolve_media_path, body.video_path, v.media_root)
         job = fingerprint = None
         if idempotency_key is not None:
             fingerprint = request_fingerprint(
-                video_path=str(path), vertices=body.vertices, callback_url=body.callback_url, **render_field(body.render)
+                video_path=str(path), vertices=body.vertices, callback_url=body.callback_url, **render_field(body.render),
+                **range_field(frame_range),
             )
             job = await v.call(v.store.find_by_idempotency_key, idempotency_key, caller.id)
             if job is not None:
@@ -162,6 +185,7 @@ def add_media_route(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> None
                 callback_url=body.callback_url,
                 client=caller,
                 fingerprint=fingerprint,
+                frame_range=frame_range,
             )
         job = await v.wait(job.id, v.api.sync_timeout_s)
         if job.state == "succeeded":
