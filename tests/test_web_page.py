@@ -515,6 +515,16 @@ def test_a_track_in_the_3d_view_follows_the_video(browser, service, clips, api):
         if os.environ.get("POSE_UPDATE_DOCS") == "1":
             view.screenshot(path=str(REPO / "docs" / "img" / "web-3d-view.png"))
 
+        # a drag turns the camera about the body
+        box = page.locator("#track-viewer").bounding_box()
+        orbit = "document.getElementById('track-viewer').getCameraOrbit().theta"
+        theta = page.evaluate(orbit)
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] / 2 + 150, box["y"] + box["height"] / 2, steps=5)
+        page.mouse.up()
+        page.wait_for_function(f"() => Math.abs({orbit} - {theta}) > 0.3", timeout=10_000)
+
         # another track: the view changes to it
         page.locator(f"#tracks tbody tr[data-track='{other}']").click()
         page.wait_for_function(

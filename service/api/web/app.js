@@ -31,7 +31,7 @@ const session = {
   objectUrls: [],
   fps: null,
   profile: null, // the service's profile, from /v1/info
-  view: null, // the 3D view's track: { trackId, url, motion, loaded }
+  view: null, // the 3D view's track: { trackId, url, motion, loaded, shownAt }
   viewFrame: null, // requestAnimationFrame id while the view follows a playing video
 };
 let viewerModule = null;
@@ -478,9 +478,9 @@ function selectTrack(row) {
 // -- the 3D view ----------------------------------------------------------------------------
 // The selected track's GLB export (pipeline/export/gltf.py: a skinned SMPL mesh, its animation
 // keyed at the track's detections in seconds from the video start) in <model-viewer>. The
-// overlay video is the clock: the viewer's own playback stays paused and its time is set from
-// the video's; the camera orbits the body's pelvis wherever the body walks. Without an overlay
-// video the viewer plays the clip itself, in a loop.
+// viewer's own playback stays paused: its time is set from the overlay video's (or, where the
+// job has no overlay, from a clock that loops over the track), and the camera orbits the body's
+// pelvis at that same time, wherever the body walks.
 
 function loadViewerModule() {
   if (!viewerModule) {
@@ -562,23 +562,33 @@ function videoClock() {
   return !ui.video.hidden && session.fps;
 }
 
-// Puts the viewer at the video's time (or follows its own), the camera on the body.
+// Without a video: the track's span, over and over, in real time.
+function loopTime(view) {
+  const { times } = view.motion;
+  const start = times[0];
+  const span = times[times.length - 1] - start;
+  return span > 0 ? start + (((performance.now() - view.shownAt) / 1000) % span) : start;
+}
+
+// Puts the viewer at the video's time (or the loop's), the camera on the body.
 function syncView3d() {
   const view = session.view;
   if (!view || !view.loaded) return;
-  let t;
+  const t = videoClock() ? clipTime(view.motion, ui.video.currentTime) : loopTime(view);
+  ui.viewer.currentTime = Math.min(t, Math.max(ui.viewer.duration - CLIP_END_HOLD_S, 0));
   if (videoClock()) {
-    t = clipTime(view.motion, ui.video.currentTime);
-    ui.viewer.currentTime = Math.min(t, Math.max(ui.viewer.duration - CLIP_END_HOLD_S, 0));
     const frame = Math.round(ui.video.currentTime * session.fps);
     const { firstFrame, lastFrame } = view.motion;
     const outside = frame < firstFrame ? " (not seen yet: its first pose)" : frame > lastFrame ? " (no longer seen: its last pose)" : "";
     ui.view3dFrame.textContent = `video frame ${frame}; track ${view.trackId} seen in frames ${firstFrame}–${lastFrame}${outside}`;
-  } else {
-    t = ui.viewer.currentTime;
   }
   const [x, y, z] = rootAt(view.motion, t);
-  ui.viewer.cameraTarget = `${x.toFixed(3)}m ${y.toFixed(3)}m ${z.toFixed(3)}m`;
+  const target = `${x.toFixed(3)}m ${y.toFixed(3)}m ${z.toFixed(3)}m`;
+  if (ui.viewer.cameraTarget !== target) {
+    ui.viewer.cameraTarget = target;
+    // at once, not eased: an eased camera trails a moving body (or loses a jittery one)
+    ui.viewer.jumpCameraToGoal();
+  }
 }
 
 function followView3d() {
@@ -595,7 +605,7 @@ function startFollowing() {
 async function showTrack3d(trackId) {
   if (session.view && session.view.trackId === trackId) return;
   closeView3d();
-  const view = { trackId, url: null, motion: null, loaded: false };
+  const view = { trackId, url: null, motion: null, loaded: false, shownAt: 0 };
   session.view = view;
   ui.view3d.hidden = false;
   ui.view3dHint.hidden = true;
@@ -620,7 +630,7 @@ async function showTrack3d(trackId) {
   ui.viewer.hidden = false;
 }
 
-// The viewer's `load`: the clip is ready; paused, it takes its time from the video.
+// The viewer's `load`: the clip is ready; paused, it takes its time from the page.
 async function view3dLoaded() {
   const view = session.view;
   if (!view || ui.viewer.getAttribute("src") !== view.url) return;
@@ -630,11 +640,10 @@ async function view3dLoaded() {
     material.pbrMetallicRoughness.setMetallicFactor(0);
     material.pbrMetallicRoughness.setRoughnessFactor(0.7);
   }
-  if (videoClock()) {
-    ui.viewer.pause();
-  } else {
-    ui.viewer.play();
-    ui.view3dFrame.textContent = `track ${view.trackId}: frames ${view.motion.firstFrame}–${view.motion.lastFrame}, playing in a loop`;
+  ui.viewer.pause();
+  view.shownAt = performance.now();
+  if (!videoClock()) {
+    ui.view3dFrame.textContent = `track ${view.trackId}: frames ${view.motion.firstFrame}–${view.motion.lastFrame}, played in a loop`;
   }
   syncView3d();
   await ui.viewer.updateFraming(); // the camera's distance, for the body where it stands now
