@@ -18,9 +18,11 @@ import pytest
 from conftest import REPO, _in_ci
 
 # Headless, as root, on a machine without outside network: no sandbox, no background traffic.
+# WebGL (the page's 3D view) from SwiftShader, asked for by name: without a GPU, Chromium's
+# automatic fallback to it is deprecated and may be gone in a later version.
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
+    "--disable-component-update", "--disable-sync", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
 ]  # fmt: skip
 
 

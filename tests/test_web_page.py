@@ -4,16 +4,22 @@ Serve application (tiny profile) with a client key.
 A person's path through the page: the key entered once, a generated clip uploaded through the
 file input, the job followed to its end, the overlay video playing, the track table, every
 download answering with its own content type, a job cancelled, an image, a truncated video's
-error shown as such; no console errors, no key in any URL, usable at phone width.
+error shown as such; no console errors, no key in any URL, usable at phone width. A track in
+the 3D view: its GLB loaded by the viewer, the clip's times those of the track's frames, the
+viewer's time following the video's, the body drawn.
 
 The browser: see `browser_helpers`. With ``POSE_UPDATE_DOCS=1`` the result screenshot also
-replaces ``docs/img/web-page.jpg`` (the README's picture).
+replaces ``docs/img/web-page.jpg`` (the README's picture), and the 3D view's
+``docs/img/web-3d-view.png``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,6 +35,7 @@ from conftest import REPO  # noqa: E402
 from serve_helpers import encode, serve_tiny, stick_figures, wait_job  # noqa: E402
 from videos import crossing_video, figure_frame, write_video  # noqa: E402
 
+VENDOR = REPO / "service" / "api" / "web" / "vendor"
 KEY = "web-page-key-1"
 KEY_STORAGE = "pose-service.key"
 # What a client must get for each download the page offers (label -> content type).
@@ -348,3 +355,185 @@ def test_summary_is_the_result_without_frames(service, clips, api):
     assert api.get(f"/v1/jobs/{job['id']}").json()["state"] == "succeeded"
     api.delete(f"/v1/jobs/{job['id']}")
 
+
+
+def test_the_3d_viewer_module_is_shipped_and_served_like_the_page(service):
+    from service.api.page import PAGE_FILES
+
+    tomllib = pytest.importorskip("tomllib")
+    readme = (VENDOR / "README.md").read_text()
+    digest = re.search(r"sha256 `([0-9a-f]{64})`", readme)
+    assert digest, "the vendor README names the file's digest"
+    module = (VENDOR / "model-viewer.min.js").read_bytes()
+    assert hashlib.sha256(module).hexdigest() == digest.group(1), "the shipped viewer is the one its README names"
+    assert (VENDOR / "LICENSE").read_text().split()[:2] == ["Apache", "License"]
+    # in the wheel: setuptools expands the package-data patterns with glob, relative to the package
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["service.api"]
+    package = REPO / "service" / "api"
+    shipped = {p.relative_to(package / "web").as_posix() for pattern in patterns for p in package.glob(pattern) if p.is_file()}
+    assert set(PAGE_FILES) | {"vendor/LICENSE", "vendor/THIRD-PARTY-LICENSES", "vendor/README.md"} <= shipped
+
+    with httpx.Client(base_url=service, timeout=30) as client:
+        resp = client.get("/ui/vendor/model-viewer.min.js")
+        assert resp.status_code == 200 and resp.content == module
+        assert resp.headers["content-type"] == "text/javascript; charset=utf-8"
+        app_js = client.get("/ui/app.js")
+        for header in ("cache-control", "content-security-policy", "x-content-type-options", "referrer-policy"):
+            assert resp.headers[header] == app_js.headers[header], header
+        # revalidated on each use, sent again only when it changed
+        assert resp.headers["cache-control"] == "no-cache"
+        same = client.get("/ui/vendor/model-viewer.min.js", headers={"If-None-Match": resp.headers["etag"]})
+        assert same.status_code == 304 and same.content == b"" and same.headers["etag"] == resp.headers["etag"]
+        assert client.get("/ui/vendor/model-viewer.min.js", headers={"If-None-Match": '"0"'}).content == module
+        assert app_js.headers["etag"] != resp.headers["etag"]
+        # widened for the viewer only where it must be: the GLB from a blob: URL, WebAssembly (not
+        # JavaScript eval), and the one <style> block of its shadow DOM, by digest
+        directives = dict(d.strip().split(" ", 1) for d in resp.headers["content-security-policy"].split(";"))
+        assert directives["connect-src"] == "'self' blob:"
+        assert directives["script-src"] == "'self' 'wasm-unsafe-eval'" and directives["default-src"] == "'self'"
+        styles = re.findall(r"<style>(.*?)</style>", module.decode(), re.S)
+        assert len(styles) == 1, "the viewer's shadow DOM has one <style> block"
+        digest = base64.b64encode(hashlib.sha256(styles[0].encode()).digest()).decode()
+        assert directives["style-src"] == f"'self' 'sha256-{digest}'"
+        for name in ("vendor/README.md", "vendor/LICENSE", "vendor/", "vendor%2F..%2Fapp.js", "vendor/model-viewer.min.js.map"):
+            assert client.get(f"/ui/{name}").status_code == 404, name
+
+
+def _drawn_fraction(png: bytes) -> tuple[float, tuple[float, float]]:
+    """Of a screenshot of the viewer: the share of pixels that differ clearly (over 40 grey
+    levels in a channel) from the background at their row (a vertical gradient: each row's
+    edge pixels), and the centre of those pixels as fractions of the width and height."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+    inner = rgb[4:-4, 4:-4]  # inside the border
+    background = np.median(np.concatenate([inner[:, :3], inner[:, -3:]], axis=1), axis=1)
+    drawn = np.abs(inner - background[:, None, :]).max(axis=2) > 40
+    ys, xs = np.nonzero(drawn)
+    if not len(xs):
+        return 0.0, (float("nan"), float("nan"))
+    return float(drawn.mean()), (float(xs.mean() / drawn.shape[1]), float(ys.mean() / drawn.shape[0]))
+
+
+def _seek(page: Any, seconds: float) -> float:
+    """Seek the overlay video and wait for it to get there; the viewer's time then."""
+    return float(page.evaluate(
+        """async (t) => {
+            const video = document.getElementById('overlay-video');
+            await new Promise((done) => { video.addEventListener('seeked', done, { once: true }); video.currentTime = t; });
+            return document.getElementById('track-viewer').currentTime;
+        }""",
+        seconds,
+    ))  # fmt: skip
+
+
+def test_a_track_in_the_3d_view_follows_the_video(browser, service, clips, api):
+    job = api.post("/v1/videos?render=true", files={"video": ("crossing.mp4", clips["crossing"].read_bytes(), "video/mp4")})
+    assert job.status_code == 202, job.text
+    job_id = job.json()["id"]
+    assert wait_job(api, job_id)["state"] == "succeeded"
+    document = api.get(f"/v1/jobs/{job_id}/result").json()
+    fps = document["video"]["fps"]
+    # the detections of each confirmed track, counted from the frames: frame -> presentation time
+    seen: dict[int, dict[int, float]] = {}
+    for frame in document["frames"]:
+        for person in frame["people"]:
+            if person["track_id"] is not None and person["track_id"] >= 0:
+                seen.setdefault(person["track_id"], {})[frame["frame_index"]] = frame["time_s"]
+    assert len(seen) == 2, "the crossing clip shows two people"
+    track, times = max(seen.items(), key=lambda kv: len(kv[1]))
+    other = next(t for t in seen if t != track)
+    frames = sorted(times)
+    assert len(frames) >= 3, f"track {track} is seen in {frames}: too few frames to follow"
+
+    context, page, log = _open(browser, service)
+    try:
+        page.locator(f"#job-list button[data-job='{job_id}']").click()
+        row = page.locator(f"#tracks tbody tr[data-track='{track}']")
+        row.wait_for()
+        wait_video_loaded(page)
+        view = page.locator("#view3d")
+        assert view.is_visible() and page.locator("#view3d-hint").is_visible()
+        assert page.locator("#track-viewer").is_hidden(), "nothing to show before a track is chosen"
+        assert not [u for u in log.urls if "model-viewer" in u], "the viewer is loaded on first use"
+        page.evaluate(
+            "window.viewerLoads = []; document.getElementById('track-viewer').addEventListener('load',"
+            " (ev) => window.viewerLoads.push(ev.target.src))"
+        )
+
+        row.click()
+        page.wait_for_function(
+            f"() => document.getElementById('track-viewer').dataset.track === '{track}'", timeout=120_000
+        )
+        loads = page.evaluate("window.viewerLoads")
+        assert len(loads) == 1 and loads[0].startswith("blob:"), loads
+        glb_urls = [u for u in log.urls if "format=glb" in u]
+        assert glb_urls and all(f"track={track}" in u for u in glb_urls)
+        viewer = page.evaluate(
+            "(() => { const m = document.getElementById('track-viewer');"
+            " return { duration: m.duration, animations: m.availableAnimations, loaded: m.loaded }; })()"
+        )
+        assert viewer["loaded"] is True
+        assert viewer["animations"] == [f"track_{track}"]
+        # the clip's keys are at the detections' times from the video start: it lasts until the
+        # track's last frame, which is last_frame / fps
+        assert viewer["duration"] == pytest.approx(times[frames[-1]], abs=1e-4)
+        assert viewer["duration"] == pytest.approx(frames[-1] / fps, abs=1 / fps)
+
+        # the video is the clock: each seek puts the viewer at that frame's time
+        for k in (frames[1], frames[len(frames) // 2], frames[-2]):
+            got = _seek(page, k / fps)
+            assert got == pytest.approx(times[k], abs=0.5 / fps), f"video at frame {k}"
+        if frames[0] > 0:  # before the track: its first pose
+            assert _seek(page, 0.0) == pytest.approx(times[frames[0]], abs=0.5 / fps)
+        assert _seek(page, page.evaluate("document.getElementById('overlay-video').duration")) == pytest.approx(
+            times[frames[-1]], abs=0.5 / fps
+        ), "at the end: its last pose"
+        # playing moves it too
+        _seek(page, frames[0] / fps)
+        page.evaluate("(() => { const v = document.getElementById('overlay-video'); v.muted = true; return v.play(); })()")
+        page.wait_for_function(
+            f"() => document.getElementById('track-viewer').currentTime > {times[frames[0]] + 2 / fps}", timeout=30_000
+        )
+        page.evaluate("document.getElementById('overlay-video').pause()")
+
+        # the body is drawn, about the middle of the view (the viewer draws only while in sight)
+        page.locator("#track-viewer").scroll_into_view_if_needed()
+        middle = frames[len(frames) // 2]
+        _seek(page, middle / fps)
+        page.evaluate(
+            "() => new Promise((done) => { document.getElementById('track-viewer').jumpCameraToGoal();"
+            " requestAnimationFrame(() => requestAnimationFrame(done)); })"
+        )
+        shot = page.locator("#track-viewer").screenshot()
+        (artifacts_dir() / "web-3d-view-viewer.png").write_bytes(shot)
+        share, (cx, cy) = _drawn_fraction(shot)
+        assert share > 0.01, f"the viewer shows nothing but its background ({share:.4f} of its pixels differ)"
+        assert 0.25 < cx < 0.75 and 0.2 < cy < 0.8, f"the body is off centre at {cx:.2f}, {cy:.2f}"
+        assert page.locator("#view3d-frame").inner_text().startswith(f"video frame {middle};")
+        view.screenshot(path=str(artifacts_dir() / "web-3d-view.png"))
+        if os.environ.get("POSE_UPDATE_DOCS") == "1":
+            view.screenshot(path=str(REPO / "docs" / "img" / "web-3d-view.png"))
+
+        # a drag turns the camera about the body
+        box = page.locator("#track-viewer").bounding_box()
+        orbit = "document.getElementById('track-viewer').getCameraOrbit().theta"
+        theta = page.evaluate(orbit)
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] / 2 + 150, box["y"] + box["height"] / 2, steps=5)
+        page.mouse.up()
+        page.wait_for_function(f"() => Math.abs({orbit} - {theta}) > 0.3", timeout=10_000)
+
+        # another track: the view changes to it
+        page.locator(f"#tracks tbody tr[data-track='{other}']").click()
+        page.wait_for_function(
+            f"() => document.getElementById('track-viewer').dataset.track === '{other}'", timeout=120_000
+        )
+        assert page.evaluate("document.getElementById('track-viewer').availableAnimations") == [f"track_{other}"]
+        assert len(page.evaluate("window.viewerLoads")) == 2
+        assert log.page_errors == [] and log.console_errors == []
+        assert not [u for u in log.urls if KEY in u]
+    finally:
+        context.close()
+        api.delete(f"/v1/jobs/{job_id}")

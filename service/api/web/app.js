@@ -11,6 +11,16 @@ const VIDEO_EXT = /\.(mp4|m4v|mov|avi|mkv|webm|mpe?g|wmv|flv|3gp|ts)$/i;
 // Shown when the service runs the tiny profile and a result has no one in it: the same sentence
 // as pipeline/tiny/__init__.py:TINY_NOTE, which the command line logs.
 const TINY_NOTE = "tiny test models: random weights, they only find the drawn test figures (python -m pipeline demo-media)";
+// The 3D view's element, <model-viewer> (vendor/README.md), loaded on first use: a megabyte that
+// a page used only for images never needs. Relative to this script.
+const VIEWER_MODULE = "./vendor/model-viewer.min.js";
+const GLB_MAGIC = 0x46546c67; // "glTF"
+// The viewer plays its clip in a loop, so its last instant is also its first: the view is held a
+// hair before it (a tenth of a millisecond; keys are a frame apart).
+const CLIP_END_HOLD_S = 1e-4;
+// The exports carry no material (glTF's default is white metal, pale on a pale page): the view
+// draws the body matte, in a blue of the page.
+const BODY_COLOUR = "#5b8fd9";
 
 const ui = {};
 const session = {
@@ -21,7 +31,10 @@ const session = {
   objectUrls: [],
   fps: null,
   profile: null, // the service's profile, from /v1/info
+  view: null, // the 3D view's track: { trackId, url, motion, loaded, shownAt }
+  viewFrame: null, // requestAnimationFrame id while the view follows a playing video
 };
+let viewerModule = null;
 
 function $(id) {
   return document.getElementById(id);
@@ -191,6 +204,7 @@ function resetViews() {
   ui.tracks.tBodies[0].replaceChildren();
   ui.people.tBodies[0].replaceChildren();
   ui.downloads.replaceChildren();
+  closeView3d();
 }
 
 // -- the key --------------------------------------------------------------------------------
@@ -423,6 +437,7 @@ async function showVideoResult(job) {
   }
   showTinyNote(!summary.tracks.length);
   ui.tracks.hidden = false;
+  ui.view3d.hidden = !summary.tracks.length;
 
   addDownload("JSON", `${base}/result`, `${job.id}.json`, "application/json", true);
   addDownload("JSON Lines", `${base}/result?format=jsonl`, `${job.id}.jsonl`, "application/jsonl", true);
@@ -457,6 +472,201 @@ function selectTrack(row) {
   if (!ui.video.hidden && session.fps && Number.isFinite(ui.video.duration)) {
     ui.video.currentTime = Math.min(first / session.fps, ui.video.duration);
   }
+  showTrack3d(Number(row.dataset.track)).catch(showError);
+}
+
+// -- the 3D view ----------------------------------------------------------------------------
+// The selected track's GLB export (pipeline/export/gltf.py: a skinned SMPL mesh, its animation
+// keyed at the track's detections in seconds from the video start) in <model-viewer>. The
+// viewer's own playback stays paused: its time is set from the overlay video's (or, where the
+// job has no overlay, from a clock that loops over the track), and the camera orbits the body's
+// pelvis at that same time, wherever the body walks.
+
+function loadViewerModule() {
+  if (!viewerModule) {
+    viewerModule = import(VIEWER_MODULE).catch((exc) => {
+      viewerModule = null;
+      throw new ApiError("viewer_unavailable", `the 3D viewer did not load (${exc.message})`, 0);
+    });
+  }
+  return viewerModule;
+}
+
+// What the view needs from a GLB, read from its JSON chunk and the float arrays of its binary
+// chunk: the animation's name, its key times, the root joint's path (translations in metres,
+// y up), and the frames the track spans (asset.extras).
+function glbMotion(buffer) {
+  const data = new DataView(buffer);
+  if (buffer.byteLength < 28 || data.getUint32(0, true) !== GLB_MAGIC) {
+    throw new ApiError("glb_unreadable", "the track's 3D file is not a GLB", 0);
+  }
+  const jsonLength = data.getUint32(12, true);
+  const doc = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 20, jsonLength)));
+  const binStart = 20 + jsonLength + 8; // both chunks start 4-byte aligned, and so does each view
+  const floats = (index) => {
+    const acc = doc.accessors[index];
+    const view = doc.bufferViews[acc.bufferView];
+    const width = { SCALAR: 1, VEC3: 3, VEC4: 4 }[acc.type];
+    return new Float32Array(buffer, binStart + (view.byteOffset || 0) + (acc.byteOffset || 0), acc.count * width);
+  };
+  const animation = doc.animations[0];
+  const root = doc.skins[0].joints[0];
+  const channel = animation.channels.find((c) => c.target.node === root && c.target.path === "translation");
+  const sampler = animation.samplers[channel.sampler];
+  const extras = doc.asset.extras || {};
+  return {
+    name: animation.name,
+    times: floats(sampler.input),
+    root: floats(sampler.output),
+    firstFrame: extras.first_frame,
+    lastFrame: extras.last_frame,
+  };
+}
+
+// The clip time of a video time. The overlay video has a constant frame rate (session.fps);
+// its frames between the track's first and last are mapped onto the keys' times (the same
+// times at a constant rate; a variable-rate video's keys carry the frames' real presentation
+// times), and the view holds the first or last pose outside them.
+function clipTime(motion, videoTime) {
+  const { times, firstFrame, lastFrame } = motion;
+  const start = times[0];
+  const end = times[times.length - 1];
+  if (!session.fps || !(lastFrame > firstFrame)) return start;
+  const along = (videoTime * session.fps - firstFrame) / (lastFrame - firstFrame);
+  return start + Math.min(Math.max(along, 0), 1) * (end - start);
+}
+
+// The root joint's position at clip time t: linear between keys, as the clip's sampler.
+function rootAt(motion, t) {
+  const { times, root } = motion;
+  let hi = 0;
+  let lo = times.length - 1;
+  if (t <= times[0]) {
+    lo = 0;
+  } else if (t >= times[lo]) {
+    hi = lo;
+  } else {
+    hi = lo;
+    lo = 0;
+    while (hi - lo > 1) {
+      const mid = (lo + hi) >> 1;
+      if (times[mid] <= t) lo = mid;
+      else hi = mid;
+    }
+  }
+  const w = hi === lo ? 0 : (t - times[lo]) / (times[hi] - times[lo]);
+  return [0, 1, 2].map((k) => root[3 * lo + k] * (1 - w) + root[3 * hi + k] * w);
+}
+
+function videoClock() {
+  return !ui.video.hidden && session.fps;
+}
+
+// Without a video: the track's span, over and over, in real time.
+function loopTime(view) {
+  const { times } = view.motion;
+  const start = times[0];
+  const span = times[times.length - 1] - start;
+  return span > 0 ? start + (((performance.now() - view.shownAt) / 1000) % span) : start;
+}
+
+// Puts the viewer at the video's time (or the loop's), the camera on the body.
+function syncView3d() {
+  const view = session.view;
+  if (!view || !view.loaded) return;
+  const t = videoClock() ? clipTime(view.motion, ui.video.currentTime) : loopTime(view);
+  ui.viewer.currentTime = Math.min(t, Math.max(ui.viewer.duration - CLIP_END_HOLD_S, 0));
+  if (videoClock()) {
+    const frame = Math.round(ui.video.currentTime * session.fps);
+    const { firstFrame, lastFrame } = view.motion;
+    const outside = frame < firstFrame ? " (not seen yet: its first pose)" : frame > lastFrame ? " (no longer seen: its last pose)" : "";
+    ui.view3dFrame.textContent = `video frame ${frame}; track ${view.trackId} seen in frames ${firstFrame}–${lastFrame}${outside}`;
+  }
+  const [x, y, z] = rootAt(view.motion, t);
+  const target = `${x.toFixed(3)}m ${y.toFixed(3)}m ${z.toFixed(3)}m`;
+  if (ui.viewer.cameraTarget !== target) {
+    ui.viewer.cameraTarget = target;
+    // at once, not eased: an eased camera trails a moving body (or loses a jittery one)
+    ui.viewer.jumpCameraToGoal();
+  }
+}
+
+function followView3d() {
+  session.viewFrame = null;
+  syncView3d();
+  const running = videoClock() ? !ui.video.paused && !ui.video.ended : session.view && session.view.loaded;
+  if (running) session.viewFrame = requestAnimationFrame(followView3d);
+}
+
+function startFollowing() {
+  if (session.viewFrame === null) session.viewFrame = requestAnimationFrame(followView3d);
+}
+
+async function showTrack3d(trackId) {
+  if (session.view && session.view.trackId === trackId) return;
+  closeView3d();
+  const view = { trackId, url: null, motion: null, loaded: false, shownAt: 0 };
+  session.view = view;
+  ui.view3d.hidden = false;
+  ui.view3dHint.hidden = true;
+  ui.view3dTrack.textContent = `· track ${trackId}`;
+  ui.view3dFrame.textContent = "loading the track's mesh…";
+  const path = `/v1/jobs/${encodeURIComponent(session.jobId)}/export?format=glb&track=${trackId}`;
+  let buffer;
+  try {
+    // the key travels in the header: the file is fetched here and given to the viewer as a blob
+    const [, resp] = await Promise.all([loadViewerModule(), api(path)]);
+    buffer = await resp.arrayBuffer();
+  } catch (err) {
+    if (session.view === view) ui.view3dFrame.textContent = "";
+    throw err;
+  }
+  if (session.view !== view) return; // another track was chosen meanwhile
+  view.motion = glbMotion(buffer);
+  view.url = URL.createObjectURL(new Blob([buffer], { type: "model/gltf-binary" }));
+  ui.viewer.setAttribute("animation-name", view.motion.name);
+  ui.viewer.setAttribute("alt", `track ${trackId}'s body, a 3D model`);
+  ui.viewer.setAttribute("src", view.url);
+  ui.viewer.hidden = false;
+}
+
+// The viewer's `load`: the clip is ready; paused, it takes its time from the page.
+async function view3dLoaded() {
+  const view = session.view;
+  if (!view || ui.viewer.getAttribute("src") !== view.url) return;
+  view.loaded = true;
+  for (const material of ui.viewer.model ? ui.viewer.model.materials : []) {
+    material.pbrMetallicRoughness.setBaseColorFactor(BODY_COLOUR);
+    material.pbrMetallicRoughness.setMetallicFactor(0);
+    material.pbrMetallicRoughness.setRoughnessFactor(0.7);
+  }
+  ui.viewer.pause();
+  view.shownAt = performance.now();
+  if (!videoClock()) {
+    ui.view3dFrame.textContent = `track ${view.trackId}: frames ${view.motion.firstFrame}–${view.motion.lastFrame}, played in a loop`;
+  }
+  syncView3d();
+  await ui.viewer.updateFraming(); // the camera's distance, for the body where it stands now
+  if (session.view !== view) return;
+  ui.viewer.dataset.track = String(view.trackId);
+  startFollowing();
+}
+
+function closeView3d() {
+  if (session.viewFrame !== null) {
+    cancelAnimationFrame(session.viewFrame);
+    session.viewFrame = null;
+  }
+  const view = session.view;
+  session.view = null;
+  if (view && view.url) URL.revokeObjectURL(view.url);
+  ui.viewer.removeAttribute("src");
+  delete ui.viewer.dataset.track;
+  ui.viewer.hidden = true;
+  ui.view3d.hidden = true;
+  ui.view3dHint.hidden = false;
+  ui.view3dTrack.textContent = "";
+  ui.view3dFrame.textContent = "";
 }
 
 // A link a person can open or save; ``api``: the href is an API path, fetched with the key when
@@ -583,6 +793,11 @@ function wire() {
     tinyNote: $("tiny-note"),
     tracks: $("tracks"),
     people: $("people"),
+    view3d: $("view3d"),
+    view3dTrack: $("view3d-track"),
+    view3dHint: $("view3d-hint"),
+    view3dFrame: $("view3d-frame"),
+    viewer: $("track-viewer"),
     downloads: $("downloads"),
     jobList: $("job-list"),
     refreshJobs: $("refresh-jobs"),
@@ -619,6 +834,15 @@ function wire() {
     submitFile(ev.dataTransfer.files[0]);
   });
   ui.cancel.addEventListener("click", cancelJob);
+  ui.viewer.addEventListener("load", () => view3dLoaded().catch(showError));
+  ui.viewer.addEventListener("error", (ev) => {
+    const detail = ev.detail || {};
+    showMessage("viewer_error", `the 3D view could not show the track (${detail.type || "load failed"})`);
+  });
+  ui.video.addEventListener("play", startFollowing);
+  for (const name of ["seeking", "seeked", "timeupdate", "pause", "loadedmetadata"]) {
+    ui.video.addEventListener(name, syncView3d);
+  }
   ui.refreshJobs.addEventListener("click", () => loadJobs().catch(showError));
   ui.tracks.tBodies[0].addEventListener("click", (ev) => {
     const row = ev.target.closest("tr");
