@@ -261,6 +261,7 @@ def test_the_worker_resumes_a_range_job_from_its_checkpoint(clip, tiny_roots, tm
     from pipeline.video.results import iter_json_document
     from pipeline.video.runner import VideoRunner
     from service.jobs import JobStore
+    from service.settings import ModelSettings
     from service.worker import VideoWorker
 
     runner = VideoRunner.from_cache(tiny_roots, download=False, device="cpu", **{**runner_settings(), "chunk_size": CHUNK})
@@ -269,6 +270,7 @@ def test_the_worker_resumes_a_range_job_from_its_checkpoint(clip, tiny_roots, tm
     store = JobStore(tmp_path / "data")
     worker = VideoWorker.__new__(VideoWorker)  # its job processing only: no background loop
     worker.store, worker.settings = store, SimpleNamespace(lease_s=30.0)
+    worker.models = ModelSettings(profile="tiny")  # the detector the result names
     worker.loop = VideoLoop(LocalStages(runner.detector, runner.hmr2), runner.appearance, runner.tracker_models,
                             chunk_size=CHUNK, limits=runner.limits)
     created = store.create("video", input_file=clip, options=FrameRange.of(start_frame=2, end_frame=13).to_options())
