@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pipeline")
 
 
+# The models whose files `weights` reports and fetches when none are named: the default graph's.
+DEFAULT_MODELS = ("hmr2", "vitdet", "phalp")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-dir",
@@ -128,7 +132,8 @@ def cmd_weights(args: argparse.Namespace) -> dict[str, Any] | Text:
     roots = roots_from_args(args)
     if args.mirror:
         roots = dataclasses.replace(roots, mirrors=tuple(args.mirror))
-    files = weights.catalog(args.models or None)
+    # without --models: the files the default graph loads (ViTDet as the detector)
+    files = weights.catalog(args.models or DEFAULT_MODELS)
     if args.action == "import":
         if args.source is None:
             raise InputError("import_source_missing", "weights import needs PATH: a cache folder or an archive of one")
@@ -406,7 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fetch", action="store_true", help="download missing public files (never the licensed SMPL model)")
     p.add_argument("--verify", action="store_true", help="also read every present file (checksum, format) and report problems")
-    p.add_argument("--models", nargs="*", choices=["hmr2", "vitdet", "regnety", "phalp"], help="only these models (default: all)")
+    p.add_argument(
+        "--models", nargs="*", choices=["hmr2", "vitdet", "regnety", "phalp"],
+        help="these models' files (default: hmr2 vitdet phalp, what the service loads unless its detector is regnety)",
+    )
     p.add_argument(
         "--json", action="store_true",
         help="print the JSON report (roots, lock file, each file's place and state, missing keys) instead of the table",

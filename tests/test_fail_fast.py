@@ -211,8 +211,10 @@ def test_cli_video_names_every_missing_file_at_once(tmp_path: Path) -> None:
 
 
 def test_weights_command_table_json_and_exit_status(tmp_path: Path, tiny_roots: CacheRoots) -> None:
+    from pipeline.cli import DEFAULT_MODELS
+
     env = empty_env(tmp_path)
-    keys = [f.key for f in catalog()]
+    keys = [f.key for f in catalog(DEFAULT_MODELS)]  # without --models: the default graph's files
 
     def weights(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "pipeline", "weights", *argv], cwd=REPO, env=env,
@@ -242,3 +244,5 @@ def test_weights_command_table_json_and_exit_status(tmp_path: Path, tiny_roots: 
     assert report.returncode == 0 and json.loads(report.stdout)["missing"] == []
     part = weights("--cache-dir", str(tmp_path / "none"), "--models", "vitdet", "--json")
     assert part.returncode == 1 and json.loads(part.stdout)["missing"] == ["vitdet.checkpoint"]
+    fast = weights("--cache-dir", str(tmp_path / "none"), "--models", "regnety", "--json")
+    assert fast.returncode == 1 and json.loads(fast.stdout)["missing"] == ["regnety.checkpoint"]
