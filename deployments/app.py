@@ -392,7 +392,7 @@ def build_app(args: AppArgs) -> Application:
         return options
 
     common = model_settings(args, profile, device="cuda" if use_gpu else "cpu").model_dump()
-    limits = Limits(**{**profile.limits.__dict__, **{k: v for k, v in args.limits.model_dump(exclude={"max_image_wait_s"}).items() if v is not None}})
+    limits = Limits(**{**profile.limits.__dict__, **{k: v for k, v in args.limits.model_dump(exclude={"max_image_wait_s", "max_images_per_request"}).items() if v is not None}})
 
     thresholds = {k: v for k, v in (("score_thresh", args.score_thresh), ("stage_score_thresh", args.stage_score_thresh)) if v is not None}
     detector = Detector.options(
