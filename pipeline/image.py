@@ -195,7 +195,10 @@ class ImageRunner:
             from .tiny import TINY_NOTE, is_tiny_detector
 
             if is_tiny_detector(self.detector):
-                logger.warning("no one found in %d of %d images: %s", found_none, len(sources), TINY_NOTE)
+                if len(sources) == 1:
+                    logger.warning("no one found: %s", TINY_NOTE)
+                else:
+                    logger.warning("no one found in %d of %d images: %s", found_none, len(sources), TINY_NOTE)
 
     def _prepare(self, index: int, source: str | Path | np.ndarray, boxes: BoxList | None) -> _Waiting:
         """Read, detect (unless ``boxes``) and crop one image."""
