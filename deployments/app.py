@@ -52,6 +52,10 @@ class LimitArgs(BaseModel):
     max_upload_bytes: int | None = Field(default=None, ge=1024)
     max_pixels: int | None = Field(default=None, ge=1)
     max_people: int | None = Field(default=None, ge=1)
+    max_images_per_request: int = Field(
+        default=16, ge=1, le=256,
+        description="image fields one POST /v1/images may carry (413 too_many_images beyond), all within max_upload_bytes",
+    )
     max_image_wait_s: float = Field(
         default=30.0, gt=0,
         description="an image request expected to take longer (in flight / recent rate) is answered 503 overloaded at once",
@@ -394,7 +398,7 @@ def build_app(args: AppArgs) -> Application:
         return options
 
     common = model_settings(args, profile, device="cuda" if use_gpu else "cpu").model_dump()
-    limits = Limits(**{**profile.limits.__dict__, **{k: v for k, v in args.limits.model_dump(exclude={"max_image_wait_s"}).items() if v is not None}})
+    limits = Limits(**{**profile.limits.__dict__, **{k: v for k, v in args.limits.model_dump(exclude={"max_image_wait_s", "max_images_per_request"}).items() if v is not None}})
 
     if args.detector != "vitdet" and args.stage_score_thresh is not None:
         raise ValueError(f"stage_score_thresh applies to ViTDet's cascade only; detector {args.detector!r} has one stage (set score_thresh)")
@@ -429,6 +433,7 @@ def build_app(args: AppArgs) -> Application:
         max_upload_bytes=limits.max_upload_bytes,
         max_pixels=limits.max_pixels,
         max_people=limits.max_people,
+        max_images_per_request=args.limits.max_images_per_request,
         max_image_wait_s=args.limits.max_image_wait_s,
         auth=args.auth,
         auth_keys_file=args.auth_keys_file,

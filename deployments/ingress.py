@@ -71,10 +71,10 @@ class Ingress:
         people = boxes if boxes is not None else self.detector.detect.remote(image)
         return await self.regressor.regress.remote(image, people, vertices)
 
-    async def overlay(self, image: np.ndarray, boxes: np.ndarray | None) -> bytes:
+    async def overlay(self, image: np.ndarray, boxes: np.ndarray | None, side_view: bool = False) -> bytes:
         """Drawn by the regressor replica: it holds the meshes and the faces."""
         people = boxes if boxes is not None else self.detector.detect.remote(image)
-        return await self.regressor.overlay.remote(image, people)
+        return await self.regressor.overlay.remote(image, people, side_view)
 
     def _stages(self) -> dict[str, DeploymentHandle]:
         stages = {"detector": self.detector, "regressor": self.regressor}

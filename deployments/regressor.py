@@ -53,7 +53,7 @@ class MeshRegressor:
             self.roots, device=settings.device, dtype=settings.effective_dtype, download=settings.download
         )
         self._files = FILES
-        self._renderer: Any = None  # the overlay renderer, built at the first image overlay
+        self._renderers: dict[bool, Any] = {}  # overlay renderers by side view, each built at its first use
         self._checksums: dict[str, Any] | None = None
         self.batch_config = BatchConfig(max_batch_size=16, batch_wait_timeout_s=0.01)
         self.stats = BatchStats()
@@ -95,17 +95,20 @@ class MeshRegressor:
         )
         return answer
 
-    async def overlay(self, image: np.ndarray, people: Detections | np.ndarray) -> bytes:
-        """The PNG of one image with its people's meshes drawn over it (`pipeline.render.overlay`)."""
+    async def overlay(self, image: np.ndarray, people: Detections | np.ndarray, side_view: bool = False) -> bytes:
+        """The PNG of one image with its people's meshes drawn over it (`pipeline.render.overlay`);
+        ``side_view``: with the side panel beside it, as ``python -m pipeline render --side-view``."""
         result = await self._mesh(image, people, True)
-        return await asyncio.to_thread(self._draw, image, result.output)
+        return await asyncio.to_thread(self._draw, image, result.output, side_view)
 
-    def _draw(self, image: np.ndarray, output: HMR2Output) -> bytes:
-        from pipeline.render.overlay import MeshRenderer, encode_image, overlay_from_output
+    def _draw(self, image: np.ndarray, output: HMR2Output, side_view: bool) -> bytes:
+        from pipeline.render.overlay import MeshRenderer, RenderConfig, encode_image, overlay_from_output
 
-        if self._renderer is None:
-            self._renderer = MeshRenderer(self.predictor.faces, device=self.predictor.device)
-        return encode_image(overlay_from_output(image, output, self._renderer), ".png")
+        renderer = self._renderers.get(side_view)
+        if renderer is None:
+            renderer = MeshRenderer(self.predictor.faces, RenderConfig(side_view=side_view), device=self.predictor.device)
+            self._renderers[side_view] = renderer
+        return encode_image(overlay_from_output(image, output, renderer), ".png")
 
     async def _mesh(self, image: np.ndarray, people: Detections | np.ndarray, vertices: bool) -> MeshResult:
         if isinstance(people, Detections):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import InputError, PoseError
+from .image import DEFAULT_BATCH_SIZE, IMAGE_PATTERNS
 from .weights import CacheRoots, FileStatus, WeightFile
 
 if TYPE_CHECKING:
@@ -102,6 +103,16 @@ def _parse_box(text: str) -> list[float]:
         return [float(v) for v in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected four numbers x1,y1,x2,y2, got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _opacity(text: str) -> float:
@@ -246,22 +257,103 @@ def _import_text(report: dict[str, Any]) -> str:
 
 
 def cmd_image(args: argparse.Namespace) -> dict[str, Any]:
-    from .image import run_image
+    """One image (its document, as before) or a folder of them (``{"images": [...]}``), as
+    files with ``--out`` / ``--out-dir``; meshes as OBJ files with ``--save-mesh``."""
+    from .image import DEFAULT_BATCH_SIZE, ImageRunner, list_images
 
+    folder = args.photo.is_dir()
+    if folder and args.boxes is not None:
+        raise InputError("unexpected_argument", "--boxes are one image's people: give a file, not a folder")
+    sources: list[Path] = list_images(args.photo, args.file_type) if folder else [args.photo]
     profile = profile_from_args(args)
-    return run_image(
-        args.photo,
-        boxes=args.boxes,
-        roots=roots_from_args(args),
+    batch_size = args.batch_size or (DEFAULT_BATCH_SIZE if profile is None else profile.regressor_batch.max_batch_size)
+    runner = ImageRunner.from_cache(
+        roots_from_args(args),
+        detect=args.boxes is None,
         device=args.device,
         dtype=args.dtype,
         download=not args.offline,
-        vertices=args.vertices,
         detector=args.detector,
         # as the served Detector and MeshRegressor run them
         detector_options=None if profile is None else profile.detector_settings(args.detector),
         max_people=None if profile is None else profile.limits.max_people,
+        batch_size=batch_size,
     )
+    names = _output_names(sources, args.photo if folder else args.photo.parent)
+    entries: list[dict[str, Any]] = []
+    summary: list[dict[str, Any]] = []
+    meshes = 0
+    outcomes = runner.run(
+        sources,
+        boxes=None if args.boxes is None else [args.boxes],
+        vertices=args.vertices,
+        keep_vertices=args.save_mesh is not None,
+        progress=folder and not args.no_progress,
+        desc=args.photo.name,
+    )
+    for outcome in outcomes:
+        name, stem = names[outcome.index]
+        if outcome.error is not None:
+            if not folder:
+                raise outcome.error
+            entries.append({"file": name, **outcome.error.to_dict()})
+            summary.append(entries[-1])
+            continue
+        assert outcome.result is not None and outcome.output is not None
+        entries.append({"file": name, **outcome.result})
+        done: dict[str, Any] = {"file": name, "people": len(outcome.result["people"])}
+        if args.out_dir is not None:
+            done["out"] = str(_write_json(args.out_dir / f"{stem}.json", outcome.result))
+        if args.save_mesh is not None:
+            done["meshes"] = [str(p) for p in _write_meshes(args.save_mesh, stem, outcome.output, runner.faces)]
+            meshes += len(done["meshes"])
+        summary.append(done)
+    failed = sum("error" in e for e in entries)
+    if failed:
+        logger.warning("%d of %d images could not be processed (their entries carry the error)", failed, len(entries))
+    if meshes:
+        logger.info("%d meshes written to %s", meshes, args.save_mesh)
+    document: dict[str, Any] = {"images": entries} if folder else {k: v for k, v in entries[0].items() if k != "file"}
+    if args.out is None and args.out_dir is None:
+        return document  # as before for one image: its document on stdout
+    if args.out is not None:
+        _write_json(args.out, document)
+    return {
+        "out": None if args.out is None else str(args.out),
+        "out_dir": None if args.out_dir is None else str(args.out_dir),
+        "images": summary,
+    }
+
+
+def _output_names(sources: Sequence[Path], folder: Path) -> list[tuple[str, str]]:
+    """Per image: its name in the result (relative to ``folder``) and the stem of the files
+    written for it (``<stem>.json``, ``<stem>_<i>.obj``): the file's stem, or its whole name
+    where two images share a stem (a.jpg and a.png)."""
+    rel = [p.relative_to(folder).as_posix() if p.is_relative_to(folder) else p.name for p in sources]
+    stems = [Path(r).with_suffix("").as_posix().replace("/", "_") for r in rel]
+    shared = {s for s in stems if stems.count(s) > 1}
+    return [(r, r.replace("/", "_") if s in shared else s) for r, s in zip(rel, stems)]
+
+
+def _write_json(path: Path, document: Any) -> Path:
+    from .atomic import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, (json.dumps(document, indent=1) + "\n").encode())
+
+
+def _write_meshes(folder: Path, stem: str, output: Any, faces: Any) -> list[Path]:
+    """One Wavefront OBJ per person, ``<stem>_<i>.obj``, in the full-image camera frame as
+    4D-Humans' demo writes them: SMPL vertices plus the camera translation ``t_full``."""
+    from .atomic import atomic_write
+    from .export.obj import obj_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in range(len(output)):
+        vertices = output.vertices[i] + output.cam_t_full[i][None, :]
+        written.append(atomic_write(folder / f"{stem}_{i}.obj", obj_text(vertices, faces).encode()))
+    return written
 
 
 def cmd_video(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -351,11 +443,13 @@ def cmd_render(args: argparse.Namespace) -> dict[str, Any]:
     wanted = (".mp4",) if kind == "video" else (".png", ".jpg", ".jpeg")
     if suffix not in wanted:
         raise InputError("output_format_unsupported", f"the overlay of a {kind} is written as {' or '.join(wanted)}, got --out {args.out}")
+    if kind == "video" and (args.per_person or args.full_frame):
+        raise InputError("unexpected_argument", "--per-person and --full-frame are for images: a video's overlay is always the full frame")
     config = RenderConfig(side_view=args.side_view, labels=not args.no_labels, **({} if args.alpha is None else {"alpha": args.alpha}))
     renderer = OverlayRenderer.from_cache(roots_from_args(args), device=args.device, download=not args.offline, config=config)
     profile = profile_from_args(args)
     if kind == "image":
-        summary = render_image(args.media, args.result, args.out, renderer)
+        summary = render_image(args.media, args.result, args.out, renderer, per_person=args.per_person, full_frame=args.full_frame or not args.per_person)
     else:  # frames decoded per chunk: the profile's, as the video workers render overlays
         summary = render_video(args.media, args.result, args.out, renderer,
                                chunk_size=8 if profile is None else profile.video_chunk_size, progress=not args.no_progress)
@@ -421,19 +515,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_weights)
 
-    p = sub.add_parser("image", help="people in one image -> JSON (SMPL, camera, keypoints)")
+    p = sub.add_parser(
+        "image",
+        help="people in an image, or in every image of a folder -> JSON (SMPL, camera, keypoints); --save-mesh: OBJ meshes",
+    )
     _add_common(p)
-    p.add_argument("photo", type=Path, help="image file (JPEG, PNG, ...)")
+    p.add_argument(
+        "photo", type=Path, metavar="PATH",
+        help="an image file (JPEG, PNG, ...), or a folder: its files matching --file-type, sorted by name",
+    )
     p.add_argument(
         "--boxes",
         nargs="+",
         type=_parse_box,
         default=None,
         metavar="X1,Y1,X2,Y2",
-        help="person boxes in image pixels; without them the detector finds the people",
+        help="person boxes in image pixels (one image); without them the detector finds the people",
     )
     p.add_argument("--vertices", action="store_true", help="include the 6890 mesh vertices per person")
     _add_detector(p)
+    p.add_argument(
+        "--file-type", nargs="+", default=list(IMAGE_PATTERNS), metavar="PATTERN",
+        help=f"a folder's image files (glob patterns; default: {' '.join(IMAGE_PATTERNS)}, as 4D-Humans' demo.py)",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive, default=None, metavar="N",
+        help=f"person crops per HMR2 forward, from any images of a folder (default: the --profile's, else {DEFAULT_BATCH_SIZE})",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None,
+        help="write the result JSON here (a folder's: {\"images\": [...]}) and print a summary (default: the result on stdout)",
+    )
+    p.add_argument("--out-dir", type=Path, default=None, help="write one result JSON per image here, <stem>.json")
+    p.add_argument(
+        "--save-mesh", type=Path, default=None, metavar="DIR",
+        help="write each person's mesh to DIR as <image stem>_<i>.obj (camera frame: vertices + t_full), as demo.py --save_mesh",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (folders)")
     _add_profile(p)
     p.set_defaults(func=cmd_image)
 
@@ -495,7 +613,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("media", type=Path, help="the image or video the result was made from")
     p.add_argument("result", type=Path, help="its result: the image's JSON; the video's JSON document (video --out) or folder (video --out-dir)")
     p.add_argument("--out", type=Path, required=True, help="overlay.png / .jpg for an image, overlay.mp4 (H.264) for a video")
-    p.add_argument("--side-view", action="store_true", help="a panel beside each frame: each person turned 90 degrees about its vertical axis")
+    p.add_argument(
+        "--side-view", action="store_true",
+        help="a panel beside each frame (and each --per-person view): each person turned 90 degrees about its vertical axis",
+    )
+    p.add_argument(
+        "--per-person", action="store_true",
+        help="images: each person's crop beside it with its mesh, as <out stem>_<i>.png (4D-Humans demo.py's output), "
+        "instead of the full frame",
+    )
+    p.add_argument("--full-frame", action="store_true", help="with --per-person: also the full frame with everyone at --out (demo.py --full_frame)")
     p.add_argument("--alpha", type=_opacity, default=None, help="mesh opacity over the frame, 0 to 1 (default: 0.85)")
     p.add_argument("--no-labels", action="store_true", help="do not write the track ids beside the people")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr (videos)")

@@ -163,6 +163,9 @@ class ApiSettings(BaseModel):
     max_upload_bytes: int = 32 * 2**20
     max_pixels: int = 40_000_000
     max_people: int = 64
+    # image fields one POST /v1/images may carry (413 too_many_images beyond); their bytes together
+    # stay within max_upload_bytes
+    max_images_per_request: int = Field(default=16, ge=1)
     auth: AuthMode = "keys"  # keys: a key is needed once any is configured; none: no authentication at all
     auth_keys_file: str | None = None  # keys file (client_id:sha256[:admin] lines); None: $auth_keys_file_env
     auth_keys_file_env: str = "POSE_SERVICE_KEYS_FILE"

@@ -315,6 +315,81 @@ def test_render_command_for_an_image(cache_dir: Path, tmp_path: Path, capsys: py
     assert code == 2 and answer["error"]["code"] == "result_mismatch"
 
 
+def test_render_per_person_views_as_4d_humans_demo(cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--per-person --side-view``: per person, the network's crop | its mesh by the crop camera
+    | the mesh turned 90 degrees on white, S x S each, as demo.py writes ``<stem>_<i>.png``. The
+    crop window is recovered from the result's cameras; here it is checked against the window
+    HMR2's own preprocessing cut, and the meshes against an independent fill of the projected
+    triangles of the vertices HMR2 returned."""
+    from pipeline.image import ImageRunner
+    from pipeline.tiny.vitdet import draw_figures
+
+    image = draw_figures([160, 400])
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), image)
+    boxes = [[133.0, 58.0, 187.0, 325.0], [373.0, 58.0, 427.0, 325.0]]
+    runner = ImageRunner.from_cache(CacheRoots.under(cache_dir), detect=False, device="cpu", download=False)
+    (outcome,) = runner.run([photo], boxes=[boxes], vertices=True)
+    assert outcome.result is not None
+    result = tmp_path / "result.json"
+    result.write_text(json.dumps(outcome.result))
+    out = tmp_path / "views" / "person.png"
+    common = ["--cache-dir", str(cache_dir), "--device", "cpu"]
+    code, answer = run_cli(["render", str(photo), str(result), "--out", str(out), "--per-person", "--side-view", *common], capsys)
+    assert code == 0, answer
+    assert answer["out"] is None and not out.exists()  # the views only, as demo.py without --full_frame
+    assert answer["per_person"] == [str(out.parent / f"person_{i}.png") for i in range(2)]
+    crops = runner.hmr2.prepare(image, np.asarray(boxes, np.float32))  # the network's crop windows
+    s = crops.img.shape[-1]
+    checked = 0
+    for i, person in enumerate(outcome.result["people"]):
+        view = cv2.imread(answer["per_person"][i])
+        assert view.shape == (s, 3 * s, 3)
+        crop, mesh, side = view[:, :s], view[:, s : 2 * s], view[:, 2 * s :]
+        window = cv2.warpAffine(image, crops.affine[i], (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        assert np.abs(crop.astype(int) - window.astype(int)).mean() < 1.0
+        v = np.asarray(person["vertices"], np.float64) + np.asarray(person["camera"]["t_crop"])
+        f = person["camera"]["focal_length_crop"]
+        want = filled_triangles(v, meshes_faces(cache_dir), f, (s, s))
+        assert want.sum() > 500
+        drawn = np.abs(mesh.astype(int) - crop.astype(int)).max(axis=2) > 12
+        assert iou(drawn, want) >= 0.9
+        centre = (v.min(0) + v.max(0)) / 2
+        x, y, z = (v - centre).T
+        turned = filled_triangles(np.stack([z, y, -x], axis=1) + centre, meshes_faces(cache_dir), f, (s, s))
+        assert iou(np.abs(side.astype(int) - 255).max(axis=2) > 30, turned) >= 0.9
+        checked += 1
+    assert checked == 2
+    # --full-frame: the frame with everyone too, twice as wide with the side view
+    code, answer = run_cli(["render", str(photo), str(result), "--out", str(out), "--per-person", "--full-frame", "--side-view", *common], capsys)
+    assert code == 0 and answer["out"] == str(out) and len(answer["per_person"]) == 2
+    assert cv2.imread(str(out)).shape == (image.shape[0], 2 * image.shape[1], 3)
+
+
+def meshes_faces(cache_dir: Path) -> np.ndarray:
+    return SMPLMeshes.from_cache(CacheRoots.under(cache_dir), device="cpu", download=False).faces
+
+
+def test_render_takes_a_folder_result(cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``image DIR --out all.json`` then ``render DIR/b.png all.json``: the entry of that file."""
+    photo = tmp_path / "b.png"
+    cv2.imwrite(str(photo), np.full((200, 300, 3), 200, np.uint8))
+    people = [person((-0.4, 0.0, 5.0), index=0)]
+    entry = {"schema_version": "1.0", "image": {"width": 300, "height": 200}, "people": people, "models": {}}
+    error = {"file": "c.png", "error": {"code": "image_unreadable", "message": "corrupt"}}
+    document = {"images": [{"file": "a.png", **entry, "people": []}, {"file": "b.png", **entry}, error]}
+    result = tmp_path / "all.json"
+    result.write_text(json.dumps(document))
+    common = ["--cache-dir", str(cache_dir), "--device", "cpu"]
+    code, answer = run_cli(["render", str(photo), str(result), "--out", str(tmp_path / "b-overlay.png"), *common], capsys)
+    assert code == 0 and answer["people"] == 1
+    for name in ("c.png", "d.png"):  # an entry that is an error, no entry
+        other = tmp_path / name
+        cv2.imwrite(str(other), np.full((200, 300, 3), 200, np.uint8))
+        code, answer = run_cli(["render", str(other), str(result), "--out", str(tmp_path / "x.png"), *common], capsys)
+        assert code == 2 and answer["error"]["code"] == "result_mismatch"
+
+
 # -- byte ranges of served files ----------------------------------------------------------------------
 
 

@@ -30,8 +30,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
+MAX_IMAGES = 3
 APP_ARGS: dict[str, Any] = {
-    "limits": {"max_upload_bytes": UPLOAD_LIMIT},
+    "limits": {"max_upload_bytes": UPLOAD_LIMIT, "max_images_per_request": MAX_IMAGES},
     "regressor_batch": {"max_batch_size": 16, "batch_wait_timeout_s": 0.1},
 }
 
@@ -171,6 +172,86 @@ def test_image_overlay_png(client: httpx.Client, scene_png: Path) -> None:
     labels = changed & ~near_a_mesh  # the person indices written beside the meshes
     assert labels.sum() < 0.01 * changed.size
     assert_error(client.post("/v1/images", params={"format": "gif"}, **ask), 422, "request_invalid")
+
+
+def test_image_overlay_side_view(client: httpx.Client, scene_png: Path) -> None:
+    """``side_view=true``: the PNG is twice as wide; its right half is the side background with
+    each person turned 90 degrees about the vertical axis through its centre, drawn where the
+    turned vertices project (by hand here)."""
+    import cv2
+
+    boxes = [[80, 40, 170, 290], [230, 60, 320, 310]]
+    ask = {"content": scene_png.read_bytes(), "headers": {"content-type": "image/png"}}
+    resp = client.post("/v1/images", params={"boxes": str(boxes), "format": "png", "side_view": "true"}, **ask)
+    assert resp.status_code == 200 and resp.headers["content-type"] == "image/png", resp.text[:300]
+    drawn = cv2.imdecode(np.frombuffer(resp.content, np.uint8), cv2.IMREAD_COLOR)
+    scene = cv2.imread(str(scene_png))
+    h, w = scene.shape[:2]
+    assert drawn.shape == (h, 2 * w, 3)
+    front = client.post("/v1/images", params={"boxes": str(boxes), "format": "png"}, **ask)
+    assert np.array_equal(cv2.imdecode(np.frombuffer(front.content, np.uint8), cv2.IMREAD_COLOR), drawn[:, :w])
+    side = drawn[:, w:]
+    not_background = np.abs(side.astype(int) - 255).max(axis=2) > 30  # the side background is white
+    people = client.post("/v1/images", params={"boxes": str(boxes), "vertices": "true"}, **ask).json()["people"]
+    assert len(people) == 2
+    near_a_body = np.zeros_like(not_background)
+    for p in people:
+        v = np.asarray(p["vertices"]) + np.asarray(p["camera"]["t_full"])
+        centre = (v.min(0) + v.max(0)) / 2
+        x, y, z = (v - centre).T
+        turned = np.stack([z, y, -x], axis=1) + centre  # 90 degrees about the camera's y axis
+        f = p["camera"]["focal_length_full"]
+        u, t = f * turned[:, 0] / turned[:, 2] + w / 2, f * turned[:, 1] / turned[:, 2] + h / 2
+        x0, x1 = int(max(0, u.min() - 2)), int(min(w, u.max() + 3))
+        y0, y1 = int(max(0, t.min() - 2)), int(min(h, t.max() + 3))
+        assert x1 - x0 > 2 and y1 - y0 > 20
+        assert not_background[y0:y1, x0:x1].mean() > 0.05, "the turned body is drawn where it stands"
+        near_a_body[y0:y1, x0:x1] = True
+    assert (not_background & ~near_a_body).mean() < 0.01  # elsewhere only the person indices
+
+
+def test_several_images_in_one_request(client: httpx.Client, scene_png: Path) -> None:
+    """Three image fields: one entry each, in order; each result equals that image's own answer
+    (to float32 rounding: its crops shared HMR2 batches with the other image's), the corrupt one
+    carries the error its own request gets."""
+    mirrored = encode(np.ascontiguousarray(stick_figures()[:, ::-1]), ".png")
+    broken = b"\x89PNG\r\n\x1a\n not really"
+    uploads = [("scene.png", scene_png.read_bytes()), ("broken.png", broken), ("mirrored.png", mirrored)]
+    resp = client.post("/v1/images", files=[("image", (name, data, "image/png")) for name, data in uploads])
+    assert resp.status_code == 200, resp.text[:500]
+    entries = resp.json()["images"]
+    assert len(entries) == 3
+    compared = 0
+    for (name, data), entry in zip(uploads, entries):
+        alone = client.post("/v1/images", files={"image": (name, data, "image/png")})
+        if name == "broken.png":
+            assert alone.status_code == 400
+            assert entry["error"]["code"] == alone.json()["error"]["code"] == "image_unreadable" and entry["error"]["message"]
+            continue
+        assert alone.status_code == 200
+        want = alone.json()
+        assert {k: entry[k] for k in ("schema_version", "image", "models")} == {k: want[k] for k in ("schema_version", "image", "models")}
+        assert_same_people(entry["people"], want["people"])
+        compared += 1
+    assert compared == 2
+    # the mirrored image's people stand where the scene's do, mirrored
+    width = entries[0]["image"]["width"]
+    xs = sorted((p["bbox"][0] + p["bbox"][2]) / 2 for p in entries[0]["people"])
+    mirrored_xs = sorted(width - (p["bbox"][0] + p["bbox"][2]) / 2 for p in entries[2]["people"])
+    np.testing.assert_allclose(mirrored_xs, xs, atol=4)
+
+
+def test_image_count_limit(client: httpx.Client, scene_png: Path) -> None:
+    png = scene_png.read_bytes()
+    at_limit = [("image", (f"{i}.png", png, "image/png")) for i in range(MAX_IMAGES)]
+    assert len(client.post("/v1/images", files=at_limit).json()["images"]) == MAX_IMAGES
+    for extra in (1, 4):  # just past the limit, and past what the multipart parser is allowed to read
+        files = [("image", (f"{i}.png", png, "image/png")) for i in range(MAX_IMAGES + extra)]
+        assert_error(client.post("/v1/images", files=files), 413, "too_many_images")
+    two = at_limit[:2]
+    assert_error(client.post("/v1/images", files=two, params={"format": "png"}), 422, "request_invalid")
+    assert_error(client.post("/v1/images", files=two, data={"boxes": "[[80, 40, 170, 290]]"}), 422, "request_invalid")
+    assert client.get("/v1/info").json()["limits"]["max_images_per_request"] == MAX_IMAGES
 
 
 def test_concurrent_crops_share_a_forward(client: httpx.Client, service: str, scene_png: Path) -> None:

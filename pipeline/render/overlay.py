@@ -316,6 +316,37 @@ class OverlayRenderer:
         labels = [None if k is None else str(k) for k in keys]
         return self.renderer.render(image_bgr, verts, focal or 1.0, keys, labels)
 
+    def person_view(self, image_bgr: np.ndarray, person: Mapping[str, Any], key: int | None) -> np.ndarray:
+        """One person as 4D-Humans' demo draws it: HMR2's square crop of the image beside the
+        same crop with the mesh drawn by the crop camera (``t_crop``, ``focal_length_crop``),
+        and with ``side_view`` the mesh turned 90 degrees on the side background, all S x S
+        (S: the network's crop size). The crop window comes from the result alone: centre of
+        ``bbox``; side ``2 f_full / (t_full.z s)`` (``s`` of ``pred_cam``), the inverse of
+        ``cam_crop_to_full``; S = ``focal_length_crop * max(W, H) / focal_length_full``.
+        Returns BGR uint8 (S, 2S, 3), or (S, 3S, 3) with the side view."""
+        from pipeline.models.hmr2.preprocess import crop_affine
+
+        h, w = image_bgr.shape[:2]
+        try:
+            cam = person["camera"]
+            x1, y1, x2, y2 = (float(v) for v in person["bbox"])
+            f_full, f_crop = float(cam["focal_length_full"]), float(cam["focal_length_crop"])
+            scale, tz = float(cam["pred_cam"][0]), float(cam["t_full"][2])
+            t_crop = np.asarray(cam["t_crop"], np.float32).reshape(3)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise InputError("result_unreadable", f"expected a person with bbox and camera (pred_cam, t_crop, focal_length_crop, t_full, focal_length_full): {exc!r}") from exc
+        size = 2.0 * f_full / (tz * scale) if tz * scale > 0 else math.nan
+        side = round(f_crop * max(w, h) / f_full) if f_full > 0 and math.isfinite(f_crop) else 0
+        if not (math.isfinite(size) and size > 0 and 8 <= side <= 4096):
+            raise InputError("result_unreadable", f"expected a person's crop of 8 to 4096 pixels and a positive size, got {side} px, size {size:g}")
+        affine = crop_affine(np.float32((x1 + x2) / 2), np.float32((y1 + y2) / 2), np.float32(size), side)
+        crop = cv2.warpAffine(np.ascontiguousarray(image_bgr), affine, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        verts, _ = self.meshes.camera_vertices([person])
+        t_full = torch.as_tensor(np.asarray(cam["t_full"], np.float32), device=verts.device)
+        in_crop = verts - t_full + torch.as_tensor(t_crop, device=verts.device)
+        drawn = self.renderer.render(crop, in_crop, f_crop, [key])
+        return np.ascontiguousarray(np.concatenate([crop, drawn], axis=1))
+
 
 # -- files ------------------------------------------------------------------------------------------
 
@@ -324,15 +355,22 @@ class OverlayRenderer:
 class RenderSummary:
     """What a render wrote."""
 
-    out: Path
+    out: Path | None  # None: only the per-person views were written
     frames: int
     people: int  # person-frames drawn
-    width: int  # of the written frames
+    width: int  # of the written frames (of the per-person views when only those were written)
     height: int
     fps: float | None  # None for an image
+    per_person: tuple[Path, ...] = ()  # images: one view per person, in person order
 
     def to_dict(self) -> dict[str, Any]:
-        return {"out": str(self.out), "frames": self.frames, "people": self.people, "width": self.width, "height": self.height, "fps": self.fps}
+        answer: dict[str, Any] = {
+            "out": None if self.out is None else str(self.out), "frames": self.frames, "people": self.people,
+            "width": self.width, "height": self.height, "fps": self.fps,
+        }
+        if self.per_person:
+            answer["per_person"] = [str(p) for p in self.per_person]
+        return answer
 
 
 class H264Writer:
@@ -489,12 +527,25 @@ def _check_video_meta(meta: Mapping[str, Any], info: Any) -> None:
         )
 
 
-def render_image(photo: str | Path, result: str | Path | Mapping[str, Any], out: str | Path, renderer: OverlayRenderer) -> RenderSummary:
-    """The overlay of an image result (`pipeline.schema.ImageResult`) over its image; PNG or JPEG by
-    ``out``'s suffix, written atomically."""
+def render_image(
+    photo: str | Path,
+    result: str | Path | Mapping[str, Any],
+    out: str | Path,
+    renderer: OverlayRenderer,
+    *,
+    per_person: bool = False,
+    full_frame: bool = True,
+) -> RenderSummary:
+    """The overlay of an image result (`pipeline.schema.ImageResult`, or a folder's document
+    ``{"images": [...]}``, whose entry for ``photo``'s file name is taken) over its image; PNG or
+    JPEG by ``out``'s suffix, written atomically. ``per_person``: also each person's view
+    (`OverlayRenderer.person_view`) as ``<out stem>_<i><suffix>``, i the person index, as
+    4D-Humans' demo writes them; ``full_frame`` False: those only, ``out`` itself not written."""
     from pipeline.imageio import load_image
 
     document = json.loads(Path(result).read_bytes()) if not isinstance(result, Mapping) else result
+    if isinstance(document, Mapping) and isinstance(document.get("images"), list):
+        document = _folder_entry(document["images"], Path(photo))
     if not isinstance(document, Mapping) or not isinstance(document.get("people"), list):
         raise InputError("result_unreadable", "expected an image result (a JSON object with people), e.g. from `python -m pipeline image`")
     image = load_image(photo)
@@ -504,9 +555,36 @@ def render_image(photo: str | Path, result: str | Path | Mapping[str, Any], out:
             "result_mismatch",
             f"the result is for a {size.get('width')}x{size.get('height')} image, the photo is {image.shape[1]}x{image.shape[0]}",
         )
-    drawn = renderer.frame(image, document["people"], key="person_index")
-    atomic_write(out, encode_image(drawn, Path(out).suffix or ".png"))
-    return RenderSummary(out=Path(out), frames=1, people=len(document["people"]), width=drawn.shape[1], height=drawn.shape[0], fps=None)
+    people = document["people"]
+    out = Path(out)
+    ext = out.suffix or ".png"
+    views = []
+    if per_person:  # every view drawn before any file is written
+        for i, p in enumerate(people):
+            index = p.get("person_index", i)
+            views.append((out.with_name(f"{out.stem}_{index}{ext}"), renderer.person_view(image, p, index)))
+    drawn = renderer.frame(image, people, key="person_index") if full_frame or not per_person else None
+    for path, view in views:
+        atomic_write(path, encode_image(view, ext))
+    if drawn is not None:
+        atomic_write(out, encode_image(drawn, ext))
+    shape = drawn.shape if drawn is not None else views[0][1].shape if views else (0, 0)
+    return RenderSummary(
+        out=out if drawn is not None else None, frames=1, people=len(people), width=shape[1], height=shape[0], fps=None,
+        per_person=tuple(path for path, _ in views),
+    )
+
+
+def _folder_entry(entries: list[Any], photo: Path) -> Mapping[str, Any]:
+    """The entry of a folder's result for ``photo`` (by its path relative to the folder, or its
+    name); an entry that carries an error has no people to draw."""
+    for entry in entries:
+        name = entry.get("file") if isinstance(entry, Mapping) else None
+        if isinstance(name, str) and (photo.as_posix().endswith("/" + name) or photo.as_posix() == name or photo.name == name):
+            if "error" in entry:
+                raise InputError("result_mismatch", f"the result has no people for {name}: its entry is an error ({entry['error'].get('code')})")
+            return entry
+    raise InputError("result_mismatch", f"the folder's result has no entry for {photo.name}")
 
 
 def encode_image(image_bgr: np.ndarray, ext: str = ".png") -> bytes:

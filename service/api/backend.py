@@ -25,8 +25,9 @@ class ModelBackend(Protocol):
         """People in ``image``: the detector's (``boxes`` None) or the client's boxes, through HMR2."""
         ...
 
-    async def overlay(self, image: np.ndarray, boxes: np.ndarray | None) -> bytes:
-        """The PNG of ``image`` with its people's meshes drawn over it."""
+    async def overlay(self, image: np.ndarray, boxes: np.ndarray | None, side_view: bool = False) -> bytes:
+        """The PNG of ``image`` with its people's meshes drawn over it (``side_view``: and a panel
+        beside it with each person turned 90 degrees, `pipeline.render.overlay.RenderConfig`)."""
         ...
 
     async def readiness(self) -> dict[str, bool]:

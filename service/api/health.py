@@ -54,6 +54,7 @@ async def service_info(ctx: ApiContext, caller: Client) -> dict[str, Any]:
             "max_upload_bytes": settings.max_upload_bytes,
             "max_pixels": settings.max_pixels,
             "max_people": settings.max_people,
+            "max_images_per_request": settings.max_images_per_request,
         },
         "load": {"images": ctx.admission.stats()},  # this Ingress replica's
         "auth": auth_mode(ctx.keys),

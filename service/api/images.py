@@ -1,7 +1,10 @@
-"""``POST /v1/images``: one image (multipart or raw bytes) -> its people, answered at once.
+"""``POST /v1/images``: one image (multipart or raw bytes) -> its people, answered at once;
+several multipart ``image`` fields -> ``{"images": [...]}``, one entry per image in order.
 
-The upload is size-limited while it is read, decoded and validated here (header size check
-before any pixel is decompressed), so the models only ever see a valid BGR image.
+The upload is size-limited while it is read (the whole request, however many images), decoded
+and validated here (header size check before any pixel is decompressed), so the models only
+ever see a valid BGR image. The images of one request go to the models concurrently, so their
+person crops share the MeshRegressor's batches.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from typing import Any, Awaitable, Literal
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 
 from pipeline.errors import InputError, PoseError
 from pipeline.imageio import decode_image
 from pipeline.models.hmr2.predictor import validate_boxes
 from pipeline.schema import ImageInfo, ImageResult, models_used, people_from_outputs
 from service.api.context import ApiContext
-from service.api.errors import error_responses
+from service.api.errors import ErrorBody, error_responses
 
 RAW_IMAGE_TYPES = {
     "image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/tiff", "application/octet-stream",
@@ -31,8 +35,20 @@ IMAGE_ERRORS = (
     "request_malformed", "multipart_invalid", "image_missing", "image_empty", "image_unreadable", "image_truncated",
     "image_unsupported_format", "image_too_elongated", "boxes_invalid", "boxes_empty", "box_empty", "box_outside_image",
     "box_too_large", "too_many_boxes", "unauthorized", "request_too_large", "image_too_large", "unsupported_media_type",
-    "request_invalid", "overloaded", "stage_unavailable", "stage_timeout",
+    "request_invalid", "overloaded", "stage_unavailable", "stage_timeout", "too_many_images",
 )
+
+
+class ImageError(BaseModel):
+    """An image of a several-image request that could not be processed (the others were)."""
+
+    error: ErrorBody
+
+
+class ImageBatchResult(BaseModel):
+    """The answer to several ``image`` fields: one entry per image, in the request's order."""
+
+    images: list[ImageResult | ImageError] = Field(description="the image's result, or its error (the codes of a one-image answer)")
 
 _IMAGE_BODY = {
     "requestBody": {
@@ -43,8 +59,15 @@ _IMAGE_BODY = {
                     "type": "object",
                     "required": ["image"],
                     "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "JPEG, PNG, WebP, BMP or TIFF"},
-                        "boxes": {"type": "string", "description": "optional JSON [[x1, y1, x2, y2], ...]: skips detection"},
+                        "image": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
+                            "description": "JPEG, PNG, WebP, BMP or TIFF; repeat the field for several images "
+                            "(at most limits.max_images_per_request, all within limits.max_upload_bytes): "
+                            "the answer is then {\"images\": [...]}",
+                        },
+                        "boxes": {"type": "string", "description": "optional JSON [[x1, y1, x2, y2], ...] (one image): skips detection"},
                     },
                 }
             },
@@ -61,11 +84,18 @@ def add_image_routes(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> Non
 
     @app.post(
         "/v1/images",
-        response_model=ImageResult,
+        response_model=ImageResult | ImageBatchResult,  # documents both answers (the route returns its own Response)
         response_model_exclude_none=False,
         tags=["images"],
         dependencies=protected,
-        responses={**error_responses(*IMAGE_ERRORS), 200: {"content": {"image/png": {"description": "format=png: the overlay image"}}}},
+        responses={
+            **error_responses(*IMAGE_ERRORS),
+            200: {
+                "description": "one image: its `ImageResult`; several `image` fields: `ImageBatchResult`, "
+                "an entry per image in order (an image that fails carries its error, the others their result)",
+                "content": {"image/png": {"description": "format=png: the overlay image"}},
+            },
+        },
         openapi_extra=_IMAGE_BODY,
     )
     async def images(
@@ -73,22 +103,40 @@ def add_image_routes(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> Non
         vertices: bool = Query(False, description="include the 6890 SMPL vertices per person"),
         boxes: str | None = Query(None, description="raw uploads: JSON [[x1, y1, x2, y2], ...]; skips detection"),
         format: Literal["json", "png"] = Query("json", description="json: the result; png: the image with the people's meshes drawn over it"),
+        side_view: bool = Query(False, description="format=png: a panel beside the image with each person turned 90 degrees (the PNG is twice as wide)"),
     ) -> Response:
         """One image (multipart field ``image``, or the raw bytes) -> people with SMPL, cameras, keypoints.
 
         Without boxes the detector finds the people; with boxes it is skipped and ``score`` is null.
-        ``format=png`` answers the overlay instead: meshes coloured and numbered by person index.
+        ``format=png`` answers the overlay instead: meshes coloured and numbered by person index,
+        with ``side_view=true`` a side panel beside it.
+
+        Several ``image`` fields (at most ``limits.max_images_per_request``, ``too_many_images``
+        beyond; all of them within ``limits.max_upload_bytes``) answer ``{"images": [...]}``: per
+        image, in order, its result or ``{"error": {...}}`` with the code its one-image request
+        would have answered; the images are regressed together. JSON only, no boxes.
         """
         async with ctx.admission.admit():  # shed before the body is read
-            data, form_boxes = await read_upload(ctx, request)
+            uploads, form_boxes = await read_upload(ctx, request)
             boxes_json = form_boxes if form_boxes is not None else boxes
+            if len(uploads) > 1:
+                if format == "png" or (boxes_json is not None and boxes_json.strip()):
+                    raise InputError(
+                        "request_invalid",
+                        f"several images ({len(uploads)}) are answered as JSON without boxes: format=png and boxes take one image",
+                        status=422,
+                    )
+                return JSONResponse(await process_images(ctx, uploads, vertices))
+            data = uploads[0]
             if format == "png":
-                return Response(await process_image_overlay(ctx, data, boxes_json), media_type="image/png")
+                return Response(await process_image_overlay(ctx, data, boxes_json, side_view), media_type="image/png")
             result = await process_image(ctx, data, boxes_json, vertices)
             return JSONResponse(result)
 
-async def read_upload(ctx: ApiContext, request: Request) -> tuple[bytes, str | None]:
-    """The image bytes (and a multipart ``boxes`` field), reading at most ``max_upload_bytes``."""
+
+async def read_upload(ctx: ApiContext, request: Request) -> tuple[list[bytes], str | None]:
+    """The images' bytes, in order (a raw upload: one), and a multipart ``boxes`` field, reading
+    at most ``max_upload_bytes`` in all and at most ``max_images_per_request`` image fields."""
     limit = ctx.settings.max_upload_bytes
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "multipart/form-data" and ctype not in RAW_IMAGE_TYPES:
@@ -106,8 +154,8 @@ async def read_upload(ctx: ApiContext, request: Request) -> tuple[bytes, str | N
         if len(body) > limit:
             raise _too_large(ctx, len(body))
     if ctype != "multipart/form-data":
-        return bytes(body), None
-    return await _parse_form(request, bytes(body))
+        return [bytes(body)], None
+    return await _parse_form(ctx, request, bytes(body))
 
 
 def _too_large(ctx: ApiContext, size: int) -> PoseError:
@@ -118,8 +166,9 @@ def _too_large(ctx: ApiContext, size: int) -> PoseError:
     )
 
 
-async def _parse_form(request: Request, body: bytes) -> tuple[bytes, str | None]:
+async def _parse_form(ctx: ApiContext, request: Request, body: bytes) -> tuple[list[bytes], str | None]:
     sent = False
+    limit = ctx.settings.max_images_per_request
 
     async def replay() -> dict[str, Any]:
         nonlocal sent
@@ -129,15 +178,26 @@ async def _parse_form(request: Request, body: bytes) -> tuple[bytes, str | None]
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await Request(request.scope, replay).form(max_files=1, max_fields=4)
+        # one file over the limit is parsed, so that a request with too many is told so
+        form = await Request(request.scope, replay).form(max_files=limit + 1, max_fields=4)
     except Exception as exc:  # multipart parser errors have no common base class
+        if "too many files" in str(exc).lower():
+            raise _too_many(limit, None) from None
         raise InputError("multipart_invalid", f"the multipart body cannot be parsed: {exc}") from exc
-    upload = form.get("image")
-    if upload is None or isinstance(upload, str):
+    fields = form.getlist("image")
+    files = [f for f in fields if not isinstance(f, str)]
+    if not files or len(files) != len(fields):
         raise InputError("image_missing", "expected the image as a file in the multipart field 'image'")
-    data = await upload.read()
+    if len(files) > limit:
+        raise _too_many(limit, len(files))
+    data = [await f.read() for f in files]
     boxes = form.get("boxes")
     return data, boxes if isinstance(boxes, str) else None
+
+
+def _too_many(limit: int, count: int | None) -> PoseError:
+    got = "more" if count is None else str(count)
+    return PoseError("too_many_images", f"at most {limit} images per request (limits.max_images_per_request), got {got}", status=413)
 
 
 async def _image_and_boxes(ctx: ApiContext, data: bytes, boxes_json: str | None) -> tuple[np.ndarray, np.ndarray | None, dict[str, str]]:
@@ -164,11 +224,11 @@ async def _stage(ctx: ApiContext, call: Awaitable[Any]) -> Any:
     return answer
 
 
-async def process_image_overlay(ctx: ApiContext, data: bytes, boxes_json: str | None) -> bytes:
-    """The PNG of the image with its people's meshes, drawn by the regressor replica (it
-    holds the meshes and the faces)."""
+async def process_image_overlay(ctx: ApiContext, data: bytes, boxes_json: str | None, side_view: bool = False) -> bytes:
+    """The PNG of the image with its people's meshes (``side_view``: and the side panel), drawn
+    by the regressor replica (it holds the meshes and the faces)."""
     image, boxes, _ = await _image_and_boxes(ctx, data, boxes_json)
-    return await _stage(ctx, ctx.backend.overlay(image, boxes))
+    return await _stage(ctx, ctx.backend.overlay(image, boxes, side_view))
 
 
 async def process_image(ctx: ApiContext, data: bytes, boxes_json: str | None, vertices: bool) -> dict[str, Any]:
@@ -180,6 +240,23 @@ async def process_image(ctx: ApiContext, data: bytes, boxes_json: str | None, ve
         models=models,
     )
     return result.model_dump(mode="json")
+
+
+async def process_images(ctx: ApiContext, uploads: list[bytes], vertices: bool) -> dict[str, Any]:
+    """``{"images": [...]}``: every image at once (their crops reach the MeshRegressor together
+    and share its batches); an image refused for its own content (a 4xx) gets its error entry,
+    a failure of the service (a stage gone, a timeout) answers the whole request."""
+
+    async def one(data: bytes) -> dict[str, Any]:
+        try:
+            return await process_image(ctx, data, None, vertices)
+        except PoseError as exc:
+            if exc.status >= 500:
+                raise
+            ctx.metrics.error("/v1/images", exc.code)  # as the route's own errors are counted
+            return exc.to_dict()
+
+    return {"images": list(await asyncio.gather(*(one(d) for d in uploads)))}
 
 
 def _parse_boxes(ctx: ApiContext, text: str, image_hw: tuple[int, int]) -> np.ndarray:
