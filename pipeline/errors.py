@@ -124,6 +124,7 @@ CODES: dict[str, ErrorCode] = {
         request_invalid="a parameter or field of the wrong type or out of range",
         video_no_video_stream="a file with no video stream (audio only)",
         export_format_unknown="an export format this service does not write",
+        detector_unknown="a person detector this installation does not have (vitdet, regnety)",
         idempotency_key_reused="the Idempotency-Key was used for another request",
         frame_range_invalid="a start_frame/end_frame that is not a whole number, or a start_s/end_s that is not a finite number",
         frame_range_mixed="a range in frames and in seconds at once: give start_frame/end_frame or start_s/end_s",
