@@ -92,6 +92,7 @@ _RIDGE = 1e-4
 def _identity_norm(bn: nn.BatchNorm2d, channels: Iterable[int] = (), bias: dict[int, float] | None = None) -> None:
     """Running mean 0, variance ``1 - eps``: ``y = weight x + bias``; weight 1 on ``channels``,
     0 elsewhere (those channels are then just their bias)."""
+    assert bn.running_mean is not None and bn.running_var is not None
     bn.running_mean.zero_()
     bn.running_var.fill_(1.0 - bn.eps)
     bn.weight.zero_()
@@ -134,8 +135,9 @@ def _set_trunk(model: RegNetYModel) -> None:
                 f.a.weight[0, 1] = -1.0  # the stem's ramp pair -> T
             _binomial(f.b.weight, 0, 0)
             f.c.weight[0, 0] = 1.0
-            se_bias = f.se.f_ex[2].bias
-            assert se_bias is not None
+            excite = f.se.f_ex[2]
+            assert isinstance(excite, nn.Conv2d) and excite.bias is not None
+            se_bias = excite.bias
             se_bias.fill_(_SE_OPEN)
             for bn in (f.a_bn, f.b_bn, f.c_bn):
                 _identity_norm(bn, (0,))
@@ -158,7 +160,7 @@ def _set_rpn(model: RegNetYModel) -> None:
     cfg = model.cfg
     head = model.proposal_generator.rpn_head
     conv0, conv1 = head.conv.conv0, head.conv.conv1
-    assert conv0.bias is not None and conv1.bias is not None
+    assert isinstance(conv0, nn.Conv2d) and isinstance(conv1, nn.Conv2d) and conv0.bias is not None
     # conv0: relu(blur C + 10 gate - 10), zero on ungated levels; channel 1 the gate
     _binomial(conv0.weight, 0, _PC)
     _centre(conv0.weight, 0, _PGATE, 10.0)
