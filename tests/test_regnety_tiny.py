@@ -1,10 +1,16 @@
 """The tiny RegNetY detector: written by the factory at the official model-zoo path, read by the
 real loader (`RegNetYPredictor.from_cache`), run with the predictor interface ViTDet's has;
-strict loading refuses files that do not fit."""
+strict loading refuses files that do not fit. Like the tiny ViTDet it finds each drawn figure
+once, well placed and trackable, ignores blank and noise frames, and a clip through the CLI
+with ``--detector regnety`` gives the two figures' tracks."""
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +23,7 @@ from pipeline.models.regnety.files import CHECKPOINT_PATH, CHECKPOINT_URL
 from pipeline.models.regnety.predictor import RegNetYPredictor
 from pipeline.tiny import is_tiny_detector
 from pipeline.tiny.regnety import write_tiny_regnety
-from pipeline.tiny.vitdet import draw_figures
+from pipeline.tiny.vitdet import draw_figures, figure_box
 from pipeline.weights import CacheRoots, catalog
 
 
@@ -116,3 +122,102 @@ def test_strict_loading(roots: CacheRoots, tmp_path: Path) -> None:
     with pytest.raises(WeightsError) as info:
         RegNetYPredictor.from_checkpoint(tmp_path / "plain.pkl", device="cpu")
     assert "model-zoo" in info.value.message
+
+
+# PHALP drops detections below these (its tracking filter)
+MIN_WIDTH, MIN_HEIGHT, MIN_SCORE = 50.0, 100.0, 0.8
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, 4) x (M, 4) -> (N, M) IoU."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(-1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def clip_positions(frames: int = 12) -> list[list[int]]:
+    """The figures' x positions in `write_demo_media`'s clip, up to the frames where they overlap."""
+    steps = [380 * i // (frames - 1) for i in range(frames)]
+    return [[120 + s, 520 - s] for s in steps if abs(400 - 2 * s) > 60]
+
+
+# (figure x positions, frame (height, width)): the serving tests' scene (stick_figures, 360x480),
+# the demo photo, the demo clip's frames, two figures walking towards each other, three apart
+SCENES = (
+    [([120, 260, 384], (360, 480)), ([160, 340, 520], (360, 640))]
+    + [(xs, (360, 640)) for xs in clip_positions()]
+    + [([100 + 12 * i, 520 - 12 * i], (360, 640)) for i in range(0, 14, 3)]
+    + [([90 + 7 * i, 320 - 5 * i, 540 - 9 * i], (360, 640)) for i in range(0, 12, 4)]
+)
+
+
+def test_each_drawn_figure_is_found_once_well_placed_and_trackable(predictor: RegNetYPredictor) -> None:
+    assert len(SCENES) >= 10
+    for xs, size in SCENES:
+        frame = draw_figures(xs, size)
+        (d,) = predictor(frame, masks=True)
+        truth = np.stack([figure_box(x) for x in xs])
+        assert len(d) == len(xs), f"{xs} in {size}: expected one person per figure, got {d.boxes} scores {d.scores}"
+        iou = box_iou(d.boxes, truth)
+        best = iou.argmax(axis=0)
+        assert sorted(best.tolist()) == list(range(len(xs))), f"{xs}: one box claims two figures: {d.boxes}"
+        assert np.all(iou.max(axis=0) >= 0.5), f"{xs}: IoU with the figures {iou.max(axis=0)}"
+        w = d.boxes[:, 2] - d.boxes[:, 0]
+        h = d.boxes[:, 3] - d.boxes[:, 1]
+        assert np.all(d.scores > MIN_SCORE) and np.all(w >= MIN_WIDTH) and np.all(h >= MIN_HEIGHT), (d.boxes, d.scores)
+        assert d.masks is not None
+        for box, mask in zip(d.boxes, d.masks):
+            x0, y0, x1, y1 = box.astype(int)
+            figure_pixels = frame[y0:y1, x0:x1].mean(axis=2) < 150
+            covered = mask[y0:y1, x0:x1][figure_pixels].mean()
+            assert covered > 0.5, f"mask covers {covered:.2f} of the figure's pixels in its box"
+
+
+def test_boxes_follow_a_moving_figure(predictor: RegNetYPredictor) -> None:
+    previous: np.ndarray | None = None
+    positions = [[100 + 12 * i, 520 - 12 * i] for i in range(0, 14, 3)]
+    for prev_xs, xs in zip([None, *positions], positions):
+        (d,) = predictor(draw_figures(xs))
+        matched = d.boxes[box_iou(d.boxes, np.stack([figure_box(x) for x in xs])).argmax(axis=0)]
+        if previous is not None and prev_xs is not None:
+            step = np.asarray(xs) - np.asarray(prev_xs)
+            centre_move = (matched[:, 0] + matched[:, 2] - previous[:, 0] - previous[:, 2]) / 2
+            assert np.all(np.abs(centre_move - step) <= 15), (centre_move, step)
+        previous = matched
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        np.zeros((360, 640, 3), np.uint8),
+        np.full((360, 640, 3), 190, np.uint8),
+        np.full((480, 640, 3), 255, np.uint8),
+        np.random.default_rng(0).integers(0, 256, (360, 640, 3), dtype=np.uint8),
+        np.random.default_rng(1).integers(0, 256, (720, 1280, 3), dtype=np.uint8),
+    ],
+    ids=["black", "grey", "white", "noise", "noise-720p"],
+)
+def test_blank_and_noise_frames_give_nothing(predictor: RegNetYPredictor, frame: np.ndarray) -> None:
+    everything = predictor.detect_raw(frame)[0]
+    assert len(everything) == 0, (everything.boxes, everything.scores, everything.classes)
+
+
+def test_clip_through_the_cli_gives_the_two_figures_tracks(tmp_path: Path) -> None:
+    """``python -m pipeline video clip.mp4 --profile tiny --detector regnety`` as documented."""
+    from pipeline.tiny.media import write_demo_media
+
+    clip = write_demo_media(tmp_path / "media")["clip"]
+    out = tmp_path / "result.json"
+    env = {**os.environ, "POSE_TINY_DIR": str(tmp_path / "tiny"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "pipeline", "video", str(clip), "--profile", "tiny", "--detector", "regnety",
+           "--offline", "--no-progress", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    document = json.loads(out.read_text())
+    assert document["models"]["detector"] == "regnety_4gf_mask_rcnn"
+    assert len(document["tracks"]) == 2, document["tracks"]
+    people = [len(frame["people"]) for frame in document["frames"]]
+    assert len(people) == 12 and sum(n == 2 for n in people) >= 8, people
