@@ -46,7 +46,8 @@ def test_info_names_the_detector(client: httpx.Client) -> None:
     detector = client.get("/v1/info").json()["deployments"]["detector"]
     assert detector["model"] == "regnety"
     assert detector["model_id"] == "regnety_4gf_mask_rcnn"
-    assert "stage_score_thresh" not in detector  # a one-stage detector has no cascade threshold
+    # demo.py's settings: the box predictor keeps scores > 0.5, detectron2's 800-px test resize
+    assert (detector["score_thresh"], detector["stage_score_thresh"], detector["input_size"]) == (0.5, 0.5, 800)
     assert [f["key"] for f in detector["files"]] == ["regnety.checkpoint"]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..weights import CacheRoots
 
 # Said wherever a run on the tiny models finds no one (the CLI's log, the web page).
-TINY_NOTE = "tiny test models: random weights, they only find the drawn test figures (python -m pipeline demo-media)"
+TINY_NOTE = "tiny test models: untrained, they only find the drawn test figures (python -m pipeline demo-media)"
 
 # (module, function) pairs; each writes one model's files into ``roots`` and returns the paths.
 _WRITERS: tuple[tuple[str, str], ...] = (

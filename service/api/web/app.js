@@ -10,7 +10,7 @@ const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const VIDEO_EXT = /\.(mp4|m4v|mov|avi|mkv|webm|mpe?g|wmv|flv|3gp|ts)$/i;
 // Shown when the service runs the tiny profile and a result has no one in it: the same sentence
 // as pipeline/tiny/__init__.py:TINY_NOTE, which the command line logs.
-const TINY_NOTE = "tiny test models: random weights, they only find the drawn test figures (python -m pipeline demo-media)";
+const TINY_NOTE = "tiny test models: untrained, they only find the drawn test figures (python -m pipeline demo-media)";
 // The 3D view's element, <model-viewer> (vendor/README.md), loaded on first use: a megabyte that
 // a page used only for images never needs. Relative to this script.
 const VIEWER_MODULE = "./vendor/model-viewer.min.js";
