@@ -48,7 +48,7 @@ def test_info_names_the_detector(client: httpx.Client) -> None:
     assert detector["model_id"] == "regnety_4gf_mask_rcnn"
     # demo.py's settings: the box predictor keeps scores > 0.5, detectron2's 800-px test resize
     assert (detector["score_thresh"], detector["stage_score_thresh"], detector["input_size"]) == (0.5, 0.5, 800)
-    assert [f["key"] for f in detector["files"]] == ["regnety.checkpoint"]
+    assert list(detector["files"]) == ["regnety.checkpoint"] and detector["files"]["regnety.checkpoint"]["sha256"]
 
 
 def test_image_through_regnety_equals_the_cli(client: httpx.Client, scene_png: Path, tiny_dir: Path) -> None:
