@@ -104,7 +104,7 @@ def main() -> None:
         http_port = free_port()
         app = {
             "profile": "tiny", "tiny_dir": str(work / "tiny"), "data_dir": str(work / "shared"),
-            "placement": {"ingress": {"pose_ingress": 0.01}, "video": {"pose_video": 1.0}},
+            "placement": {"ingress": {"pose_ingress": 0.01}, "tracker": {"pose_video": 1.0}},
             "jobs": {"max_active": 1, "max_queued": 32, "lease_s": 10.0, "workers": 2, "job_store": store_url},
         }
         subprocess.run([sys.executable, "-c", _DEPLOY, cluster.address, str(http_port), json.dumps(app)],

@@ -183,14 +183,14 @@ def run_served(root: Path | None, clips: dict[int, Path], warmups: dict[int, Pat
             deploy_s = time.perf_counter() - started
             with httpx.Client(base_url=f"http://127.0.0.1:{_PORT}", timeout=3600) as client:
                 info = client.get("/v1/info").json()["deployments"]
-                starts.append([detector, people, f"{deploy_s:.1f}", *(_start(info.get(k)) for k in ("detector", "regressor", "video"))])
+                starts.append([detector, people, f"{deploy_s:.1f}", *(_start(info.get(k)) for k in ("detector", "regressor", "tracker"))])
                 _job(client, warmups[people])  # warm-up: first calls, lazy imports
                 start = time.perf_counter()
                 job, crops = _job(client, clip)
                 wall = time.perf_counter() - start
                 info = client.get("/v1/info").json()["deployments"]
             frames = int(job["progress"]["frames_done"])
-            peak = sum(status_mib(info[k]["pid"], "VmHWM") for k in ("detector", "regressor", "video") if k in info)
+            peak = sum(status_mib(info[k]["pid"], "VmHWM") for k in ("detector", "regressor", "tracker") if k in info)
             rows.append(stage_row("served", detector, people, frames, crops, job["timings"], wall, peak))
             logger.warning("served, %s, %d people: %.2f frames/s", detector, people, frames / wall)
     finally:
@@ -295,7 +295,7 @@ def main() -> None:
         print()
         print_table(
             "replica start to ready, seconds (load: the model read inside it); serve.run: the whole redeploy",
-            ["detector", "people", "serve.run s", "Detector", "MeshRegressor", "VideoPipeline"],
+            ["detector", "people", "serve.run s", "Detector", "MeshRegressor", "Tracker"],
             starts,
         )
 

@@ -5,8 +5,8 @@ real model outputs of this checkout (tiny models, the same array shapes as the f
 measured as Ray moves them (pickle protocol 5, arrays as out-of-band buffers, their bytes
 counted). "before" rebuilds what the earlier design sent for the same outputs: the Detector's
 full-resolution masks, the regressor's UV maps and embeddings, and the tracker's observations
-(UV maps included) sent on to a separate Tracker deployment; "after" is what
-`deployments.video.RemoteStages` exchanges now. The frame itself goes into the object store
+(UV maps included) sent on to a separate tracking deployment of its own; "after" is what
+`deployments.tracker.RemoteStages` exchanges now. The frame itself goes into the object store
 once in both designs and travels by reference (its size is shown for scale).
 
     python bench/stage_traffic.py [--people 1 5 20] [--size 1080x1920]
@@ -85,7 +85,7 @@ def main() -> None:
         app = appearance(frame, out.box_center, out.box_size, out.vertices, out.cam_t, masks=full, boxes=out.boxes)
 
         # before: full masks to the regressor; UV maps + embeddings + outputs back; observations
-        # (UV as float64 after the copy on the way) and the answer to and from the Tracker.
+        # (UV as float64 after the copy on the way) and the answer to and from the separate tracking deployment.
         det_before = Detections(boxes, scores, classes, masks=full)
         out_no_vertices = out.select(slice(None))
         out_no_vertices.vertices = None
@@ -93,13 +93,13 @@ def main() -> None:
         obs = observations_for(out_no_vertices, scores, app.uv.astype(np.float64), app.embedding)
         tracker_before = nbytes(obs)
         # after: mask-head probabilities to the regressor; one answer with the detections and the
-        # outputs (vertices for the appearance step in the worker); no Tracker boundary.
+        # outputs (vertices for the appearance step in the worker); tracking stays in the worker (Tracker).
         det_after = Detections(boxes, scores, classes, mask_probs=probs)
         reg_after = FrameModels(detections=det_after, output=out)
         boundaries = [
             ("Detector -> MeshRegressor", nbytes(det_before), nbytes(det_after)),
             ("MeshRegressor -> worker", nbytes(reg_before), nbytes(reg_after)),
-            ("worker -> Tracker", tracker_before, 0),
+            ("worker -> separate tracking", tracker_before, 0),
         ]
         total_before = sum(b for _, b, _ in boundaries)
         total_after = sum(a for _, _, a in boundaries)

@@ -96,7 +96,7 @@ def run_long(client, clip: bytes, every: int, vertices: bool) -> tuple[list[tupl
                        data={"vertices": "true" if vertices else "false"})
     resp.raise_for_status()
     job_id = resp.json()["id"]
-    worker, ingress = replica_pids("VideoPipeline")[0], replica_pids("Ingress")[0]
+    worker, ingress = replica_pids("Tracker")[0], replica_pids("Ingress")[0]
     samples: list[tuple[int, float, float]] = []
     next_mark = every
     while True:
@@ -208,7 +208,7 @@ def main() -> None:
                 rows,
             )
             if args.short_jobs:
-                worker = replica_pids("VideoPipeline")[0]
+                worker = replica_pids("Tracker")[0]
                 before = rss_mib(worker)
                 marks = []
                 for i in range(args.short_jobs):

@@ -6,7 +6,7 @@ shared storage folder, the tiny profile.
 
 1. Autoscaling: the video workers start at one replica (``min_replicas: 1, max_replicas: 2``,
    one job per worker); a burst of jobs is submitted at once and every few seconds the table
-   shows queued and running jobs against the running VideoPipeline replicas, as
+   shows queued and running jobs against the running Tracker replicas, as
    `serve status` reports them, until the queue is empty and the idle worker is removed again.
 2. Throughput: the same burst with a fixed one and two workers; jobs per minute.
 
@@ -36,7 +36,7 @@ from pg_helpers import isolated_schema, server_url  # noqa: E402
 logger = logging.getLogger("video_scale")
 
 
-def running_replicas(app: str = "pose", deployment: str = "VideoPipeline") -> int:
+def running_replicas(app: str = "pose", deployment: str = "Tracker") -> int:
     from ray import serve
 
     status = serve.status().applications[app].deployments[deployment]
@@ -101,7 +101,7 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
         base = {
             "profile": "tiny", "tiny_dir": str(work / "tiny"), "data_dir": str(work / "shared"),
-            "placement": {"ingress": {"pose_ingress": 0.01}, "video": {"pose_video": 1.0}},
+            "placement": {"ingress": {"pose_ingress": 0.01}, "tracker": {"pose_video": 1.0}},
         }
         jobs = {"max_active": 1, "max_queued": 64, "lease_s": 10.0, "job_store": store_url}
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
@@ -126,7 +126,7 @@ def main() -> None:
             print_table(
                 f"{args.jobs} jobs of {args.frames} frames submitted at once; video workers autoscale 1..2 "
                 "(one job per worker) by the job queue",
-                ["t s", "queued", "running", "succeeded", "VideoPipeline replicas"],
+                ["t s", "queued", "running", "succeeded", "Tracker replicas"],
                 rows,
             )
             print()

@@ -35,13 +35,23 @@ class Limits:
 
 @dataclass(frozen=True)
 class Fractions:
-    """Share of one device per replica of each deployment (GPU fractions let the stages share a GPU)."""
+    """Share of one device per replica of each deployment (GPU fractions let the stages share a
+    GPU). One key per deployment, named as in `STAGE_DEPLOYMENTS`."""
 
-    detector: float
-    regressor: float
-    tracker: float
-    ingress: float = 0.0  # the ingress never touches a model
-    video: float = 0.0  # the video worker decodes frames (CPU) and drives the stages
+    detector: float  # Detector
+    regressor: float  # MeshRegressor
+    tracker: float  # Tracker: the video workers (decoding, PHALP's appearance step and tracker)
+    ingress: float = 0.0  # Ingress: never touches a model
+
+
+# Each resource key (`Fractions`, and the application's ``gpu_fractions`` / ``cpu_fractions`` /
+# ``placement``) and the one Serve deployment it sizes.
+STAGE_DEPLOYMENTS: dict[str, str] = {
+    "detector": "Detector",
+    "regressor": "MeshRegressor",
+    "tracker": "Tracker",
+    "ingress": "Ingress",
+}
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,7 @@ def full() -> Profile:
         limits=Limits(max_upload_bytes=32 * 2**20, max_pixels=40_000_000, max_people=64),
         gpu_fractions=Fractions(detector=0.5, regressor=0.3, tracker=0.1),
         # Shares, not thread counts: small enough that the whole graph fits on a 2-core laptop.
-        cpu_fractions=Fractions(detector=0.5, regressor=0.5, tracker=0.1, ingress=0.1, video=0.2),
+        cpu_fractions=Fractions(detector=0.5, regressor=0.5, tracker=0.2, ingress=0.1),
         notes="official checkpoints; one GPU holds one replica of each stage",
     )
 
@@ -116,7 +126,7 @@ def tiny() -> Profile:
         regressor_batch=BatchSettings(max_batch_size=16, batch_wait_timeout_s=0.05),
         limits=Limits(max_upload_bytes=32 * 2**20, max_pixels=40_000_000, max_people=64),
         gpu_fractions=Fractions(detector=0.1, regressor=0.1, tracker=0.05),
-        cpu_fractions=Fractions(detector=0.25, regressor=0.25, tracker=0.1, ingress=0.1, video=0.1),
+        cpu_fractions=Fractions(detector=0.25, regressor=0.25, tracker=0.1, ingress=0.1),
         # Half the input side and a tenth of the proposals: several times faster on a CPU. The
         # tiny detector's hand-set weights (pipeline/tiny/vitdet.py) are calibrated at both sizes.
         detector_input_size=512,

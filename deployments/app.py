@@ -20,10 +20,10 @@ from math import ceil
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application
 
-from configs.profiles import BatchSettings, DetectorName, Fractions, Limits, Profile, get_profile
+from configs.profiles import STAGE_DEPLOYMENTS, BatchSettings, DetectorName, Fractions, Limits, Profile, get_profile
 from pipeline.errors import PoseError
 from service.auth import KeySources, check_exposure, is_loopback
 from service.settings import ApiSettings, JobSettings, ModelSettings, VideoApiSettings, VideoLimitArgs
@@ -62,27 +62,49 @@ class LimitArgs(BaseModel):
     )
 
 
-class FractionArgs(BaseModel):
+# Keys of earlier releases, refused with the name to use instead (a renamed key must not be
+# dropped in silence: its value would no longer size anything).
+RENAMED_STAGE_KEYS = {"video": "tracker"}
+
+
+class StageArgs(BaseModel):
+    """One key per deployment (`configs.profiles.STAGE_DEPLOYMENTS`); any other key is refused."""
+
     model_config = ConfigDict(extra="forbid")
 
-    detector: float | None = Field(default=None, ge=0.0)
-    regressor: float | None = Field(default=None, ge=0.0)
-    tracker: float | None = Field(default=None, ge=0.0, description="GPU share of each video worker (appearance + tracking)")
-    ingress: float | None = Field(default=None, ge=0.0)
-    video: float | None = Field(default=None, ge=0.0)
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in RENAMED_STAGE_KEYS.items():
+                if old in data:
+                    raise ValueError(
+                        f"`{old}` was renamed `{new}` (the {STAGE_DEPLOYMENTS[new]} deployment, the video workers): "
+                        f"write `{new}:` instead of `{old}:`"
+                    )
+        return data
 
 
-class PlacementArgs(BaseModel):
+class FractionArgs(StageArgs):
+    """Share of one device per replica, per deployment; unset: the profile's."""
+
+    detector: float | None = Field(default=None, ge=0.0, description="Detector")
+    regressor: float | None = Field(default=None, ge=0.0, description="MeshRegressor")
+    tracker: float | None = Field(
+        default=None, ge=0.0, description="Tracker: each video worker (decoding, PHALP's appearance step and tracker)"
+    )
+    ingress: float | None = Field(default=None, ge=0.0, description="Ingress (as a GPU share only when set above 0)")
+
+
+class PlacementArgs(StageArgs):
     """Custom Ray resources a stage's replicas ask for, to pin them to nodes that offer them
     (``ray start --resources '{"video_node": 1}'``): e.g. the Ingress on the nodes that take
     traffic, the video workers on others."""
 
-    model_config = ConfigDict(extra="forbid")
-
     detector: dict[str, float] = Field(default_factory=dict)
     regressor: dict[str, float] = Field(default_factory=dict)
+    tracker: dict[str, float] = Field(default_factory=dict)
     ingress: dict[str, float] = Field(default_factory=dict)
-    video: dict[str, float] = Field(default_factory=dict)
 
 
 class JobArgs(BaseModel):
@@ -364,7 +386,7 @@ def build_app(args: AppArgs) -> Application:
     from .detector import Detector, DetectorSettings
     from .ingress import Ingress
     from .regressor import MeshRegressor, RegressorSettings
-    from .video import VideoPipeline
+    from .tracker import Tracker
 
     if not isinstance(args, AppArgs):
         args = AppArgs.model_validate(args)
@@ -383,18 +405,18 @@ def build_app(args: AppArgs) -> Application:
         )
 
     def actor_options(stage: str) -> dict[str, Any]:
+        """The Ray resources of one deployment's replicas, from its key (`STAGE_DEPLOYMENTS`)."""
         options: dict[str, Any] = {"num_cpus": getattr(cpu, stage)}
-        if stage == "video":
+        if stage == "tracker":
             # A video worker runs each job's chunks on pool threads; with glibc's default of up
             # to 8 malloc arenas per core, every new thread's arena keeps a chunk's worth of freed
             # memory, and the worker's memory steps up with each. Two arenas keep it level.
             options["runtime_env"] = {"env_vars": {"MALLOC_ARENA_MAX": "2"}}
         if getattr(args.placement, stage, None):
             options["resources"] = dict(getattr(args.placement, stage))
-        if use_gpu and stage in ("detector", "regressor"):
-            options["num_gpus"] = getattr(gpu, stage)
-        elif use_gpu and stage == "video":  # the video workers run PHALP's appearance step and tracker
-            options["num_gpus"] = gpu.tracker
+        share = getattr(gpu, stage)
+        if use_gpu and (share > 0 or stage != "ingress"):  # the Ingress asks for a GPU only when given a share
+            options["num_gpus"] = share
         return options
 
     common = model_settings(args, profile, device="cuda" if use_gpu else "cpu").model_dump()
@@ -472,8 +494,8 @@ def build_app(args: AppArgs) -> Application:
     )
     _check_store_placement(jobs)
     # Video jobs need tracking: without it the video routes answer 503 videos_unavailable.
-    video = (
-        VideoPipeline.options(ray_actor_options=actor_options("video"), **_video_replicas(args.jobs)).bind(
+    tracker = (
+        Tracker.options(ray_actor_options=actor_options("tracker"), **_video_replicas(args.jobs)).bind(
             detector, regressor, jobs, ModelSettings(**common)
         )
         if with_tracker
@@ -486,5 +508,5 @@ def build_app(args: AppArgs) -> Application:
         models=ModelSettings(**common),  # exports read the SMPL model from the same caches
     )
     return Ingress.options(ray_actor_options=actor_options("ingress")).bind(
-        detector, regressor, settings, video, jobs if video is not None else None, video_api
+        detector, regressor, settings, tracker, jobs if tracker is not None else None, video_api
     )

@@ -1,7 +1,7 @@
 """Autoscaling of the video workers by their queue, through Ray Serve's custom policy hook.
 
 A video worker is busy for minutes with a handful of jobs while serving almost no requests, so
-Serve's default signal (ongoing requests per replica) never moves. Each `VideoPipeline` replica
+Serve's default signal (ongoing requests per replica) never moves. Each `Tracker` replica
 reports two metrics instead (``record_autoscaling_stats``): ``jobs_queued``, the store's queue
 (the same number from every replica), and ``jobs_running``, the jobs that replica runs. The
 policy asks for ``ceil((queued + running) / target_ongoing_requests)`` replicas, so

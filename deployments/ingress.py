@@ -1,6 +1,6 @@
 """``Ingress``: serves the service's HTTP API (`service.api.app.build_app`) and is its model
 backend: the images go to the ``Detector`` and ``MeshRegressor`` deployments, video jobs are
-nudged to the ``VideoPipeline`` workers, Ray's failures become stable error codes."""
+nudged to the ``Tracker`` workers, Ray's failures become stable error codes."""
 
 from __future__ import annotations
 
@@ -53,13 +53,13 @@ class Ingress:
         detector: DeploymentHandle,
         regressor: DeploymentHandle,
         settings: ApiSettings,
-        video: DeploymentHandle | None = None,
+        tracker: DeploymentHandle | None = None,
         jobs: JobSettings | None = None,
         video_api: VideoApiSettings | None = None,
     ) -> None:
         self.detector = detector
         self.regressor = regressor
-        self.video = video
+        self.tracker = tracker
         self.api = ApiContext(settings, self, RayMetrics(), jobs, video_api)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -78,8 +78,8 @@ class Ingress:
 
     def _stages(self) -> dict[str, DeploymentHandle]:
         stages = {"detector": self.detector, "regressor": self.regressor}
-        if self.video is not None:
-            stages["video"] = self.video
+        if self.tracker is not None:
+            stages["tracker"] = self.tracker
         return stages
 
     async def readiness(self) -> dict[str, bool]:
@@ -103,15 +103,15 @@ class Ingress:
         return alive_nodes()
 
     def has_video_worker(self) -> bool:
-        return self.video is not None
+        return self.tracker is not None
 
     def wake_worker(self) -> None:
-        if self.video is not None:
-            self.video.wake.remote()
+        if self.tracker is not None:
+            self.tracker.wake.remote()
 
     async def cancel_running(self, job_id: str, delete: bool) -> None:
-        if self.video is not None:
-            await self.video.cancel.remote(job_id, delete)
+        if self.tracker is not None:
+            await self.tracker.cancel.remote(job_id, delete)
 
     def map_error(self, exc: BaseException) -> PoseError | None:
         return as_pose_error(exc)

@@ -70,7 +70,7 @@ class VideoLimitArgs(BaseModel):
 
 
 class JobSettings(BaseModel):
-    """Where jobs live and how many run; shared by the Ingress (accepts jobs) and VideoPipeline (runs them)."""
+    """Where jobs live and how many run; shared by the Ingress (accepts jobs) and Tracker (runs them)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

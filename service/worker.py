@@ -1,6 +1,6 @@
 """The video worker: claims jobs from the store and runs each through
 `pipeline.video.loop.VideoLoop`, the same loop as ``python -m pipeline video``, with the model
-stages its host gives it (Ray Serve's Detector and MeshRegressor under ``VideoPipeline``).
+stages its host gives it (Ray Serve's Detector and MeshRegressor under ``Tracker``).
 
 * the appearance step and PHALP tracking run here, in the process that holds the job, so a
   job's state has one home and the 1 MiB UV maps never cross a process boundary;
@@ -128,7 +128,7 @@ class VideoWorker:
         # Jobs of other workers come back only through their expired leases (`expire_leases`).
         report = self.store.recover_after_restart(self.settings.max_attempts, requeue_running=False)
         logger.info(
-            "VideoPipeline up on %s: requeued %d, failed %d, cancelled %d jobs after restart",
+            "Tracker up on %s: requeued %d, failed %d, cancelled %d jobs after restart",
             self.settings.data_dir, len(report.requeued), len(report.failed), len(report.cancelled),
         )
         return report.failed + report.cancelled

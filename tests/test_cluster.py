@@ -83,7 +83,7 @@ def _app_args(shared: dict[str, Path], data_dir: Path, **jobs: Any) -> dict[str,
         "profile": "tiny",
         "tiny_dir": str(shared["tiny"]),
         "data_dir": str(data_dir),
-        "placement": {"ingress": {"pose_ingress": 0.01}, "video": {"pose_video": 1.0}},
+        "placement": {"ingress": {"pose_ingress": 0.01}, "tracker": {"pose_video": 1.0}},
         "jobs": {"max_active": 1, "max_queued": 8, "lease_s": 4.0, "workers": 2, "stage_timeout_s": 20.0, **jobs},
     }
 
@@ -109,7 +109,7 @@ def test_jobs_survive_losing_a_worker_node(cluster, shared, postgres_url, tmp_pa
     serve.run(build_app(args), name="pose", route_prefix="/")
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
         info = client.get("/v1/info").json()
-        video = info["deployments"]["video"]
+        video = info["deployments"]["tracker"]
         assert video["job_store_shared"] is True and "postgresql://" in video["job_store"]
         assert video["node_id"] != info["ingress"]["node_id"], "the video workers must not run on the Ingress node"
 

@@ -46,7 +46,7 @@ def test_serve_config_is_valid_for_ray_serve_and_our_application(rayservice):
     assert args.jobs.job_store is None and args.jobs.job_store_env == "POSE_JOB_STORE_URL"
     built = {d.name for d in flatten(build_app(args.model_copy(update={"device": "cpu"})), name="pose").deployments}
     assert {d.name for d in app.deployments} <= built
-    video = next(d for d in app.deployments if d.name == "VideoPipeline")
+    video = next(d for d in app.deployments if d.name == "Tracker")
     assert video.autoscaling_config["policy"]["policy_function"] == "deployments.autoscaling:video_queue_policy"
 
 

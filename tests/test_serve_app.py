@@ -285,7 +285,7 @@ def test_info(client: httpx.Client) -> None:
     for stage in (det, reg):  # what a scale-up waits for: the process's start, imports, the model load
         assert 0 < stage["start"]["load_s"] < stage["start"]["start_to_ready_s"]
     if info["resources"]["tracker"]:  # video workers (appearance + tracking) are in the graph
-        assert info["deployments"]["video"]["worker_alive"] is True
+        assert info["deployments"]["tracker"]["worker_alive"] is True
 
 
 def _png_50mp() -> bytes:

@@ -29,13 +29,13 @@ def test_serve_config_validates_and_builds() -> None:
         assert "num_gpus" not in dep.get("ray_actor_options", {}), dep["name"]
     from ray.serve._private.build_app import build_app as flatten  # what `serve build` uses
 
-    from deployments.video import tracker_available
+    from deployments.common import tracker_available
 
     built = flatten(build_app(args), name="pose")
     names = {d.name for d in built.deployments}
     configured = {d.name for d in app_cfg.deployments}
-    if not tracker_available():  # video jobs need PHALP tracking; without it there is no VideoPipeline
-        configured -= {"VideoPipeline"}
+    if not tracker_available():  # video jobs need PHALP tracking; without it there is no Tracker
+        configured -= {"Tracker"}
     assert configured <= names
 
 
@@ -79,3 +79,77 @@ def test_weights_args_reach_the_replicas_and_a_changed_file_stops_the_build(tiny
     with pytest.raises(WeightsError) as info:
         check_model_files(models, ["phalp"])
     assert info.value.code == "weights_lock_mismatch" and str(hmar) in info.value.message
+
+
+def test_every_share_key_names_one_deployment() -> None:
+    """Profiles and application arguments have the same keys, one per deployment of the graph."""
+    from dataclasses import fields
+
+    from configs.profiles import STAGE_DEPLOYMENTS, Fractions
+    from deployments.app import FractionArgs, PlacementArgs
+
+    keys = {"detector", "regressor", "tracker", "ingress"}
+    assert set(STAGE_DEPLOYMENTS) == keys
+    assert sorted(STAGE_DEPLOYMENTS.values()) == ["Detector", "Ingress", "MeshRegressor", "Tracker"]
+    assert {f.name for f in fields(Fractions)} == keys
+    assert set(FractionArgs.model_fields) == set(PlacementArgs.model_fields) == keys
+
+
+@pytest.mark.parametrize("field", ["gpu_fractions", "cpu_fractions", "placement"])
+def test_the_renamed_video_key_is_refused_with_its_new_name(field: str) -> None:
+    from pydantic import ValidationError
+
+    from deployments.app import AppArgs
+
+    value = {"pose_video": 1.0} if field == "placement" else 0.1
+    with pytest.raises(ValidationError) as info:
+        AppArgs.model_validate({field: {"video": value}})
+    assert "`video` was renamed `tracker`" in str(info.value)
+
+
+def test_an_unknown_share_key_is_refused_by_the_builder_with_its_name() -> None:
+    from pydantic import ValidationError
+
+    from deployments.app import build_app
+
+    with pytest.raises(ValidationError) as info:
+        build_app({"profile": "tiny", "gpu_fractions": {"decoder": 0.2}})  # type: ignore[arg-type]
+    assert "gpu_fractions.decoder" in str(info.value)
+
+
+def test_the_files_shares_reach_every_deployment_on_a_cluster_with_a_gpu(tmp_path: Path) -> None:
+    """A Ray cluster with one (logical) GPU: the application built from serve_config.yaml's own
+    args asks, per replica of each deployment, for the file's GPU and CPU shares, and one replica
+    of each fits one GPU. Built only, never deployed: the replicas would start on CUDA."""
+    import ray
+    from ray.serve._private.build_app import build_app as flatten
+
+    from configs.profiles import STAGE_DEPLOYMENTS
+    from deployments.app import AppArgs, build_app
+
+    file_args = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]["args"]
+    gpu, cpu = file_args["gpu_fractions"], file_args["cpu_fractions"]
+    assert set(cpu) == set(STAGE_DEPLOYMENTS) and {"detector", "regressor", "tracker"} <= set(gpu)
+    args = AppArgs.model_validate(
+        {**file_args, "profile": "tiny", "tiny_dir": str(tmp_path / "tiny"), "data_dir": str(tmp_path / "data"), "tracker": True}
+    )
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False)
+    try:
+        def options_by_deployment(app_args: AppArgs) -> dict[str, dict]:
+            built = flatten(build_app(app_args), name="pose")
+            return {d.name: d.ray_actor_options for d in built.deployments}
+
+        options = options_by_deployment(args)
+        assert set(options) == set(STAGE_DEPLOYMENTS.values())
+        for key, name in STAGE_DEPLOYMENTS.items():
+            assert options[name]["num_cpus"] == cpu[key], name
+            assert options[name].get("num_gpus", 0.0) == gpu.get(key, 0.0), name
+        assert "num_gpus" not in options["Ingress"] or gpu.get("ingress")  # asked for only when given a share
+        assert options["Tracker"]["num_gpus"] > 0  # PHALP's appearance network and tracker run in the video workers
+        assert sum(o.get("num_gpus", 0.0) for o in options.values()) <= 1.0  # one replica of each on one GPU
+
+        # an Ingress share above 0 is applied too
+        with_ingress = args.model_copy(update={"gpu_fractions": args.gpu_fractions.model_copy(update={"ingress": 0.05})})
+        assert options_by_deployment(with_ingress)["Ingress"]["num_gpus"] == 0.05
+    finally:
+        ray.shutdown()

@@ -737,7 +737,7 @@ def _wait_for_progress(client: httpx.Client, job_id: str, frames: int) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("deployment", ["video", "detector", "regressor"])
+@pytest.mark.parametrize("deployment", ["tracker", "detector", "regressor"])
 def test_replica_killed_mid_job_resumes_with_an_identical_result(client, clips, crossing_job, long_reference, deployment):
     """A replica's process is killed (SIGKILL, as an operator's ``kill -9``) while a job runs.
     Serve starts a new one; the job ends succeeded with the uninterrupted run's result. A dead
@@ -749,13 +749,13 @@ def test_replica_killed_mid_job_resumes_with_an_identical_result(client, clips, 
     resp = upload(client, clips["long"])
     assert resp.status_code == 202
     job_id = resp.json()["id"]
-    chunk = client.get("/v1/info").json()["deployments"]["video"]["chunk_size"]
+    chunk = client.get("/v1/info").json()["deployments"]["tracker"]["chunk_size"]
     _wait_for_progress(client, job_id, chunk)
     os.kill(before, signal.SIGKILL)
     job = wait_job(client, job_id, timeout=300)
     assert job["state"] == "succeeded", (job["error"], job["attempts"], job["progress"])
     assert_same_result(client.get(job["links"]["result"]).json(), long_reference)
-    if deployment == "video":
+    if deployment == "tracker":
         assert job["attempts"] == 2
         resumed = job["progress"]["resumed_from_frame"]
         assert resumed >= chunk and resumed % chunk == 0, job["progress"]

@@ -10,7 +10,7 @@ from ray.exceptions import ActorDiedError, ObjectReconstructionFailedError  # no
 from ray.serve.exceptions import BackPressureError, RayServeException  # noqa: E402
 
 from deployments.common import as_pose_error  # noqa: E402
-from deployments.video import TRANSIENT_CODES  # noqa: E402
+from deployments.tracker import TRANSIENT_CODES  # noqa: E402
 from pipeline.errors import InputError  # noqa: E402
 
 
@@ -75,7 +75,7 @@ class _Answer:
 
 
 def test_a_chunk_waits_under_one_deadline_and_is_cancelled_whole():
-    from deployments.video import ChunkCalls
+    from deployments.tracker import ChunkCalls
 
     detections = [_Answer("d0"), _Answer("d1"), _Answer("d2")]
     regressions = [_Answer("r0"), _Answer(hang=True), _Answer("r2")]

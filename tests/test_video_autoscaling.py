@@ -15,7 +15,7 @@ def _context(queued: float, running: list[float], *, current: int, per_worker: f
     replicas = [f"replica-{i}" for i in range(len(running))]
     metrics = {JOBS_QUEUED: {r: queued for r in replicas}, JOBS_RUNNING: dict(zip(replicas, running))} if replicas else {}
     return AutoscalingContext(
-        deployment_id=None, deployment_name="VideoPipeline", app_name="pose",
+        deployment_id=None, deployment_name="Tracker", app_name="pose",
         current_num_replicas=current, target_num_replicas=current, running_replicas=replicas,
         total_num_requests=0.0, total_queued_requests=0.0, aggregated_metrics=metrics, raw_metrics={},
         capacity_adjusted_min_replicas=1, capacity_adjusted_max_replicas=8, policy_state={},

@@ -14,7 +14,7 @@ from service.jobs import JobStore
 from service.settings import JobSettings
 from service.worker import VideoWorker
 
-WORKER = VideoWorker  # the worker without its host (Serve's VideoPipeline wraps one)
+WORKER = VideoWorker  # the worker without its host (Serve's Tracker wraps one)
 
 
 class FalteringStore:

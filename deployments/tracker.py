@@ -1,4 +1,4 @@
-"""``VideoPipeline``: the video workers as a Serve deployment. Each replica runs one
+"""``Tracker``: the video workers as a Serve deployment. Each replica runs one
 `service.worker.VideoWorker` (claims jobs from the store, runs them through the one video loop,
 checkpoints per chunk) with the ``Detector`` and ``MeshRegressor`` deployments as its stages:
 
@@ -27,7 +27,6 @@ from service.worker import VideoWorker
 
 from .autoscaling import JOBS_QUEUED, JOBS_RUNNING
 from .common import alive_nodes, as_pose_error, start_info, unwrap_error
-from .common import tracker_available as tracker_available  # its earlier home: callers import it from here
 
 TRANSIENT_CODES = ("stage_unavailable", "overloaded", "stage_timeout")
 
@@ -84,8 +83,8 @@ class ChunkCalls:
                 pass
 
 
-@serve.deployment(name="VideoPipeline", num_replicas=1, max_ongoing_requests=256, health_check_period_s=10)
-class VideoPipeline:
+@serve.deployment(name="Tracker", num_replicas=1, max_ongoing_requests=256, health_check_period_s=10)
+class Tracker:
     """A video worker replica; its methods only nudge the worker's background loop."""
 
     def __init__(
