@@ -8,12 +8,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 # Installing takes seconds even when nothing changed: skip it while .venv holds the project as
-# installed from this very pyproject.toml (its sha256, written after a successful install).
+# installed from this very pyproject.toml and constraints.txt (their sha256, written after a
+# successful install).
 STAMP=.venv/.pose-service-installed
-WANT="$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')"
+WANT="$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(b"".join(open(f, "rb").read() for f in ("pyproject.toml", "constraints.txt"))).hexdigest())')"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e .
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e .  # the tested versions (constraints.txt)
   echo "$WANT" > "$STAMP"
 fi
 # the builder's refusals as one message each, before Ray starts: a network address without client

@@ -77,7 +77,7 @@ def test_serve_sh_without_model_files_stops_before_ray_naming_every_file(tmp_pat
     ray_tmp = tmp_path / "raytmp"
     ray_tmp.mkdir()
     env["RAY_TMPDIR"] = str(ray_tmp)
-    want = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+    want = hashlib.sha256(b"".join((REPO / name).read_bytes() for name in ("pyproject.toml", "constraints.txt"))).hexdigest()
     if not STAMP.is_file() or STAMP.read_text().strip() != want:
         # the first call installs the project into .venv (and writes the stamp); the timed one follows
         code, out, _ = _run_serve_sh(env, timeout=900)
