@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -169,3 +169,27 @@ def select_detections(
     inds, cand_boxes, cand_scores = candidates(boxes, scores, image_size, score_thresh)
     keep = batched_nms(cand_boxes, cand_scores, inds[:, 1], nms_thresh)[:topk]
     return RawDetections(boxes=cand_boxes[keep], scores=cand_scores[keep], classes=inds[keep, 1])
+
+
+class MaskRCNNHeads(nn.Module):
+    """What every Mask R-CNN head set does after scoring its boxes: detectron2's test-time
+    selection and the class-specific masks. Subclasses hold ``cfg`` (``test_nms_thresh``,
+    ``test_detections_per_image``, ``mask_pool_size``) and ``mask_head``."""
+
+    cfg: Any
+    mask_head: MaskHead
+
+    def select(self, boxes: torch.Tensor, scores: torch.Tensor, image_size: tuple[int, int], score_thresh: float) -> RawDetections:
+        """Threshold every (box, class) pair, NMS per class, keep the best ``test_detections_per_image``."""
+        return select_detections(
+            boxes,
+            scores,
+            image_size,
+            score_thresh=score_thresh,
+            nms_thresh=self.cfg.test_nms_thresh,
+            topk=self.cfg.test_detections_per_image,
+        )
+
+    def masks(self, features: list[torch.Tensor], boxes: list[torch.Tensor], classes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per image (Ni, 28, 28) foreground probabilities of each box's own class."""
+        return self.mask_head.class_probs(features, boxes, classes, self.cfg.mask_pool_size)

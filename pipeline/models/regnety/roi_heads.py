@@ -15,9 +15,9 @@ from ..detection.roi_heads import (
     BoxHead,
     BoxPredictor,
     MaskHead,
+    MaskRCNNHeads,
     RawDetections,
     pool_boxes,
-    select_detections,
 )
 from .backbone import ConvBN
 from .config import RegNetYConfig
@@ -33,7 +33,7 @@ class BoxOutput:
     pred_boxes: list[torch.Tensor]  # per image (Ri, 4 num_classes), decoded per class, not clipped
 
 
-class RegNetYROIHeads(nn.Module):
+class RegNetYROIHeads(MaskRCNNHeads):
     """Box head, box predictor and mask head; module names as in the checkpoint."""
 
     def __init__(self, cfg: RegNetYConfig) -> None:
@@ -62,21 +62,6 @@ class RegNetYROIHeads(nn.Module):
         return BoxOutput(
             head_out=head_out, cls_logits=logits, deltas=deltas, pred_boxes=list(decoded.split([len(p) for p in proposals]))
         )
-
-    def select(self, boxes: torch.Tensor, scores: torch.Tensor, image_size: tuple[int, int], score_thresh: float) -> RawDetections:
-        """Pairs scoring above ``score_thresh``, per-class NMS, the best ``test_detections_per_image``."""
-        return select_detections(
-            boxes,
-            scores,
-            image_size,
-            score_thresh=score_thresh,
-            nms_thresh=self.cfg.test_nms_thresh,
-            topk=self.cfg.test_detections_per_image,
-        )
-
-    def masks(self, features: list[torch.Tensor], boxes: list[torch.Tensor], classes: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per image (Ni, 28, 28) foreground probabilities of each box's own class."""
-        return self.mask_head.class_probs(features, boxes, classes, self.cfg.mask_pool_size)
 
     def forward(
         self,

@@ -15,9 +15,9 @@ from ..detection.roi_heads import (
     BoxPredictor,
     ConvNormReLU,
     MaskHead,
+    MaskRCNNHeads,
     RawDetections,
     pool_boxes,
-    select_detections,
 )
 from .backbone import VitDetConvNorm
 from .config import VitDetConfig
@@ -39,7 +39,7 @@ class StageOutput:
     pred_boxes: list[torch.Tensor]  # per image (Ri, 4), decoded, not clipped
 
 
-class VitDetCascadeHeads(nn.Module):
+class VitDetCascadeHeads(MaskRCNNHeads):
     """Three box stages refining the same boxes, then masks on the final boxes."""
 
     def __init__(self, cfg: VitDetConfig) -> None:
@@ -89,28 +89,6 @@ class VitDetCascadeHeads(nn.Module):
         for stage in stages[1:]:
             total = total + stage.cls_logits.softmax(dim=-1)
         return total * (1.0 / len(stages))
-
-    def select(
-        self,
-        boxes: torch.Tensor,
-        scores: torch.Tensor,
-        image_size: tuple[int, int],
-        score_thresh: float,
-    ) -> RawDetections:
-        """Threshold every (box, class) pair, NMS per class, keep the best ``test_detections_per_image``
-        (class-agnostic boxes: one per proposal)."""
-        return select_detections(
-            boxes,
-            scores,
-            image_size,
-            score_thresh=score_thresh,
-            nms_thresh=self.cfg.test_nms_thresh,
-            topk=self.cfg.test_detections_per_image,
-        )
-
-    def masks(self, features: list[torch.Tensor], boxes: list[torch.Tensor], classes: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per image (Ni, 28, 28) foreground probabilities of each box's own class."""
-        return self.mask_head.class_probs(features, boxes, classes, self.cfg.mask_pool_size)
 
     def forward(
         self,
