@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import statistics
 import subprocess
 import sys
@@ -57,6 +56,7 @@ def _random(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
 # -- writers ------------------------------------------------------------------------------------
 def write_vitdet(roots: CacheRoots, gen: torch.Generator) -> None:
     """ViTDet-H shapes as a detectron2 model-zoo pickle of float32 numpy arrays."""
+    from pipeline.models.detection.model_zoo import write_model_zoo
     from pipeline.models.vitdet.config import vitdet_h
     from pipeline.models.vitdet.files import CHECKPOINT_PATH
     from pipeline.models.vitdet.model import VitDetModel
@@ -64,15 +64,13 @@ def write_vitdet(roots: CacheRoots, gen: torch.Generator) -> None:
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in VitDetModel(vitdet_h()).state_dict().items()}
     arrays = {k: _random(s, gen).numpy() for k, s in shapes.items()}
-    path = roots.detectron2 / CHECKPOINT_PATH
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        pickle.dump({"model": arrays, "__author__": "Detectron2 Model Zoo"}, fh, protocol=4)
+    write_model_zoo(roots.detectron2 / CHECKPOINT_PATH, arrays)
 
 
 def write_regnety(roots: CacheRoots, gen: torch.Generator) -> None:
     """RegNetY-4GF Mask R-CNN shapes as a model-zoo pickle: random weights, BatchNorm statistics
     of an identity (mean 0, variance 1; a random variance could be negative)."""
+    from pipeline.models.detection.model_zoo import write_model_zoo
     from pipeline.models.regnety.config import regnety_4gf
     from pipeline.models.regnety.files import CHECKPOINT_PATH
     from pipeline.models.regnety.model import RegNetYModel
@@ -87,10 +85,7 @@ def write_regnety(roots: CacheRoots, gen: torch.Generator) -> None:
             arrays[key] = torch.zeros(shape).numpy()
         else:
             arrays[key] = _random(shape, gen).numpy()
-    path = roots.detectron2 / CHECKPOINT_PATH
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        pickle.dump({"model": arrays, "__author__": "Detectron2 Model Zoo"}, fh, protocol=4)
+    write_model_zoo(roots.detectron2 / CHECKPOINT_PATH, arrays)
 
 
 def write_hmr2(roots: CacheRoots, gen: torch.Generator) -> None:

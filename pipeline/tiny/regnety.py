@@ -43,7 +43,6 @@ Real photographs give whatever a dark-blob matcher gives. It proves the plumbing
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -51,6 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.detection.model_zoo import write_model_zoo
 from ..models.detection.predictor import PERSON_CLASS
 from ..models.detection.roi_heads import POOL_LEVELS, pool_boxes
 from ..models.regnety.backbone import TRUNK_LEVELS, ResBottleneckBlock
@@ -367,11 +367,4 @@ def build_tiny_state(seed: int = 0) -> dict[str, np.ndarray]:
 
 def write_tiny_regnety(roots: CacheRoots, seed: int = 0) -> list[Path]:
     """Write the tiny checkpoint at the official model-zoo path under ``roots.detectron2``."""
-    path = roots.detectron2 / CHECKPOINT_PATH
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"model": build_tiny_state(seed), "__author__": "Detectron2 Model Zoo"}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        pickle.dump(payload, fh, protocol=4)
-    tmp.replace(path)
-    return [path]
+    return [write_model_zoo(roots.detectron2 / CHECKPOINT_PATH, build_tiny_state(seed))]

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +58,7 @@ import torch
 
 from configs.profiles import tiny as tiny_profile
 
+from ..models.detection.model_zoo import write_model_zoo
 from ..models.detection.roi_heads import POOL_LEVELS, BoxHead, pool_boxes
 from ..models.vitdet.config import VitDetConfig, vitdet_tiny
 from ..models.vitdet.files import CHECKPOINT_PATH
@@ -404,11 +404,4 @@ def build_tiny_state(seed: int = 0) -> dict[str, np.ndarray]:
 
 def write_tiny_vitdet(roots: CacheRoots, seed: int = 0) -> list[Path]:
     """Write the tiny checkpoint at the official model-zoo path under ``roots.detectron2``."""
-    path = roots.detectron2 / CHECKPOINT_PATH
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"model": build_tiny_state(seed), "__author__": "Detectron2 Model Zoo"}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        pickle.dump(payload, fh, protocol=4)
-    tmp.replace(path)
-    return [path]
+    return [write_model_zoo(roots.detectron2 / CHECKPOINT_PATH, build_tiny_state(seed))]

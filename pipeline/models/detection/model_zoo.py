@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ...atomic import atomic_open
 from ...errors import WeightsError
 from ...safe_pickle import load_pickle
 
@@ -63,3 +64,13 @@ def to_state_dict(arrays: Mapping[str, np.ndarray], dtypes: Mapping[str, torch.d
         k: torch.from_numpy(np.array(v, dtype=np.float32, order="C")).to(dtypes.get(k, torch.float32))
         for k, v in arrays.items()
     }
+
+
+def write_model_zoo(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write ``{name: ndarray}`` as a detectron2 model-zoo ``.pkl`` (the format `read_model_zoo`
+    reads and detectron2's checkpointer loads without renaming), atomically; its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as fh:
+        pickle.dump({"model": dict(arrays), "__author__": "Detectron2 Model Zoo"}, fh, protocol=4)
+    return path
