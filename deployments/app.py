@@ -60,6 +60,11 @@ class LimitArgs(BaseModel):
         default=30.0, gt=0,
         description="an image request expected to take longer (in flight / recent rate) is answered 503 overloaded at once",
     )
+    body_grace_s: float = Field(
+        default=10.0, gt=0,
+        description="a request body may lag this long behind jobs.min_upload_mbit_s (a connection's start, a short "
+        "stall); further behind it is dropped with 408 upload_too_slow",
+    )
 
 
 # Keys of earlier releases, refused with the name to use instead (a renamed key must not be
@@ -420,7 +425,7 @@ def build_app(args: AppArgs) -> Application:
         return options
 
     common = model_settings(args, profile, device="cuda" if use_gpu else "cpu").model_dump()
-    limits = Limits(**{**profile.limits.__dict__, **{k: v for k, v in args.limits.model_dump(exclude={"max_image_wait_s", "max_images_per_request"}).items() if v is not None}})
+    limits = Limits(**{**profile.limits.__dict__, **{k: v for k, v in args.limits.model_dump(exclude={"max_image_wait_s", "max_images_per_request", "body_grace_s"}).items() if v is not None}})
 
     if args.detector != "vitdet" and args.stage_score_thresh is not None:
         raise ValueError(f"stage_score_thresh applies to ViTDet's cascade only; detector {args.detector!r} has one stage (set score_thresh)")
@@ -457,6 +462,8 @@ def build_app(args: AppArgs) -> Application:
         max_people=limits.max_people,
         max_images_per_request=args.limits.max_images_per_request,
         max_image_wait_s=args.limits.max_image_wait_s,
+        min_body_bytes_per_s=args.jobs.min_upload_mbit_s * 1e6 / 8,
+        body_grace_s=args.limits.body_grace_s,
         auth=args.auth,
         auth_keys_file=args.auth_keys_file,
         auth_keys_env=args.auth_keys_env,

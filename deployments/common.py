@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
+from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError, TaskCancelledError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException, RequestCancelledError
 
 from pipeline.errors import PoseError
 from pipeline.weights import CacheRoots, WeightFile, locate, sha256_of
@@ -58,6 +58,25 @@ def process_age_s() -> float | None:
     return max(0.0, uptime_s - started_ticks / os.sysconf("SC_CLK_TCK"))
 
 
+PROJECT_LOGGERS = ("pipeline", "service", "deployments")
+
+
+def route_logs_to_serve() -> None:
+    """Send this project's logs where the replica's own go: Serve's handlers (the replica's log
+    file under the session's ``logs/serve/`` and its console) at Serve's level (``logging_config``
+    in serve_config.yaml). Without this they reach only the root logger, whose level in a Ray
+    worker is WARNING: a job claimed, a client that hung up, a lease handed back would never be
+    seen. Idempotent: a replica restarted in the same worker adds no second handler."""
+    serve_logger = logging.getLogger("ray.serve")
+    for name in PROJECT_LOGGERS:
+        ours = logging.getLogger(name)
+        ours.setLevel(serve_logger.getEffectiveLevel())
+        for handler in serve_logger.handlers:
+            if handler not in ours.handlers:
+                ours.addHandler(handler)
+        ours.propagate = not serve_logger.handlers  # Serve's console handler already prints them
+
+
 def start_info(load_s: float) -> dict[str, float | None]:
     """What `info()` of each replica reports of its start: seconds loading models, and from
     process start to ready."""
@@ -99,6 +118,13 @@ def alive_nodes() -> int:
     if not ray.is_initialized():
         return 1
     return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def cancelled_request(exc: BaseException) -> bool:
+    """Serve cancelled the request this failure belongs to: its client hung up (or the proxy's
+    ``request_timeout_s`` ran out), and every call made for it, the proxy's body stream
+    included, is cancelled with it. Nobody is left to answer."""
+    return any(isinstance(link, (TaskCancelledError, RequestCancelledError)) for link in _chain(exc))
 
 
 def as_pose_error(exc: BaseException) -> PoseError | None:

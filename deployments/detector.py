@@ -17,7 +17,7 @@ from pipeline.models.vitdet.predictor import Detections
 from service.settings import ModelSettings
 
 from .batching import BatchConfig, BatchStats
-from .common import checksums, start_info
+from .common import checksums, route_logs_to_serve, start_info
 from .metrics import StageMetrics
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class Detector:
     """Loads the predictor once per replica; ``detect`` answers one image, batched across callers."""
 
     def __init__(self, settings: DetectorSettings) -> None:
+        route_logs_to_serve()
         from pipeline.models.detectors import load_detector
         from pipeline.weights import catalog
 

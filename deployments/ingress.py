@@ -20,7 +20,7 @@ from service.api.backend import MeshAnswer
 from service.api.context import ApiContext
 from service.settings import ApiSettings, JobSettings, VideoApiSettings
 
-from .common import alive_nodes, as_pose_error, unwrap_error
+from .common import alive_nodes, as_pose_error, cancelled_request, route_logs_to_serve, unwrap_error
 from .metrics import IngressMetrics
 
 
@@ -57,6 +57,7 @@ class Ingress:
         jobs: JobSettings | None = None,
         video_api: VideoApiSettings | None = None,
     ) -> None:
+        route_logs_to_serve()
         self.detector = detector
         self.regressor = regressor
         self.tracker = tracker
@@ -114,4 +115,6 @@ class Ingress:
             await self.tracker.cancel.remote(job_id, delete)
 
     def map_error(self, exc: BaseException) -> PoseError | None:
+        if cancelled_request(exc):
+            return PoseError("client_disconnected", "the client closed the connection before the answer", status=499)
         return as_pose_error(exc)

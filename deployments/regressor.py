@@ -19,7 +19,7 @@ from pipeline.models.vitdet.predictor import Detections
 from service.settings import ModelSettings
 
 from .batching import BatchConfig, BatchStats
-from .common import checksums, start_info
+from .common import checksums, route_logs_to_serve, start_info
 from .metrics import StageMetrics
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class MeshRegressor:
     detector's answer, which may still be in flight when the call is made)."""
 
     def __init__(self, settings: RegressorSettings) -> None:
+        route_logs_to_serve()
         from pipeline.models.hmr2.files import FILES
         from pipeline.models.hmr2.predictor import HMR2Predictor
 

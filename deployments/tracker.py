@@ -26,7 +26,7 @@ from service.settings import JobSettings, ModelSettings
 from service.worker import VideoWorker
 
 from .autoscaling import JOBS_QUEUED, JOBS_RUNNING
-from .common import alive_nodes, as_pose_error, start_info, unwrap_error
+from .common import alive_nodes, as_pose_error, route_logs_to_serve, start_info, unwrap_error
 
 TRANSIENT_CODES = ("stage_unavailable", "overloaded", "stage_timeout")
 
@@ -94,6 +94,7 @@ class Tracker:
         settings: JobSettings,
         models: ModelSettings,
     ) -> None:
+        route_logs_to_serve()
         self.worker = VideoWorker(
             RemoteStages(detector, regressor, settings.stage_timeout_s), settings, models,
             map_error=as_pose_error, unwrap=unwrap_error, nodes=alive_nodes,

@@ -113,6 +113,8 @@ CODES: dict[str, ErrorCode] = {
         video_too_large="the video's frames have more pixels than the limit, or the file more bytes",
         video_too_long="the video is longer than the limit",
     ),
+    **_codes(408, upload_too_slow="the request body arrived slower than jobs.min_upload_mbit_s after a grace period"),
+    **_codes(499, client_disconnected="the client closed the connection before its request was read (logged, never sent)"),
     **_codes(416, range_not_satisfiable="a Range that starts past the end of the file"),
     **_codes(
         415,

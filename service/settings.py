@@ -179,6 +179,10 @@ class ApiSettings(BaseModel):
     # An image request whose expected wait (in flight / recent rate) is past this is answered at
     # once with 503 overloaded + Retry-After (see service/api/admission.py).
     max_image_wait_s: float = 30.0
+    # A request body must arrive at this rate after body_grace_s, else 408 upload_too_slow
+    # (service/api/pacing.py): jobs.min_upload_mbit_s, the rate the upload limits are sized for.
+    min_body_bytes_per_s: float = Field(default=10e6 / 8, gt=0)
+    body_grace_s: float = Field(default=10.0, gt=0)
     app_info: dict[str, Any] = Field(default_factory=dict)  # resources chosen by the builder, for /v1/info
 
     def key_sources(self) -> KeySources:

@@ -379,6 +379,82 @@ def test_batch_settings_follow_user_config(client: httpx.Client, tiny_dir: Path,
     assert after["batching"]["max_batch_size"] == 4 and after["batching"]["batch_wait_timeout_s"] == 0.02
 
 
+STALLED = 300
+
+
+def _stalled_upload(url: str, declared: int, sent: bytes) -> Any:
+    """A connection that announces an image body of ``declared`` bytes and sends only ``sent``."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    sock = socket.create_connection((where.hostname, where.port), timeout=120)
+    head = (
+        f"POST /v1/images HTTP/1.1\r\nHost: {where.netloc}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: image/png\r\nContent-Length: {declared}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + sent)
+    return sock
+
+
+def _answer(sock: Any) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of the HTTP answer on ``sock`` (Content-Length or one chunk)."""
+    import json
+
+    data = b""
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            fields = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+            fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
+            if b"content-length" in fields and len(body) >= int(fields[b"content-length"]):
+                break
+            if fields.get(b"transfer-encoding") == b"chunked" and body.endswith(b"0\r\n\r\n"):
+                body = body.split(b"\r\n", 1)[1].rsplit(b"\r\n0\r\n", 1)[0]
+                break
+        more = sock.recv(65536)
+        assert more, f"the connection closed before a whole answer: {data[:300]!r}"
+        data += more
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_stalled_uploads_do_not_stop_an_image_request(client: httpx.Client, service: str, scene_png: Path) -> None:
+    """300 connections that announce 100,000 bytes and send 10 hold no image capacity and are
+    dropped with 408 once behind the minimum rate; an image sent meanwhile is answered."""
+    files = {"image": ("scene.png", scene_png.read_bytes(), "image/png")}
+    unloaded = client.post("/v1/images", files=files)
+    assert unloaded.status_code == 200, unloaded.text[:300]
+    stalled = [_stalled_upload(service, 100_000, b"\x89PNG\r\n\x1a\n\x00\x00") for _ in range(STALLED)]
+    try:
+        r = client.post("/v1/images", files=files)
+        assert r.status_code == 200, r.text[:300]
+        assert r.json() == unloaded.json()
+        status, body = _answer(stalled[0])
+        assert status == 408 and body["error"]["code"] == "upload_too_slow", body
+        assert body["error"]["details"]["received_bytes"] == 10
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_a_client_hanging_up_mid_upload_is_logged_as_such(client: httpx.Client, service: str, scene_png: Path) -> None:
+    import ray
+
+    sock = _stalled_upload(service, 50_000, scene_png.read_bytes()[:1000])
+    time.sleep(1.0)
+    sock.close()
+    r = client.post("/v1/images", files={"image": ("scene.png", scene_png.read_bytes(), "image/png")})
+    assert r.status_code == 200
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"  # no public call names the session's logs
+    deadline = time.monotonic() + 30
+    text = ""
+    while time.monotonic() < deadline and "client disconnected during POST /v1/images" not in text:
+        time.sleep(0.5)
+        text = "".join(p.read_text(errors="replace") for p in logs.glob("replica_pose_Ingress_*.log"))
+    assert "client disconnected during POST /v1/images" in text, text[-2000:]
+    assert "unexpected error on /v1/images" not in text
+
+
 def test_killed_replica_is_replaced(client: httpx.Client, scene_png: Path) -> None:
     import ray
 

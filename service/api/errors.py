@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from pipeline.errors import CODES, PoseError, codes_by_status
@@ -96,9 +97,18 @@ def add_error_handlers(
             response.headers["Allow"] = ", ".join(_allowed_methods(request))
         return response
 
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        return await _unexpected(request, exc)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        mapped = map_error(exc)
+        # A client that hung up (Starlette's ClientDisconnect in process; the host maps its own
+        # form of it, e.g. Serve cancelling the request) is not a failure of the service: the
+        # answer is never sent, and the metric counts it under its own code.
+        mapped = PoseError("client_disconnected", "the client closed the connection", status=499) if isinstance(exc, ClientDisconnect) else map_error(exc)
+        if mapped is not None and mapped.code == "client_disconnected":
+            logger.info("client disconnected during %s %s", request.method, request.url.path)
         if mapped is None:
             logger.exception("unexpected error on %s", request.url.path)
             mapped = PoseError("internal_error", "unexpected server error (logged)", status=500)

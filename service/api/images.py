@@ -116,8 +116,11 @@ def add_image_routes(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> Non
         image, in order, its result or ``{"error": {...}}`` with the code its one-image request
         would have answered; the images are regressed together. JSON only, no boxes.
         """
-        async with ctx.admission.admit():  # shed before the body is read
-            uploads, form_boxes = await read_upload(ctx, request)
+        # Shed before the body is read, but count the request against the capacity only once its
+        # body is in: a slow client holds no share of the models while it uploads.
+        ctx.admission.check()
+        uploads, form_boxes = await read_upload(ctx, request)
+        async with ctx.admission.admit():
             boxes_json = form_boxes if form_boxes is not None else boxes
             if len(uploads) > 1:
                 if format == "png" or (boxes_json is not None and boxes_json.strip()):
