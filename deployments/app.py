@@ -119,6 +119,11 @@ class JobArgs(BaseModel):
 
     max_active: int = Field(default=2, ge=1, description="jobs processed at once")
     max_queued: int = Field(default=32, ge=0, description="accepted jobs waiting beyond those; then 429 + Retry-After")
+    max_jobs_per_client: int | None = Field(
+        default=16, ge=1,
+        description="jobs one client may have queued or running at once, so no client fills the shared queue; "
+        "then 429 client_job_limit + Retry-After. Admin keys are bounded by the queue only. None: no bound of its own",
+    )
     retention_s: float | None = Field(default=7 * 24 * 3600.0, gt=0, description="finished jobs kept; None: forever")
     max_attempts: int = Field(default=3, ge=1, description="starts of one job (restarts included) before it fails")
     chunk_size: int | None = Field(default=None, ge=1, le=256, description="frames per chunk; None: the profile's")
@@ -482,6 +487,7 @@ def build_app(args: AppArgs) -> Application:
         data_dir=resolve_data_dir(args),
         max_active=args.jobs.max_active,
         max_queued=args.jobs.max_queued,
+        max_jobs_per_client=args.jobs.max_jobs_per_client,
         retention_s=args.jobs.retention_s,
         max_attempts=args.jobs.max_attempts,
         chunk_size=args.jobs.chunk_size or profile.video_chunk_size,

@@ -134,7 +134,12 @@ CODES: dict[str, ErrorCode] = {
         frame_range_empty="a range whose end is at or before its start, or that holds no frame of the video",
         frame_range_past_end="a range that starts after the video's last frame (at upload when the video says its length, else the job's failure)",
     ),
-    **_codes(429, True, too_many_jobs="the job queue is full; retry after Retry-After seconds"),
+    **_codes(
+        429,
+        True,
+        too_many_jobs="the job queue is full; retry after Retry-After seconds",
+        client_job_limit="the client has jobs.max_jobs_per_client jobs queued or running; retry after Retry-After seconds",
+    ),
     **_codes(
         500,
         internal_error="an unexpected server error (it is logged)",

@@ -79,6 +79,8 @@ class JobSettings(BaseModel):
     job_store_env: str = "POSE_JOB_STORE_URL"  # read on each replica's node (a Secret in Kubernetes)
     max_active: int = Field(default=2, ge=1)  # jobs processed at once
     max_queued: int = Field(default=32, ge=0)  # accepted jobs waiting beyond those; then 429
+    # jobs one (non-admin) client may have queued or running; then 429 client_job_limit. None: no bound of its own
+    max_jobs_per_client: int | None = Field(default=16, ge=1)
     retention_s: float | None = Field(default=7 * 24 * 3600.0, gt=0)  # finished jobs kept this long; None: forever
     max_attempts: int = Field(default=3, ge=1)  # starts of one job (restarts included) before it fails
     chunk_size: int = Field(default=8, ge=1, le=256)  # frames decoded and submitted together

@@ -163,6 +163,29 @@ def test_idempotency_key_with_another_request_is_refused(store):
     assert store.list()[1] == 1
 
 
+def test_a_client_at_its_limit_is_refused_while_others_and_unbounded_callers_are_not(store):
+    for _ in range(2):
+        store.create(input_file=_upload(store), move_input=True, client="alice", client_limit=2)
+    upload = _upload(store)
+    with pytest.raises(PoseError) as excinfo:
+        store.create(input_file=upload, move_input=True, client="alice", client_limit=2)
+    err = excinfo.value
+    assert (err.code, err.status) == ("client_job_limit", 429)
+    assert {k: err.details[k] for k in ("client", "client_jobs", "max_jobs_per_client")} == {
+        "client": "alice", "client_jobs": 2, "max_jobs_per_client": 2,
+    }
+    assert err.details["retry_after"] >= 1 and upload.exists()  # refused before the upload moved
+    assert store.create(client="bob", client_limit=2).client == "bob"  # another client still submits
+    assert store.create(client="alice").client == "alice"  # without a limit of its own (an admin): the queue bounds it
+    with pytest.raises(PoseError) as excinfo:
+        store.check_client_jobs("alice", 3)  # the route's check before reading an upload
+    assert excinfo.value.details["client_jobs"] == 3
+    finished = store.claim_next(30.0)
+    assert finished is not None and finished.client == "alice"
+    store.finish(finished.id, {}, finished.attempts)
+    store.check_client_jobs("alice", 3)  # a finished job no longer counts
+
+
 def test_full_queue_refuses_with_429_and_retry_after(store):
     ids = [store.create(input_file=_upload(store), move_input=True).id for _ in range(4)]  # 1 active + 3 queued
     upload = _upload(store)

@@ -34,6 +34,7 @@ from videos import audio_only, crossing_video, figure_frame, write_video  # noqa
 from service.callbacks import SIGNATURE_HEADER, verify  # noqa: E402
 
 MAX_ACTIVE, MAX_QUEUED = 2, 1
+PER_CLIENT = 2  # jobs.max_jobs_per_client: below the queue's 3, so one client at its limit leaves room
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,7 @@ def app_args(clips: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, k
         "media_dir": str(clips["media"]),
         # a short lease: a killed worker's job is taken over within seconds
         "jobs": {"max_active": MAX_ACTIVE, "max_queued": MAX_QUEUED, "sync_timeout_s": 120.0, "lease_s": 4.0,
+                 "max_jobs_per_client": PER_CLIENT,
                  # the test's callback receiver listens on loopback: allowed by name, plain http
                  "callback_allow_http": True, "callback_allow_hosts": ["127.0.0.1"],
                  "callback_secret_env": "TEST_CALLBACK_SECRET"},
@@ -510,6 +512,57 @@ def test_an_idempotency_key_is_the_clients_own(alice, bob, clips):
     again = upload(alice, clips["one"], headers=key)
     assert again.json()["id"] == a.json()["id"] and again.headers.get("idempotent-replayed") == "true"
     assert wait_job(alice, a.json()["id"])["state"] == wait_job(bob, b.json()["id"])["state"] == "succeeded"
+
+
+def test_a_client_at_its_job_limit_gets_429_while_another_still_submits(alice, bob, client, clips):
+    mine = [upload(alice, clips["long"]) for _ in range(PER_CLIENT)]
+    assert [r.status_code for r in mine] == [202] * PER_CLIENT, [r.text for r in mine]
+    refused = upload(alice, clips["one"])
+    body = assert_error(refused, 429, "client_job_limit")
+    assert body["error"]["details"] == {
+        "retry_after": int(refused.headers["retry-after"]), "client": "alice", "client_jobs": PER_CLIENT,
+        "max_jobs_per_client": PER_CLIENT,
+    }
+    theirs = upload(bob, clips["one"])
+    assert theirs.status_code == 202, theirs.text
+    for resp in mine:
+        assert alice.delete(f"/v1/jobs/{resp.json()['id']}").status_code in (202, 204)
+    assert wait_job(bob, theirs.json()["id"])["state"] == "succeeded"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and any(alice.get(f"/v1/jobs/{r.json()['id']}").status_code != 404 for r in mine):
+        time.sleep(0.5)
+    again = upload(alice, clips["one"])  # its jobs gone, the client submits again
+    assert again.status_code == 202, again.text
+    assert wait_job(alice, again.json()["id"])["state"] == "succeeded"
+
+
+def _walk(value: Any, where: str = "") -> Iterator[tuple[str, Any]]:
+    """Every (dotted key, value) of a JSON document."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield f"{where}.{k}", v
+            yield from _walk(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield f"{where}[{i}]", v
+            yield from _walk(v, f"{where}[{i}]")
+
+
+def test_info_shows_where_things_are_to_admins_only(alice, client):
+    admin, mine = client.get("/v1/info").json(), alice.get("/v1/info").json()
+    locating = ("path", "node_id", "pid", "replica", "job_store", "ingress")
+    admin_keys = {k.rsplit(".", 1)[-1] for k, _ in _walk(admin)}
+    assert set(locating) <= admin_keys  # what the client must not see is there for the admin
+    assert any(isinstance(v, str) and v.startswith("/") for _, v in _walk(admin))
+    for key, value in _walk(mine):
+        assert key.rsplit(".", 1)[-1] not in locating, key
+        assert not (isinstance(value, str) and (value.startswith("/") or "://" in value)), (key, value)
+    # what a client needs is still there: the models, their checksums, the limits
+    assert mine["deployments"]["detector"]["model"] == admin["deployments"]["detector"]["model"]
+    assert mine["deployments"]["regressor"]["files"] and all(
+        f["sha256"] == admin["deployments"]["regressor"]["files"][k]["sha256"] for k, f in mine["deployments"]["regressor"]["files"].items()
+    )
+    assert mine["limits"] == admin["limits"] and mine["videos"]["disk"] is None
 
 
 def test_missing_and_unknown_keys_are_401(service, clips):

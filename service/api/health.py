@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -43,7 +44,8 @@ def add_health_routes(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> No
 
 
 async def service_info(ctx: ApiContext, caller: Client) -> dict[str, Any]:
-    """What ``/v1/info`` answers ``caller`` (the disk's figures to admins only)."""
+    """What ``/v1/info`` answers ``caller``: admins see everything, clients `client_view` (no
+    paths, nodes, processes or store address; no disk figures)."""
     settings = ctx.settings
     deployments = await ctx.backend.stages_info()
     videos = ctx.videos
@@ -74,4 +76,31 @@ async def service_info(ctx: ApiContext, caller: Client) -> dict[str, Any]:
         "ingress": ctx.backend.host_info(),
         "deployments": deployments,
     }
-    return json.loads(json.dumps(info, default=str))  # devices, dtypes and paths as text
+    info = json.loads(json.dumps(info, default=str))  # devices, dtypes and paths as text
+    return info if caller.admin else client_view(info)
+
+
+# Where things are (files, folders, nodes, processes, the store's address): for operators only.
+ADMIN_ONLY_KEYS = frozenset(
+    {"path", "paths", "node_id", "nodes", "pid", "replica", "ingress", "job_store", "data_dir", "media_dir",
+     "weights_dir", "tiny_dir", "store_error"}
+)
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def client_view(value: Any) -> Any:
+    """``/v1/info`` as a client (not an admin) sees it: no key that says where something is, no
+    text that is a path or a URL, and errors by their code only (their messages name folders)."""
+    if isinstance(value, dict):
+        if set(value) >= {"code", "message"}:
+            return {"code": value["code"]}
+        return {
+            k: client_view(v) for k, v in value.items() if k not in ADMIN_ONLY_KEYS and not _locates(v)
+        }
+    if isinstance(value, list):
+        return [client_view(v) for v in value if not _locates(v)]
+    return value
+
+
+def _locates(value: Any) -> bool:
+    return isinstance(value, str) and (value.startswith(("/", "~", "\\\\")) or bool(_URL.match(value)))

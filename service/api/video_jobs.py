@@ -65,9 +65,16 @@ class VideoJobs:
         except Exception as exc:  # the worker restarting: it will find the job when it is back
             logger.warning("could not wake the video worker: %s", exc)
 
-    async def check_capacity(self) -> None:
-        """Refuse before reading a large upload when the queue is already full (the store checks
-        again, atomically, when the job is created)."""
+    def client_limit(self, client: Client) -> int | None:
+        """The jobs ``client`` may have queued or running (None: admins, bounded by the queue only)."""
+        return None if client.admin else self.jobs.max_jobs_per_client
+
+    async def check_capacity(self, client: Client) -> None:
+        """Refuse before reading a large upload when the client is at its limit or the queue is
+        already full (the store checks both again, atomically, when the job is created)."""
+        limit = self.client_limit(client)
+        if limit is not None:
+            await self.call(self.store.check_client_jobs, client.id, limit)
         counts = await self.call(self._counts)
         if self.store.queue_full(counts["queued"], counts["running"]):
             raise PoseError(
@@ -127,6 +134,7 @@ class VideoJobs:
                 callback_url=callback_url,
                 fingerprint=fingerprint,
                 client=client.id,
+                client_limit=self.client_limit(client),
             )
         except BaseException:
             if move:  # once accepted the upload has moved into the job's folder

@@ -95,7 +95,7 @@ def add_upload_route(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> Non
         asked = {"start_frame": start_frame, "end_frame": end_frame, "start_s": start_s, "end_s": end_s}
         FrameRange.of(**asked)  # a bad range in the query is refused before the upload is read
         if idempotency_key is None:
-            await v.check_capacity()
+            await v.check_capacity(caller)
         # With a key the body is read even when the key is known: a replay must be the same request.
         dest = v.store.new_upload_path(".upload")
         try:
@@ -175,7 +175,7 @@ def add_media_route(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> None
             if job is not None:
                 check_replay(job, fingerprint)
         if job is None:
-            await v.check_capacity()
+            await v.check_capacity(caller)
             await v.call(v.disk.check, 0)  # the input stays in the media folder; its results need room
             job = await v.accept(
                 path,

@@ -45,6 +45,26 @@ def check_capacity(db: Connection, *, max_active: int, max_queued: int) -> None:
     )
 
 
+def check_client_jobs(db: Connection, client: str, limit: int | None, *, max_active: int) -> None:
+    """``client_job_limit`` (429, with the client's figures) when ``client`` has ``limit`` jobs
+    queued or running already, so one client cannot fill the queue that all share. ``limit``
+    None: no bound of its own (admins: the queue bounds them)."""
+    if limit is None:
+        return
+    row = db.execute("SELECT COUNT(*) FROM jobs WHERE client = ? AND state IN ('queued', 'running')", (client,)).fetchone()
+    jobs = int(row[0]) if row is not None else 0
+    if jobs < limit:
+        return
+    retry_after = retry_after_s(db, max_active)
+    raise PoseError(
+        "client_job_limit",
+        f"client {client!r} has {jobs} jobs queued or running, the limit per client is {limit} "
+        f"(jobs.max_jobs_per_client); retry in {retry_after} s, when one has ended",
+        status=429,
+        details={"retry_after": retry_after, "client": client, "client_jobs": jobs, "max_jobs_per_client": limit},
+    )
+
+
 def retry_after_s(db: Connection, max_active: int) -> int:
     """Seconds until a slot is likely free: recent job length over the number of workers."""
     rows = db.execute(

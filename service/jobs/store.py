@@ -33,7 +33,7 @@ from typing import Any, Iterator, Mapping, cast
 
 from pipeline.atomic import atomic_open
 from service.auth import DEFAULT_CLIENT
-from service.jobs.admission import check_capacity
+from service.jobs.admission import check_capacity, check_client_jobs
 from service.jobs.admission import queue_full as _queue_full
 from service.jobs.cleanup import delete_expired_rows, remove_job_dirs, remove_orphans
 from service.jobs.db import Connection, Row, open_database
@@ -153,8 +153,10 @@ class JobStore:
         callback_url: str | None = None,
         fingerprint: str | None = None,
         client: str = DEFAULT_CLIENT,
+        client_limit: int | None = None,
     ) -> Job:
-        """Accept a job, queued, for ``client``. Once this returns, the job and its input survive any restart.
+        """Accept a job, queued, for ``client`` (at most ``client_limit`` of its jobs queued or
+        running: 429 ``client_job_limit`` beyond; None: no bound of its own). Once this returns, the job and its input survive any restart.
 
         ``move_input``: the file (an upload, see `new_upload_path`) is moved into the job folder
         as ``input<suffix>``; otherwise ``input_file`` is only referenced (a media-folder file).
@@ -175,8 +177,9 @@ class JobStore:
             if existing is not None:
                 discard(input_file, move_input)
                 return check_replay(existing, fingerprint)
-        with self._db.read() as db:
-            check_capacity(db, max_active=self.max_active, max_queued=self.max_queued)  # refuse before moving any file
+        with self._db.read() as db:  # refuse before moving any file
+            check_client_jobs(db, client, client_limit, max_active=self.max_active)
+            check_capacity(db, max_active=self.max_active, max_queued=self.max_queued)
 
         job_id = uuid.uuid4().hex
         job_dir = self.jobs_dir / job_id
@@ -195,6 +198,7 @@ class JobStore:
                     if row is not None:  # a concurrent retry won the race
                         shutil.rmtree(job_dir, ignore_errors=True)
                         return check_replay(self._job(row), fingerprint)
+                check_client_jobs(db, client, client_limit, max_active=self.max_active)
                 check_capacity(db, max_active=self.max_active, max_queued=self.max_queued)
                 seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
                 db.execute(
@@ -436,6 +440,11 @@ class JobStore:
             ids = delete_expired_rows(db, now - self.retention_s)
         remove_job_dirs(self.jobs_dir, ids)
         return ids
+
+    def check_client_jobs(self, client: str, limit: int | None) -> None:
+        """429 ``client_job_limit`` when ``client`` has ``limit`` jobs queued or running (`create` checks again)."""
+        with self._db.read() as db:
+            check_client_jobs(db, client, limit, max_active=self.max_active)
 
     def queue_full(self, queued: int, running: int) -> bool:
         """Whether a new job must wait outside: ``max_queued`` jobs wait already, beyond the
