@@ -26,7 +26,14 @@ from ray.serve import Application
 from configs.profiles import STAGE_DEPLOYMENTS, BatchSettings, DetectorName, Fractions, Limits, Profile, get_profile
 from pipeline.errors import PoseError
 from service.auth import KeySources, check_exposure, is_loopback
-from service.settings import ApiSettings, JobSettings, ModelSettings, VideoApiSettings, VideoLimitArgs
+from service.settings import (
+    ApiSettings,
+    JobSettings,
+    ModelSettings,
+    VideoApiSettings,
+    VideoLimitArgs,
+    default_data_dir,
+)
 
 # The deployments' own modules (models, torch) are imported by `build_app`: the checks here stay
 # light for `deployments.preflight`, run before ``serve run``.
@@ -36,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 PROFILE_ENV = "POSE_SERVICE_PROFILE"
 VIDEO_POLICY = "deployments.autoscaling:video_queue_policy"
-DATA_DIR_ENV = "POSE_SERVICE_DATA_DIR"
 
 
 class BatchArgs(BaseModel):
@@ -125,7 +131,11 @@ class JobArgs(BaseModel):
         "then 429 client_job_limit + Retry-After. Admin keys are bounded by the queue only. None: no bound of its own",
     )
     retention_s: float | None = Field(default=7 * 24 * 3600.0, gt=0, description="finished jobs kept; None: forever")
-    max_attempts: int = Field(default=3, ge=1, description="starts of one job (restarts included) before it fails")
+    max_attempts: int = Field(
+        default=3, ge=1,
+        description="crashed attempts of one job (lease ran out, worker restarted, no progress for stall_s) before it "
+        "fails interrupted; graceful hand-offs (scale-down, redeploy) do not count",
+    )
     chunk_size: int | None = Field(default=None, ge=1, le=256, description="frames per chunk; None: the profile's")
     sync_timeout_s: float = Field(default=300.0, gt=0, description="POST /pose/video waits this long, then 202")
     allow_callbacks: bool = Field(default=True, description="accept callback_url on uploads (public https addresses only, see below)")
@@ -175,6 +185,12 @@ class JobArgs(BaseModel):
     stage_timeout_s: float = Field(
         default=600.0, gt=0,
         description="a chunk's detector and regressor answers awaited this long, then its calls are cancelled and the chunk retried",
+    )
+    stall_s: float | None = Field(
+        default=1800.0, gt=0,
+        description="a running job whose frames and checkpoint have not moved this long, although its worker renews "
+        "its lease, is taken back and resumed by another attempt (counted as a crash); above stage_timeout_s + "
+        "max_stage_wait_s. None: never",
     )
 
 
@@ -310,8 +326,7 @@ def resolve_data_dir(args: AppArgs) -> str:
     """Where jobs live: the argument, else the environment, else a per-user cache folder."""
     if args.data_dir:
         return str(Path(args.data_dir).expanduser())
-    env = os.environ.get(DATA_DIR_ENV)
-    return str(Path(env).expanduser() if env else Path.home() / ".cache" / "pose-service" / "data")
+    return default_data_dir()
 
 
 def resolve_profile(args: AppArgs) -> Profile:
@@ -497,6 +512,7 @@ def build_app(args: AppArgs) -> Application:
         lease_s=args.jobs.lease_s,
         max_stage_wait_s=args.jobs.max_stage_wait_s,
         stage_timeout_s=args.jobs.stage_timeout_s,
+        stall_s=args.jobs.stall_s,
         job_store=args.jobs.job_store,
         job_store_env=args.jobs.job_store_env,
         callback_allow_http=args.jobs.callback_allow_http,

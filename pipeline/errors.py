@@ -59,8 +59,11 @@ CODES: dict[str, ErrorCode] = {
         path_invalid="an empty or unusable video_path (POST /pose/video)",
         path_not_a_file="a video_path naming a folder or a special file",
         range_invalid="a Range header that is not bytes=START-END",
-        callback_url_invalid="a callback_url that is not an allowed http(s) URL",
-        callback_url_forbidden="a callback_url whose host resolves to an internal address",
+        callback_url_invalid="a callback_url that is not an allowed http(s) URL (also: control characters or blanks in it, port 0)",
+        callback_url_forbidden=(
+            "a callback_url whose host resolves to an internal address, "
+            "or to an IPv6 form of an IPv4 address (6to4, Teredo, NAT64, IPv4-mapped)"
+        ),
         callback_url_unresolvable="a callback_url whose host does not resolve",
         callbacks_disabled="callback_url given, but this service makes no callbacks",
         idempotency_key_invalid="an Idempotency-Key outside 1 to 255 characters",

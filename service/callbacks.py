@@ -5,10 +5,15 @@ that is a request forgery tool: a URL naming a cloud metadata address, the Ray d
 database makes the server call it. So:
 
 - only ``https`` (``http`` only when the operator allows it);
+- the URL is refused when it holds a control character or a blank (CR/LF would split the
+  request line into headers; tabs and newlines are silently dropped by URL parsers) or names
+  port 0;
 - every address the host resolves to must be a public unicast address: loopback, private,
   link-local (cloud metadata), carrier-grade NAT, multicast, reserved and unspecified ranges
-  are refused, IPv4-mapped IPv6 included, unless the host or its address is on the operator's
-  allow-list;
+  are refused, and so are site-local IPv6 (``fec0::/10``) and every IPv6 form that embeds or
+  routes to an IPv4 address (IPv4-mapped ``::ffff:0:0/96`` and -compatible ``::/96``, 6to4
+  ``2002::/16``, Teredo ``2001::/32``, NAT64 ``64:ff9b::/96`` and ``64:ff9b:1::/48``), whatever
+  IPv4 address they carry, unless the host or its address is on the operator's allow-list;
 - the check is made when the job is accepted and again when the callback is sent, and the
   connection goes to the very address that was checked (a DNS answer that changes in between
   cannot redirect it); redirects are never followed;
@@ -51,8 +56,18 @@ SECRETS_FILE_ENV = "POSE_CALLBACK_SECRETS_FILE"  # path of a file of such entrie
 MIN_SECRET_BYTES = 16
 # A comment starts at a '#' opening the line or following a blank; a '#' inside a secret is the secret's.
 _COMMENT = re.compile(r"(^|\s)#.*")
-# Not global unicast, or not safe to call, beyond what `ipaddress` flags as non-global.
-_ALWAYS_BLOCKED = [ipaddress.ip_network(n) for n in ("100.64.0.0/10", "192.0.0.0/24", "fd00:ec2::/32")]
+# Not global unicast, or not safe to call, beyond what `ipaddress` flags as non-global:
+# carrier-grade NAT, IETF protocol assignments, the EC2 IPv6 metadata range, site-local IPv6.
+_ALWAYS_BLOCKED = [ipaddress.ip_network(n) for n in ("100.64.0.0/10", "192.0.0.0/24", "fd00:ec2::/32", "fec0::/10")]
+# IPv6 forms that carry an IPv4 address or are translated to IPv4 on the way: a gateway or the
+# host's own stack may deliver them to that IPv4 address (6to4 of 169.254.169.254 reaches the
+# metadata service), so none is a public IPv6 address of its own.
+_EMBEDS_IPV4 = [
+    ipaddress.ip_network(n)
+    for n in ("::ffff:0:0/96", "::/96", "2002::/16", "2001::/32", "64:ff9b::/96", "64:ff9b:1::/48")
+]
+# Control characters (C0, DEL, C1) and the blank: never part of a URL as sent.
+_CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f]")
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -104,8 +119,8 @@ def _resolve(host: str, port: int) -> list[str]:
 
 def is_public(addr: Address) -> bool:
     """A public unicast address (what a callback may reach without the allow-list)."""
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return is_public(addr.ipv4_mapped)
+    if isinstance(addr, ipaddress.IPv6Address) and any(addr in net for net in _EMBEDS_IPV4):
+        return False
     if not addr.is_global or addr.is_multicast or addr.is_reserved or addr.is_unspecified:
         return False
     return not any(addr in net for net in _ALWAYS_BLOCKED if net.version == addr.version)
@@ -115,11 +130,20 @@ def check_url(url: str, policy: CallbackPolicy, resolve: Resolver = _resolve) ->
     """The URL as a `Target`, or `InputError` ``callback_url_forbidden`` / ``callback_url_invalid``."""
     if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
         raise InputError("callback_url_invalid", f"expected an https URL of at most {MAX_URL_LENGTH} characters")
+    control = _CONTROL.search(url)
+    if control is not None:  # checked before parsing: urlsplit drops tabs and newlines silently
+        raise InputError(
+            "callback_url_invalid",
+            f"expected a callback URL without control characters or blanks, got {control.group()!r} "
+            f"at position {control.start()}",
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
         raise InputError("callback_url_invalid", f"the callback URL cannot be parsed: {exc}") from exc
+    if port == 0:
+        raise InputError("callback_url_invalid", "expected a callback URL port from 1 to 65535, got 0")
     scheme = parts.scheme.lower()
     allowed = ("https", "http") if policy.allow_http else ("https",)
     if scheme not in allowed:
@@ -138,9 +162,11 @@ def check_url(url: str, policy: CallbackPolicy, resolve: Resolver = _resolve) ->
     for text in addresses:
         addr = ipaddress.ip_address(text.split("%", 1)[0])
         if not (named or is_public(addr) or policy.address_allowed(addr)):
+            embeds = isinstance(addr, ipaddress.IPv6Address) and any(addr in net for net in _EMBEDS_IPV4)
+            what = "an IPv6 address that embeds or routes to an IPv4 address" if embeds else "an internal address"
             raise InputError(
                 "callback_url_forbidden",
-                f"the callback host {host!r} resolves to {addr}, an internal address; callbacks go to public "
+                f"the callback host {host!r} resolves to {addr}, {what}; callbacks go to public "
                 "addresses only unless the operator allows the host",
             )
     path = parts.path or "/"

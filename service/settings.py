@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from configs.profiles import DetectorName
 from pipeline.errors import PoseError
@@ -20,6 +20,15 @@ from pipeline.weights import CacheRoots
 from service.auth import AuthMode, KeySources
 from service.callbacks import CallbackPolicy, SecretSources
 from service.jobs import JobStore
+
+DATA_DIR_ENV = "POSE_SERVICE_DATA_DIR"
+
+
+def default_data_dir() -> str:
+    """Where jobs live when no data_dir is configured: ``$POSE_SERVICE_DATA_DIR``, else a
+    per-user cache folder (read when called, on the node that calls)."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return str(Path(env).expanduser() if env else Path.home() / ".cache" / "pose-service" / "data")
 
 
 class ModelSettings(BaseModel):
@@ -82,7 +91,7 @@ class JobSettings(BaseModel):
     # jobs one (non-admin) client may have queued or running; then 429 client_job_limit. None: no bound of its own
     max_jobs_per_client: int | None = Field(default=16, ge=1)
     retention_s: float | None = Field(default=7 * 24 * 3600.0, gt=0)  # finished jobs kept this long; None: forever
-    max_attempts: int = Field(default=3, ge=1)  # starts of one job (restarts included) before it fails
+    max_attempts: int = Field(default=3, ge=1)  # crashed attempts of one job before it fails (hand-offs not counted)
     chunk_size: int = Field(default=8, ge=1, le=256)  # frames decoded and submitted together
     video_limits: VideoLimitArgs = Field(default_factory=VideoLimitArgs)
     max_disk_bytes: int | None = Field(default=None, ge=0)  # uploads, checkpoints, results, artifacts; None: no budget
@@ -100,6 +109,19 @@ class JobSettings(BaseModel):
     # One chunk's detector and regressor answers are awaited this long, then its calls are
     # cancelled and the chunk is retried (a call can wait forever on a replica lost with its node).
     stage_timeout_s: float = Field(default=600.0, gt=0)
+    # A running job whose frames done and checkpoint have not moved this long (while its lease is
+    # renewed) is taken back and retried elsewhere, as a crash. None: never. Above stage_timeout_s
+    # plus max_stage_wait_s, the longest one chunk may legitimately take.
+    stall_s: float | None = Field(default=1800.0, gt=0)
+
+    @model_validator(mode="after")
+    def _stall_after_a_chunk(self) -> "JobSettings":
+        if self.stall_s is not None and self.stall_s <= self.stage_timeout_s + self.max_stage_wait_s:
+            raise ValueError(
+                f"expected stall_s above stage_timeout_s + max_stage_wait_s ({self.stage_timeout_s:g} + "
+                f"{self.max_stage_wait_s:g} s, the longest one chunk may take), got {self.stall_s:g}"
+            )
+        return self
 
     def callback_policy(self, client: str | None = None) -> CallbackPolicy:
         """Which callback URLs are allowed and how they are called (see `service.callbacks`):

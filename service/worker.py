@@ -202,7 +202,7 @@ class VideoWorker:
 
     async def _claim_jobs(self) -> None:
         assert self.store is not None  # jobs run only once the store is open
-        expired = await asyncio.to_thread(self.store.expire_leases, self.settings.max_attempts)
+        expired = await asyncio.to_thread(self.store.expire_leases, self.settings.max_attempts, self.settings.stall_s)
         for job_id in expired.failed + expired.cancelled:
             self._schedule_callback(job_id)
         while len(self._active) < self.settings.max_active:

@@ -31,12 +31,44 @@ def fixed(*addresses: str):
 @pytest.mark.parametrize(
     "address",
     ["127.0.0.1", "10.1.2.3", "172.16.0.9", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "224.0.0.1",
-     "::1", "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "240.0.0.1"],
+     "::1", "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "240.0.0.1",
+     # site-local, and IPv6 forms that embed or route to IPv4 (whatever IPv4 address they carry)
+     "fec0::1", "2002:a9fe:a9fe::", "2002:7f00:1::", "2002:808:808::", "64:ff9b::a9fe:a9fe", "64:ff9b::808:808",
+     "64:ff9b:1::1", "2001::1", "2001:0:4136:e378:8000:63bf:3fff:fdd2", "::ffff:8.8.8.8", "::8.8.8.8", "::127.0.0.1"],
 )
 def test_internal_addresses_are_refused(address):
     with pytest.raises(InputError) as info:
         check_url("https://hooks.example.com/x", CallbackPolicy(), fixed(address))
     assert info.value.code == "callback_url_forbidden"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://hooks.example.com/a\r\nX-Injected: 1", "https://hooks.example.com/\n", "https://hooks.\texample.com/",
+     "https://hooks.example.com/a b", "https://hooks.example.com/\x00", "https://hooks.example.com/\x7f",
+     "https://hooks.example.com/\x85", "https://hooks.example.com:0/", "https://[2606:4700::1111]:0/"],
+)
+def test_control_characters_and_port_0_are_refused(url):
+    with pytest.raises(InputError) as info:
+        check_url(url, CallbackPolicy(), fixed("93.184.215.14"))
+    assert info.value.code == "callback_url_invalid"
+
+
+@pytest.mark.parametrize("address", ["2606:4700:4700::1111", "2a00:1450:4001:80b::200e", "93.184.215.14"])
+def test_public_ipv6_and_ipv4_addresses_are_accepted(address):
+    assert check_url("https://hooks.example.com/x", CallbackPolicy(), fixed(address)).address == address
+
+
+@pytest.mark.parametrize("url", ["https://[2002:a9fe:a9fe::]/", "https://[64:ff9b::a9fe:a9fe]/", "https://[fec0::1]/",
+                                 "https://hooks.example.com:0/", "https://hooks.example.com/a\r\nX: 1"])
+def test_delivery_checks_the_url_again(url):
+    """A URL stored before these checks existed is refused when the callback is sent: no request."""
+    def resolver(host: str, port: int) -> list[str]:
+        return [host] if ":" in host else ["93.184.215.14"]
+
+    with pytest.raises(InputError) as info:
+        post(url, b"{}", CallbackPolicy(tries=1), resolver)
+    assert info.value.code in ("callback_url_forbidden", "callback_url_invalid")
 
 
 def test_one_internal_answer_among_public_ones_is_enough_to_refuse():

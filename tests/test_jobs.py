@@ -21,6 +21,7 @@ import pytest
 
 from pipeline.errors import InputError, PoseError
 from service.jobs import Job, JobStore
+from service.jobs.layout import write_store_id
 from service.paths import resolve_media_path
 
 
@@ -127,7 +128,7 @@ def test_results_are_written_atomically_and_survive(store, tmp_path):
             f.write(b"half")
             raise RuntimeError("disk full")
     names = sorted(p.name for p in store.job_dir(job.id).iterdir())
-    assert names == ["input.mp4", "result.json", "result.npz"]
+    assert names == ["input.mp4", "result.json", "result.npz", "store-id"]
     done = store.finish(job.id, {"json": json_path, "npz": "result.npz"})
     assert done.state == "succeeded" and done.finished_at is not None
     assert done.result_paths == {"json": json_path, "npz": store.job_dir(job.id) / "result.npz"}
@@ -470,15 +471,96 @@ def test_recovery_honours_a_cancel_asked_before_the_crash(open_store, tmp_path):
 
 
 def test_recovery_removes_orphans_after_a_grace_period(store):
-    orphan = store.jobs_dir / ("f" * 32)
+    orphan = store.jobs_dir / ("f" * 32)  # this store's folder, its row never committed (a crash)
     orphan.mkdir()
+    write_store_id(orphan, store.store_id)
+    unmarked = store.jobs_dir / ("e" * 32)  # no store id: not provably this store's
+    unmarked.mkdir()
     stale_upload = _upload(store)
     kept = store.create(input_file=_upload(store), move_input=True)
     assert store.recover_after_restart().removed_dirs == []  # young: maybe being created right now
     later = time.time() + 7200
+    assert sorted(p.name for p in store.scan_orphans(now=later).remove) == sorted([orphan.name, stale_upload.name])
+    assert orphan.is_dir()  # the scan removes nothing
     removed = store.recover_after_restart(now=later).removed_dirs
     assert sorted(removed) == sorted([orphan.name, stale_upload.name])
-    assert store.job_dir(kept.id).is_dir()
+    assert store.job_dir(kept.id).is_dir() and unmarked.is_dir()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def two_stores(request, tmp_path):
+    """(open this test's store, open another store): two job databases on one backend, both
+    meant to be opened on the same data folder."""
+    if request.param == "sqlite":
+        urls = [None, f"sqlite:///{tmp_path / 'other.sqlite3'}"]
+        yield tuple((lambda data, u=u, **kw: JobStore(data, url=u, **kw)) for u in urls)
+        return
+    from pg_helpers import isolated_schema
+
+    server = request.getfixturevalue("postgres_server")
+    with isolated_schema(server) as (first, _), isolated_schema(server) as (second, _):
+        yield tuple((lambda data, u=u, **kw: JobStore(data, url=u, **kw)) for u in (first, second))
+
+
+def test_an_empty_or_other_store_on_the_same_storage_removes_no_folder(two_stores, tmp_path):
+    open_mine, open_other = two_stores
+    data, later = tmp_path / "data", time.time() + 7200
+    with open_mine(data, retention_s=None, max_queued=10) as mine:
+        jobs = [mine.create(input_file=_upload(mine), move_input=True) for _ in range(2)]
+        assert (mine.job_dir(jobs[0].id) / "store-id").read_text().strip() == mine.store_id
+    with open_other(data, retention_s=None, max_queued=10) as other:  # a wrong URL: a fresh, empty store
+        scan = other.scan_orphans(now=later)
+        assert scan.remove == [] and "holds no jobs" in scan.skipped
+        assert other.recover_after_restart(now=later).removed_dirs == []
+        own = other.create()  # no longer empty: still, the first store's folders are not its own
+        scan = other.scan_orphans(now=later)
+        assert scan.remove == [] and sorted(scan.foreign) == sorted(j.id for j in jobs)
+        assert other.recover_after_restart(now=later).removed_dirs == []
+        assert other.store_id != mine.store_id
+    assert all((data / "jobs" / j.id / "input.mp4").is_file() for j in jobs)
+    with open_mine(data, retention_s=None, max_queued=10) as mine:
+        assert mine.scan_orphans(now=later).foreign == [own.id]
+        # a job of this store whose row is gone while its folder stayed (a crash between the two)
+        with mine._tx() as db:
+            db.execute("DELETE FROM jobs WHERE id = ?", (jobs[0].id,))
+        assert mine.recover_after_restart(now=later).removed_dirs == [jobs[0].id]
+        assert not mine.job_dir(jobs[0].id).exists() and mine.job_dir(jobs[1].id).is_dir()
+        assert (data / "jobs" / own.id).is_dir()
+
+
+def test_folders_of_older_releases_are_marked_for_their_store(store):
+    job = store.create()
+    (store.job_dir(job.id) / "store-id").unlink()  # made before store ids existed
+    store.recover_after_restart()
+    assert (store.job_dir(job.id) / "store-id").read_text().strip() == store.store_id
+    with store._tx() as db:
+        db.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
+    store.create()
+    assert store.recover_after_restart(now=time.time() + 7200).removed_dirs == [job.id]
+
+
+def test_cleanup_dry_run_reports_and_removes_nothing(tmp_path, capsys):
+    from service.cli import main
+
+    data = tmp_path / "data"
+    with JobStore(data, retention_s=None) as store:
+        gone = store.create()
+        store.create()
+        with store._tx() as db:
+            db.execute("DELETE FROM jobs WHERE id = ?", (gone.id,))
+        foreign = store.jobs_dir / ("d" * 32)
+        foreign.mkdir()
+        write_store_id(foreign, "0" * 32)
+        for path in (store.job_dir(gone.id), foreign):
+            os.utime(path, (time.time() - 7200, time.time() - 7200))
+    assert main(["cleanup", "--dry-run", "--data-dir", str(data)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dry_run"] and report["remove"] == [gone.id] and report["removed"] == []
+    assert report["kept"]["other_store"] == [foreign.name] and report["skipped"] is None
+    assert (data / "jobs" / gone.id).is_dir()
+    assert main(["cleanup", "--data-dir", str(data)]) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == [gone.id]
+    assert not (data / "jobs" / gone.id).exists() and foreign.is_dir()
 
 
 def test_embedded_database_is_sqlite_in_wal_mode_and_node_local(tmp_path):
@@ -787,3 +869,96 @@ def test_a_released_job_is_resumed_by_the_next_claim_and_the_old_token_is_stale(
     with pytest.raises(PoseError) as err:
         store.release(job.id, first.attempts)
     assert _code(err) == "attempt_superseded"
+
+
+# --- attempts, crashes, the database's clock, stalls ---------------------------------------------
+
+
+def test_graceful_hand_offs_are_attempts_but_not_crashes(open_store, tmp_path):
+    """Three graceful releases (scale-down, redeploy, SIGTERM) then one lease expiry: with
+    max_attempts 3 the job goes back to the queue, not to ``interrupted``."""
+    with open_store(tmp_path / "data", retention_s=None, max_active=1) as store:
+        job = store.create()
+        for attempt in (1, 2, 3):
+            claimed = store.claim_next(lease_s=30)
+            assert claimed.attempts == attempt and claimed.crashes == 0
+            store.release(job.id, claimed.attempts)
+        store.claim_next(lease_s=0.05)
+        time.sleep(0.1)
+        report = store.expire_leases(max_attempts=3)
+        assert report.requeued == [job.id] and report.failed == []
+        again = store.get(job.id)
+        assert (again.state, again.attempts, again.crashes) == ("queued", 4, 1)
+        assert again.to_dict()["attempts"] == 4 and again.to_dict()["crashes"] == 1
+        assert store.claim_next(lease_s=30).attempts == 5  # the fencing token still grows on every claim
+
+
+def test_max_attempts_counts_crashes(open_store, tmp_path):
+    with open_store(tmp_path / "data", retention_s=None, max_active=1) as store:
+        job = store.create()
+        store.release(job.id, store.claim_next(lease_s=30).attempts)
+        for crashes in (1, 2, 3):
+            store.claim_next(lease_s=0.05)
+            time.sleep(0.1)
+            report = store.expire_leases(max_attempts=3)
+            assert store.get(job.id).crashes == crashes
+        assert report.failed == [job.id]
+        ended = store.get(job.id)
+        assert (ended.state, ended.error.code, ended.attempts) == ("failed", "interrupted", 4)
+        assert "3 times" in ended.error.message
+
+
+def test_leases_are_judged_on_the_database_clock_not_the_nodes(open_store, tmp_path, monkeypatch):
+    """A lease granted by a node whose clock is an hour behind, judged by a node an hour ahead:
+    still live, because both ask the database for the time."""
+    import service.jobs.store as store_module
+
+    real = time.time
+    with open_store(tmp_path / "data", retention_s=None, max_active=1) as store:
+        job = store.create()
+        monkeypatch.setattr(store_module.time, "time", lambda: real() - 3600)
+        claimed = store.claim_next(lease_s=30)
+        store.heartbeat(job.id, claimed.attempts, lease_s=30)
+        monkeypatch.setattr(store_module.time, "time", lambda: real() + 3600)
+        assert store.expire_leases(max_attempts=3) == store_module.RecoveryReport([], [], [], [], [])
+        assert store.claim_next(lease_s=30) is None  # the slot is still taken by the live lease
+        monkeypatch.setattr(store_module.time, "time", real)
+        lease_until = store.get(job.id).lease_until
+        assert real() - 60 < lease_until < real() + 60  # the database's clock is this machine's
+        running = store.get(job.id)
+        assert (running.state, running.attempts, running.crashes) == ("running", 1, 0)
+
+
+def test_a_job_without_progress_is_taken_back_and_counted(open_store, tmp_path):
+    with open_store(tmp_path / "data", retention_s=None, max_active=2) as store:
+        stuck, moving = store.create(), store.create()
+        first = store.claim_next(lease_s=30)
+        second = store.claim_next(lease_s=30)
+        assert (first.id, second.id) == (stuck.id, moving.id)
+        store.save_checkpoint(stuck.id, 1, {"file": "c.npz", "next_frame": 8}, 8, 40)
+        time.sleep(0.2)
+        store.heartbeat(stuck.id, 1, lease_s=30)  # its heartbeat goes on; its frames do not
+        store.save_checkpoint(moving.id, 1, {"file": "c.npz", "next_frame": 8}, 8, 40)
+        report = store.expire_leases(max_attempts=3, stall_s=0.1)
+        assert report.stalled == [stuck.id] and report.requeued == [stuck.id] and report.failed == []
+        taken = store.get(stuck.id)
+        assert (taken.state, taken.crashes, taken.frames_done) == ("queued", 1, 8)
+        assert taken.checkpoint["next_frame"] == 8  # the next attempt resumes there
+        with pytest.raises(PoseError) as err:  # the stuck attempt can publish nothing
+            store.save_checkpoint(stuck.id, 1, {"file": "d.npz", "next_frame": 16}, 16)
+        assert _code(err) == "job_state_conflict"
+        assert store.get(moving.id).state == "running"
+        assert store.expire_leases(max_attempts=3).stalled == []  # no stall check without stall_s
+
+
+def test_a_job_that_keeps_stalling_fails_interrupted(open_store, tmp_path):
+    with open_store(tmp_path / "data", retention_s=None, max_active=1) as store:
+        job = store.create()
+        for _ in range(2):
+            store.claim_next(lease_s=30)
+            time.sleep(0.2)
+            report = store.expire_leases(max_attempts=2, stall_s=0.1)
+        assert report.stalled == [job.id] and report.failed == [job.id]
+        ended = store.get(job.id)
+        assert (ended.state, ended.error.code, ended.crashes) == ("failed", "interrupted", 2)
+        assert "made no progress" in ended.error.message

@@ -712,10 +712,25 @@ def test_callback_is_called_when_the_job_ends(client, clips):
         ("http://127.0.0.53:8265/api/jobs/", "callback_url_forbidden"),  # the Ray dashboard port, loopback not allowed
         ("http://[::ffff:127.0.0.2]/hook", "callback_url_forbidden"),
         ("file:///etc/passwd", "callback_url_invalid"),
+        ("https://[2002:a9fe:a9fe::]/", "callback_url_forbidden"),  # 6to4 of the metadata address
+        ("https://[2002:7f00:1::]/", "callback_url_forbidden"),  # 6to4 of loopback
+        ("https://[fec0::1]/", "callback_url_forbidden"),  # site-local
+        ("https://[64:ff9b::a9fe:a9fe]/", "callback_url_forbidden"),  # NAT64 of the metadata address
+        ("https://[2001::1]/", "callback_url_forbidden"),  # Teredo
+        ("https://[::ffff:127.0.0.1]/", "callback_url_forbidden"),  # IPv4-mapped loopback
+        ("https://example.com:0/", "callback_url_invalid"),
+        ("https://example.com/hook\r\nX-Injected: 1", "callback_url_invalid"),
     ],
 )
 def test_callbacks_cannot_reach_inside(client, clips, url, code):
     assert_error(upload(client, clips["one"], callback_url=url), 400, code)
+
+
+def test_a_public_callback_address_is_accepted(client, clips):
+    """A literal public address needs no DNS: accepted (the callback itself may then fail to
+    arrive from a machine without network; that is logged, the job stands)."""
+    done = run_job(client, clips["one"], callback_url="https://[2606:4700:4700::1111]/hook")
+    assert done["state"] == "succeeded" and done["callback_url"] == "https://[2606:4700:4700::1111]/hook"
 
 
 # -- the whole API under a fuzzer ----------------------------------------------------------------

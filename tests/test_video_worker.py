@@ -78,3 +78,28 @@ def test_health_check_fails_when_the_worker_loop_stalls_or_stops(tmp_path):
             await WORKER.check_health(worker)
 
     asyncio.run(scenario())
+
+
+def test_jobs_handed_back_by_stopping_workers_are_not_crashes(tmp_path):
+    """Three workers stopped gracefully (scale-down, redeploy, SIGTERM) while they run the job,
+    then one that dies: with max_attempts 3 the job is queued again, not failed."""
+    settings = JobSettings(data_dir=str(tmp_path / "data"), lease_s=30.0, max_attempts=3)
+    with JobStore(tmp_path / "data", max_active=1, max_queued=2) as store:
+        created = store.create("video")
+        for _ in range(3):
+            job = store.claim_next(settings.lease_s, limit_running=False)
+            worker = SimpleNamespace(store=store, _tokens={job.id: job.attempts}, _stopping=False)
+            WORKER.stop(worker)
+            assert worker._stopping and store.get(job.id).state == "queued"
+        store.claim_next(0.05, limit_running=False)  # this worker dies: its lease runs out
+        time.sleep(0.1)
+        report = store.expire_leases(settings.max_attempts, settings.stall_s)
+        got = store.get(created.id)
+        assert report.requeued == [created.id] and (got.state, got.attempts, got.crashes) == ("queued", 4, 1)
+
+
+def test_stall_s_must_outlast_the_longest_chunk(tmp_path):
+    assert JobSettings(data_dir=str(tmp_path)).stall_s == 1800.0
+    assert JobSettings(data_dir=str(tmp_path), stall_s=None).stall_s is None
+    with pytest.raises(ValueError, match="stall_s above stage_timeout_s"):
+        JobSettings(data_dir=str(tmp_path), stall_s=700.0)  # 600 s stage timeout + 120 s of retries

@@ -41,7 +41,15 @@ class JobStatus(BaseModel):
     options: dict[str, Any]
     idempotency_key: Optional[str] = None
     callback_url: Optional[str] = None
-    attempts: int = Field(description="times a worker started the job (restarts included)")
+    attempts: int = Field(
+        description="times a worker started the job: every resume counts, after a crash or a graceful hand-off "
+        "(scale-down, redeploy); the running attempt's number"
+    )
+    crashes: int = Field(
+        default=0,
+        description="attempts that crashed (the worker died or hung, its lease ran out, or the job made no progress "
+        "for jobs.stall_s); at jobs.max_attempts crashes the job fails interrupted. Graceful hand-offs do not count",
+    )
     cancel_requested: bool
     results: list[str] = Field(description="result formats available: json, jsonl, npz, and overlay (the MP4 of jobs with render=true)")
     links: dict[str, str] = Field(description="status, result and overlay URLs")

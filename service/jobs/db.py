@@ -19,6 +19,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import uuid
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 from urllib.parse import urlsplit
@@ -55,7 +56,9 @@ _COLUMNS = """
     owner TEXT,
     results TEXT NOT NULL DEFAULT '{{}}',
     checkpoint TEXT,
-    lease_until {real}
+    lease_until {real},
+    crashes INTEGER NOT NULL DEFAULT 0,
+    progress_at {real}
 """
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)",
@@ -71,7 +74,19 @@ _ADDED_COLUMNS = (
     ("lease_until", "{real}"),
     ("seq", "BIGINT"),
     ("client", f"TEXT NOT NULL DEFAULT '{DEFAULT_CLIENT}'"),
+    ("crashes", "INTEGER NOT NULL DEFAULT 0"),
+    ("progress_at", "{real}"),
 )
+# Facts about the store itself, created with the schema: ``store_id`` is this database's own
+# random id, written into every job folder it creates, so cleanup can tell its folders apart
+# from another store's on the same storage (`service.jobs.cleanup`).
+_META = "CREATE TABLE IF NOT EXISTS pose_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+_META_STORE_ID = "INSERT INTO pose_meta (name, value) VALUES ('store_id', ?) ON CONFLICT (name) DO NOTHING"
+_READ_STORE_ID = "SELECT value FROM pose_meta WHERE name = 'store_id'"
+# The database's clock in unix seconds: leases are granted and judged on it, never on the clock
+# of the node that writes or reads them (nodes' clocks drift apart; the database is one).
+_SQLITE_CLOCK = "((julianday('now') - 2440587.5) * 86400.0)"  # unixepoch('subsec') needs SQLite 3.42
+_PG_CLOCK = "CAST(extract(epoch FROM clock_timestamp()) AS DOUBLE PRECISION)"
 _COLUMN_NAMES = tuple(line.split()[0] for line in _COLUMNS.strip().splitlines())
 
 
@@ -123,10 +138,15 @@ class Connection(Protocol):
     def skip_locked(self) -> str:
         """Suffix that locks the selected rows and skips rows another transaction holds."""
 
+    @property
+    def clock(self) -> str:
+        """SQL expression of the database's clock, in unix seconds (leases are judged on it)."""
+
 
 class Database(Protocol):
     url: str
     node_local: bool  # True: only processes on this machine may use it
+    store_id: str  # the database's own random id (``pose_meta``), the same for every process using it
 
     def write(self) -> contextlib.AbstractContextManager[Connection]: ...
 
@@ -164,6 +184,7 @@ def redact(url: str) -> str:
 class _SqliteConn:
     for_update = ""  # BEGIN IMMEDIATE already holds the database's write lock
     skip_locked = ""
+    clock = _SQLITE_CLOCK
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -181,6 +202,7 @@ def _sqlite_row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
 
 class SqliteDatabase:
     node_local = True
+    store_id: str
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -215,6 +237,9 @@ class SqliteDatabase:
         self._db.execute("UPDATE jobs SET seq = rowid WHERE seq IS NULL")
         for statement in _INDEXES:
             self._db.execute(statement)
+        self._db.execute(_META)
+        self._db.execute(_META_STORE_ID, (uuid.uuid4().hex,))
+        self.store_id = self._db.execute(_READ_STORE_ID).fetchone()[0]
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _key_unique_alone(self) -> bool:
@@ -265,6 +290,7 @@ class SqliteDatabase:
 class _PgConn:
     for_update = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    clock = _PG_CLOCK
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
@@ -323,6 +349,9 @@ class PostgresDatabase:
                 self._conn.execute("ALTER TABLE jobs DROP CONSTRAINT jobs_idempotency_key_key")
             for statement in _INDEXES:
                 self._conn.execute(statement)
+            self._conn.execute(_META)
+            self._conn.execute(_META_STORE_ID.replace("?", "%s"), (uuid.uuid4().hex,))
+            self.store_id: str = self._conn.execute(_READ_STORE_ID).fetchone()[0]
             if row[0] is None:
                 self._conn.execute("INSERT INTO pose_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
             elif row[0] < SCHEMA_VERSION:

@@ -4,6 +4,7 @@ Every job has a folder under the storage folder, which on a cluster is a mount e
 
     <data_dir>/jobs.sqlite3                    the SQLite database (when no job_store URL is set)
     <data_dir>/uploads/<random><suffix>        uploads being received (`JobStore.new_upload_path`)
+    <data_dir>/jobs/<id>/store-id              the id of the job store that created the folder
     <data_dir>/jobs/<id>/input.<ext>           the accepted input, moved in by `JobStore.create`
     <data_dir>/jobs/<id>/result*.*, ...        results and checkpoints, each written atomically
 
@@ -26,6 +27,7 @@ from service.jobs.errors import not_found
 _ID = re.compile(r"[0-9a-f]{32}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SUFFIX = re.compile(r"(\.[A-Za-z0-9]{1,10})?")
+STORE_ID_FILE = "store-id"
 
 
 def check_id(job_id: str) -> str:
@@ -62,6 +64,27 @@ def result_names(job_dir: Path, result_paths: Mapping[str, str | Path]) -> dict[
             raise ValueError(f"result {name!r} must be an existing file in the job folder, got {path}")
         names[check_name(name)] = full.relative_to(job_dir.resolve()).as_posix()
     return names
+
+
+def write_store_id(job_dir: Path, store_id: str) -> None:
+    """Mark ``job_dir`` as made by the store ``store_id`` (durably): cleanup deletes a folder only
+    when it carries its own store's id (`service.jobs.cleanup`)."""
+    path = job_dir / STORE_ID_FILE
+    with open(path, "w", encoding="ascii") as f:
+        f.write(store_id + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(job_dir)
+
+
+def read_store_id(job_dir: Path) -> str | None:
+    """The id of the store that made ``job_dir``; None when the folder carries none (made before
+    store ids, or by something else) or it cannot be read."""
+    try:
+        text = (job_dir / STORE_ID_FILE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if _ID.fullmatch(text) else None
 
 
 def move_input_into(job_dir: Path, input_file: Path) -> Path:

@@ -43,12 +43,13 @@ class Job:
     options: dict[str, Any]  # the caller's processing options, as JSON
     idempotency_key: str | None  # the caller's key: a retried create returns this job
     callback_url: str | None  # where the caller wants to be told about completion
-    attempts: int  # how many times a worker has started it; the running attempt's fencing token
+    attempts: int  # how many times a worker has started it (hand-offs included); the running attempt's fencing token
     cancel_requested: bool  # cancel was asked while it ran; the worker stops at the next chunk
     client: str = DEFAULT_CLIENT  # the client that created it: only it (and admins) may see it
     result_paths: dict[str, Path] = field(default_factory=dict)  # result name -> file
     checkpoint: dict[str, Any] | None = None  # the last committed checkpoint (small; see `save_checkpoint`)
-    lease_until: float | None = None  # unix seconds; a running job past it may be taken over
+    lease_until: float | None = None  # unix seconds of the database's clock; a running job past it may be taken over
+    crashes: int = 0  # attempts that crashed (lease ran out, worker restarted, no progress); max_attempts counts these
 
     @property
     def progress(self) -> float | None:
@@ -80,6 +81,7 @@ class Job:
             "idempotency_key": self.idempotency_key,
             "callback_url": self.callback_url,
             "attempts": self.attempts,
+            "crashes": self.crashes,
             "cancel_requested": self.cancel_requested,
             "results": sorted(self.result_paths),
         }

@@ -36,6 +36,7 @@ def job_from_row(row: Row, jobs_dir: Path) -> Job:
         callback_url=row["callback_url"],
         client=row["client"],
         attempts=row["attempts"],
+        crashes=row["crashes"],
         cancel_requested=bool(row["cancel_requested"]),
         result_paths={k: job_dir / v for k, v in json.loads(row["results"]).items()},
         checkpoint=None if row["checkpoint"] is None else json.loads(row["checkpoint"]),

@@ -35,7 +35,7 @@ from pipeline.atomic import atomic_open
 from service.auth import DEFAULT_CLIENT
 from service.jobs.admission import check_capacity, check_client_jobs
 from service.jobs.admission import queue_full as _queue_full
-from service.jobs.cleanup import delete_expired_rows, remove_job_dirs, remove_orphans
+from service.jobs.cleanup import OrphanScan, delete_expired_rows, log_scan, remove_job_dirs, remove_paths, scan_orphans
 from service.jobs.db import Connection, Row, open_database
 from service.jobs.errors import conflict, not_found
 from service.jobs.idempotency import check_key, check_replay, discard, with_fingerprint
@@ -43,13 +43,15 @@ from service.jobs.layout import (
     check_id,
     check_name,
     move_input_into,
+    read_store_id,
     result_names,
     upload_name,
+    write_store_id,
 )
-from service.jobs.leases import claim_oldest
+from service.jobs.leases import claim_oldest, db_now, renew
 from service.jobs.listing import check_paging, list_filter
 from service.jobs.model import Job, options_json
-from service.jobs.recovery import RecoveryReport, recover_expired, recover_stopped
+from service.jobs.recovery import RecoveryReport, recover_expired, recover_stalled, recover_stopped
 from service.jobs.rows import fenced_row, job_from_row, locked_row, visible
 from service.jobs.transitions import set_cancelled, write_progress
 from service.jobs.validation import check_create_args, check_kind, check_store_args
@@ -95,6 +97,11 @@ class JobStore:
     @property
     def url(self) -> str:
         return self._db.url
+
+    @property
+    def store_id(self) -> str:
+        """The database's own id, written into every job folder it creates (`service.jobs.cleanup`)."""
+        return self._db.store_id
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -184,6 +191,11 @@ class JobStore:
         job_id = uuid.uuid4().hex
         job_dir = self.jobs_dir / job_id
         job_dir.mkdir()
+        try:
+            write_store_id(job_dir, self.store_id)
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
         input_path: Path | None = None
         if input_file is not None:
             input_file = Path(input_file)
@@ -257,19 +269,32 @@ class JobStore:
                 return None
         return self.get(job_id)
 
-    def expire_leases(self, max_attempts: int = 3, now: float | None = None) -> RecoveryReport:
+    def expire_leases(self, max_attempts: int = 3, stall_s: float | None = None) -> RecoveryReport:
         """Running jobs whose attempt stopped renewing its lease (its worker died, hangs or lost
         its node) go back to the queue, keeping their checkpoint, so any worker resumes them;
-        or end ``cancelled`` (cancel was asked) or ``interrupted`` (started ``max_attempts``
-        times). The old attempt's token is stale from here on: it can publish nothing."""
-        now = time.time() if now is None else now
+        or end ``cancelled`` (cancel was asked) or ``interrupted`` (crashed ``max_attempts``
+        times). The old attempt's token is stale from here on: it can publish nothing.
+
+        ``stall_s``: so do jobs whose progress has not moved for that long although their lease
+        is renewed (`service.jobs.recovery.recover_stalled`); None: no stall check. Either is a
+        crash of the attempt. Leases and progress are judged on the database's clock."""
+        now = time.time()
         with self._tx(lock_all=True) as db:
-            report = recover_expired(db, max_attempts, now)
-        if report.requeued or report.failed or report.cancelled:
-            log.warning(
-                "expired leases: requeued %s, failed %s, cancelled %s", report.requeued, report.failed, report.cancelled
+            clock = db_now(db)
+            expired = recover_expired(db, max_attempts, clock, now)
+            stalled = recover_stalled(db, max_attempts, stall_s, clock, now) if stall_s is not None else None
+        if stalled is not None:
+            expired = RecoveryReport(
+                expired.requeued + stalled.requeued, expired.failed + stalled.failed,
+                expired.cancelled + stalled.cancelled, [], stalled.stalled,
             )
-        return report
+            if stalled.stalled:
+                log.warning("jobs without progress for %g s taken back: %s", stall_s, stalled.stalled)
+        if expired.requeued or expired.failed or expired.cancelled:
+            log.warning(
+                "expired leases: requeued %s, failed %s, cancelled %s", expired.requeued, expired.failed, expired.cancelled
+            )
+        return expired
 
     def counts(self) -> dict[str, int]:
         """Jobs per state (the queue length drives the video workers' autoscaling)."""
@@ -278,7 +303,8 @@ class JobStore:
 
     def release(self, job_id: str, token: int) -> None:
         """Attempt ``token`` stops (its worker shuts down): the job goes back to the queue with
-        its checkpoint, for the next attempt to resume at once (fenced)."""
+        its checkpoint, for the next attempt to resume at once (fenced). A graceful hand-off, not
+        a crash: it does not count against ``max_attempts``."""
         now = time.time()
         with self._tx() as db:
             fenced_row(db, job_id, token)
@@ -288,11 +314,10 @@ class JobStore:
             )
 
     def heartbeat(self, job_id: str, token: int, lease_s: float = 30.0) -> None:
-        """Renew the lease of attempt ``token`` (fenced)."""
-        now = time.time()
+        """Renew the lease of attempt ``token`` (fenced), on the database's clock."""
         with self._tx() as db:
             fenced_row(db, job_id, token)
-            db.execute("UPDATE jobs SET lease_until = ? WHERE id = ?", (now + lease_s, job_id))
+            renew(db, job_id, lease_s)
 
     def save_checkpoint(
         self,
@@ -412,7 +437,7 @@ class JobStore:
         now: float | None = None,
     ) -> RecoveryReport:
         """Call on startup: jobs a dead process left ``running`` are re-queued, or failed
-        (``interrupted``) once they were started ``max_attempts`` times; none vanish.
+        (``interrupted``) once they crashed ``max_attempts`` times; none vanish.
 
         ``requeue_running``: every running job not claimed by this store object is taken back
         at once (one worker per store, which has just restarted). Where several workers share
@@ -420,16 +445,43 @@ class JobStore:
         (`expire_leases`); only jobs without a lease are taken back now.
 
         Folders and uploads no job owns, older than ``orphan_grace_s`` (a crash between moving
-        an upload in and committing its job), are removed.
+        an upload in and committing its job), are removed: only folders that carry this store's
+        id, and nothing while the store holds no job (`scan_orphans`). Folders of this store's
+        jobs made before store ids existed are marked with it first.
         """
         now = time.time() if now is None else now
         with self._tx(lock_all=True) as db:
             report = recover_stopped(db, self._owner, requeue_running, max_attempts, now)
             known = {r["id"] for r in db.execute("SELECT id FROM jobs").fetchall()}
-        removed = remove_orphans(self.jobs_dir, self.uploads_dir, known, now, orphan_grace_s)
+        self._mark_own_folders(known)
+        scan = scan_orphans(self.jobs_dir, self.uploads_dir, known, self.store_id, now, orphan_grace_s)
+        log_scan(scan)
+        removed = remove_paths(scan.remove)
         if report.requeued or report.failed or report.cancelled:
             log.warning("recovered jobs: requeued %s, failed %s, cancelled %s", report.requeued, report.failed, report.cancelled)
         return RecoveryReport(report.requeued, report.failed, report.cancelled, removed)
+
+    def scan_orphans(self, orphan_grace_s: float = 3600.0, now: float | None = None) -> OrphanScan:
+        """What orphan cleanup would remove now and what it keeps, and why; removes nothing
+        (``python -m service cleanup --dry-run``)."""
+        now = time.time() if now is None else now
+        with self._db.read() as db:
+            known = {r["id"] for r in db.execute("SELECT id FROM jobs").fetchall()}
+        return scan_orphans(self.jobs_dir, self.uploads_dir, known, self.store_id, now, orphan_grace_s)
+
+    def _mark_own_folders(self, known: set[str]) -> None:
+        """Write this store's id into the folders of its jobs that carry none (made before store
+        ids); a folder that names another store is left as it is, and logged."""
+        for job_id in known:
+            job_dir = self.jobs_dir / job_id
+            if not job_dir.is_dir():
+                continue
+            owner = read_store_id(job_dir)
+            if owner is None:
+                with contextlib.suppress(OSError):
+                    write_store_id(job_dir, self.store_id)
+            elif owner != self.store_id:
+                log.warning("job folder %s names the job store %s, not this one (%s)", job_id, owner, self.store_id)
 
     def purge_expired(self, now: float | None = None) -> builtins.list[str]:
         """Delete finished jobs older than the retention period; their ids."""

@@ -31,17 +31,21 @@ def write_progress(
     lease_s: float | None = None,
 ) -> None:
     """Progress of a running job (fenced by ``token``), with its checkpoint and a renewed
-    lease when given."""
+    lease when given. More frames done or a new checkpoint restart the job's progress clock
+    (``progress_at``, on the database's clock, as the lease): the stall check watches it."""
     now = time.time()
-    merged = merged_timings(fenced_row(db, job_id, token), timings)
+    row = fenced_row(db, job_id, token)
+    merged = merged_timings(row, timings)
     sets = "frames_done = ?, frames_total = COALESCE(?, frames_total), timings = ?, updated_at = ?"
     values: list[Any] = [int(frames_done), frames_total, json.dumps(merged), now]
     if checkpoint is not None:
         sets += ", checkpoint = ?"
         values.append(json.dumps(dict(checkpoint)))
+    if checkpoint is not None or int(frames_done) != row["frames_done"]:
+        sets += f", progress_at = {db.clock}"
     if lease_s is not None:
-        sets += ", lease_until = ?"
-        values.append(now + lease_s)
+        sets += f", lease_until = {db.clock} + ?"
+        values.append(lease_s)
     db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*values, job_id))
 
 
