@@ -110,10 +110,6 @@ class Ingress:
         if self.tracker is not None:
             self.tracker.wake.remote()
 
-    async def cancel_running(self, job_id: str, delete: bool) -> None:
-        if self.tracker is not None:
-            await self.tracker.cancel.remote(job_id, delete)
-
     def map_error(self, exc: BaseException) -> PoseError | None:
         if cancelled_request(exc):
             return PoseError("client_disconnected", "the client closed the connection before the answer", status=499)

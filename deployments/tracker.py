@@ -105,10 +105,6 @@ class Tracker:
         """A job was queued: claim it now rather than at the next poll."""
         await self.worker.wake()
 
-    async def cancel(self, job_id: str, delete: bool = False) -> None:
-        """Stop a running job at its next chunk; ``delete``: remove it once stopped."""
-        await self.worker.cancel(job_id, delete)
-
     async def ready(self) -> bool:
         return await self.worker.ready()
 

@@ -87,7 +87,6 @@ class VideoWorker:
             self._schedule_callback(job_id)
         self._active: dict[str, asyncio.Task[None]] = {}
         self._tokens: dict[str, int] = {}  # job id -> attempt this replica runs
-        self._delete_when_stopped: set[str] = set()
         self._wake = asyncio.Event()
         self._last_purge = 0.0
         self._loop_beat = time.monotonic()
@@ -98,15 +97,6 @@ class VideoWorker:
     async def wake(self) -> None:
         """A job was queued: claim it now rather than at the next poll."""
         self._wake.set()
-
-    async def cancel(self, job_id: str, delete: bool = False) -> None:
-        """Stop a running job at its next chunk (the store already has the flag); ``delete``:
-        remove it once stopped."""
-        if delete:
-            self._delete_when_stopped.add(job_id)
-        task = self._active.get(job_id)
-        if task is None and delete and self.store is not None:
-            await asyncio.to_thread(self._delete_if_finished, job_id)
 
     async def ready(self) -> bool:
         return not self._loop_task.done()
@@ -247,9 +237,9 @@ class VideoWorker:
             self._wake.set()
         if superseded:
             return
-        if job.id in self._delete_when_stopped:
-            await asyncio.to_thread(self._delete_if_finished, job.id)
-        elif job.callback_url:
+        if await asyncio.to_thread(self.store.delete_if_requested, job.id):
+            return
+        if job.callback_url:
             self._schedule_callback(job.id)
 
     def _record_failure(self, job_id: str, token: int, err: PoseError) -> None:
@@ -378,12 +368,6 @@ class VideoWorker:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 
-    def _delete_if_finished(self, job_id: str) -> None:
-        assert self.store is not None  # jobs run only once the store is open
-        with contextlib.suppress(PoseError):
-            self.store.delete(job_id)
-            self._delete_when_stopped.discard(job_id)
-
     # -- callbacks ---------------------------------------------------------------------------
     def _schedule_callback(self, job_id: str) -> None:
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule on
@@ -391,9 +375,12 @@ class VideoWorker:
 
     def _callback(self, job_id: str) -> None:
         """POST the job's status to its callback URL (signed, checked, a few tries); a failure
-        is logged, the job stands."""
+        is logged, the job stands. A job whose client asked to delete it while it ran (its
+        worker died before it could) is deleted instead."""
         assert self.store is not None  # jobs run only once the store is open
         try:
+            if self.store.delete_if_requested(job_id):
+                return
             job = self.store.get(job_id)
         except PoseError:
             return

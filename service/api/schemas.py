@@ -30,7 +30,10 @@ class JobStatus(BaseModel):
     id: str
     client: str = Field(description="the client whose key created the job; only it and admin keys see the job")
     kind: str
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    state: Literal["queued", "running", "cancelling", "deleting", "succeeded", "failed", "cancelled"] = Field(
+        description="cancelling / deleting: a running job asked to stop (POST .../cancel, DELETE), until its worker "
+        "has stopped it at its next chunk; a deleted job then answers 404"
+    )
     created_at: float = Field(description="unix seconds")
     updated_at: float
     started_at: Optional[float] = None

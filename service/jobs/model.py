@@ -14,6 +14,11 @@ from service.auth import DEFAULT_CLIENT
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+# What callers see of a running job whose stop was asked (`Job.shown_state`); not stored states.
+STOPPING_STATES: tuple[str, ...] = ("cancelling", "deleting")
+# The ``cancel_requested`` column: 0 nothing asked; CANCEL: stop and end cancelled; DELETE: stop,
+# then delete the job and its folder.
+CANCEL, DELETE = 1, 2
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,17 @@ class Job:
     checkpoint: dict[str, Any] | None = None  # the last committed checkpoint (small; see `save_checkpoint`)
     lease_until: float | None = None  # unix seconds of the database's clock; a running job past it may be taken over
     crashes: int = 0  # attempts that crashed (lease ran out, worker restarted, no progress); max_attempts counts these
+    delete_requested: bool = False  # delete was asked while it ran; it is deleted once stopped
+
+    @property
+    def shown_state(self) -> str:
+        """The state callers see: a running job asked to stop shows ``cancelling`` or
+        ``deleting`` until its worker has stopped it (the stored state stays ``running``)."""
+        if self.state == "running" and self.delete_requested:
+            return "deleting"
+        if self.state == "running" and self.cancel_requested:
+            return "cancelling"
+        return self.state
 
     @property
     def progress(self) -> float | None:
@@ -64,7 +80,7 @@ class Job:
             "id": self.id,
             "client": self.client,
             "kind": self.kind,
-            "state": self.state,
+            "state": self.shown_state,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "started_at": self.started_at,

@@ -50,7 +50,7 @@ from service.jobs.layout import (
 )
 from service.jobs.leases import claim_oldest, db_now, renew
 from service.jobs.listing import check_paging, list_filter
-from service.jobs.model import Job, options_json
+from service.jobs.model import CANCEL, DELETE, Job, options_json
 from service.jobs.recovery import RecoveryReport, recover_expired, recover_stalled, recover_stopped
 from service.jobs.rows import fenced_row, job_from_row, locked_row, visible
 from service.jobs.transitions import set_cancelled, write_progress
@@ -396,7 +396,8 @@ class JobStore:
             if row["state"] == "queued":
                 set_cancelled(db, job_id, now)
             elif row["state"] == "running":
-                db.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?", (now, job_id))
+                if not row["cancel_requested"]:  # a delete asked already stays asked
+                    db.execute("UPDATE jobs SET cancel_requested = ?, updated_at = ? WHERE id = ?", (CANCEL, now, job_id))
             elif row["state"] != "cancelled":
                 raise conflict(job_id, row["state"], "queued or running")
         return self.get(job_id)
@@ -416,6 +417,37 @@ class JobStore:
             fenced_row(db, job_id, token)
             set_cancelled(db, job_id, now)
         return self.get(job_id)
+
+    def request_delete(self, job_id: str, client: str | None = None) -> Job | None:
+        """Delete a job for its client: one that is not running at once (None); a running one is
+        flagged in its row (``cancel_requested`` = delete) and the job returned: whichever
+        worker holds it stops at its next chunk and deletes it (`delete_if_requested`), and a
+        job whose worker died is deleted by the worker that takes its expired lease back. The
+        request lives in the store, so it reaches the job's owner wherever it runs."""
+        now = time.time()
+        with self._tx() as db:
+            row = locked_row(db, job_id, client)
+            if row["state"] == "running":
+                db.execute("UPDATE jobs SET cancel_requested = ?, updated_at = ? WHERE id = ?", (DELETE, now, job_id))
+            else:
+                db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        if row["state"] == "running":
+            return self.get(job_id)
+        shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+        return None
+
+    def delete_if_requested(self, job_id: str) -> bool:
+        """Carry out a delete asked while the job ran, once it has stopped; whether it was deleted."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT state, cancel_requested FROM jobs WHERE id = ?" + db.for_update, (check_id(job_id),)
+            ).fetchone()
+            if row is None or row["state"] == "running" or int(row["cancel_requested"]) != DELETE:
+                return False
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+        log.info("job %s deleted as its client asked while it ran", job_id)
+        return True
 
     def delete(self, job_id: str, client: str | None = None) -> None:
         """Remove a job that is not running, and its folder (a referenced media file is kept)."""

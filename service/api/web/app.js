@@ -328,7 +328,7 @@ function showJob(job) {
 }
 
 function renderJob(job) {
-  ui.jobState.textContent = job.cancel_requested && job.state === "running" ? "stopping" : job.state;
+  ui.jobState.textContent = job.state;
   ui.jobState.dataset.state = job.state;
   const { frames_done: done, frames_total: total } = job.progress;
   if (total) {
