@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -48,6 +49,25 @@ from service.settings import JobSettings, ModelSettings
 logger = logging.getLogger(__name__)
 
 VIDEO_WORK_DIR = "work"  # segments of the result being written, inside the job folder
+# Free bytes on the data folder's disk below which, once a job could not write, no job is
+# claimed: a chunk's checkpoint and result segment of a long 1080p video stay well below this.
+MIN_FREE_TO_RUN = 64 * 2**20
+
+
+def disk_full(exc: BaseException) -> PoseError | None:
+    """A failure that is the disk's, not the job's (no space, quota), as ``storage_full``; else None."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT):
+            return PoseError(
+                "storage_full",
+                f"the data folder's disk has no room to write this job's results ({link.strerror})",
+                status=507,
+            )
+        link = link.__cause__ or link.__context__
+    return None
 
 
 class VideoWorker:
@@ -90,6 +110,7 @@ class VideoWorker:
         self._wake = asyncio.Event()
         self._last_purge = 0.0
         self._loop_beat = time.monotonic()
+        self._no_room_since: float | None = None  # a job was handed back for want of disk room
         self._stopping = False  # set when the host stops the worker: the loop claims nothing more
         self._loop_task = asyncio.get_running_loop().create_task(self._worker())
 
@@ -195,6 +216,8 @@ class VideoWorker:
         expired = await asyncio.to_thread(self.store.expire_leases, self.settings.max_attempts, self.settings.stall_s)
         for job_id in expired.failed + expired.cancelled:
             self._schedule_callback(job_id)
+        if not await asyncio.to_thread(self._room_to_run):
+            return
         while len(self._active) < self.settings.max_active:
             job = await asyncio.to_thread(self.store.claim_next, self.settings.lease_s, limit_running=False)
             if job is None:
@@ -221,7 +244,14 @@ class VideoWorker:
             logger.info("job %s cancelled", job.id)
         except Exception as exc:
             err = self._as_job_error(exc)
-            if err.code in ("attempt_superseded", "job_state_conflict"):  # another attempt owns it, or it was handed back
+            full = disk_full(exc)
+            if full is not None:  # the job is fine, the disk is not: it waits in the queue for room
+                superseded = True  # nothing was decided about the job: no callback
+                self._no_room_since = time.monotonic()
+                logger.warning("job %s: %s; handed back to the queue until there is room", job.id, full.message)
+                with contextlib.suppress(Exception):  # a store on the same full disk: the lease runs out instead
+                    await asyncio.to_thread(self.store.release, job.id, token, full)
+            elif err.code in ("attempt_superseded", "job_state_conflict"):  # another attempt owns it, or it was handed back
                 superseded = True
                 logger.warning("job %s: attempt %d stops, %s", job.id, token, err.message)
             else:
@@ -241,6 +271,19 @@ class VideoWorker:
             return
         if job.callback_url:
             self._schedule_callback(job.id)
+
+    def _room_to_run(self) -> bool:
+        """Whether the data folder's disk has room for a job to write its next chunk: after a job
+        was handed back for want of room, no job is claimed below `MIN_FREE_TO_RUN` bytes free
+        (claiming it would only hand it back again); a job resumes once room returns."""
+        if self._no_room_since is None:
+            return True
+        free = shutil.disk_usage(self.settings.data_dir).free
+        if free < MIN_FREE_TO_RUN:
+            return False
+        logger.info("the data folder has room again (%d bytes free): claiming jobs", free)
+        self._no_room_since = None
+        return True
 
     def _record_failure(self, job_id: str, token: int, err: PoseError) -> None:
         """Record the failure, retrying a failing store (disk full, database away) for up to a

@@ -103,3 +103,86 @@ def test_stall_s_must_outlast_the_longest_chunk(tmp_path):
     assert JobSettings(data_dir=str(tmp_path), stall_s=None).stall_s is None
     with pytest.raises(ValueError, match="stall_s above stage_timeout_s"):
         JobSettings(data_dir=str(tmp_path), stall_s=700.0)  # 600 s stage timeout + 120 s of retries
+
+
+def test_disk_full_is_the_disks_failure_not_the_jobs():
+    import errno
+
+    from service.worker import disk_full
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:
+            raise PoseError("internal_error", "writing the checkpoint failed") from exc
+    except PoseError as wrapped:
+        got = disk_full(wrapped)
+    assert got is not None and (got.code, got.status) == ("storage_full", 507)
+    assert disk_full(OSError(errno.EACCES, "Permission denied")) is None
+    assert disk_full(ValueError("no")) is None
+
+
+def test_a_job_that_cannot_write_waits_queued_with_the_reason_and_resumes_when_room_returns(tmp_path, monkeypatch):
+    """The disk fills up under a running job: it goes back to the queue (not failed, no crash
+    counted) showing ``waiting: storage_full``, no job is claimed while the disk stays full, and
+    it resumes from its checkpoint and succeeds once there is room."""
+    import errno
+    import shutil
+
+    from videos import crossing_video
+
+    import service.worker as worker_module
+    from pipeline.tiny.cache import runner_settings
+    from pipeline.video.loop import LocalStages
+    from pipeline.video.runner import VideoRunner
+    from service.settings import ModelSettings
+
+    models = ModelSettings(profile="tiny", tiny_dir=str(tmp_path / "tiny"))
+    runner = VideoRunner.from_cache(models.roots(), download=False, device="cpu", **runner_settings())
+    clip = crossing_video(tmp_path / "crossing.mp4", n=12)
+    settings = JobSettings(data_dir=str(tmp_path / "data"), poll_interval_s=0.2, lease_s=30.0, chunk_size=4)
+    disk = {"full": False, "writes": 0}
+    real_save, real_usage = worker_module._save_checkpoint, shutil.disk_usage
+
+    def save(state, path):
+        disk["writes"] += 1
+        if disk["writes"] == 2:  # the second chunk's checkpoint finds the disk full
+            disk["full"] = True
+        if disk["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(state, path)
+
+    def usage(path):
+        total, used, free = real_usage(path)
+        return shutil._ntuple_diskusage(total, total if disk["full"] else used, 0 if disk["full"] else free)
+
+    monkeypatch.setattr(worker_module, "_save_checkpoint", save)
+    monkeypatch.setattr(worker_module.shutil, "disk_usage", usage)
+
+    async def scenario() -> None:
+        store = settings.open_store()
+        job = store.create("video", input_file=clip)
+        worker = VideoWorker(LocalStages(runner.detector, runner.hmr2), settings, models, map_error=lambda exc: None)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and store.get(job.id).to_dict()["waiting"] is None:
+                await asyncio.sleep(0.1)
+            waiting = store.get(job.id)
+            shown = waiting.to_dict()
+            assert shown["state"] == "queued" and shown["error"] is None
+            assert shown["waiting"]["code"] == "storage_full"
+            assert (waiting.attempts, waiting.crashes) == (1, 0) and waiting.checkpoint["next_frame"] == 4
+            await asyncio.sleep(1.0)  # five polls on a full disk: the job is not claimed again
+            assert store.get(job.id).state == "queued" and store.get(job.id).attempts == 1
+            disk["full"] = False
+            while time.monotonic() < deadline and store.get(job.id).state != "succeeded":
+                await asyncio.sleep(0.1)
+            done = store.get(job.id)
+            assert done.state == "succeeded" and done.to_dict()["waiting"] is None
+            assert (done.attempts, done.crashes, done.frames_done) == (2, 0, 12)
+            assert done.checkpoint["resumed_from"] == 4  # it went on from its checkpoint
+        finally:
+            worker.stop()
+            store.close()
+
+    asyncio.run(scenario())

@@ -41,6 +41,11 @@ class JobStatus(BaseModel):
     progress: JobProgress
     timings: dict[str, float] = Field(description="seconds per stage so far: decode_s, models_s (waiting for detector and regressor), appearance_s, tracking_s, write_s, total_s")
     error: Optional[JobErrorInfo] = None
+    waiting: Optional[JobErrorInfo] = Field(
+        default=None,
+        description="a queued job handed back because it could not go on (storage_full: the data folder's disk "
+        "is full); it resumes from its checkpoint once there is room again",
+    )
     options: dict[str, Any]
     idempotency_key: Optional[str] = None
     callback_url: Optional[str] = None

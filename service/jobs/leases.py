@@ -39,10 +39,11 @@ def claim_oldest(
     ).fetchone()
     if row is None:
         return None
-    # every claim is a new attempt (a new fencing token); only crashes count against max_attempts
+    # every claim is a new attempt (a new fencing token); only crashes count against max_attempts.
+    # The reason a queued job waited (`JobStore.release`) is cleared: it runs again.
     db.execute(
         "UPDATE jobs SET state = 'running', started_at = ?, updated_at = ?, attempts = attempts + 1,"
-        " owner = ?, lease_until = ?, progress_at = ? WHERE id = ?",
+        " owner = ?, lease_until = ?, progress_at = ?, error_code = NULL, error_message = NULL WHERE id = ?",
         (now, now, owner, clock + lease_s, clock, row["id"]),
     )
     job_id: str = row["id"]

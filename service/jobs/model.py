@@ -92,7 +92,9 @@ class Job:
                 "resumed_from_frame": None if not self.checkpoint else self.checkpoint.get("resumed_from"),
             },
             "timings": dict(self.timings),
-            "error": None if self.error is None else {"code": self.error.code, "message": self.error.message},
+            # a queued job's error is why it waits (`JobStore.release`), not a failure
+            "error": None if self.error is None or self.state == "queued" else {"code": self.error.code, "message": self.error.message},
+            "waiting": None if self.error is None or self.state != "queued" else {"code": self.error.code, "message": self.error.message},
             "options": dict(self.options),
             "idempotency_key": self.idempotency_key,
             "callback_url": self.callback_url,

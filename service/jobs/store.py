@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, cast
 
 from pipeline.atomic import atomic_open
+from pipeline.errors import PoseError
 from service.auth import DEFAULT_CLIENT
 from service.jobs.admission import check_capacity, check_client_jobs
 from service.jobs.admission import queue_full as _queue_full
@@ -301,16 +302,19 @@ class JobStore:
         with self._db.read() as db:
             return {r[0]: int(r[1]) for r in db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()}
 
-    def release(self, job_id: str, token: int) -> None:
-        """Attempt ``token`` stops (its worker shuts down): the job goes back to the queue with
-        its checkpoint, for the next attempt to resume at once (fenced). A graceful hand-off, not
-        a crash: it does not count against ``max_attempts``."""
+    def release(self, job_id: str, token: int, reason: PoseError | None = None) -> None:
+        """Attempt ``token`` stops (its worker shuts down, or cannot write: ``reason``, shown as
+        the job's ``waiting`` until it runs again): the job goes back to the queue with its
+        checkpoint, for the next attempt to resume (fenced). A hand-off, not a crash: it does
+        not count against ``max_attempts``."""
         now = time.time()
+        code, message = (reason.code, reason.message) if reason is not None else (None, None)
         with self._tx() as db:
             fenced_row(db, job_id, token)
             db.execute(
-                "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, updated_at = ? WHERE id = ?",
-                (now, job_id),
+                "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, updated_at = ?,"
+                " error_code = ?, error_message = ? WHERE id = ?",
+                (now, code, message, job_id),
             )
 
     def heartbeat(self, job_id: str, token: int, lease_s: float = 30.0) -> None:
