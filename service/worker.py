@@ -16,8 +16,9 @@ with the range's code when the video turns out to end before it.
 
 A job submitted with ``render=true`` gets its overlay video drawn (`pipeline.render.overlay`)
 from the finalized result before it succeeds. Progress and stage timings go to the store after
-each chunk; cancellation is checked between chunks; a job's optional callback URL is POSTed once
-it ends (failures are logged, never fail it).
+each chunk; cancellation is checked between chunks. A job's callback event is written by the
+store with its end (`service.jobs.outbox`); every worker delivers the due events of all jobs,
+with retries, so an event outlives the worker that ended its job (failures never fail a job).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 import shutil
@@ -44,11 +44,15 @@ from pipeline.video.frame_range import FrameRange
 from pipeline.video.loop import FrameStages, VideoLoop
 from service.callbacks import post
 from service.jobs import Job, JobStore, redact
+from service.jobs.outbox import EVENT_HEADER
 from service.settings import JobSettings, ModelSettings
 
 logger = logging.getLogger(__name__)
 
 VIDEO_WORK_DIR = "work"  # segments of the result being written, inside the job folder
+# A claimed callback event is held this long: beyond a delivery's tries and timeouts
+# (`jobs.callback_tries` x 5 s, with back-off), so only a dead worker's events are claimed again.
+CALLBACK_HOLD_S = 120.0
 # Free bytes on the data folder's disk below which, once a job could not write, no job is
 # claimed: a chunk's checkpoint and result segment of a long 1080p video stay well below this.
 MIN_FREE_TO_RUN = 64 * 2**20
@@ -104,7 +108,7 @@ class VideoWorker:
         self.store: JobStore | None = None
         self.store_error: PoseError | None = None
         for job_id in self._open_store() or []:
-            self._schedule_callback(job_id)
+            self._schedule_ended(job_id)
         self._active: dict[str, asyncio.Task[None]] = {}
         self._tokens: dict[str, int] = {}  # job id -> attempt this replica runs
         self._wake = asyncio.Event()
@@ -113,6 +117,7 @@ class VideoWorker:
         self._no_room_since: float | None = None  # a job was handed back for want of disk room
         self._stopping = False  # set when the host stops the worker: the loop claims nothing more
         self._loop_task = asyncio.get_running_loop().create_task(self._worker())
+        self._delivery_task = asyncio.get_running_loop().create_task(self._deliver_callbacks())
 
     # -- called by the API, through the host ---------------------------------------------------
     async def wake(self) -> None:
@@ -196,7 +201,7 @@ class VideoWorker:
                         await asyncio.sleep(self.settings.poll_interval_s)
                         continue
                     for job_id in ended:
-                        self._schedule_callback(job_id)
+                        self._schedule_ended(job_id)
                 await self._claim_jobs()
                 if time.time() - self._last_purge > 600 and self.store is not None:
                     self._last_purge = time.time()
@@ -215,7 +220,7 @@ class VideoWorker:
         assert self.store is not None  # jobs run only once the store is open
         expired = await asyncio.to_thread(self.store.expire_leases, self.settings.max_attempts, self.settings.stall_s)
         for job_id in expired.failed + expired.cancelled:
-            self._schedule_callback(job_id)
+            self._schedule_ended(job_id)
         if not await asyncio.to_thread(self._room_to_run):
             return
         while len(self._active) < self.settings.max_active:
@@ -267,10 +272,7 @@ class VideoWorker:
             self._wake.set()
         if superseded:
             return
-        if await asyncio.to_thread(self.store.delete_if_requested, job.id):
-            return
-        if job.callback_url:
-            self._schedule_callback(job.id)
+        await asyncio.to_thread(self.store.delete_if_requested, job.id)
 
     def _room_to_run(self) -> bool:
         """Whether the data folder's disk has room for a job to write its next chunk: after a job
@@ -411,33 +413,46 @@ class VideoWorker:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 
-    # -- callbacks ---------------------------------------------------------------------------
-    def _schedule_callback(self, job_id: str) -> None:
+    # -- jobs that ended elsewhere, callbacks ---------------------------------------------------
+    def _schedule_ended(self, job_id: str) -> None:
+        """A job ended by recovery or an expired lease: carry out a delete its client asked
+        while it ran (its worker died before it could). Its callback is in the outbox already."""
+        assert self.store is not None  # jobs end only once the store is open
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule on
-            asyncio.get_running_loop().create_task(asyncio.to_thread(self._callback, job_id))
+            asyncio.get_running_loop().create_task(asyncio.to_thread(self.store.delete_if_requested, job_id))
 
-    def _callback(self, job_id: str) -> None:
-        """POST the job's status to its callback URL (signed, checked, a few tries); a failure
-        is logged, the job stands. A job whose client asked to delete it while it ran (its
-        worker died before it could) is deleted instead."""
-        assert self.store is not None  # jobs run only once the store is open
-        try:
-            if self.store.delete_if_requested(job_id):
-                return
-            job = self.store.get(job_id)
-        except PoseError:
-            return
-        if not job.callback_url:
-            return
-        status = job.to_dict()
-        for private in ("callback_url", "idempotency_key"):  # the receiver knows them; a log of it need not
-            status.pop(private, None)
-        body = json.dumps({"event": "job." + job.state, "job": status}).encode()
-        try:
-            answer = post(job.callback_url, body, self.settings.callback_policy(job.client))
-            logger.info("job %s: callback answered %s", job_id, answer)
-        except Exception as exc:  # refused now, bad secrets, network or HTTP failure: logged, the job's state stands
-            logger.warning("job %s: callback failed: %s", job_id, exc)
+    async def _deliver_callbacks(self) -> None:
+        """Deliver the store's due callback events (`service.jobs.outbox`), whichever worker's
+        jobs they are, every poll; apart from the job loop, so a slow receiver never holds it."""
+        while not self._stopping:
+            try:
+                if self.store is not None:
+                    while await asyncio.to_thread(self._deliver_due):
+                        pass
+            except Exception:  # the store faltering: the events wait in it for the next round
+                if self._stopping:
+                    return
+                logger.exception("callbacks: delivery round failed; retrying")
+            await asyncio.sleep(self.settings.poll_interval_s)
+
+    def _deliver_due(self, limit: int = 16) -> bool:
+        """One batch of due events: each POSTed (signed, checked, a few quick tries, with its
+        event id), then marked delivered or due again after the outbox's back-off. Whether a
+        full batch was taken (more may be due)."""
+        assert self.store is not None  # called once the store is open
+        events = self.store.claim_callbacks(hold_s=CALLBACK_HOLD_S, limit=limit)
+        for event in events:
+            try:
+                answer = post(event.url, event.body, self.settings.callback_policy(event.client),
+                              headers={EVENT_HEADER: event.id})
+            except Exception as exc:  # refused now, bad secrets, network or HTTP failure: the job's state stands
+                again = self.store.callback_failed(event.id, f"{type(exc).__name__}: {exc}")
+                logger.warning("job %s: %s callback failed (%s)%s", event.job_id, event.event, exc,
+                               "; tried again later" if again else "; given up")
+                continue
+            self.store.callback_delivered(event.id)
+            logger.info("job %s: %s callback %s answered %s", event.job_id, event.event, event.id, answer)
+        return len(events) == limit
 
     def _as_job_error(self, exc: BaseException) -> PoseError:
         exc = self.unwrap(exc)

@@ -1000,3 +1000,43 @@ def test_a_job_that_keeps_stalling_fails_interrupted(open_store, tmp_path):
         ended = store.get(job.id)
         assert (ended.state, ended.error.code, ended.crashes) == ("failed", "interrupted", 2)
         assert "made no progress" in ended.error.message
+
+
+# --- callbacks: the outbox ---------------------------------------------------------------------
+
+
+def test_a_jobs_end_writes_its_callback_event_in_the_same_transaction(store):
+    from service.jobs.outbox import MAX_DELIVERIES
+
+    url = "https://hooks.example.com/pose"
+    queued = store.create(callback_url=url, client="alice")
+    silent = store.create()  # no callback URL: no event
+    store.cancel(queued.id)  # a queued job's cancel is told too
+    store.cancel(silent.id)
+    events = store.claim_callbacks(hold_s=60.0)
+    assert [(e.job_id, e.event, e.url, e.client) for e in events] == [(queued.id, "job.cancelled", url, "alice")]
+    body = json.loads(events[0].body)
+    assert body["event"] == "job.cancelled" and body["event_id"] == events[0].id
+    assert body["job"]["id"] == queued.id and body["job"]["state"] == "cancelled"
+    assert "callback_url" not in body["job"] and "idempotency_key" not in body["job"]
+    assert store.claim_callbacks(hold_s=60.0) == []  # held by its claimer
+    assert store.callback_failed(events[0].id, "ConnectionRefusedError")  # tried again later...
+    assert store.claim_callbacks(hold_s=60.0) == []  # ...after the back-off, not at once
+    for _ in range(MAX_DELIVERIES - 2):
+        assert store.callback_failed(events[0].id, "ConnectionRefusedError")
+    assert not store.callback_failed(events[0].id, "ConnectionRefusedError")  # the last one: given up
+
+
+def test_an_event_held_by_a_worker_that_died_is_claimed_again_with_its_id(store):
+    job = store.create(callback_url="https://hooks.example.com/pose")
+    claimed = store.claim_next(30.0)
+    assert claimed is not None
+    store.finish(job.id, {}, claimed.attempts)
+    first = store.claim_callbacks(hold_s=0.5)  # the worker that claims it dies before marking it
+    assert [e.event for e in first] == ["job.succeeded"]
+    time.sleep(1.0)
+    again = store.claim_callbacks(hold_s=60.0)
+    assert [e.id for e in again] == [first[0].id] and again[0].body == first[0].body  # same event, same id
+    store.callback_delivered(again[0].id)
+    time.sleep(1.0)
+    assert store.claim_callbacks(hold_s=0.0) == []  # delivered: never again

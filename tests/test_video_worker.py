@@ -186,3 +186,75 @@ def test_a_job_that_cannot_write_waits_queued_with_the_reason_and_resumes_when_r
             store.close()
 
     asyncio.run(scenario())
+
+
+class _Receiver:
+    """A callback receiver on loopback: every POST's event id and body, in order."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((self.headers.get("X-Pose-Event-Id"), body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_callback_pending_when_its_worker_died_is_delivered_by_the_next_once(tmp_path):
+    """A job ended and its event was claimed by a worker that died before sending it: a worker
+    started afterwards delivers it, with the event's id, and only once."""
+    import json
+
+    from pipeline.tiny.cache import runner_settings
+    from pipeline.video.loop import LocalStages
+    from pipeline.video.runner import VideoRunner
+    from service.settings import ModelSettings
+
+    receiver = _Receiver()
+    models = ModelSettings(profile="tiny", tiny_dir=str(tmp_path / "tiny"))
+    runner = VideoRunner.from_cache(models.roots(), download=False, device="cpu", **runner_settings())
+    settings = JobSettings(data_dir=str(tmp_path / "data"), poll_interval_s=0.2, lease_s=30.0,
+                           callback_allow_http=True, callback_allow_hosts=("127.0.0.1",))
+
+    async def scenario() -> None:
+        store = settings.open_store()
+        job = store.create("video", callback_url=receiver.url)
+        store.cancel(job.id)  # a queued job cancelled: its job.cancelled event is due
+        dead = store.claim_callbacks(hold_s=0.5)  # claimed by a worker that dies now
+        assert [e.event for e in dead] == ["job.cancelled"]
+        await asyncio.sleep(0.6)
+        worker = VideoWorker(LocalStages(runner.detector, runner.hmr2), settings, models, map_error=lambda exc: None)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not receiver.received:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # five more delivery rounds: nothing is sent twice
+        finally:
+            worker.stop()
+            store.close()
+        assert len(receiver.received) == 1
+        event_id, body = receiver.received[0]
+        sent = json.loads(body)
+        assert event_id == dead[0].id == sent["event_id"]
+        assert (sent["event"], sent["job"]["id"], sent["job"]["state"]) == ("job.cancelled", job.id, "cancelled")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        receiver.close()

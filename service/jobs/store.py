@@ -52,6 +52,8 @@ from service.jobs.layout import (
 from service.jobs.leases import claim_oldest, db_now, renew
 from service.jobs.listing import check_paging, list_filter
 from service.jobs.model import CANCEL, DELETE, Job, options_json
+from service.jobs.outbox import Event, claim_due, create_table, emit, mark_delivered, mark_failed
+from service.jobs.outbox import purge as purge_outbox
 from service.jobs.recovery import RecoveryReport, recover_expired, recover_stalled, recover_stopped
 from service.jobs.rows import fenced_row, job_from_row, locked_row, visible
 from service.jobs.transitions import set_cancelled, write_progress
@@ -89,6 +91,8 @@ class JobStore:
         # Jobs this object claimed; recovery leaves them alone, everything else running is orphaned.
         self._owner = uuid.uuid4().hex
         self._db = open_database(url, self.data_dir)
+        with self._tx(lock_all=True) as db:
+            create_table(db)
 
     @property
     def node_local(self) -> bool:
@@ -284,6 +288,8 @@ class JobStore:
             clock = db_now(db)
             expired = recover_expired(db, max_attempts, clock, now)
             stalled = recover_stalled(db, max_attempts, stall_s, clock, now) if stall_s is not None else None
+            ended = expired.failed + expired.cancelled + ([] if stalled is None else stalled.failed + stalled.cancelled)
+            self._emit_ended(db, ended, now)
         if stalled is not None:
             expired = RecoveryReport(
                 expired.requeued + stalled.requeued, expired.failed + stalled.failed,
@@ -370,6 +376,7 @@ class JobStore:
                     " owner = NULL, lease_until = NULL WHERE id = ?",
                     (json.dumps(names), now, now, job_id),
                 )
+            self._emit_ended(db, [job_id], now)
         return self.get(job_id)
 
     def fail(self, job_id: str, code: str, message: str, token: int | None = None) -> Job:
@@ -390,6 +397,7 @@ class JobStore:
                     " updated_at = ?, owner = NULL WHERE id = ?",
                     (code, message, now, now, job_id),
                 )
+            self._emit_ended(db, [job_id], now)
         return self.get(job_id)
 
     def cancel(self, job_id: str, client: str | None = None) -> Job:
@@ -399,6 +407,7 @@ class JobStore:
             row = locked_row(db, job_id, client)
             if row["state"] == "queued":
                 set_cancelled(db, job_id, now)
+                self._emit_ended(db, [job_id], now)
             elif row["state"] == "running":
                 if not row["cancel_requested"]:  # a delete asked already stays asked
                     db.execute("UPDATE jobs SET cancel_requested = ?, updated_at = ? WHERE id = ?", (CANCEL, now, job_id))
@@ -420,6 +429,7 @@ class JobStore:
         with self._tx() as db:
             fenced_row(db, job_id, token)
             set_cancelled(db, job_id, now)
+            self._emit_ended(db, [job_id], now)
         return self.get(job_id)
 
     def request_delete(self, job_id: str, client: str | None = None) -> Job | None:
@@ -488,6 +498,7 @@ class JobStore:
         now = time.time() if now is None else now
         with self._tx(lock_all=True) as db:
             report = recover_stopped(db, self._owner, requeue_running, max_attempts, now)
+            self._emit_ended(db, report.failed + report.cancelled, now)
             known = {r["id"] for r in db.execute("SELECT id FROM jobs").fetchall()}
         self._mark_own_folders(known)
         scan = scan_orphans(self.jobs_dir, self.uploads_dir, known, self.store_id, now, orphan_grace_s)
@@ -526,6 +537,7 @@ class JobStore:
         now = time.time() if now is None else now
         with self._tx(lock_all=True) as db:
             ids = delete_expired_rows(db, now - self.retention_s)
+            purge_outbox(db, now - self.retention_s)
         remove_job_dirs(self.jobs_dir, ids)
         return ids
 
@@ -539,6 +551,29 @@ class JobStore:
         ``max_active`` slots (of one worker) still free. With several workers running more
         than ``max_active`` jobs, the queue alone bounds admission."""
         return _queue_full(queued, running, max_active=self.max_active, max_queued=self.max_queued)
+
+    # --- callbacks (`service.jobs.outbox`) ---------------------------------------------------
+
+    def _emit_ended(self, db: Connection, job_ids: builtins.list[str], now: float) -> None:
+        """The callback events of jobs that just ended, in the transaction that ended them."""
+        for job_id in job_ids:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is not None:
+                emit(db, self._job(row), now)
+
+    def claim_callbacks(self, hold_s: float = 60.0, limit: int = 16) -> builtins.list[Event]:
+        """Callback events due for delivery, held for this caller for ``hold_s``."""
+        with self._tx() as db:
+            return claim_due(db, db_now(db), hold_s, limit)
+
+    def callback_delivered(self, event_id: str) -> None:
+        with self._tx() as db:
+            mark_delivered(db, event_id, db_now(db))
+
+    def callback_failed(self, event_id: str, error: str) -> bool:
+        """A delivery failed; whether the event will be tried again."""
+        with self._tx() as db:
+            return mark_failed(db, event_id, db_now(db), error)
 
     def _job(self, row: Row) -> Job:
         return job_from_row(row, self.jobs_dir)
