@@ -9,7 +9,10 @@ every deployment (time, from -> to), the controller's own scaling log lines (wit
 requests it decided on), and a summary table. Under steady load each deployment changes at most
 once.
 
-    python bench/video_scale.py steady [--frames 1500] [--size 360x480] [--num-cpus 2]
+    python bench/video_scale.py steady [--frames 1500] [--jobs 1] [--size 360x480] [--num-cpus 2]
+
+``--jobs 2``: two jobs at once, one video worker runs both (``jobs.max_active: 2``): a load of
+two jobs' calls, for which the model stages may take one more replica, once.
 
 ``queue``: video workers on a local three-node Ray cluster (tests/cluster_helpers.py: one head
 for the Ingress, two worker nodes for the video workers, each in its own mount namespace), a
@@ -146,7 +149,7 @@ def controller_scaling_lines(session_dir: Path) -> list[str]:
 
 
 def steady_run(args: argparse.Namespace) -> None:
-    """serve_config.yaml as written; one long job; each deployment's replica changes."""
+    """serve_config.yaml as written; long jobs at a steady rate; each deployment's replica changes."""
     import httpx
     import ray
     from config_deploy import deployed_file, file_deployments
@@ -165,15 +168,17 @@ def steady_run(args: argparse.Namespace) -> None:
         with httpx.Client(base_url=served.url, timeout=300) as client:
             watch = ReplicaWatch()
             watch.poll()
-            resp = client.post("/v1/videos", files={"video": ("steady.mp4", clip.read_bytes(), "video/mp4")})
-            resp.raise_for_status()
-            job_id = resp.json()["id"]
+            ids = []
+            for _ in range(args.jobs):
+                resp = client.post("/v1/videos", files={"video": ("steady.mp4", clip.read_bytes(), "video/mp4")})
+                resp.raise_for_status()
+                ids.append(resp.json()["id"])
             started = time.monotonic()
-            job: dict[str, Any] = {}
+            jobs: list[dict[str, Any]] = []
             while True:
                 watch.poll()
-                job = client.get(f"/v1/jobs/{job_id}").json()
-                if job["state"] in ("succeeded", "failed", "cancelled"):
+                jobs = [client.get(f"/v1/jobs/{i}").json() for i in ids]
+                if all(j["state"] in ("succeeded", "failed", "cancelled") for j in jobs):
                     break
                 time.sleep(args.sample_s)
             seconds = time.monotonic() - started
@@ -181,8 +186,9 @@ def steady_run(args: argparse.Namespace) -> None:
             while time.monotonic() < after:
                 time.sleep(args.sample_s)
                 watch.poll()
-        print(f"one job of {args.frames} frames ({w}x{h}), tiny profile, serve_config.yaml as written, "
-              f"{args.num_cpus:g} CPUs: {job['state']} in {seconds:.0f} s ({args.frames / seconds:.1f} frames/s)")
+        print(f"{args.jobs} job(s) of {args.frames} frames ({w}x{h}) at once, tiny profile, serve_config.yaml as "
+              f"written, {args.num_cpus:g} CPUs: {[j['state'] for j in jobs]} in {seconds:.0f} s "
+              f"({args.jobs * args.frames / seconds:.1f} frames/s)")
         print()
         watch.report(limits)
         print()
@@ -194,7 +200,7 @@ def steady_run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", choices=["steady", "queue"], default="steady")
-    parser.add_argument("--jobs", type=int, default=6, help="queue: jobs in the burst")
+    parser.add_argument("--jobs", type=int, default=None, help="jobs submitted at once (steady: 1, queue: 6)")
     parser.add_argument("--frames", type=int, default=None, help="frames per job (steady: 1500, queue: 24)")
     parser.add_argument("--size", default="360x480", help="steady: frame height x width")
     parser.add_argument("--num-cpus", type=float, default=2, help="steady: CPUs of the Ray head")
@@ -206,10 +212,12 @@ def main() -> None:
     logger.setLevel(logging.INFO)  # each replica change as it happens
     if args.mode == "steady":
         args.frames = args.frames or 1500
+        args.jobs = args.jobs or 1
         args.sample_s = args.sample_s or 0.5
         steady_run(args)
     else:
         args.frames = args.frames or 24
+        args.jobs = args.jobs or 6
         args.sample_s = args.sample_s or 3.0
         args.job_store = args.job_store or server_url()
         queue_run(args)

@@ -40,14 +40,11 @@ def file_deployments(config: dict[str, Any] | None = None) -> dict[str, dict[str
     return {d["name"]: d for d in app.get("deployments", [])}
 
 
-def test_copy(config: dict[str, Any], http_port: int) -> dict[str, Any]:
+def with_http_port(config: dict[str, Any], http_port: int) -> dict[str, Any]:
     """The file with only ``http_options.port`` changed."""
     out = copy.deepcopy(config)
     out.setdefault("http_options", {})["port"] = http_port
     return out
-
-
-test_copy.__test__ = False  # type: ignore[attr-defined]  # a helper, not a pytest test
 
 
 @dataclass
@@ -121,7 +118,7 @@ def deployed_file(
     dashboard_port = free_port() if via == "deploy" else None
     try:
         cluster.start_head(num_cpus=num_cpus, resources={}, dashboard_port=dashboard_port)
-        config = test_copy(file_config(), free_port())
+        config = with_http_port(file_config(), free_port())
         path = workdir / "serve_config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         serve_cli = str(Path(sys.executable).with_name("serve"))
