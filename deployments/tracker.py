@@ -27,6 +27,7 @@ from service.worker import VideoWorker
 
 from .autoscaling import JOBS_QUEUED, JOBS_RUNNING
 from .common import alive_nodes, as_pose_error, route_logs_to_serve, start_info, unwrap_error
+from .metrics import QueueMetrics
 
 TRANSIENT_CODES = ("stage_unavailable", "overloaded", "stage_timeout")
 
@@ -100,6 +101,7 @@ class Tracker:
             map_error=as_pose_error, unwrap=unwrap_error, nodes=alive_nodes,
         )
         self.start = start_info(self.worker.load_s)
+        self.queue_metrics = QueueMetrics()
 
     async def wake(self) -> None:
         """A job was queued: claim it now rather than at the next poll."""
@@ -112,6 +114,7 @@ class Tracker:
         """Serve's custom autoscaling metrics (see `deployments.autoscaling`): the store's queue
         and the jobs this replica runs."""
         queued, running = await self.worker.queue_stats()
+        self.queue_metrics.set(queued, running)  # the same figures for Prometheus / Grafana
         return {JOBS_QUEUED: float(queued), JOBS_RUNNING: float(running)}
 
     def __del__(self) -> None:
