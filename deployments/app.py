@@ -93,6 +93,9 @@ class FractionArgs(StageArgs):
     tracker: float | None = Field(
         default=None, ge=0.0, description="Tracker: each video worker (decoding, PHALP's appearance step and tracker)"
     )
+    renderer: float | None = Field(
+        default=None, ge=0.0, description="Renderer: the overlays (video jobs' MP4, POST /v1/images?format=png)"
+    )
     ingress: float | None = Field(default=None, ge=0.0, description="Ingress (as a GPU share only when set above 0)")
 
 
@@ -104,6 +107,7 @@ class PlacementArgs(StageArgs):
     detector: dict[str, float] = Field(default_factory=dict)
     regressor: dict[str, float] = Field(default_factory=dict)
     tracker: dict[str, float] = Field(default_factory=dict)
+    renderer: dict[str, float] = Field(default_factory=dict)
     ingress: dict[str, float] = Field(default_factory=dict)
 
 
@@ -382,10 +386,11 @@ def check_model_files(models: ModelSettings, names: list[str], *, shared: bool =
 
 
 def build_app(args: AppArgs) -> Application:
-    """Detector + MeshRegressor (+ Tracker) behind the FastAPI ingress, sized for this cluster."""
+    """Detector + MeshRegressor + Renderer (+ Tracker) behind the FastAPI ingress, sized for this cluster."""
     from .detector import Detector, DetectorSettings
     from .ingress import Ingress
     from .regressor import MeshRegressor, RegressorSettings
+    from .renderer import Renderer
     from .tracker import Tracker
 
     if not isinstance(args, AppArgs):
@@ -440,6 +445,8 @@ def build_app(args: AppArgs) -> Application:
     regressor = MeshRegressor.options(
         ray_actor_options=actor_options("regressor"), user_config=_batch(profile.regressor_batch, args.regressor_batch)
     ).bind(RegressorSettings(**common, max_people=limits.max_people))
+    # The overlays: video jobs' (asked by the Tracker once a job has succeeded) and the images' PNG.
+    renderer = Renderer.options(ray_actor_options=actor_options("renderer")).bind(ModelSettings(**common))
     if not with_tracker:
         logger.info("video jobs left out of the graph (tracker=%s, PHALP tracking installed: %s)", args.tracker, installed)
     resources = {
@@ -496,7 +503,7 @@ def build_app(args: AppArgs) -> Application:
     # Video jobs need tracking: without it the video routes answer 503 videos_unavailable.
     tracker = (
         Tracker.options(ray_actor_options=actor_options("tracker"), **_video_replicas(args.jobs)).bind(
-            detector, regressor, jobs, ModelSettings(**common)
+            detector, regressor, jobs, ModelSettings(**common), renderer
         )
         if with_tracker
         else None
@@ -508,5 +515,5 @@ def build_app(args: AppArgs) -> Application:
         models=ModelSettings(**common),  # exports read the SMPL model from the same caches
     )
     return Ingress.options(ray_actor_options=actor_options("ingress")).bind(
-        detector, regressor, settings, tracker, jobs if tracker is not None else None, video_api
+        detector, regressor, settings, tracker, jobs if tracker is not None else None, video_api, renderer
     )

@@ -55,7 +55,12 @@ _COLUMNS = """
     owner TEXT,
     results TEXT NOT NULL DEFAULT '{{}}',
     checkpoint TEXT,
-    lease_until {real}
+    lease_until {real},
+    overlay_state TEXT,
+    overlay_error_code TEXT,
+    overlay_error_message TEXT,
+    overlay_tries INTEGER NOT NULL DEFAULT 0,
+    overlay_lease_until {real}
 """
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)",
@@ -71,6 +76,12 @@ _ADDED_COLUMNS = (
     ("lease_until", "{real}"),
     ("seq", "BIGINT"),
     ("client", f"TEXT NOT NULL DEFAULT '{DEFAULT_CLIENT}'"),
+    # the overlay video of a render=true job: an artifact with its own state (`service.jobs.overlays`)
+    ("overlay_state", "TEXT"),
+    ("overlay_error_code", "TEXT"),
+    ("overlay_error_message", "TEXT"),
+    ("overlay_tries", "INTEGER NOT NULL DEFAULT 0"),
+    ("overlay_lease_until", "{real}"),
 )
 _COLUMN_NAMES = tuple(line.split()[0] for line in _COLUMNS.strip().splitlines())
 

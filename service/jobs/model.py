@@ -14,6 +14,10 @@ from service.auth import DEFAULT_CLIENT
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+# The overlay video of a ``render=true`` job, an artifact drawn after the result is published:
+# pending (until drawn), ready (a result file ``overlay``) or failed (with its own error).
+OverlayState = Literal["pending", "ready", "failed"]
+OVERLAY_STATES: tuple[str, ...] = ("pending", "ready", "failed")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,20 @@ class Job:
     result_paths: dict[str, Path] = field(default_factory=dict)  # result name -> file
     checkpoint: dict[str, Any] | None = None  # the last committed checkpoint (small; see `save_checkpoint`)
     lease_until: float | None = None  # unix seconds; a running job past it may be taken over
+    overlay_state: str | None = None  # one of OVERLAY_STATES for render=true jobs, else None
+    overlay_error: JobError | None = None  # why the overlay failed (the job's result stands)
+
+    @property
+    def overlay(self) -> dict[str, Any] | None:
+        """The overlay as a caller sees it: ``{state, error}`` for a render job that has or will
+        have a result; None otherwise (no overlay asked for, or the job failed or was cancelled)."""
+        if not self.options.get("render") or self.state in ("failed", "cancelled"):
+            return None
+        state = self.overlay_state
+        if state is None:  # a job accepted before overlays had their own state
+            state = "ready" if "overlay" in self.result_paths else "pending"
+        error = self.overlay_error if state == "failed" else None
+        return {"state": state, "error": None if error is None else {"code": error.code, "message": error.message}}
 
     @property
     def progress(self) -> float | None:
@@ -82,6 +100,7 @@ class Job:
             "attempts": self.attempts,
             "cancel_requested": self.cancel_requested,
             "results": sorted(self.result_paths),
+            "overlay": self.overlay,
         }
 
 

@@ -33,6 +33,7 @@ from typing import Any, Iterator, Mapping, cast
 
 from pipeline.atomic import atomic_open
 from service.auth import DEFAULT_CLIENT
+from service.jobs import overlays
 from service.jobs.admission import check_capacity
 from service.jobs.admission import queue_full as _queue_full
 from service.jobs.cleanup import delete_expired_rows, remove_job_dirs, remove_orphans
@@ -49,6 +50,7 @@ from service.jobs.layout import (
 from service.jobs.leases import claim_oldest
 from service.jobs.listing import check_paging, list_filter
 from service.jobs.model import Job, options_json
+from service.jobs.overlays import OverlayClaim
 from service.jobs.recovery import RecoveryReport, recover_expired, recover_stopped
 from service.jobs.rows import fenced_row, job_from_row, locked_row, visible
 from service.jobs.transitions import set_cancelled, write_progress
@@ -199,9 +201,9 @@ class JobStore:
                 seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
                 db.execute(
                     "INSERT INTO jobs (id, seq, kind, state, created_at, updated_at, input_path, options,"
-                    " idempotency_key, client, callback_url) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                    " idempotency_key, client, callback_url, overlay_state) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
                     (job_id, seq, kind, now, now, None if input_path is None else str(input_path), stored_options,
-                     idempotency_key, client, callback_url),
+                     idempotency_key, client, callback_url, "pending" if options and options.get("render") else None),
                 )
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)
@@ -396,6 +398,40 @@ class JobStore:
                 raise conflict(job_id, "running", "not running (cancel it first)")
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+
+    # --- overlays (`service.jobs.overlays`) -----------------------------------------------------
+
+    def claim_overlay(self, job_id: str, lease_s: float = 30.0, max_tries: int = 3) -> OverlayClaim:
+        """Take a succeeded job's pending overlay render for one more try, with a lease."""
+        with self._tx() as db:
+            return overlays.claim(db, job_id, time.time(), lease_s, max_tries)
+
+    def renew_overlay(self, job_id: str, token: int, lease_s: float = 30.0) -> None:
+        """Renew the lease of render try ``token`` (fenced)."""
+        with self._tx() as db:
+            overlays.renew(db, job_id, token, time.time() + lease_s)
+
+    def release_overlay(self, job_id: str, token: int) -> None:
+        """Render try ``token`` stops without an answer: the next claim may try again at once."""
+        with self._tx() as db:
+            overlays.release(db, job_id, token, time.time())
+
+    def overlay_ready(self, job_id: str, token: int, name: str) -> Job:
+        """Render try ``token`` wrote ``name`` (a file in the job folder): the job's overlay result."""
+        with self._tx() as db:
+            overlays.set_ready(db, job_id, token, name, time.time())
+        return self.get(job_id)
+
+    def overlay_failed(self, job_id: str, token: int, code: str, message: str) -> Job:
+        """Render try ``token`` failed for good: the overlay is ``failed`` with a stable code."""
+        with self._tx() as db:
+            overlays.set_failed(db, job_id, token, code, message, time.time())
+        return self.get(job_id)
+
+    def pending_overlays(self, now: float | None = None) -> builtins.list[str]:
+        """Succeeded jobs whose overlay waits for a render no live lease holds."""
+        with self._db.read() as db:
+            return overlays.expired(db, time.time() if now is None else now)
 
     # --- maintenance ------------------------------------------------------------------------
 
