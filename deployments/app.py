@@ -119,7 +119,11 @@ class JobArgs(BaseModel):
     max_active: int = Field(default=2, ge=1, description="jobs processed at once")
     max_queued: int = Field(default=32, ge=0, description="accepted jobs waiting beyond those; then 429 + Retry-After")
     retention_s: float | None = Field(default=7 * 24 * 3600.0, gt=0, description="finished jobs kept; None: forever")
-    max_attempts: int = Field(default=3, ge=1, description="starts of one job (restarts included) before it fails")
+    max_attempts: int = Field(
+        default=3, ge=1,
+        description="starts of one job (restarts included) before it fails; also the tries of a render job's overlay "
+        "before it fails renderer_unavailable",
+    )
     chunk_size: int | None = Field(default=None, ge=1, le=256, description="frames per chunk; None: the profile's")
     sync_timeout_s: float = Field(default=300.0, gt=0, description="POST /pose/video waits this long, then 202")
     allow_callbacks: bool = Field(default=True, description="accept callback_url on uploads (public https addresses only, see below)")
