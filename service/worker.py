@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -98,7 +99,7 @@ class VideoWorker:
         self.store_error: PoseError | None = None
         self._overlays: dict[str, asyncio.Task[None]] = {}  # job id -> its overlay render in flight here
         self._overlay_tokens: dict[str, int] = {}  # job id -> render try this replica runs
-        self._overlay_sweep = 0.0
+        self._overlay_sweep = -math.inf  # the first loop sweeps at once
         for job_id in self._open_store() or []:
             self._schedule_callback(job_id)
         self._active: dict[str, asyncio.Task[None]] = {}
