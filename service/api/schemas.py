@@ -24,6 +24,16 @@ class JobErrorInfo(BaseModel):
     message: str
 
 
+class OverlayStatus(BaseModel):
+    """The overlay video of a ``render=true`` job: drawn by the Renderer after the result is published."""
+
+    state: Literal["pending", "ready", "failed"] = Field(
+        description="pending: being drawn (GET overlay.mp4 answers 409 overlay_pending); ready: GET overlay.mp4; "
+        "failed: it will not come, error says why (the job's result stands)"
+    )
+    error: Optional[JobErrorInfo] = Field(default=None, description="failed: render_failed or renderer_unavailable")
+
+
 class JobStatus(BaseModel):
     """One job as a caller sees it (no server paths)."""
 
@@ -59,7 +69,10 @@ class JobStatus(BaseModel):
         "for jobs.stall_s); at jobs.max_attempts crashes the job fails interrupted. Graceful hand-offs do not count",
     )
     cancel_requested: bool
-    results: list[str] = Field(description="result formats available: json, jsonl, npz, and overlay (the MP4 of jobs with render=true)")
+    results: list[str] = Field(description="result formats available: json, jsonl, npz, and overlay (the MP4 of jobs with render=true, once ready)")
+    overlay: Optional[OverlayStatus] = Field(
+        default=None, description="render=true jobs that have or will have a result: the overlay video's own state; else null"
+    )
     links: dict[str, str] = Field(description="status, result and overlay URLs")
 
     @classmethod

@@ -22,7 +22,7 @@ from typing import Any
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from pipeline.errors import InputError, PoseError
+from pipeline.errors import InputError, PoseError, status_of
 from pipeline.export import FORMATS, ResultFiles, check_format, export_to, needs_body, zipped
 from pipeline.export.body import find_smpl, load_body
 from pipeline.video.decode import probe_video
@@ -259,6 +259,17 @@ class VideoJobs:
                 status=404,
             )
         require_succeeded(job)
+        overlay = job.overlay or {}
+        if overlay.get("state") == "pending":
+            raise PoseError(
+                "overlay_pending",
+                f"job {job.id} has succeeded and its overlay video is still being drawn: poll the job until overlay.state is ready",
+                status=409,
+                details={"overlay": overlay},
+            )
+        if overlay.get("state") == "failed":
+            error = overlay["error"] or {"code": "render_failed", "message": "the overlay could not be drawn"}
+            raise PoseError(error["code"], f"the overlay video of job {job.id} failed: {error['message']}", status=status_of(error["code"]))
         path = job.result_paths.get("overlay")
         if path is None or not path.is_file():
             raise PoseError("result_missing", f"the overlay video of job {job.id} is not on disk", status=500)

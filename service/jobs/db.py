@@ -58,7 +58,12 @@ _COLUMNS = """
     checkpoint TEXT,
     lease_until {real},
     crashes INTEGER NOT NULL DEFAULT 0,
-    progress_at {real}
+    progress_at {real},
+    overlay_state TEXT,
+    overlay_error_code TEXT,
+    overlay_error_message TEXT,
+    overlay_tries INTEGER NOT NULL DEFAULT 0,
+    overlay_lease_until {real}
 """
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)",
@@ -76,6 +81,12 @@ _ADDED_COLUMNS = (
     ("client", f"TEXT NOT NULL DEFAULT '{DEFAULT_CLIENT}'"),
     ("crashes", "INTEGER NOT NULL DEFAULT 0"),
     ("progress_at", "{real}"),
+    # the overlay video of a render=true job: an artifact with its own state (`service.jobs.overlays`)
+    ("overlay_state", "TEXT"),
+    ("overlay_error_code", "TEXT"),
+    ("overlay_error_message", "TEXT"),
+    ("overlay_tries", "INTEGER NOT NULL DEFAULT 0"),
+    ("overlay_lease_until", "{real}"),
 )
 # Facts about the store itself, created with the schema: ``store_id`` is this database's own
 # random id, written into every job folder it creates, so cleanup can tell its folders apart

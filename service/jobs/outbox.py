@@ -53,16 +53,17 @@ class Event:
     deliveries: int  # deliveries tried before this one
 
 
-def emit(db: Connection, job: Any, now: float) -> str | None:
+def emit(db: Connection, job: Any, now: float, name: str | None = None) -> str | None:
     """Record the event of ``job`` (a `service.jobs.Job` just moved to an end state, inside
-    the transaction that moved it) when it has a callback URL; the event's id."""
-    if not job.callback_url or job.state not in TERMINAL:
+    the transaction that moved it; ``name``: another event of it, e.g. ``job.overlay_ready``)
+    when it has a callback URL; the event's id."""
+    if not job.callback_url or (name is None and job.state not in TERMINAL):
         return None
     status = job.to_dict()
     for private in ("callback_url", "idempotency_key"):  # the receiver knows them; a log of it need not
         status.pop(private, None)
     event_id = uuid.uuid4().hex
-    name = "job." + job.state
+    name = name or "job." + job.state
     body = json.dumps({"event": name, "event_id": event_id, "job": status}, separators=(",", ":"))
     db.execute(
         "INSERT INTO callback_outbox (id, job_id, client, url, event, body, created_at, next_at)"

@@ -42,6 +42,8 @@ def job_from_row(row: Row, jobs_dir: Path) -> Job:
         result_paths={k: job_dir / v for k, v in json.loads(row["results"]).items()},
         checkpoint=None if row["checkpoint"] is None else json.loads(row["checkpoint"]),
         lease_until=row["lease_until"],
+        overlay_state=row["overlay_state"],
+        overlay_error=None if row["overlay_error_code"] is None else JobError(row["overlay_error_code"], row["overlay_error_message"] or ""),
     )
 
 

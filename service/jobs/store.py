@@ -34,6 +34,7 @@ from typing import Any, Iterator, Mapping, cast
 from pipeline.atomic import atomic_open
 from pipeline.errors import PoseError
 from service.auth import DEFAULT_CLIENT
+from service.jobs import overlays
 from service.jobs.admission import check_capacity, check_client_jobs
 from service.jobs.admission import queue_full as _queue_full
 from service.jobs.cleanup import OrphanScan, delete_expired_rows, log_scan, remove_job_dirs, remove_paths, scan_orphans
@@ -54,6 +55,7 @@ from service.jobs.listing import check_paging, list_filter
 from service.jobs.model import CANCEL, DELETE, Job, options_json
 from service.jobs.outbox import Event, claim_due, create_table, emit, mark_delivered, mark_failed
 from service.jobs.outbox import purge as purge_outbox
+from service.jobs.overlays import OverlayClaim
 from service.jobs.recovery import RecoveryReport, recover_expired, recover_stalled, recover_stopped
 from service.jobs.rows import fenced_row, job_from_row, locked_row, visible
 from service.jobs.transitions import set_cancelled, write_progress
@@ -220,9 +222,9 @@ class JobStore:
                 seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
                 db.execute(
                     "INSERT INTO jobs (id, seq, kind, state, created_at, updated_at, input_path, options,"
-                    " idempotency_key, client, callback_url) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                    " idempotency_key, client, callback_url, overlay_state) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
                     (job_id, seq, kind, now, now, None if input_path is None else str(input_path), stored_options,
-                     idempotency_key, client, callback_url),
+                     idempotency_key, client, callback_url, "pending" if options and options.get("render") else None),
                 )
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)
@@ -472,6 +474,48 @@ class JobStore:
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
 
+    # --- overlays (`service.jobs.overlays`) -----------------------------------------------------
+
+    def claim_overlay(self, job_id: str, lease_s: float = 30.0, max_tries: int = 3) -> OverlayClaim:
+        """Take a succeeded job's pending overlay render for one more try, with a lease."""
+        now = time.time()
+        with self._tx() as db:
+            claimed = overlays.claim(db, job_id, now, lease_s, max_tries)
+            if claimed.outcome == "exhausted":
+                self._emit_ended(db, [job_id], now, "job.overlay_failed")
+            return claimed
+
+    def renew_overlay(self, job_id: str, token: int, lease_s: float = 30.0) -> None:
+        """Renew the lease of render try ``token`` (fenced)."""
+        with self._tx() as db:
+            overlays.renew(db, job_id, token, time.time() + lease_s)
+
+    def release_overlay(self, job_id: str, token: int) -> None:
+        """Render try ``token`` stops without an answer: the next claim may try again at once."""
+        with self._tx() as db:
+            overlays.release(db, job_id, token, time.time())
+
+    def overlay_ready(self, job_id: str, token: int, name: str) -> Job:
+        """Render try ``token`` wrote ``name`` (a file in the job folder): the job's overlay result."""
+        now = time.time()
+        with self._tx() as db:
+            overlays.set_ready(db, job_id, token, name, now)
+            self._emit_ended(db, [job_id], now, "job.overlay_ready")
+        return self.get(job_id)
+
+    def overlay_failed(self, job_id: str, token: int, code: str, message: str) -> Job:
+        """Render try ``token`` failed for good: the overlay is ``failed`` with a stable code."""
+        now = time.time()
+        with self._tx() as db:
+            overlays.set_failed(db, job_id, token, code, message, now)
+            self._emit_ended(db, [job_id], now, "job.overlay_failed")
+        return self.get(job_id)
+
+    def pending_overlays(self, now: float | None = None) -> builtins.list[str]:
+        """Succeeded jobs whose overlay waits for a render no live lease holds."""
+        with self._db.read() as db:
+            return overlays.expired(db, time.time() if now is None else now)
+
     # --- maintenance ------------------------------------------------------------------------
 
     def recover_after_restart(
@@ -554,12 +598,13 @@ class JobStore:
 
     # --- callbacks (`service.jobs.outbox`) ---------------------------------------------------
 
-    def _emit_ended(self, db: Connection, job_ids: builtins.list[str], now: float) -> None:
-        """The callback events of jobs that just ended, in the transaction that ended them."""
+    def _emit_ended(self, db: Connection, job_ids: builtins.list[str], now: float, name: str | None = None) -> None:
+        """The callback events of jobs that just ended (``name``: or of their overlay), in the
+        transaction that changed them."""
         for job_id in job_ids:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is not None:
-                emit(db, self._job(row), now)
+                emit(db, self._job(row), now, name)
 
     def claim_callbacks(self, hold_s: float = 60.0, limit: int = 16) -> builtins.list[Event]:
         """Callback events due for delivery, held for this caller for ``hold_s``."""
