@@ -1,0 +1,211 @@
+"""A fault campaign: video jobs through the real application while one fault at a time hits it.
+
+One local Ray + Serve application (tiny profile), its jobs in PostgreSQL (a schema of its own)
+with a short lease. A reference job runs first, undisturbed. Then, per fault, ``--jobs`` jobs of
+the same clip are submitted; once they have made progress the fault is injected; every job is
+awaited to its end. The table prints, per fault, how the jobs ended:
+
+* ``succeeded``: ended ``succeeded`` with a result equal to the reference (frames, track ids,
+  numbers within 1e-4);
+* ``wrong``: ended ``succeeded`` with another result; ``failed``: ended failed or cancelled;
+* ``lost``: gone (404) or not ended within ``--timeout``;
+* ``redone``: frames computed twice, summed over the jobs: frames done when the fault hit minus
+  the frame the job's next attempt resumed from (0 for a fault a job rode out inside its attempt);
+* ``attempts`` / ``crashes``: summed over the jobs (a graceful hand-off is an attempt, not a crash).
+
+Faults: ``kill-detector``, ``kill-regressor``, ``kill-tracker``, ``kill-renderer`` (SIGKILL of the
+replica's process, its pid from ``/v1/info``; the renderer's jobs ask for the overlay, which must
+end ``ready``), ``db-drop`` (every store connection terminated twice, 2 s apart, with
+``pg_terminate_backend``), ``redeploy`` (the application deleted and deployed again three times:
+graceful hand-offs), ``none``.
+
+    python bench/fault_campaign.py [--jobs 2] [--frames 64] [--faults kill-tracker db-drop ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent))
+from _common import print_table  # noqa: E402
+from pg_helpers import isolated_schema, server_url  # noqa: E402
+
+logger = logging.getLogger("fault_campaign")
+
+FAULTS = ("none", "kill-detector", "kill-regressor", "kill-tracker", "kill-renderer", "db-drop", "redeploy")
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def same_result(got: dict[str, Any], want: dict[str, Any]) -> bool:
+    """Frames, track ids and numbers of two result documents agree (1e-4)."""
+    import numpy as np
+
+    if len(got["frames"]) != len(want["frames"]) or got["tracks"] != want["tracks"]:
+        return False
+    for fg, fw in zip(got["frames"], want["frames"]):
+        if [p["track_id"] for p in fg["people"]] != [p["track_id"] for p in fw["people"]]:
+            return False
+        for pg, pw in zip(fg["people"], fw["people"]):
+            for key in ("bbox", "keypoints_2d", "keypoints_3d"):
+                if not np.allclose(pg[key], pw[key], rtol=1e-4, atol=1e-4):
+                    return False
+    return True
+
+
+def kill_replica(client: Any, deployment: str) -> None:
+    pid = client.get("/v1/info").json()["deployments"][deployment]["pid"]
+    os.kill(int(pid), signal.SIGKILL)
+
+
+def drop_database_connections(store_url: str, times: int = 2, gap_s: float = 2.0) -> None:
+    """Terminate every connection of the job store (its application_name), ``times`` times."""
+    import psycopg
+
+    for i in range(times):
+        with psycopg.connect(server_url(), autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name LIKE 'pose-service%' AND pid <> pg_backend_pid()"
+            ).fetchall()
+        logger.info("database drop %d: %d connections terminated", i + 1, len(rows))
+        time.sleep(gap_s)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=2, help="jobs per fault, submitted together")
+    parser.add_argument("--frames", type=int, default=64, help="frames of the clip (crossing figures, 10 fps)")
+    parser.add_argument("--faults", nargs="+", choices=FAULTS, default=list(FAULTS))
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds a fault's jobs may take to end")
+    parser.add_argument("--job-store", default=server_url(), help="PostgreSQL server (a schema of its own is made)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    import httpx
+    from ray import serve
+    from serve_helpers import serve_tiny
+    from videos import crossing_video
+
+    from deployments.app import AppArgs, build_app
+    from pipeline.tiny.cache import tiny_roots
+
+    work = Path(tempfile.mkdtemp(prefix="fault-campaign-"))
+    tiny_roots(work / "tiny")
+    clip = crossing_video(work / "clip.mp4", n=args.frames).read_bytes()
+    rows: list[list[object]] = []
+    with contextlib.ExitStack() as stack:
+        store_url, _ = stack.enter_context(isolated_schema(args.job_store, "pose_faults"))
+        app_args: dict[str, Any] = {
+            "data_dir": str(work / "data"),
+            "jobs": {"max_active": max(2, args.jobs), "max_queued": 64, "lease_s": 4.0, "job_store": store_url},
+        }
+        url = stack.enter_context(serve_tiny(work / "tiny", num_cpus=2, **app_args))
+        client = stack.enter_context(httpx.Client(base_url=url, timeout=120.0))
+
+        def submit(render: bool = False) -> str:
+            data = {"render": "true"} if render else {}
+            resp = client.post("/v1/videos", files={"video": ("clip.mp4", clip, "video/mp4")}, data=data)
+            resp.raise_for_status()
+            return str(resp.json()["id"])
+
+        def wait(ids: list[str], timeout: float) -> dict[str, dict[str, Any] | None]:
+            deadline, ended = time.monotonic() + timeout, {}
+            while time.monotonic() < deadline and len(ended) < len(ids):
+                for job_id in ids:
+                    if job_id in ended:
+                        continue
+                    with contextlib.suppress(httpx.HTTPError):
+                        resp = client.get(f"/v1/jobs/{job_id}")
+                        if resp.status_code == 404:
+                            ended[job_id] = None
+                        elif resp.status_code == 200 and resp.json()["state"] in TERMINAL:
+                            ended[job_id] = resp.json()
+                time.sleep(0.5)
+            return {i: ended.get(i) for i in ids}
+
+        reference_id = submit()
+        reference_job = wait([reference_id], args.timeout)[reference_id]
+        assert reference_job is not None and reference_job["state"] == "succeeded", reference_job
+        reference = client.get(f"/v1/jobs/{reference_id}/result").json()
+
+        def redeploy() -> None:
+            for _ in range(3):
+                serve.delete("pose")
+                serve.run(build_app(AppArgs(profile="tiny", tiny_dir=str(work / "tiny"), **app_args)),
+                          name="pose", route_prefix="/")
+                time.sleep(2.0)
+
+        inject: dict[str, Callable[[], None]] = {
+            "none": lambda: None,
+            "kill-detector": lambda: kill_replica(client, "detector"),
+            "kill-regressor": lambda: kill_replica(client, "regressor"),
+            "kill-tracker": lambda: kill_replica(client, "tracker"),
+            "kill-renderer": lambda: kill_replica(client, "renderer"),
+            "db-drop": lambda: drop_database_connections(store_url),
+            "redeploy": redeploy,
+        }
+        for fault in args.faults:
+            render = fault == "kill-renderer"
+            ids = [submit(render) for _ in range(args.jobs)]
+            deadline = time.monotonic() + args.timeout
+            progress: dict[str, int] = {}
+            while time.monotonic() < deadline:
+                progress = {i: client.get(f"/v1/jobs/{i}").json()["progress"]["frames_done"] for i in ids}
+                if render:  # the fault must hit the render: wait for a job's overlay to be drawn
+                    overlays = [client.get(f"/v1/jobs/{i}").json().get("overlay") or {} for i in ids]
+                    if any(o.get("state") == "pending" for o in overlays) and all(v > 0 for v in progress.values()):
+                        break
+                elif all(v > 0 for v in progress.values()):
+                    break
+                time.sleep(0.2)
+            logger.info("%s: injecting at frames %s", fault, progress)
+            inject[fault]()
+            ended = wait(ids, args.timeout)
+            ok = wrong = failed = lost = redone = attempts = crashes = overlays_ready = 0
+            for job_id, job in ended.items():
+                if job is None:
+                    lost += 1
+                    continue
+                attempts += int(job["attempts"])
+                crashes += int(job.get("crashes", 0))
+                resumed = job["progress"].get("resumed_from_frame")
+                if resumed is not None:
+                    redone += max(0, progress.get(job_id, 0) - int(resumed))
+                if job["state"] != "succeeded":
+                    failed += 1
+                elif same_result(client.get(f"/v1/jobs/{job_id}/result").json(), reference):
+                    ok += 1
+                else:
+                    wrong += 1
+                if render:
+                    overlay_deadline = time.monotonic() + args.timeout
+                    while time.monotonic() < overlay_deadline:
+                        state = (client.get(f"/v1/jobs/{job_id}").json().get("overlay") or {}).get("state")
+                        if state in ("ready", "failed"):
+                            overlays_ready += state == "ready"
+                            break
+                        time.sleep(0.5)
+            rows.append([fault, args.jobs, ok, wrong, failed, lost, redone, attempts, crashes,
+                         f"{overlays_ready}/{args.jobs}" if render else "-"])
+            logger.info("%s: %s", fault, rows[-1])
+    print_table(
+        f"fault campaign: {args.jobs} jobs of {args.frames} frames per fault (tiny profile, PostgreSQL store, lease 4 s)",
+        ["fault", "jobs", "succeeded", "wrong", "failed", "lost", "frames redone", "attempts", "crashes", "overlays ready"],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
