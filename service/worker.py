@@ -43,6 +43,7 @@ from pipeline.video.frame_range import FrameRange
 from pipeline.video.loop import FrameStages, VideoLoop
 from service.callbacks import post
 from service.jobs import Job, JobStore, redact
+from service.jobs.db import store_error
 from service.settings import JobSettings, ModelSettings
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,8 @@ class VideoWorker:
         callbacks are due), or None on an unusable data folder; the worker then waits (the
         Ingress refuses video jobs meanwhile) and tries again each poll."""
         try:
-            self.store = self.settings.open_store(self.nodes())
+            # a running job's store calls ride out a database fault for up to a lease
+            self.store = self.settings.open_store(self.nodes(), retry_s=self.settings.lease_s)
         except PoseError as exc:
             if exc.code != "data_dir_unavailable":
                 raise
@@ -234,6 +236,11 @@ class VideoWorker:
             if err.code in ("attempt_superseded", "job_state_conflict"):  # another attempt owns it, or it was handed back
                 superseded = True
                 logger.warning("job %s: attempt %d stops, %s", job.id, token, err.message)
+            elif err.code == "job_store_unavailable":  # the database, not the job: never the job's failure
+                superseded = True
+                logger.warning("job %s: attempt %d stops, the job store is away (%s); the job goes back to the "
+                               "queue, or its lease runs out and another attempt resumes it", job.id, token, err.message)
+                await asyncio.to_thread(self._hand_back, job.id, token)
             else:
                 if err.code == "internal_error":
                     logger.exception("job %s failed unexpectedly", job.id)
@@ -251,6 +258,15 @@ class VideoWorker:
             await asyncio.to_thread(self._delete_if_finished, job.id)
         elif job.callback_url:
             self._schedule_callback(job.id)
+
+    def _hand_back(self, job_id: str, token: int) -> None:
+        """Give the job back to the queue after the store was away (once more within the
+        store's retry bound); if the store is still away, the job's lease runs out instead."""
+        assert self.store is not None  # jobs run only once the store is open
+        try:
+            self.store.release(job_id, token)
+        except Exception as exc:  # superseded meanwhile, or still away: its lease decides
+            logger.warning("job %s: not handed back (%s); its lease will run out", job_id, exc)
 
     def _record_failure(self, job_id: str, token: int, err: PoseError) -> None:
         """Record the failure, retrying a failing store (disk full, database away) for up to a
@@ -413,6 +429,9 @@ class VideoWorker:
         exc = self.unwrap(exc)
         if isinstance(exc, PoseError):
             return exc
+        stored = store_error(exc)  # a database error retrying does not fix: its cause, not internal_error
+        if stored is not None:
+            return stored
         mapped = self.map_error(exc)
         if mapped is not None:
             return mapped
