@@ -37,7 +37,7 @@ from service.auth import DEFAULT_CLIENT
 from service.jobs.admission import check_capacity, check_client_jobs
 from service.jobs.admission import queue_full as _queue_full
 from service.jobs.cleanup import OrphanScan, delete_expired_rows, log_scan, remove_job_dirs, remove_paths, scan_orphans
-from service.jobs.db import Connection, Row, open_database, retry_transient
+from service.jobs.db import Connection, DatabaseSettings, Row, open_database, retry_transient
 from service.jobs.errors import conflict, not_found
 from service.jobs.idempotency import check_key, check_replay, discard, with_fingerprint
 from service.jobs.layout import (
@@ -99,6 +99,7 @@ class JobStore:
         max_queued: int = 100,
         url: str | None = None,
         retry_s: float = API_RETRY_S,
+        database: DatabaseSettings | None = None,
     ) -> None:
         check_store_args(max_active, max_queued, retention_s)
         self.retry_s = retry_s  # a call retries a transient database fault this long (a worker: a lease)
@@ -112,7 +113,7 @@ class JobStore:
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         # Jobs this object claimed; recovery leaves them alone, everything else running is orphaned.
         self._owner = uuid.uuid4().hex
-        self._db = open_database(url, self.data_dir)
+        self._db = open_database(url, self.data_dir, database)
 
     @property
     def node_local(self) -> bool:
