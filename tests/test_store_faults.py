@@ -9,9 +9,11 @@ the PostgreSQL server itself is not done here: the server is shared with other t
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import uuid
+from typing import Any, Callable
 
 import pytest
 
@@ -181,3 +183,145 @@ def test_a_first_schema_database_migrates_in_order_and_once(backend, request, tm
     assert version() == SCHEMA_VERSION
     with JobStore(data, url=url, retention_s=None) as again:  # a migrated database opens unchanged
         assert again.store_id == store_id and again.list()[1] == 3 and version() == SCHEMA_VERSION
+
+
+# -- a video job through the HTTP API while the database drops its connections ------------------
+
+
+class _Host:
+    """The API's model backend for one in-process video worker: what the Serve deployments are to
+    the API (`service.api.backend.ModelBackend`); images are not served here."""
+
+    def __init__(self) -> None:
+        self.worker: Any = None
+
+    async def regress(self, image: Any, boxes: Any, vertices: bool) -> Any:
+        raise PoseError("not_ready", "images are not served by this host", status=503)
+
+    async def overlay(self, image: Any, boxes: Any, side_view: bool = False) -> bytes:
+        raise PoseError("not_ready", "images are not served by this host", status=503)
+
+    async def readiness(self) -> dict[str, bool]:
+        return {"Tracker": self.worker is not None}
+
+    async def stages_info(self) -> dict[str, Any]:
+        return {}
+
+    def host_info(self) -> dict[str, Any]:
+        return {}
+
+    def cluster_nodes(self) -> int:
+        return 1
+
+    def has_video_worker(self) -> bool:
+        return True
+
+    def wake_worker(self) -> None:
+        if self.worker is not None:
+            asyncio.get_running_loop().create_task(self.worker.wake())
+
+    async def cancel_running(self, job_id: str, delete: bool) -> None:
+        await self.worker.cancel(job_id, delete)
+
+    def map_error(self, exc: BaseException) -> PoseError | None:
+        return None
+
+
+class _FaultyStages:
+    """The in-process model stages; while armed, the server terminates every connection of the
+    job store (the worker's and the API's) when the chunks numbered in ``at`` are submitted."""
+
+    def __init__(self, inner: Any, at: set[int], fault: Callable[[], None]) -> None:
+        self.inner, self.at, self.fault = inner, at, fault
+        self.armed, self.chunks = False, 0
+
+    def submit(self, chunk: Any) -> Any:
+        if self.armed:
+            self.chunks += 1
+            if self.chunks in self.at:
+                self.fault()
+        return self.inner.submit(chunk)
+
+    def transient(self, exc: BaseException) -> PoseError | None:
+        return self.inner.transient(exc)
+
+
+def test_a_job_survives_its_database_connections_dropped_twice_and_the_api_answers_as_usual(
+    postgres_server, postgres_url, tmp_path
+):
+    """The issue's promise: PostgreSQL connections terminated twice mid-job; the job ends equal to
+    an uninterrupted run of the same video, and every API call made right after each drop answers
+    as usual (no 500)."""
+    import httpx
+    from videos import crossing_video
+
+    from pipeline.tiny.cache import runner_settings
+    from pipeline.video.loop import LocalStages
+    from pipeline.video.runner import VideoRunner
+    from service.api.app import build_app
+    from service.api.backend import NoMetrics
+    from service.api.context import ApiContext
+    from service.settings import ApiSettings, JobSettings, ModelSettings
+    from service.worker import VideoWorker
+
+    url, name = _named(postgres_url)
+    clip = crossing_video(tmp_path / "crossing.mp4", n=14).read_bytes()
+    models = ModelSettings(profile="tiny", tiny_dir=str(tmp_path / "tiny"), download=False)
+    roots = models.roots()  # the worker loads the same files
+    runner = VideoRunner.from_cache(roots, download=False, device="cpu", **{**runner_settings(), "chunk_size": 4})
+    settings = JobSettings(data_dir=str(tmp_path / "data"), job_store=url, chunk_size=4, max_active=1,
+                           poll_interval_s=0.2, lease_s=30.0)
+    host = _Host()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        dropped: asyncio.Queue[int] = asyncio.Queue()
+
+        def fault() -> None:  # in the job's thread, between two store calls of the running job
+            count = terminate(postgres_server, name)
+            loop.call_soon_threadsafe(dropped.put_nowait, count)
+
+        stages = _FaultyStages(LocalStages(runner.detector, runner.hmr2), {2, 3}, fault)
+        host.worker = VideoWorker(stages, settings, models, map_error=host.map_error)
+        ctx = ApiContext(ApiSettings(profile="tiny", auth="none"), host, NoMetrics(), jobs=settings)
+        transport = httpx.ASGITransport(app=build_app(ctx))
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
+
+            async def submit() -> dict[str, Any]:
+                answer = await api.post("/v1/videos", files={"video": ("crossing.mp4", clip, "video/mp4")})
+                assert answer.status_code == 202, answer.text
+                return answer.json()
+
+            async def result(job_id: str) -> dict[str, Any]:
+                while (status := (await api.get(f"/v1/jobs/{job_id}")).json())["state"] in ("queued", "running"):
+                    await asyncio.sleep(0.1)
+                assert status["state"] == "succeeded", status
+                answer = await api.get(f"/v1/jobs/{job_id}/result")
+                assert answer.status_code == 200, answer.text
+                return answer.json()
+
+            uninterrupted = await result((await submit())["id"])
+            stages.armed = True
+            job = await submit()
+            for _ in range(2):
+                assert await dropped.get() >= 1  # the store's connections were there, and are gone
+                status = await api.get(f"/v1/jobs/{job['id']}")
+                assert status.status_code == 200 and status.json()["state"] == "running", status.text
+                listing = await api.get("/v1/jobs")
+                assert listing.status_code == 200 and listing.json()["total"] >= 2, listing.text
+                extra = await submit()  # an upload right after the drop: accepted
+                cancelled = await api.post(f"/v1/jobs/{extra['id']}/cancel")
+                assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled", cancelled.text
+            interrupted = await result(job["id"])
+            final = (await api.get(f"/v1/jobs/{job['id']}")).json()
+            assert final["attempts"] == 1  # the drops cost no attempt: the job never stopped
+            for store in (host.worker.store, ctx.videos.store if ctx.videos else None):
+                if store is not None:
+                    store.close()
+        host.worker.stop()
+        for key in ("job",):  # the documents differ only in the job they describe
+            uninterrupted.pop(key, None)
+            interrupted.pop(key, None)
+        assert interrupted == uninterrupted
+
+    asyncio.run(scenario())
