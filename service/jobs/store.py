@@ -5,8 +5,9 @@ accepted at once, processed by a worker, polled for progress, fetched when done.
 lives in a database (`service.jobs.db`: SQLite beside the files by default, PostgreSQL for a
 cluster) and every job has a folder under the storage folder (`service.jobs.layout`).
 
-Every method is short and synchronous and one connection guarded by a lock serves all threads
-and asyncio tasks of a process. A worker claims a job with a lease that it renews
+Every method is short and synchronous, one transaction on a connection of the store's pool
+(`service.jobs.db`), safe from any thread; a transient database fault is retried within the
+method (``retry_s``). A worker claims a job with a lease that it renews
 (`heartbeat`, `save_checkpoint`); the claim's attempt number is its fencing token, and every
 write of a running job (checkpoint, progress, finish, fail) is refused once another attempt
 holds the job. A job whose lease runs out goes back to the queue (`expire_leases`) and the
@@ -113,6 +114,8 @@ class JobStore:
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         # Jobs this object claimed; recovery leaves them alone, everything else running is orphaned.
         self._owner = uuid.uuid4().hex
+        # SQLite's busy wait is part of the bound: a locked database answers within ``retry_s``
+        database = database or DatabaseSettings(busy_timeout_s=min(30.0, max(1.0, retry_s)))
         self._db = open_database(url, self.data_dir, database)
 
     @property
