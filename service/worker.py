@@ -43,7 +43,7 @@ from pipeline.video.frame_range import FrameRange
 from pipeline.video.loop import FrameStages, VideoLoop
 from service.callbacks import post
 from service.jobs import Job, JobStore, redact
-from service.jobs.db import store_error
+from service.jobs.db import permanent_error
 from service.settings import JobSettings, ModelSettings
 
 logger = logging.getLogger(__name__)
@@ -114,13 +114,13 @@ class VideoWorker:
 
     def _open_store(self) -> list[str] | None:
         """Open the store and recover after a restart: the jobs that recovery ended (their
-        callbacks are due), or None on an unusable data folder; the worker then waits (the
-        Ingress refuses video jobs meanwhile) and tries again each poll."""
+        callbacks are due), or None on an unusable data folder or an unreachable database; the
+        worker then waits (the Ingress refuses video jobs meanwhile) and tries again each poll."""
         try:
             # a running job's store calls ride out a database fault for up to a lease
             self.store = self.settings.open_store(self.nodes(), retry_s=self.settings.lease_s)
         except PoseError as exc:
-            if exc.code != "data_dir_unavailable":
+            if exc.code not in ("data_dir_unavailable", "job_store_unavailable"):
                 raise
             if self.store_error is None:
                 logger.error("%s", exc.message)
@@ -429,7 +429,7 @@ class VideoWorker:
         exc = self.unwrap(exc)
         if isinstance(exc, PoseError):
             return exc
-        stored = store_error(exc)  # a database error retrying does not fix: its cause, not internal_error
+        stored = permanent_error(exc)  # a database error retrying does not fix: its cause, not internal_error
         if stored is not None:
             return stored
         mapped = self.map_error(exc)

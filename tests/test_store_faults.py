@@ -114,13 +114,13 @@ def test_a_database_away_past_the_retry_bound_is_503_with_retry_after(tmp_path):
 def test_a_permanent_error_is_raised_at_once_with_its_cause(tmp_path):
     from sqlalchemy.exc import DBAPIError
 
-    from service.jobs.db import store_error
+    from service.jobs.db import permanent_error
 
     with JobStore(tmp_path / "data", retry_s=30.0) as store:
         with pytest.raises(DBAPIError) as err, store._tx() as db:
             db.execute("SELECT no_such_column FROM jobs")
         assert not is_transient(err.value)
-        mapped = store_error(err.value)
+        mapped = permanent_error(err.value)
         assert mapped is not None and mapped.code == "job_store_error" and "no_such_column" in mapped.message
 
 
@@ -323,5 +323,28 @@ def test_a_job_survives_its_database_connections_dropped_twice_and_the_api_answe
             uninterrupted.pop(key, None)
             interrupted.pop(key, None)
         assert interrupted == uninterrupted
+
+    asyncio.run(scenario())
+
+
+def test_a_database_unreachable_at_start_answers_503_with_retry_after(tmp_path):
+    """The API starts without its database: video routes answer 503 ``job_store_unavailable``
+    with Retry-After (images would keep working), and the store is tried again later."""
+    import httpx
+
+    from service.api.app import build_app
+    from service.api.backend import NoMetrics
+    from service.api.context import ApiContext
+    from service.settings import ApiSettings, JobSettings
+
+    settings = JobSettings(data_dir=str(tmp_path / "data"), job_store="postgresql://nobody@127.0.0.1:9/none?connect_timeout=1")
+    ctx = ApiContext(ApiSettings(profile="tiny", auth="none"), _Host(), NoMetrics(), jobs=settings)
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(ctx)), base_url="http://api") as api:
+            for path in ("/v1/jobs", f"/v1/jobs/{'a' * 32}"):
+                answer = await api.get(path)
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["error"]["code"] == "job_store_unavailable" and answer.headers["retry-after"] == "5"
 
     asyncio.run(scenario())

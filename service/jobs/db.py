@@ -255,7 +255,7 @@ def unavailable(url: str, exc: BaseException, waited_s: float) -> PoseError:
     )
 
 
-def store_error(exc: BaseException) -> PoseError | None:
+def permanent_error(exc: BaseException) -> PoseError | None:
     """A permanent database error as ``job_store_error`` (500) with its cause; None for others."""
     from sqlalchemy import exc as sa_exc
 
