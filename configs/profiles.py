@@ -41,6 +41,7 @@ class Fractions:
     detector: float  # Detector
     regressor: float  # MeshRegressor
     tracker: float  # Tracker: the video workers (decoding, PHALP's appearance step and tracker)
+    renderer: float  # Renderer: the overlays (SMPL meshes rasterized over video frames and images)
     ingress: float = 0.0  # Ingress: never touches a model
 
 
@@ -50,6 +51,7 @@ STAGE_DEPLOYMENTS: dict[str, str] = {
     "detector": "Detector",
     "regressor": "MeshRegressor",
     "tracker": "Tracker",
+    "renderer": "Renderer",
     "ingress": "Ingress",
 }
 
@@ -109,9 +111,9 @@ def full() -> Profile:
         detector_batch=BatchSettings(max_batch_size=4, batch_wait_timeout_s=0.01),
         regressor_batch=BatchSettings(max_batch_size=32, batch_wait_timeout_s=0.01),
         limits=Limits(max_upload_bytes=32 * 2**20, max_pixels=40_000_000, max_people=64),
-        gpu_fractions=Fractions(detector=0.5, regressor=0.3, tracker=0.1),
+        gpu_fractions=Fractions(detector=0.5, regressor=0.3, tracker=0.1, renderer=0.1),
         # Shares, not thread counts: small enough that the whole graph fits on a 2-core laptop.
-        cpu_fractions=Fractions(detector=0.5, regressor=0.5, tracker=0.2, ingress=0.1),
+        cpu_fractions=Fractions(detector=0.5, regressor=0.5, tracker=0.2, renderer=0.2, ingress=0.1),
         notes="official checkpoints; one GPU holds one replica of each stage",
     )
 
@@ -125,8 +127,8 @@ def tiny() -> Profile:
         detector_batch=BatchSettings(max_batch_size=4, batch_wait_timeout_s=0.01),
         regressor_batch=BatchSettings(max_batch_size=16, batch_wait_timeout_s=0.05),
         limits=Limits(max_upload_bytes=32 * 2**20, max_pixels=40_000_000, max_people=64),
-        gpu_fractions=Fractions(detector=0.1, regressor=0.1, tracker=0.05),
-        cpu_fractions=Fractions(detector=0.25, regressor=0.25, tracker=0.1, ingress=0.1),
+        gpu_fractions=Fractions(detector=0.1, regressor=0.1, tracker=0.05, renderer=0.05),
+        cpu_fractions=Fractions(detector=0.25, regressor=0.25, tracker=0.1, renderer=0.1, ingress=0.1),
         # Half the input side and a tenth of the proposals: several times faster on a CPU. The
         # tiny detector's hand-set weights (pipeline/tiny/vitdet.py) are calibrated at both sizes.
         detector_input_size=512,

@@ -104,6 +104,9 @@ class FractionArgs(StageArgs):
     tracker: float | None = Field(
         default=None, ge=0.0, description="Tracker: each video worker (decoding, PHALP's appearance step and tracker)"
     )
+    renderer: float | None = Field(
+        default=None, ge=0.0, description="Renderer: the overlays (video jobs' MP4, POST /v1/images?format=png)"
+    )
     ingress: float | None = Field(default=None, ge=0.0, description="Ingress (as a GPU share only when set above 0)")
 
 
@@ -115,6 +118,7 @@ class PlacementArgs(StageArgs):
     detector: dict[str, float] = Field(default_factory=dict)
     regressor: dict[str, float] = Field(default_factory=dict)
     tracker: dict[str, float] = Field(default_factory=dict)
+    renderer: dict[str, float] = Field(default_factory=dict)
     ingress: dict[str, float] = Field(default_factory=dict)
 
 
@@ -134,7 +138,8 @@ class JobArgs(BaseModel):
     max_attempts: int = Field(
         default=3, ge=1,
         description="crashed attempts of one job (lease ran out, worker restarted, no progress for stall_s) before it "
-        "fails interrupted; graceful hand-offs (scale-down, redeploy) do not count",
+        "fails interrupted; graceful hand-offs (scale-down, redeploy) do not count; also the tries of a render job's "
+        "overlay before it fails renderer_unavailable",
     )
     chunk_size: int | None = Field(default=None, ge=1, le=256, description="frames per chunk; None: the profile's")
     sync_timeout_s: float = Field(default=300.0, gt=0, description="POST /pose/video waits this long, then 202")
@@ -407,10 +412,11 @@ def check_model_files(models: ModelSettings, names: list[str], *, shared: bool =
 
 
 def build_app(args: AppArgs) -> Application:
-    """Detector + MeshRegressor (+ Tracker) behind the FastAPI ingress, sized for this cluster."""
+    """Detector + MeshRegressor + Renderer (+ Tracker) behind the FastAPI ingress, sized for this cluster."""
     from .detector import Detector, DetectorSettings
     from .ingress import Ingress
     from .regressor import MeshRegressor, RegressorSettings
+    from .renderer import Renderer
     from .tracker import Tracker
 
     if not isinstance(args, AppArgs):
@@ -465,6 +471,8 @@ def build_app(args: AppArgs) -> Application:
     regressor = MeshRegressor.options(
         ray_actor_options=actor_options("regressor"), user_config=_batch(profile.regressor_batch, args.regressor_batch)
     ).bind(RegressorSettings(**common, max_people=limits.max_people))
+    # The overlays: video jobs' (asked by the Tracker once a job has succeeded) and the images' PNG.
+    renderer = Renderer.options(ray_actor_options=actor_options("renderer")).bind(ModelSettings(**common))
     if not with_tracker:
         logger.info("video jobs left out of the graph (tracker=%s, PHALP tracking installed: %s)", args.tracker, installed)
     resources = {
@@ -525,7 +533,7 @@ def build_app(args: AppArgs) -> Application:
     # Video jobs need tracking: without it the video routes answer 503 videos_unavailable.
     tracker = (
         Tracker.options(ray_actor_options=actor_options("tracker"), **_video_replicas(args.jobs)).bind(
-            detector, regressor, jobs, ModelSettings(**common)
+            detector, regressor, jobs, ModelSettings(**common), renderer
         )
         if with_tracker
         else None
@@ -537,5 +545,5 @@ def build_app(args: AppArgs) -> Application:
         models=ModelSettings(**common),  # exports read the SMPL model from the same caches
     )
     return Ingress.options(ray_actor_options=actor_options("ingress")).bind(
-        detector, regressor, settings, tracker, jobs if tracker is not None else None, video_api
+        detector, regressor, settings, tracker, jobs if tracker is not None else None, video_api, renderer
     )

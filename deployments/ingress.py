@@ -1,6 +1,7 @@
 """``Ingress``: serves the service's HTTP API (`service.api.app.build_app`) and is its model
-backend: the images go to the ``Detector`` and ``MeshRegressor`` deployments, video jobs are
-nudged to the ``Tracker`` workers, Ray's failures become stable error codes."""
+backend: the images go to the ``Detector`` and ``MeshRegressor`` deployments (and, drawn, to the
+``Renderer``), video jobs are nudged to the ``Tracker`` workers, Ray's failures become stable
+error codes."""
 
 from __future__ import annotations
 
@@ -56,11 +57,13 @@ class Ingress:
         tracker: DeploymentHandle | None = None,
         jobs: JobSettings | None = None,
         video_api: VideoApiSettings | None = None,
+        renderer: DeploymentHandle | None = None,
     ) -> None:
         route_logs_to_serve()
         self.detector = detector
         self.regressor = regressor
         self.tracker = tracker
+        self.renderer = renderer
         self.api = ApiContext(settings, self, RayMetrics(), jobs, video_api)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -73,14 +76,21 @@ class Ingress:
         return await self.regressor.regress.remote(image, people, vertices)
 
     async def overlay(self, image: np.ndarray, boxes: np.ndarray | None, side_view: bool = False) -> bytes:
-        """Drawn by the regressor replica: it holds the meshes and the faces."""
-        people = boxes if boxes is not None else self.detector.detect.remote(image)
-        return await self.regressor.overlay.remote(image, people, side_view)
+        """The MeshRegressor's answer goes straight to the Renderer, which draws it; the image
+        is put in the object store once for the three calls."""
+        if self.renderer is None:
+            raise PoseError("stage_unavailable", "this deployment has no Renderer to draw overlays", status=503)
+        ref = ray.put(image)
+        people = boxes if boxes is not None else self.detector.detect.remote(ref)
+        mesh = self.regressor.regress.remote(ref, people, True)
+        return await self.renderer.draw.remote(ref, mesh, side_view)
 
     def _stages(self) -> dict[str, DeploymentHandle]:
         stages = {"detector": self.detector, "regressor": self.regressor}
         if self.tracker is not None:
             stages["tracker"] = self.tracker
+        if self.renderer is not None:
+            stages["renderer"] = self.renderer
         return stages
 
     async def readiness(self) -> dict[str, bool]:
@@ -109,10 +119,6 @@ class Ingress:
     def wake_worker(self) -> None:
         if self.tracker is not None:
             self.tracker.wake.remote()
-
-    async def cancel_running(self, job_id: str, delete: bool) -> None:
-        if self.tracker is not None:
-            await self.tracker.cancel.remote(job_id, delete)
 
     def map_error(self, exc: BaseException) -> PoseError | None:
         if cancelled_request(exc):

@@ -6,7 +6,7 @@ Created per replica, in constructors, never at import.
 
 from __future__ import annotations
 
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 
 _LATENCY_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 _CROPS = [1, 2, 4, 8, 16, 32, 64, 128]
@@ -55,3 +55,16 @@ class StageMetrics:
 
     def observe_traffic(self, boundary: str, nbytes: float) -> None:
         self.boundary_bytes.observe(float(nbytes), tags={"boundary": boundary})
+
+
+class QueueMetrics:
+    """What the video workers' autoscaling follows (`deployments.autoscaling`), as gauges: the
+    store's queued jobs (the same figure from every replica) and the jobs each replica runs."""
+
+    def __init__(self) -> None:
+        self.queued = Gauge("pose_jobs_queued", description="video jobs waiting in the job store")
+        self.running = Gauge("pose_jobs_running", description="video jobs this Tracker replica runs")
+
+    def set(self, queued: float, running: float) -> None:
+        self.queued.set(queued)
+        self.running.set(running)

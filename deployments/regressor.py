@@ -1,6 +1,6 @@
 """``MeshRegressor``: HMR2.0 on person crops. Crops from every concurrent request join one queue,
 so one network forward serves many images (``@serve.batch`` over single crops; the batch size is
-counted in crops, not in requests)."""
+counted in crops, not in requests). It draws nothing: overlays are the ``Renderer``'s."""
 
 from __future__ import annotations
 
@@ -54,7 +54,6 @@ class MeshRegressor:
             self.roots, device=settings.device, dtype=settings.effective_dtype, download=settings.download
         )
         self._files = FILES
-        self._renderers: dict[bool, Any] = {}  # overlay renderers by side view, each built at its first use
         self._checksums: dict[str, Any] | None = None
         self.batch_config = BatchConfig(max_batch_size=16, batch_wait_timeout_s=0.01)
         self.stats = BatchStats()
@@ -95,21 +94,6 @@ class MeshRegressor:
             sum(getattr(result.output, f).nbytes for f in vars(result.output) if getattr(result.output, f) is not None),
         )
         return answer
-
-    async def overlay(self, image: np.ndarray, people: Detections | np.ndarray, side_view: bool = False) -> bytes:
-        """The PNG of one image with its people's meshes drawn over it (`pipeline.render.overlay`);
-        ``side_view``: with the side panel beside it, as ``python -m pipeline render --side-view``."""
-        result = await self._mesh(image, people, True)
-        return await asyncio.to_thread(self._draw, image, result.output, side_view)
-
-    def _draw(self, image: np.ndarray, output: HMR2Output, side_view: bool) -> bytes:
-        from pipeline.render.overlay import MeshRenderer, RenderConfig, encode_image, overlay_from_output
-
-        renderer = self._renderers.get(side_view)
-        if renderer is None:
-            renderer = MeshRenderer(self.predictor.faces, RenderConfig(side_view=side_view), device=self.predictor.device)
-            self._renderers[side_view] = renderer
-        return encode_image(overlay_from_output(image, output, renderer), ".png")
 
     async def _mesh(self, image: np.ndarray, people: Detections | np.ndarray, vertices: bool) -> MeshResult:
         if isinstance(people, Detections):

@@ -7,7 +7,9 @@ checkpoints per chunk) with the ``Detector`` and ``MeshRegressor`` deployments a
   Detector straight to the MeshRegressor (a response passed as an argument), never through here;
   what comes back is small: boxes, scores, mask-head probabilities, HMR2 outputs;
 * chunk ``k + 1`` is submitted before chunk ``k`` is tracked; crops of all jobs share the
-  MeshRegressor's batches.
+  MeshRegressor's batches;
+* a ``render=true`` job's overlay is asked of the ``Renderer`` once the job has succeeded
+  (`RemoteRenderer`), awaited on the replica's event loop, never in a job's thread.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pipeline.errors import PoseError
-from pipeline.video.decode import FrameChunk
+from pipeline.video.decode import FrameChunk, VideoLimits
 from service.settings import JobSettings, ModelSettings
 from service.worker import VideoWorker
 
 from .autoscaling import JOBS_QUEUED, JOBS_RUNNING
 from .common import alive_nodes, as_pose_error, route_logs_to_serve, start_info, unwrap_error
+from .metrics import QueueMetrics
 
 TRANSIENT_CODES = ("stage_unavailable", "overloaded", "stage_timeout")
 
@@ -83,6 +86,16 @@ class ChunkCalls:
                 pass
 
 
+class RemoteRenderer:
+    """`service.worker.OverlayStage` over the Renderer deployment (paths on the shared data folder)."""
+
+    def __init__(self, renderer: DeploymentHandle) -> None:
+        self.renderer = renderer
+
+    async def render(self, clip: str, jsonl: str, meta: str, out: str, *, limits: VideoLimits, chunk_size: int) -> None:
+        await self.renderer.render_video.remote(clip, jsonl, meta, out, limits, chunk_size)
+
+
 @serve.deployment(name="Tracker", num_replicas=1, max_ongoing_requests=256, health_check_period_s=10)
 class Tracker:
     """A video worker replica; its methods only nudge the worker's background loop."""
@@ -93,21 +106,20 @@ class Tracker:
         regressor: DeploymentHandle,
         settings: JobSettings,
         models: ModelSettings,
+        renderer: DeploymentHandle | None = None,
     ) -> None:
         route_logs_to_serve()
         self.worker = VideoWorker(
             RemoteStages(detector, regressor, settings.stage_timeout_s), settings, models,
             map_error=as_pose_error, unwrap=unwrap_error, nodes=alive_nodes,
+            renderer=None if renderer is None else RemoteRenderer(renderer),
         )
         self.start = start_info(self.worker.load_s)
+        self.queue_metrics = QueueMetrics()
 
     async def wake(self) -> None:
         """A job was queued: claim it now rather than at the next poll."""
         await self.worker.wake()
-
-    async def cancel(self, job_id: str, delete: bool = False) -> None:
-        """Stop a running job at its next chunk; ``delete``: remove it once stopped."""
-        await self.worker.cancel(job_id, delete)
 
     async def ready(self) -> bool:
         return await self.worker.ready()
@@ -116,6 +128,7 @@ class Tracker:
         """Serve's custom autoscaling metrics (see `deployments.autoscaling`): the store's queue
         and the jobs this replica runs."""
         queued, running = await self.worker.queue_stats()
+        self.queue_metrics.set(queued, running)  # the same figures for Prometheus / Grafana
         return {JOBS_QUEUED: float(queued), JOBS_RUNNING: float(running)}
 
     def __del__(self) -> None:

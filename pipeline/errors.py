@@ -107,6 +107,7 @@ CODES: dict[str, ErrorCode] = {
         job_state_conflict="the job is not in the state the action needs",
         attempt_superseded="another attempt runs this job now (workers)",
         vertices_not_computed="the job was submitted without vertices=true",
+        overlay_pending="the job succeeded and its overlay video is still being drawn: poll the job until overlay.state is ready",
     ),
     **_codes(
         413,
@@ -148,6 +149,7 @@ CODES: dict[str, ErrorCode] = {
         internal_error="an unexpected server error (it is logged)",
         result_missing="the result or artifact of a succeeded job is not on disk",
         input_missing="a job with no input video",
+        render_failed="the overlay video of a succeeded job could not be drawn (the job's result stands; the message says why)",
         job_checkpoint_invalid="a job's tracking checkpoint is not one this version wrote",
         auth_keys_invalid="the keys file or variable cannot be read (deploy)",
         auth_required="a non-loopback listen address without client keys (deploy)",
@@ -173,6 +175,7 @@ CODES: dict[str, ErrorCode] = {
         videos_unavailable="video jobs are not enabled in this deployment",
         data_dir_unavailable="the data folder cannot be used: video jobs are off, images keep working",
         job_store_unavailable="the job store cannot be reached (a store call retried a transient fault for a few seconds; Retry-After)",
+        renderer_unavailable="the Renderer did not answer for a job's overlay after its tries (the job's result stands)",
     ),
     # -- model files: the service cannot start until they are fixed ----------------------------
     **_codes(

@@ -318,8 +318,10 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
-def post(url: str, body: bytes, policy: CallbackPolicy, resolve: Resolver = _resolve) -> int:
-    """POST ``body`` (JSON) to ``url`` under ``policy``; the final HTTP status.
+def post(
+    url: str, body: bytes, policy: CallbackPolicy, resolve: Resolver = _resolve, headers: Mapping[str, str] | None = None
+) -> int:
+    """POST ``body`` (JSON) to ``url`` under ``policy``, with ``headers`` besides its own; the final HTTP status.
 
     Raises `InputError` when the URL is (now) refused, `OSError` / `http.client.HTTPException`
     when every try failed."""
@@ -327,12 +329,12 @@ def post(url: str, body: bytes, policy: CallbackPolicy, resolve: Resolver = _res
     last: Exception | None = None
     for attempt in range(1, max(1, policy.tries) + 1):
         target = check_url(url, policy, resolve)  # again at every try: no DNS rebinding
-        headers = {"Content-Type": "application/json", "User-Agent": "pose-service"}
+        sent = {**(headers or {}), "Content-Type": "application/json", "User-Agent": "pose-service"}
         if policy.secret:
-            headers[SIGNATURE_HEADER] = signature(policy.secret, body, int(time.time()))
+            sent[SIGNATURE_HEADER] = signature(policy.secret, body, int(time.time()))
         conn = (_PinnedHTTPS if target.scheme == "https" else _PinnedHTTP)(target, policy.timeout_s)
         try:
-            conn.request("POST", target.path, body=body, headers=headers)
+            conn.request("POST", target.path, body=body, headers=sent)
             status, last = conn.getresponse().status, None
         except (OSError, http.client.HTTPException) as exc:
             last, status = exc, None

@@ -14,41 +14,79 @@ A job with a frame range (``start_frame``/``end_frame`` or ``start_s``/``end_s``
 `pipeline.video.frame_range`) runs the loop on those frames only, resumes within them, and fails
 with the range's code when the video turns out to end before it.
 
-A job submitted with ``render=true`` gets its overlay video drawn (`pipeline.render.overlay`)
-from the finalized result before it succeeds. Progress and stage timings go to the store after
-each chunk; cancellation is checked between chunks; a job's optional callback URL is POSTed once
-it ends (failures are logged, never fail it).
+A job submitted with ``render=true`` succeeds as soon as its result is published, its overlay
+``pending``; the worker then asks its host's Renderer (`OverlayStage`) to draw the overlay video
+from the input and the finalized result, in the background, and records it ``ready`` or
+``failed`` (`service.jobs.overlays`); a render lost with its worker or its Renderer is tried
+again by any worker once its lease runs out, a bounded number of times. Progress and stage
+timings go to the store after each chunk; cancellation is checked between chunks. A job's
+callback events (``job.succeeded``, ``job.failed``, ``job.cancelled``; for a render job
+``job.overlay_ready`` / ``job.overlay_failed``) are written by the store with the change
+(`service.jobs.outbox`); every worker delivers the due events of all jobs, with retries, so
+an event outlives the worker that made it (failures never fail a job).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import errno
 import logging
+import math
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from pipeline.errors import PoseError
-from pipeline.export.source import ResultFiles
-from pipeline.render.overlay import OverlayRenderer, render_video
 from pipeline.schema import models_used
 from pipeline.tracking.loading import load_appearance_and_tracking
 from pipeline.tracking.state import load_state, save_state
+from pipeline.video.decode import VideoLimits
 from pipeline.video.frame_range import FrameRange
 from pipeline.video.loop import FrameStages, VideoLoop
 from service.callbacks import post
 from service.jobs import Job, JobStore, redact
 from service.jobs.db import permanent_error
+from service.jobs.outbox import EVENT_HEADER
 from service.settings import JobSettings, ModelSettings
 
 logger = logging.getLogger(__name__)
 
 VIDEO_WORK_DIR = "work"  # segments of the result being written, inside the job folder
+# A claimed callback event is held this long: beyond a delivery's tries and timeouts
+# (`jobs.callback_tries` x 5 s, with back-off), so only a dead worker's events are claimed again.
+CALLBACK_HOLD_S = 120.0
+# Free bytes on the data folder's disk below which, once a job could not write, no job is
+# claimed: a chunk's checkpoint and result segment of a long 1080p video stay well below this.
+MIN_FREE_TO_RUN = 64 * 2**20
+
+
+def disk_full(exc: BaseException) -> PoseError | None:
+    """A failure that is the disk's, not the job's (no space, quota), as ``storage_full``; else None."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, OSError) and link.errno in (errno.ENOSPC, errno.EDQUOT):
+            return PoseError(
+                "storage_full",
+                f"the data folder's disk has no room to write this job's results ({link.strerror})",
+                status=507,
+            )
+        link = link.__cause__ or link.__context__
+    return None
+# Failures of a render worth another try (its Renderer replica died, is full or restarting).
+TRANSIENT_RENDER_CODES = ("stage_unavailable", "overloaded", "stage_timeout")
+
+
+class OverlayStage(Protocol):
+    """Who draws overlay videos for the worker (Serve's Renderer deployment under ``Tracker``)."""
+
+    async def render(self, clip: str, jsonl: str, meta: str, out: str, *, limits: VideoLimits, chunk_size: int) -> None:
+        """Draw the result (``jsonl`` + ``meta``) over ``clip`` into ``out``, atomically."""
+        ...
 
 
 class VideoWorker:
@@ -64,6 +102,7 @@ class VideoWorker:
         map_error: Callable[[BaseException], PoseError | None],
         unwrap: Callable[[BaseException], BaseException] = lambda exc: exc,
         nodes: Callable[[], int] = lambda: 1,
+        renderer: OverlayStage | None = None,
     ) -> None:
         self.map_error = map_error  # a failure of the host's stages as a stable code
         self.unwrap = unwrap  # the original exception inside the host's wrappers
@@ -71,8 +110,7 @@ class VideoWorker:
         self.settings = settings
         self.models = models
         self.limits = settings.video_limits.limits()
-        self._overlay: Any = None  # the overlay renderer, built by the first job that asks for one
-        self._overlay_lock = threading.Lock()
+        self.renderer = renderer  # None: render jobs' overlays fail renderer_unavailable
         started = time.perf_counter()
         appearance, tracker_models = load_appearance_and_tracking(
             models.roots(), device=models.device, download=models.download
@@ -84,30 +122,25 @@ class VideoWorker:
         self.load_s = time.perf_counter() - started  # models loaded
         self.store: JobStore | None = None
         self.store_error: PoseError | None = None
+        self._overlays: dict[str, asyncio.Task[None]] = {}  # job id -> its overlay render in flight here
+        self._overlay_tokens: dict[str, int] = {}  # job id -> render try this replica runs
+        self._overlay_sweep = -math.inf  # the first loop sweeps at once
         for job_id in self._open_store() or []:
-            self._schedule_callback(job_id)
+            self._schedule_ended(job_id)
         self._active: dict[str, asyncio.Task[None]] = {}
         self._tokens: dict[str, int] = {}  # job id -> attempt this replica runs
-        self._delete_when_stopped: set[str] = set()
         self._wake = asyncio.Event()
         self._last_purge = 0.0
         self._loop_beat = time.monotonic()
+        self._no_room_since: float | None = None  # a job was handed back for want of disk room
         self._stopping = False  # set when the host stops the worker: the loop claims nothing more
         self._loop_task = asyncio.get_running_loop().create_task(self._worker())
+        self._delivery_task = asyncio.get_running_loop().create_task(self._deliver_callbacks())
 
     # -- called by the API, through the host ---------------------------------------------------
     async def wake(self) -> None:
         """A job was queued: claim it now rather than at the next poll."""
         self._wake.set()
-
-    async def cancel(self, job_id: str, delete: bool = False) -> None:
-        """Stop a running job at its next chunk (the store already has the flag); ``delete``:
-        remove it once stopped."""
-        if delete:
-            self._delete_when_stopped.add(job_id)
-        task = self._active.get(job_id)
-        if task is None and delete and self.store is not None:
-            await asyncio.to_thread(self._delete_if_finished, job_id)
 
     async def ready(self) -> bool:
         return not self._loop_task.done()
@@ -153,10 +186,15 @@ class VideoWorker:
             with contextlib.suppress(Exception):
                 store.release(job_id, token)
                 logger.info("job %s handed back to the queue (attempt %d)", job_id, token)
+        for job_id, token in list(getattr(self, "_overlay_tokens", {}).items()):
+            with contextlib.suppress(Exception):
+                store.release_overlay(job_id, token)
+                logger.info("job %s: overlay render handed back (try %d)", job_id, token)
 
     async def info(self) -> dict[str, Any]:
         return {
             "active_jobs": sorted(self._active),
+            "active_overlays": sorted(self._overlays),
             "max_active": self.settings.max_active,
             "max_queued": self.settings.max_queued,
             "chunk_size": self.settings.chunk_size,
@@ -187,8 +225,9 @@ class VideoWorker:
                         await asyncio.sleep(self.settings.poll_interval_s)
                         continue
                     for job_id in ended:
-                        self._schedule_callback(job_id)
+                        self._schedule_ended(job_id)
                 await self._claim_jobs()
+                await self._sweep_overlays()
                 if time.time() - self._last_purge > 600 and self.store is not None:
                     self._last_purge = time.time()
                     purged = await asyncio.to_thread(self.store.purge_expired)
@@ -206,7 +245,9 @@ class VideoWorker:
         assert self.store is not None  # jobs run only once the store is open
         expired = await asyncio.to_thread(self.store.expire_leases, self.settings.max_attempts, self.settings.stall_s)
         for job_id in expired.failed + expired.cancelled:
-            self._schedule_callback(job_id)
+            self._schedule_ended(job_id)
+        if not await asyncio.to_thread(self._room_to_run):
+            return
         while len(self._active) < self.settings.max_active:
             job = await asyncio.to_thread(self.store.claim_next, self.settings.lease_s, limit_running=False)
             if job is None:
@@ -224,16 +265,25 @@ class VideoWorker:
         superseded = False
         try:
             names = await asyncio.to_thread(self._process, job, token)
-            await asyncio.to_thread(self.store.finish, job.id, names, token)
-            logger.info("job %s succeeded (attempt %d)", job.id, token)
+            finished = await asyncio.to_thread(self.store.finish, job.id, names, token)
+            logger.info("job %s %s (attempt %d)", job.id, finished.state, token)
             await asyncio.to_thread(self._clean_after_finish, job.id, names)
+            if finished.overlay_state == "pending" and finished.state == "succeeded":
+                self._start_overlay(job.id)
         except _Cancelled:
             with contextlib.suppress(PoseError):
                 await asyncio.to_thread(self.store.mark_cancelled, job.id, token)
             logger.info("job %s cancelled", job.id)
         except Exception as exc:
             err = self._as_job_error(exc)
-            if err.code in ("attempt_superseded", "job_state_conflict"):  # another attempt owns it, or it was handed back
+            full = disk_full(exc)
+            if full is not None:  # the job is fine, the disk is not: it waits in the queue for room
+                superseded = True  # nothing was decided about the job: no callback
+                self._no_room_since = time.monotonic()
+                logger.warning("job %s: %s; handed back to the queue until there is room", job.id, full.message)
+                with contextlib.suppress(Exception):  # a store on the same full disk: the lease runs out instead
+                    await asyncio.to_thread(self.store.release, job.id, token, full)
+            elif err.code in ("attempt_superseded", "job_state_conflict"):  # another attempt owns it, or it was handed back
                 superseded = True
                 logger.warning("job %s: attempt %d stops, %s", job.id, token, err.message)
             elif err.code == "job_store_unavailable":  # the database, not the job: never the job's failure
@@ -254,10 +304,20 @@ class VideoWorker:
             self._wake.set()
         if superseded:
             return
-        if job.id in self._delete_when_stopped:
-            await asyncio.to_thread(self._delete_if_finished, job.id)
-        elif job.callback_url:
-            self._schedule_callback(job.id)
+        await asyncio.to_thread(self.store.delete_if_requested, job.id)
+
+    def _room_to_run(self) -> bool:
+        """Whether the data folder's disk has room for a job to write its next chunk: after a job
+        was handed back for want of room, no job is claimed below `MIN_FREE_TO_RUN` bytes free
+        (claiming it would only hand it back again); a job resumes once room returns."""
+        if self._no_room_since is None:
+            return True
+        free = shutil.disk_usage(self.settings.data_dir).free
+        if free < MIN_FREE_TO_RUN:
+            return False
+        logger.info("the data folder has room again (%d bytes free): claiming jobs", free)
+        self._no_room_since = None
+        return True
 
     def _hand_back(self, job_id: str, token: int) -> None:
         """Give the job back to the queue after the store was away (once more within the
@@ -356,32 +416,116 @@ class VideoWorker:
             raise
         if done.resumed_from:
             logger.info("job %s: attempt %d resumed at frame %d", job.id, token, done.resumed_from)
-        names = done.writer.finalize(job_dir, done.meta, models_used("detector", "mesh", "tracker", detector=self.models.detector), suffix=f"a{token}")
-        if job.options.get("render"):
-            names["overlay"] = self._render_overlay(job, job_dir / names["jsonl"], job_dir / names["meta"], token)
-        return names
+        return done.writer.finalize(job_dir, done.meta, models_used("detector", "mesh", "tracker", detector=self.models.detector), suffix=f"a{token}")
 
-    def _render_overlay(self, job: Job, jsonl: Path, meta: Path, token: int) -> str:
-        """The overlay MP4 of the finalized result, written atomically beside it; its name."""
+    # -- overlays ------------------------------------------------------------------------------
+    def _start_overlay(self, job_id: str) -> None:
+        """Render a succeeded job's pending overlay in the background (once per replica)."""
+        if job_id not in self._overlays and not self._stopping:
+            self._overlays[job_id] = asyncio.get_running_loop().create_task(self._overlay(job_id))
+
+    async def _sweep_overlays(self) -> None:
+        """Pending overlays no live lease holds (their worker or Renderer was lost, or their
+        worker stopped before asking): rendered here. Every lease or so, not every poll."""
+        assert self.store is not None  # jobs run only once the store is open
+        if time.monotonic() - self._overlay_sweep < min(self.settings.lease_s, 30.0):
+            return
+        self._overlay_sweep = time.monotonic()
+        for job_id in await asyncio.to_thread(self.store.pending_overlays):
+            self._start_overlay(job_id)
+
+    async def _overlay(self, job_id: str) -> None:
+        """Claim the job's render and ask the Renderer, again after a transient failure, until
+        the overlay is ready or failed (or another worker holds it); never raises."""
         store = self.store
-        assert store is not None and job.input_path is not None  # a running job's
-        with self._overlay_lock:
-            if self._overlay is None:
-                self._overlay = OverlayRenderer.from_cache(
-                    self.models.roots(), device=self.models.device, download=self.models.download
-                )
-        name = f"overlay-a{token}.mp4"
-        started = time.perf_counter()
+        assert store is not None  # jobs run only once the store is open
+        max_tries, delay = self.settings.max_attempts, 1.0
         try:
-            render_video(job.input_path, ResultFiles(jsonl, meta), store.job_dir(job.id) / name, self._overlay,
-                         limits=self.limits, chunk_size=self.settings.chunk_size,
-                         should_stop=lambda: store.is_cancelled(job.id))
-        except PoseError as exc:
-            if exc.code == "cancelled":
-                raise _Cancelled() from None
-            raise
-        logger.info("job %s: overlay rendered in %.1f s", job.id, time.perf_counter() - started)
+            while not self._stopping:
+                claim = await asyncio.to_thread(store.claim_overlay, job_id, self.settings.lease_s, max_tries)
+                if claim.outcome == "exhausted":
+                    logger.warning("job %s: overlay failed, its render was lost %d times", job_id, max_tries)
+                if claim.outcome != "claimed":
+                    return
+                token = claim.token
+                self._overlay_tokens[job_id] = token
+                beat = asyncio.get_running_loop().create_task(self._overlay_heartbeat(job_id, token))
+                try:
+                    name = await self._render(job_id, token)
+                    error = None
+                except Exception as exc:  # the Renderer's failure, or its replica's
+                    error = self._render_error(exc)
+                finally:
+                    beat.cancel()
+                    self._overlay_tokens.pop(job_id, None)
+                if error is None:
+                    await asyncio.to_thread(store.overlay_ready, job_id, token, name)
+                    await asyncio.to_thread(self._clean_overlays, job_id, name)
+                    logger.info("job %s: overlay ready (try %d)", job_id, token)
+                    return
+                if error.code == "renderer_unavailable" and token < max_tries and self.renderer is not None:
+                    logger.warning("job %s: overlay try %d: %s; trying again", job_id, token, error.message)
+                    await asyncio.to_thread(store.release_overlay, job_id, token)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                logger.warning("job %s: overlay failed: %s", job_id, error)
+                await asyncio.to_thread(store.overlay_failed, job_id, token, error.code, error.message)
+                return
+        except PoseError as exc:  # the job was deleted, or another try owns the render now
+            logger.info("job %s: overlay render stops: %s", job_id, exc)
+        except Exception:  # the store failed: the lease runs out and a sweep tries again
+            logger.exception("job %s: overlay render could not be recorded", job_id)
+        finally:
+            self._overlays.pop(job_id, None)
+
+    async def _render(self, job_id: str, token: int) -> str:
+        """Ask the Renderer for try ``token``'s overlay file; its name in the job folder."""
+        assert self.store is not None  # jobs run only once the store is open
+        if self.renderer is None:
+            raise PoseError("renderer_unavailable", "this deployment has no Renderer to draw overlays", status=503)
+        job = await asyncio.to_thread(self.store.get, job_id)
+        jsonl, meta = job.result_paths.get("jsonl"), job.result_paths.get("meta")
+        if job.input_path is None or jsonl is None or meta is None:
+            raise PoseError("render_failed", "the job has no input video or no result to draw", status=500)
+        name = f"overlay-r{token}.mp4"
+        started = time.perf_counter()
+        await self.renderer.render(
+            str(job.input_path), str(jsonl), str(meta), str(self.store.job_dir(job_id) / name),
+            limits=self.limits, chunk_size=self.settings.chunk_size,
+        )
+        logger.info("job %s: overlay rendered in %.1f s", job_id, time.perf_counter() - started)
         return name
+
+    def _render_error(self, exc: BaseException) -> PoseError:
+        """A render's failure as the overlay's code: ``renderer_unavailable`` when the Renderer
+        could not answer (worth another try), ``render_failed`` with the cause otherwise."""
+        err = self._as_job_error(exc)
+        if err.code in TRANSIENT_RENDER_CODES or err.code == "renderer_unavailable":
+            return PoseError("renderer_unavailable", f"the Renderer did not answer: {err.message}", status=503)
+        return PoseError("render_failed", f"the overlay could not be drawn: {err.code}: {err.message}", status=500)
+
+    async def _overlay_heartbeat(self, job_id: str, token: int) -> None:
+        """Renew the render's lease while the Renderer draws."""
+        assert self.store is not None  # jobs run only once the store is open
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            try:
+                await asyncio.to_thread(self.store.renew_overlay, job_id, token, self.settings.lease_s)
+            except PoseError:
+                return
+            except Exception:
+                logger.exception("job %s: overlay heartbeat failed", job_id)
+
+    def _clean_overlays(self, job_id: str, keep: str) -> None:
+        """Files of other render tries go (a lost try's file, or what a killed Renderer left
+        half-written under its hidden temporary name)."""
+        assert self.store is not None  # jobs run only once the store is open
+        job_dir = self.store.job_dir(job_id)
+        for path in [*job_dir.glob("overlay-*"), *job_dir.glob(".overlay-*")]:
+            if path.name != keep:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     def _clean_after_finish(self, job_id: str, names: dict[str, str]) -> None:
         """The published files stay; segments, checkpoints and earlier attempts' files go."""
@@ -394,36 +538,46 @@ class VideoWorker:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 
-    def _delete_if_finished(self, job_id: str) -> None:
-        assert self.store is not None  # jobs run only once the store is open
-        with contextlib.suppress(PoseError):
-            self.store.delete(job_id)
-            self._delete_when_stopped.discard(job_id)
-
-    # -- callbacks ---------------------------------------------------------------------------
-    def _schedule_callback(self, job_id: str) -> None:
+    # -- jobs that ended elsewhere, callbacks ---------------------------------------------------
+    def _schedule_ended(self, job_id: str) -> None:
+        """A job ended by recovery or an expired lease: carry out a delete its client asked
+        while it ran (its worker died before it could). Its callback is in the outbox already."""
+        assert self.store is not None  # jobs end only once the store is open
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule on
-            asyncio.get_running_loop().create_task(asyncio.to_thread(self._callback, job_id))
+            asyncio.get_running_loop().create_task(asyncio.to_thread(self.store.delete_if_requested, job_id))
 
-    def _callback(self, job_id: str) -> None:
-        """POST the job's status to its callback URL (signed, checked, a few tries); a failure
-        is logged, the job stands."""
-        assert self.store is not None  # jobs run only once the store is open
-        try:
-            job = self.store.get(job_id)
-        except PoseError:
-            return
-        if not job.callback_url:
-            return
-        status = job.to_dict()
-        for private in ("callback_url", "idempotency_key"):  # the receiver knows them; a log of it need not
-            status.pop(private, None)
-        body = json.dumps({"event": "job." + job.state, "job": status}).encode()
-        try:
-            answer = post(job.callback_url, body, self.settings.callback_policy(job.client))
-            logger.info("job %s: callback answered %s", job_id, answer)
-        except Exception as exc:  # refused now, bad secrets, network or HTTP failure: logged, the job's state stands
-            logger.warning("job %s: callback failed: %s", job_id, exc)
+    async def _deliver_callbacks(self) -> None:
+        """Deliver the store's due callback events (`service.jobs.outbox`), whichever worker's
+        jobs they are, every poll; apart from the job loop, so a slow receiver never holds it."""
+        while not self._stopping:
+            try:
+                if self.store is not None:
+                    while await asyncio.to_thread(self._deliver_due):
+                        pass
+            except Exception:  # the store faltering: the events wait in it for the next round
+                if self._stopping:
+                    return
+                logger.exception("callbacks: delivery round failed; retrying")
+            await asyncio.sleep(self.settings.poll_interval_s)
+
+    def _deliver_due(self, limit: int = 16) -> bool:
+        """One batch of due events: each POSTed (signed, checked, a few quick tries, with its
+        event id), then marked delivered or due again after the outbox's back-off. Whether a
+        full batch was taken (more may be due)."""
+        assert self.store is not None  # called once the store is open
+        events = self.store.claim_callbacks(hold_s=CALLBACK_HOLD_S, limit=limit)
+        for event in events:
+            try:
+                answer = post(event.url, event.body, self.settings.callback_policy(event.client),
+                              headers={EVENT_HEADER: event.id})
+            except Exception as exc:  # refused now, bad secrets, network or HTTP failure: the job's state stands
+                again = self.store.callback_failed(event.id, f"{type(exc).__name__}: {exc}")
+                logger.warning("job %s: %s callback failed (%s)%s", event.job_id, event.event, exc,
+                               "; tried again later" if again else "; given up")
+                continue
+            self.store.callback_delivered(event.id)
+            logger.info("job %s: %s callback %s answered %s", event.job_id, event.event, event.id, answer)
+        return len(events) == limit
 
     def _as_job_error(self, exc: BaseException) -> PoseError:
         exc = self.unwrap(exc)

@@ -79,15 +79,24 @@ class LocalCluster:
     def _environ(self) -> dict[str, str]:
         return {**os.environ, **CLUSTER_ENV, **_FAST_HEALTH, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", **self.env}
 
-    def start_head(self, *, num_cpus: float, resources: dict[str, float], private: bool = False, port: int | None = None) -> str:
-        """The head node; ``private``: in its own mount namespace too (so it can be killed whole)."""
+    def start_head(
+        self, *, num_cpus: float, resources: dict[str, float], private: bool = False, port: int | None = None,
+        dashboard_port: int | None = None,
+    ) -> str:
+        """The head node; ``private``: in its own mount namespace too (so it can be killed whole);
+        ``dashboard_port``: with Ray's dashboard on loopback at that port (needed by ``serve
+        deploy``, which talks to its REST API), else without one."""
+        dashboard = (
+            ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
+            if dashboard_port is not None
+            else ["--include-dashboard=false"]
+        )
         for attempt in range(2):
             head_port = port or free_port()
             log = self.workdir / f"head-{len(self.nodes)}-{attempt}.log"
             start = [
                 self._ray(), "start", "--head", "--block", f"--port={head_port}", f"--num-cpus={num_cpus}",
-                f"--resources={json.dumps(resources)}", "--include-dashboard=false", "--disable-usage-stats",
-                *self._ports(),
+                f"--resources={json.dumps(resources)}", *dashboard, "--disable-usage-stats", *self._ports(),
             ]
             node = Node("head", _spawn(_namespaced(start) if private else start, log, self._environ()), log)
             self.nodes.insert(0, node)

@@ -32,6 +32,21 @@ def wait_job(client: Any, job_id: str, timeout: float = 240.0, poll_s: float = 0
     raise AssertionError(f"job {job_id} did not finish in {timeout} s: {job}")
 
 
+def wait_overlay(client: Any, job_id: str, timeout: float = 240.0, poll_s: float = 0.25) -> dict[str, Any]:
+    """Poll ``GET /v1/jobs/{id}`` until a succeeded render job's overlay is ready or failed; its last status."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["state"] == "succeeded" and job["overlay"] is not None, job
+        if job["overlay"]["state"] != "pending":
+            return job
+        time.sleep(poll_s)
+    raise AssertionError(f"the overlay of job {job_id} was still pending after {timeout} s: {job}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

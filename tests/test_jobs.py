@@ -279,6 +279,44 @@ def test_cancel_queued_and_running(store):
     assert _code(excinfo) == "job_state_conflict" and excinfo.value.status == 409
 
 
+def test_delete_goes_through_the_store_to_whichever_worker_runs_the_job(store):
+    queued, running = store.create(input_file=_upload(store), move_input=True), store.create()
+    waiting = store.create(input_file=_upload(store), move_input=True)
+    assert store.claim_next(30.0).id == queued.id
+    assert store.claim_next(30.0, limit_running=False).id == running.id  # a second worker
+    assert store.request_delete(waiting.id) is None  # not running: gone at once, with its folder
+    assert not store.job_dir(waiting.id).exists()
+    with pytest.raises(PoseError) as excinfo:
+        store.get(waiting.id)
+    assert _code(excinfo) == "job_not_found"
+    asked = store.request_delete(queued.id)  # running: the request is recorded in its row
+    assert asked is not None and asked.to_dict()["state"] == "deleting" and asked.state == "running"
+    assert store.job_dir(queued.id).is_dir()
+    assert store.cancel(queued.id).to_dict()["state"] == "deleting"  # a later cancel keeps the delete
+    assert store.cancel(running.id).to_dict()["state"] == "cancelling"
+    assert not store.delete_if_requested(queued.id)  # still running: nothing yet
+    # the owner, whichever worker it is, sees the request at its next chunk and stops
+    assert store.is_cancelled(queued.id)
+    store.mark_cancelled(queued.id)
+    assert store.delete_if_requested(queued.id) and not store.job_dir(queued.id).exists()
+    with pytest.raises(PoseError) as excinfo:
+        store.get(queued.id)
+    assert _code(excinfo) == "job_not_found"
+    assert not store.delete_if_requested(running.id)  # a cancel alone is not a delete
+
+
+def test_a_delete_asked_of_a_job_whose_worker_died_is_carried_out_by_the_next(open_store, tmp_path):
+    store = open_store(tmp_path / "data", max_active=1, max_queued=2)
+    job = store.create()
+    claimed = store.claim_next(0.5)
+    assert claimed is not None
+    store.request_delete(job.id)
+    time.sleep(1.0)  # the lease runs out: its worker is gone
+    report = store.expire_leases(max_attempts=3)
+    assert report.cancelled == [job.id]
+    assert store.delete_if_requested(job.id) and not store.job_dir(job.id).exists()
+
+
 def test_finish_after_a_cancel_request_ends_cancelled(store):
     job = store.create()
     store.claim_next()
@@ -962,3 +1000,43 @@ def test_a_job_that_keeps_stalling_fails_interrupted(open_store, tmp_path):
         ended = store.get(job.id)
         assert (ended.state, ended.error.code, ended.crashes) == ("failed", "interrupted", 2)
         assert "made no progress" in ended.error.message
+
+
+# --- callbacks: the outbox ---------------------------------------------------------------------
+
+
+def test_a_jobs_end_writes_its_callback_event_in_the_same_transaction(store):
+    from service.jobs.outbox import MAX_DELIVERIES
+
+    url = "https://hooks.example.com/pose"
+    queued = store.create(callback_url=url, client="alice")
+    silent = store.create()  # no callback URL: no event
+    store.cancel(queued.id)  # a queued job's cancel is told too
+    store.cancel(silent.id)
+    events = store.claim_callbacks(hold_s=60.0)
+    assert [(e.job_id, e.event, e.url, e.client) for e in events] == [(queued.id, "job.cancelled", url, "alice")]
+    body = json.loads(events[0].body)
+    assert body["event"] == "job.cancelled" and body["event_id"] == events[0].id
+    assert body["job"]["id"] == queued.id and body["job"]["state"] == "cancelled"
+    assert "callback_url" not in body["job"] and "idempotency_key" not in body["job"]
+    assert store.claim_callbacks(hold_s=60.0) == []  # held by its claimer
+    assert store.callback_failed(events[0].id, "ConnectionRefusedError")  # tried again later...
+    assert store.claim_callbacks(hold_s=60.0) == []  # ...after the back-off, not at once
+    for _ in range(MAX_DELIVERIES - 2):
+        assert store.callback_failed(events[0].id, "ConnectionRefusedError")
+    assert not store.callback_failed(events[0].id, "ConnectionRefusedError")  # the last one: given up
+
+
+def test_an_event_held_by_a_worker_that_died_is_claimed_again_with_its_id(store):
+    job = store.create(callback_url="https://hooks.example.com/pose")
+    claimed = store.claim_next(30.0)
+    assert claimed is not None
+    store.finish(job.id, {}, claimed.attempts)
+    first = store.claim_callbacks(hold_s=0.5)  # the worker that claims it dies before marking it
+    assert [e.event for e in first] == ["job.succeeded"]
+    time.sleep(1.0)
+    again = store.claim_callbacks(hold_s=60.0)
+    assert [e.id for e in again] == [first[0].id] and again[0].body == first[0].body  # same event, same id
+    store.callback_delivered(again[0].id)
+    time.sleep(1.0)
+    assert store.claim_callbacks(hold_s=0.0) == []  # delivered: never again

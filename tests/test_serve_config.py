@@ -88,9 +88,9 @@ def test_every_share_key_names_one_deployment() -> None:
     from configs.profiles import STAGE_DEPLOYMENTS, Fractions
     from deployments.app import FractionArgs, PlacementArgs
 
-    keys = {"detector", "regressor", "tracker", "ingress"}
+    keys = {"detector", "regressor", "tracker", "renderer", "ingress"}
     assert set(STAGE_DEPLOYMENTS) == keys
-    assert sorted(STAGE_DEPLOYMENTS.values()) == ["Detector", "Ingress", "MeshRegressor", "Tracker"]
+    assert sorted(STAGE_DEPLOYMENTS.values()) == ["Detector", "Ingress", "MeshRegressor", "Renderer", "Tracker"]
     assert {f.name for f in fields(Fractions)} == keys
     assert set(FractionArgs.model_fields) == set(PlacementArgs.model_fields) == keys
 
@@ -129,7 +129,7 @@ def test_the_files_shares_reach_every_deployment_on_a_cluster_with_a_gpu(tmp_pat
 
     file_args = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]["args"]
     gpu, cpu = file_args["gpu_fractions"], file_args["cpu_fractions"]
-    assert set(cpu) == set(STAGE_DEPLOYMENTS) and {"detector", "regressor", "tracker"} <= set(gpu)
+    assert set(cpu) == set(STAGE_DEPLOYMENTS) and {"detector", "regressor", "tracker", "renderer"} <= set(gpu)
     args = AppArgs.model_validate(
         {**file_args, "profile": "tiny", "tiny_dir": str(tmp_path / "tiny"), "data_dir": str(tmp_path / "data"), "tracker": True}
     )
@@ -146,6 +146,7 @@ def test_the_files_shares_reach_every_deployment_on_a_cluster_with_a_gpu(tmp_pat
             assert options[name].get("num_gpus", 0.0) == gpu.get(key, 0.0), name
         assert "num_gpus" not in options["Ingress"] or gpu.get("ingress")  # asked for only when given a share
         assert options["Tracker"]["num_gpus"] > 0  # PHALP's appearance network and tracker run in the video workers
+        assert options["Renderer"]["num_gpus"] > 0  # the overlays' SMPL layer and rasterizer
         assert sum(o.get("num_gpus", 0.0) for o in options.values()) <= 1.0  # one replica of each on one GPU
 
         # an Ingress share above 0 is applied too

@@ -28,7 +28,7 @@ httpx = pytest.importorskip("httpx")
 jsonschema = pytest.importorskip("jsonschema")
 
 from export_readers import parse_bvh, parse_glb, validate_glb  # noqa: E402
-from serve_helpers import free_port, pipeline_cli, serve_tiny, wait_job  # noqa: E402
+from serve_helpers import free_port, pipeline_cli, serve_tiny, wait_job, wait_overlay  # noqa: E402
 from videos import audio_only, crossing_video, figure_frame, write_video  # noqa: E402
 
 from service.callbacks import SIGNATURE_HEADER, verify  # noqa: E402
@@ -366,11 +366,24 @@ def test_vertices_on_request_are_in_the_binary_form_only(client, clips):
 
 
 def test_render_option_serves_a_seekable_overlay(client, clips, crossing_job):
+    """The job succeeds with its result, its overlay drawn after it (`overlay.state`); once
+    ready, the overlay is a seekable MP4 of every frame."""
     import av
 
     job = run_job(client, clips["crossing"], render="true")
     assert job["state"] == "succeeded", job
+    assert {"json", "jsonl", "npz"} <= set(job["results"])
+    assert job["overlay"]["state"] in ("pending", "ready") and job["overlay"]["error"] is None
+    early = client.get(f"/v1/jobs/{job['id']}/overlay.mp4")
+    if early.status_code == 409:  # asked while still drawn
+        assert early.json()["error"]["code"] == "overlay_pending"
+    else:
+        assert early.status_code == 200
+        assert client.get(f"/v1/jobs/{job['id']}").json()["overlay"]["state"] == "ready"
+    job = wait_overlay(client, job["id"])
+    assert job["overlay"] == {"state": "ready", "error": None}
     assert job["options"]["render"] is True and "overlay" in job["results"]
+    assert crossing_job["overlay"] is None  # render=false: no overlay at all
     url = job["links"]["overlay"]
     assert url == f"/v1/jobs/{job['id']}/overlay.mp4"
     whole = client.get(url)
@@ -755,6 +768,7 @@ def test_schemathesis_finds_no_server_error_and_nothing_undocumented(client, cli
     assert st is not None, "schemathesis is a test dependency: its st command is missing"
     done = run_job(client, clips["one"], render="true")
     assert done["state"] == "succeeded", done
+    assert wait_overlay(client, done["id"])["overlay"]["state"] == "ready"
     media = sorted(p.name for p in clips["media"].iterdir() if p.suffix == ".mp4" and p.name != "crossing.mp4")
     assert "link.mp4" in media and "one.mp4" in media
     config = tmp_path / "schemathesis.toml"
@@ -886,6 +900,8 @@ def test_a_frame_range_job_keeps_the_videos_frame_numbers(client, clips, crossin
     mot = client.get(f"/v1/jobs/{job['id']}/export", params={"format": "mot"})
     assert mot.status_code == 200, mot.text
     assert {int(line.split(",")[0]) for line in mot.text.splitlines()} <= set(range(4, 10))  # 1-based frames 4..9
+    job = wait_overlay(client, job["id"])
+    assert job["overlay"]["state"] == "ready", job["overlay"]
     with av.open(io.BytesIO(client.get(job["links"]["overlay"]).content)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 6
 

@@ -144,3 +144,158 @@ def test_a_permanent_database_error_fails_the_job_with_its_cause(tmp_path):
     got = store.get(job.id)
     assert got.state == "failed" and got.error.code == "job_store_error" and "no_such_column" in got.error.message
     store.close()
+
+
+def test_disk_full_is_the_disks_failure_not_the_jobs():
+    import errno
+
+    from service.worker import disk_full
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:
+            raise PoseError("internal_error", "writing the checkpoint failed") from exc
+    except PoseError as wrapped:
+        got = disk_full(wrapped)
+    assert got is not None and (got.code, got.status) == ("storage_full", 507)
+    assert disk_full(OSError(errno.EACCES, "Permission denied")) is None
+    assert disk_full(ValueError("no")) is None
+
+
+def test_a_job_that_cannot_write_waits_queued_with_the_reason_and_resumes_when_room_returns(tmp_path, monkeypatch):
+    """The disk fills up under a running job: it goes back to the queue (not failed, no crash
+    counted) showing ``waiting: storage_full``, no job is claimed while the disk stays full, and
+    it resumes from its checkpoint and succeeds once there is room."""
+    import errno
+    import shutil
+
+    from videos import crossing_video
+
+    import service.worker as worker_module
+    from pipeline.tiny.cache import runner_settings
+    from pipeline.video.loop import LocalStages
+    from pipeline.video.runner import VideoRunner
+    from service.settings import ModelSettings
+
+    models = ModelSettings(profile="tiny", tiny_dir=str(tmp_path / "tiny"))
+    runner = VideoRunner.from_cache(models.roots(), download=False, device="cpu", **runner_settings())
+    clip = crossing_video(tmp_path / "crossing.mp4", n=12)
+    settings = JobSettings(data_dir=str(tmp_path / "data"), poll_interval_s=0.2, lease_s=30.0, chunk_size=4)
+    disk = {"full": False, "writes": 0}
+    real_save, real_usage = worker_module._save_checkpoint, shutil.disk_usage
+
+    def save(state, path):
+        disk["writes"] += 1
+        if disk["writes"] == 2:  # the second chunk's checkpoint finds the disk full
+            disk["full"] = True
+        if disk["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(state, path)
+
+    def usage(path):
+        total, used, free = real_usage(path)
+        return shutil._ntuple_diskusage(total, total if disk["full"] else used, 0 if disk["full"] else free)
+
+    monkeypatch.setattr(worker_module, "_save_checkpoint", save)
+    monkeypatch.setattr(worker_module.shutil, "disk_usage", usage)
+
+    async def scenario() -> None:
+        store = settings.open_store()
+        job = store.create("video", input_file=clip)
+        worker = VideoWorker(LocalStages(runner.detector, runner.hmr2), settings, models, map_error=lambda exc: None)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and store.get(job.id).to_dict()["waiting"] is None:
+                await asyncio.sleep(0.1)
+            waiting = store.get(job.id)
+            shown = waiting.to_dict()
+            assert shown["state"] == "queued" and shown["error"] is None
+            assert shown["waiting"]["code"] == "storage_full"
+            assert (waiting.attempts, waiting.crashes) == (1, 0) and waiting.checkpoint["next_frame"] == 4
+            await asyncio.sleep(1.0)  # five polls on a full disk: the job is not claimed again
+            assert store.get(job.id).state == "queued" and store.get(job.id).attempts == 1
+            disk["full"] = False
+            while time.monotonic() < deadline and store.get(job.id).state != "succeeded":
+                await asyncio.sleep(0.1)
+            done = store.get(job.id)
+            assert done.state == "succeeded" and done.to_dict()["waiting"] is None
+            assert (done.attempts, done.crashes, done.frames_done) == (2, 0, 12)
+            assert done.checkpoint["resumed_from"] == 4  # it went on from its checkpoint
+        finally:
+            worker.stop()
+            store.close()
+
+    asyncio.run(scenario())
+
+
+class _Receiver:
+    """A callback receiver on loopback: every POST's event id and body, in order."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((self.headers.get("X-Pose-Event-Id"), body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_callback_pending_when_its_worker_died_is_delivered_by_the_next_once(tmp_path):
+    """A job ended and its event was claimed by a worker that died before sending it: a worker
+    started afterwards delivers it, with the event's id, and only once."""
+    import json
+
+    from pipeline.tiny.cache import runner_settings
+    from pipeline.video.loop import LocalStages
+    from pipeline.video.runner import VideoRunner
+    from service.settings import ModelSettings
+
+    receiver = _Receiver()
+    models = ModelSettings(profile="tiny", tiny_dir=str(tmp_path / "tiny"))
+    runner = VideoRunner.from_cache(models.roots(), download=False, device="cpu", **runner_settings())
+    settings = JobSettings(data_dir=str(tmp_path / "data"), poll_interval_s=0.2, lease_s=30.0,
+                           callback_allow_http=True, callback_allow_hosts=("127.0.0.1",))
+
+    async def scenario() -> None:
+        store = settings.open_store()
+        job = store.create("video", callback_url=receiver.url)
+        store.cancel(job.id)  # a queued job cancelled: its job.cancelled event is due
+        dead = store.claim_callbacks(hold_s=0.5)  # claimed by a worker that dies now
+        assert [e.event for e in dead] == ["job.cancelled"]
+        await asyncio.sleep(0.6)
+        worker = VideoWorker(LocalStages(runner.detector, runner.hmr2), settings, models, map_error=lambda exc: None)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not receiver.received:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # five more delivery rounds: nothing is sent twice
+        finally:
+            worker.stop()
+            store.close()
+        assert len(receiver.received) == 1
+        event_id, body = receiver.received[0]
+        sent = json.loads(body)
+        assert event_id == dead[0].id == sent["event_id"]
+        assert (sent["event"], sent["job"]["id"], sent["job"]["state"]) == ("job.cancelled", job.id, "cancelled")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        receiver.close()

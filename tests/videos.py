@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import av
 import numpy as np
@@ -68,3 +68,19 @@ def audio_only(path: Path) -> Path:
 def crossing_video(path: Path, n: int = 12, fps: int = 10) -> Path:
     """Two figures walking towards each other."""
     return write_video(path, [figure_frame([120 + 14 * i, 520 - 14 * i]) for i in range(n)], fps=fps)
+
+
+def walking_video(path: Path, n: int, size: tuple[int, int] = (360, 480), fps: int = 30) -> Path:
+    """Two figures walking across the frame and back, ``n`` frames of ``size`` (h, w): the same
+    people and about the same work in every frame, for a steady load of any length (frames are
+    drawn as they are encoded, never held together)."""
+    h, w = size
+    span = max(1, w - 120)
+
+    def frames() -> Iterator[np.ndarray]:
+        for i in range(n):
+            phase = (i % (2 * span)) / span
+            x = int(60 + span * (phase if phase <= 1 else 2 - phase))
+            yield figure_frame([x, w - x] if abs(w - 2 * x) > 60 else [x], size=(h, w))
+
+    return write_video(path, frames(), fps=fps, size=(h, w))  # type: ignore[arg-type]  # iterated once

@@ -54,10 +54,6 @@ class ModelBackend(Protocol):
         """A job was queued: a worker may claim it now (best effort; workers also poll)."""
         ...
 
-    async def cancel_running(self, job_id: str, delete: bool) -> None:
-        """Tell the workers to stop a running job at its next chunk (``delete``: remove it then)."""
-        ...
-
     def map_error(self, exc: BaseException) -> PoseError | None:
         """A failure of the host (a replica gone, a queue full, a timeout) as a stable code."""
         ...

@@ -228,8 +228,8 @@ async def _stage(ctx: ApiContext, call: Awaitable[Any]) -> Any:
 
 
 async def process_image_overlay(ctx: ApiContext, data: bytes, boxes_json: str | None, side_view: bool = False) -> bytes:
-    """The PNG of the image with its people's meshes (``side_view``: and the side panel), drawn
-    by the regressor replica (it holds the meshes and the faces)."""
+    """The PNG of the image with its people's meshes (``side_view``: and the side panel): the
+    regressor's answer, drawn by the host's renderer."""
     image, boxes, _ = await _image_and_boxes(ctx, data, boxes_json)
     return await _stage(ctx, ctx.backend.overlay(image, boxes, side_view))
 

@@ -137,14 +137,19 @@ def add_job_routes(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> None:
         tags=["videos"],
         dependencies=protected,
         responses={
-            **error_responses(*RESULT_CODES, "overlay_not_requested", "range_invalid", "range_not_satisfiable"),
+            **error_responses(
+                *RESULT_CODES, "overlay_not_requested", "overlay_pending", "render_failed", "renderer_unavailable",
+                "range_invalid", "range_not_satisfiable",
+            ),
             200: {"content": {"video/mp4": {}}, "description": "the overlay video (H.264); Range requests answer 206"},
             206: {"description": "the byte range asked for (Content-Range)"},
         },
     )
     async def job_overlay(job_id: str, caller: Client = caller_dep) -> Response:
         """The meshes drawn over the video (jobs submitted with ``render=true``), seekable: byte
-        ranges (``Range: bytes=a-b``) answer 206 Partial Content."""
+        ranges (``Range: bytes=a-b``) answer 206 Partial Content. Drawn after the job succeeds:
+        409 ``overlay_pending`` until the job's ``overlay.state`` is ready; a failed overlay
+        answers its own code."""
         v = ctx.video_jobs()
         return v.overlay_response(await v.call(v.store.get, job_id, caller.scope))
 

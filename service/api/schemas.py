@@ -24,13 +24,26 @@ class JobErrorInfo(BaseModel):
     message: str
 
 
+class OverlayStatus(BaseModel):
+    """The overlay video of a ``render=true`` job: drawn by the Renderer after the result is published."""
+
+    state: Literal["pending", "ready", "failed"] = Field(
+        description="pending: being drawn (GET overlay.mp4 answers 409 overlay_pending); ready: GET overlay.mp4; "
+        "failed: it will not come, error says why (the job's result stands)"
+    )
+    error: Optional[JobErrorInfo] = Field(default=None, description="failed: render_failed or renderer_unavailable")
+
+
 class JobStatus(BaseModel):
     """One job as a caller sees it (no server paths)."""
 
     id: str
     client: str = Field(description="the client whose key created the job; only it and admin keys see the job")
     kind: str
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    state: Literal["queued", "running", "cancelling", "deleting", "succeeded", "failed", "cancelled"] = Field(
+        description="cancelling / deleting: a running job asked to stop (POST .../cancel, DELETE), until its worker "
+        "has stopped it at its next chunk; a deleted job then answers 404"
+    )
     created_at: float = Field(description="unix seconds")
     updated_at: float
     started_at: Optional[float] = None
@@ -38,6 +51,11 @@ class JobStatus(BaseModel):
     progress: JobProgress
     timings: dict[str, float] = Field(description="seconds per stage so far: decode_s, models_s (waiting for detector and regressor), appearance_s, tracking_s, write_s, total_s")
     error: Optional[JobErrorInfo] = None
+    waiting: Optional[JobErrorInfo] = Field(
+        default=None,
+        description="a queued job handed back because it could not go on (storage_full: the data folder's disk "
+        "is full); it resumes from its checkpoint once there is room again",
+    )
     options: dict[str, Any]
     idempotency_key: Optional[str] = None
     callback_url: Optional[str] = None
@@ -51,7 +69,10 @@ class JobStatus(BaseModel):
         "for jobs.stall_s); at jobs.max_attempts crashes the job fails interrupted. Graceful hand-offs do not count",
     )
     cancel_requested: bool
-    results: list[str] = Field(description="result formats available: json, jsonl, npz, and overlay (the MP4 of jobs with render=true)")
+    results: list[str] = Field(description="result formats available: json, jsonl, npz, and overlay (the MP4 of jobs with render=true, once ready)")
+    overlay: Optional[OverlayStatus] = Field(
+        default=None, description="render=true jobs that have or will have a result: the overlay video's own state; else null"
+    )
     links: dict[str, str] = Field(description="status, result and overlay URLs")
 
     @classmethod

@@ -22,7 +22,7 @@ from typing import Any
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from pipeline.errors import InputError, PoseError
+from pipeline.errors import InputError, PoseError, status_of
 from pipeline.export import FORMATS, ResultFiles, check_format, export_to, needs_body, zipped
 from pipeline.export.body import find_smpl, load_body
 from pipeline.video.decode import probe_video
@@ -145,17 +145,13 @@ class VideoJobs:
         return job
 
     async def cancel_and_delete(self, job_id: str, client: Client, wait_s: float = 10.0) -> Job | None:
-        """Cancel (a running job stops at its next chunk) and delete a job ``client`` may see;
-        None once deleted, else the job still stopping (it is deleted by the worker when it stops)."""
-        job = await self.call(self.store.get, job_id, client.scope)
-        if job.state in ("queued", "running"):
-            job = await self.call(self.store.cancel, job_id, client.scope)
-        if job.state != "running":
-            await self.call(self.store.delete, job_id, client.scope)
-            return None
-        await self.backend.cancel_running(job_id, True)
+        """Delete a job ``client`` may see: None once deleted; a running one is asked to stop
+        through the store (`JobStore.request_delete`: its worker, wherever it runs, stops it at
+        its next chunk and deletes it) and, if that takes longer than ``wait_s``, returned
+        ``deleting``: the 202 that promises it."""
+        job = await self.call(self.store.request_delete, job_id, client.scope)
         deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
+        while job is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
             try:
                 job = await self.call(self.store.get, job_id)
@@ -163,10 +159,8 @@ class VideoJobs:
                 if exc.code == "job_not_found":
                     return None
                 raise
-            if job.state != "running":
-                with contextlib.suppress(PoseError):
-                    await self.call(self.store.delete, job_id)
-                return None
+            if job.state != "running":  # stopped meanwhile, by a worker that did not delete it (yet)
+                await self.call(self.store.delete_if_requested, job_id)
         return job
 
     async def cancel(self, job_id: str, client: Client) -> Job:
@@ -265,6 +259,17 @@ class VideoJobs:
                 status=404,
             )
         require_succeeded(job)
+        overlay = job.overlay or {}
+        if overlay.get("state") == "pending":
+            raise PoseError(
+                "overlay_pending",
+                f"job {job.id} has succeeded and its overlay video is still being drawn: poll the job until overlay.state is ready",
+                status=409,
+                details={"overlay": overlay},
+            )
+        if overlay.get("state") == "failed":
+            error = overlay["error"] or {"code": "render_failed", "message": "the overlay could not be drawn"}
+            raise PoseError(error["code"], f"the overlay video of job {job.id} failed: {error['message']}", status=status_of(error["code"]))
         path = job.result_paths.get("overlay")
         if path is None or not path.is_file():
             raise PoseError("result_missing", f"the overlay video of job {job.id} is not on disk", status=500)

@@ -89,6 +89,12 @@ JOB_COLUMNS: tuple[tuple[str, str], ...] = (
     ("lease_until", "{real}"),
     ("crashes", "INTEGER NOT NULL DEFAULT 0"),
     ("progress_at", "{real}"),
+    # the overlay video of a render=true job: an artifact with its own state (`service.jobs.overlays`)
+    ("overlay_state", "TEXT"),
+    ("overlay_error_code", "TEXT"),
+    ("overlay_error_message", "TEXT"),
+    ("overlay_tries", "INTEGER NOT NULL DEFAULT 0"),
+    ("overlay_lease_until", "{real}"),
 )
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)",
@@ -147,6 +153,11 @@ class Cursor:
     def fetchone(self) -> Row | None:
         values = self._result.fetchone()
         return None if values is None else Row(self._names(), values)
+
+    @property
+    def rowcount(self) -> int:
+        """Rows an UPDATE or DELETE changed."""
+        return int(self._result.rowcount)
 
     def fetchall(self) -> list[Row]:
         names = self._names()

@@ -39,10 +39,12 @@ def claim_oldest(
     ).fetchone()
     if row is None:
         return None
-    # every claim is a new attempt (a new fencing token); only crashes count against max_attempts
+    # every claim is a new attempt (a new fencing token); only crashes count against max_attempts.
+    # The reason a queued job waited (`JobStore.release`) is cleared: it runs again.
     db.execute(
         "UPDATE jobs SET state = 'running', started_at = :now, updated_at = :now, attempts = attempts + 1,"
-        " owner = :owner, lease_until = :lease_until, progress_at = :clock WHERE id = :id",
+        " owner = :owner, lease_until = :lease_until, progress_at = :clock, error_code = NULL, error_message = NULL"
+        " WHERE id = :id",
         {"now": now, "owner": owner, "lease_until": clock + lease_s, "clock": clock, "id": row["id"]},
     )
     job_id: str = row["id"]

@@ -14,6 +14,15 @@ from service.auth import DEFAULT_CLIENT
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+# What callers see of a running job whose stop was asked (`Job.shown_state`); not stored states.
+STOPPING_STATES: tuple[str, ...] = ("cancelling", "deleting")
+# The ``cancel_requested`` column: 0 nothing asked; CANCEL: stop and end cancelled; DELETE: stop,
+# then delete the job and its folder.
+CANCEL, DELETE = 1, 2
+# The overlay video of a ``render=true`` job, an artifact drawn after the result is published:
+# pending (until drawn), ready (a result file ``overlay``) or failed (with its own error).
+OverlayState = Literal["pending", "ready", "failed"]
+OVERLAY_STATES: tuple[str, ...] = ("pending", "ready", "failed")
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,31 @@ class Job:
     checkpoint: dict[str, Any] | None = None  # the last committed checkpoint (small; see `save_checkpoint`)
     lease_until: float | None = None  # unix seconds of the database's clock; a running job past it may be taken over
     crashes: int = 0  # attempts that crashed (lease ran out, worker restarted, no progress); max_attempts counts these
+    delete_requested: bool = False  # delete was asked while it ran; it is deleted once stopped
+    overlay_state: str | None = None  # one of OVERLAY_STATES for render=true jobs, else None
+    overlay_error: JobError | None = None  # why the overlay failed (the job's result stands)
+
+    @property
+    def shown_state(self) -> str:
+        """The state callers see: a running job asked to stop shows ``cancelling`` or
+        ``deleting`` until its worker has stopped it (the stored state stays ``running``)."""
+        if self.state == "running" and self.delete_requested:
+            return "deleting"
+        if self.state == "running" and self.cancel_requested:
+            return "cancelling"
+        return self.state
+
+    @property
+    def overlay(self) -> dict[str, Any] | None:
+        """The overlay as a caller sees it: ``{state, error}`` for a render job that has or will
+        have a result; None otherwise (no overlay asked for, or the job failed or was cancelled)."""
+        if not self.options.get("render") or self.state in ("failed", "cancelled"):
+            return None
+        state = self.overlay_state
+        if state is None:  # a job accepted before overlays had their own state
+            state = "ready" if "overlay" in self.result_paths else "pending"
+        error = self.overlay_error if state == "failed" else None
+        return {"state": state, "error": None if error is None else {"code": error.code, "message": error.message}}
 
     @property
     def progress(self) -> float | None:
@@ -64,7 +98,7 @@ class Job:
             "id": self.id,
             "client": self.client,
             "kind": self.kind,
-            "state": self.state,
+            "state": self.shown_state,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "started_at": self.started_at,
@@ -76,7 +110,9 @@ class Job:
                 "resumed_from_frame": None if not self.checkpoint else self.checkpoint.get("resumed_from"),
             },
             "timings": dict(self.timings),
-            "error": None if self.error is None else {"code": self.error.code, "message": self.error.message},
+            # a queued job's error is why it waits (`JobStore.release`), not a failure
+            "error": None if self.error is None or self.state == "queued" else {"code": self.error.code, "message": self.error.message},
+            "waiting": None if self.error is None or self.state != "queued" else {"code": self.error.code, "message": self.error.message},
             "options": dict(self.options),
             "idempotency_key": self.idempotency_key,
             "callback_url": self.callback_url,
@@ -84,6 +120,7 @@ class Job:
             "crashes": self.crashes,
             "cancel_requested": self.cancel_requested,
             "results": sorted(self.result_paths),
+            "overlay": self.overlay,
         }
 
 

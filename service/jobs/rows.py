@@ -11,7 +11,7 @@ from pipeline.errors import PoseError
 from service.jobs.db import Connection, Row
 from service.jobs.errors import conflict, not_found
 from service.jobs.layout import check_id
-from service.jobs.model import Job, JobError
+from service.jobs.model import DELETE, Job, JobError
 
 
 def job_from_row(row: Row, jobs_dir: Path) -> Job:
@@ -38,9 +38,12 @@ def job_from_row(row: Row, jobs_dir: Path) -> Job:
         attempts=row["attempts"],
         crashes=row["crashes"],
         cancel_requested=bool(row["cancel_requested"]),
+        delete_requested=int(row["cancel_requested"]) == DELETE,
         result_paths={k: job_dir / v for k, v in json.loads(row["results"]).items()},
         checkpoint=None if row["checkpoint"] is None else json.loads(row["checkpoint"]),
         lease_until=row["lease_until"],
+        overlay_state=row["overlay_state"],
+        overlay_error=None if row["overlay_error_code"] is None else JobError(row["overlay_error_code"], row["overlay_error_message"] or ""),
     )
 
 

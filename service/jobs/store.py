@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, ParamSpec, TypeVar, cast
 
 from pipeline.atomic import atomic_open
+from pipeline.errors import PoseError
 from service.auth import DEFAULT_CLIENT
+from service.jobs import overlays
 from service.jobs.admission import check_capacity, check_client_jobs
 from service.jobs.admission import queue_full as _queue_full
 from service.jobs.cleanup import OrphanScan, delete_expired_rows, log_scan, remove_job_dirs, remove_paths, scan_orphans
@@ -52,7 +54,10 @@ from service.jobs.layout import (
 )
 from service.jobs.leases import claim_oldest, db_now, renew
 from service.jobs.listing import check_paging, list_filter
-from service.jobs.model import Job, options_json
+from service.jobs.model import CANCEL, DELETE, Job, options_json
+from service.jobs.outbox import Event, claim_due, create_table, emit, mark_delivered, mark_failed
+from service.jobs.outbox import purge as purge_outbox
+from service.jobs.overlays import OverlayClaim
 from service.jobs.recovery import RecoveryReport, recover_expired, recover_stalled, recover_stopped
 from service.jobs.rows import fenced_row, job_from_row, locked_row, visible
 from service.jobs.transitions import set_cancelled, write_progress
@@ -117,6 +122,8 @@ class JobStore:
         # SQLite's busy wait is part of the bound: a locked database answers within ``retry_s``
         database = database or DatabaseSettings(busy_timeout_s=min(30.0, max(1.0, retry_s)))
         self._db = open_database(url, self.data_dir, database)
+        with self._tx(lock_all=True) as db:
+            create_table(db)
 
     @property
     def node_local(self) -> bool:
@@ -253,11 +260,12 @@ class JobStore:
                 seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
                 db.execute(
                     "INSERT INTO jobs (id, seq, kind, state, created_at, updated_at, input_path, options,"
-                    " idempotency_key, client, callback_url) VALUES (:id, :seq, :kind, 'queued', :now, :now, :input,"
-                    " :options, :key, :client, :callback)",
+                    " idempotency_key, client, callback_url, overlay_state) VALUES (:id, :seq, :kind, 'queued', :now,"
+                    " :now, :input, :options, :key, :client, :callback, :overlay)",
                     {"id": job_id, "seq": seq, "kind": kind, "now": now,
                      "input": None if input_path is None else str(input_path), "options": stored_options,
-                     "key": idempotency_key, "client": client, "callback": callback_url},
+                     "key": idempotency_key, "client": client, "callback": callback_url,
+                     "overlay": "pending" if options and options.get("render") else None},
                 )
             return None
 
@@ -337,6 +345,8 @@ class JobStore:
             clock = db_now(db)
             expired = recover_expired(db, max_attempts, clock, now)
             stalled = recover_stalled(db, max_attempts, stall_s, clock, now) if stall_s is not None else None
+            ended = expired.failed + expired.cancelled + ([] if stalled is None else stalled.failed + stalled.cancelled)
+            self._emit_ended(db, ended, now)
         if stalled is not None:
             expired = RecoveryReport(
                 expired.requeued + stalled.requeued, expired.failed + stalled.failed,
@@ -357,16 +367,19 @@ class JobStore:
             return {r[0]: int(r[1]) for r in db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()}
 
     @_retried
-    def release(self, job_id: str, token: int) -> None:
-        """Attempt ``token`` stops (its worker shuts down): the job goes back to the queue with
-        its checkpoint, for the next attempt to resume at once (fenced). A graceful hand-off, not
-        a crash: it does not count against ``max_attempts``."""
+    def release(self, job_id: str, token: int, reason: PoseError | None = None) -> None:
+        """Attempt ``token`` stops (its worker shuts down, or cannot write: ``reason``, shown as
+        the job's ``waiting`` until it runs again): the job goes back to the queue with its
+        checkpoint, for the next attempt to resume (fenced). A hand-off, not a crash: it does
+        not count against ``max_attempts``."""
         now = time.time()
+        code, message = (reason.code, reason.message) if reason is not None else (None, None)
         with self._tx() as db:
             fenced_row(db, job_id, token)
             db.execute(
-                "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, updated_at = :now WHERE id = :id",
-                {"now": now, "id": job_id},
+                "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, updated_at = :now,"
+                " error_code = :code, error_message = :message WHERE id = :id",
+                {"now": now, "code": code, "message": message, "id": job_id},
             )
 
     @_retried
@@ -426,6 +439,7 @@ class JobStore:
                     " owner = NULL, lease_until = NULL WHERE id = :id",
                     {"results": json.dumps(names), "now": now, "id": job_id},
                 )
+            self._emit_ended(db, [job_id], now)
         return self.get(job_id)
 
     @_retried
@@ -447,6 +461,7 @@ class JobStore:
                     " finished_at = :now, updated_at = :now, owner = NULL WHERE id = :id",
                     {"code": code, "message": message, "now": now, "id": job_id},
                 )
+            self._emit_ended(db, [job_id], now)
         return self.get(job_id)
 
     @_retried
@@ -457,8 +472,13 @@ class JobStore:
             row = locked_row(db, job_id, client)
             if row["state"] == "queued":
                 set_cancelled(db, job_id, now)
+                self._emit_ended(db, [job_id], now)
             elif row["state"] == "running":
-                db.execute("UPDATE jobs SET cancel_requested = 1, updated_at = :now WHERE id = :id", {"now": now, "id": job_id})
+                if not row["cancel_requested"]:  # a delete asked already stays asked
+                    db.execute(
+                        "UPDATE jobs SET cancel_requested = :flag, updated_at = :now WHERE id = :id",
+                        {"flag": CANCEL, "now": now, "id": job_id},
+                    )
             elif row["state"] != "cancelled":
                 raise conflict(job_id, row["state"], "queued or running")
         return self.get(job_id)
@@ -479,7 +499,44 @@ class JobStore:
         with self._tx() as db:
             fenced_row(db, job_id, token)
             set_cancelled(db, job_id, now)
+            self._emit_ended(db, [job_id], now)
         return self.get(job_id)
+
+    @_retried
+    def request_delete(self, job_id: str, client: str | None = None) -> Job | None:
+        """Delete a job for its client: one that is not running at once (None); a running one is
+        flagged in its row (``cancel_requested`` = delete) and the job returned: whichever
+        worker holds it stops at its next chunk and deletes it (`delete_if_requested`), and a
+        job whose worker died is deleted by the worker that takes its expired lease back. The
+        request lives in the store, so it reaches the job's owner wherever it runs."""
+        now = time.time()
+        with self._tx() as db:
+            row = locked_row(db, job_id, client)
+            if row["state"] == "running":
+                db.execute(
+                    "UPDATE jobs SET cancel_requested = :flag, updated_at = :now WHERE id = :id",
+                    {"flag": DELETE, "now": now, "id": job_id},
+                )
+            else:
+                db.execute("DELETE FROM jobs WHERE id = :id", {"id": job_id})
+        if row["state"] == "running":
+            return self.get(job_id)
+        shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+        return None
+
+    @_retried
+    def delete_if_requested(self, job_id: str) -> bool:
+        """Carry out a delete asked while the job ran, once it has stopped; whether it was deleted."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT state, cancel_requested FROM jobs WHERE id = :id" + db.for_update, {"id": check_id(job_id)}
+            ).fetchone()
+            if row is None or row["state"] == "running" or int(row["cancel_requested"]) != DELETE:
+                return False
+            db.execute("DELETE FROM jobs WHERE id = :id", {"id": job_id})
+        shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+        log.info("job %s deleted as its client asked while it ran", job_id)
+        return True
 
     @_retried
     def delete(self, job_id: str, client: str | None = None) -> None:
@@ -490,6 +547,54 @@ class JobStore:
                 raise conflict(job_id, "running", "not running (cancel it first)")
             db.execute("DELETE FROM jobs WHERE id = :id", {"id": job_id})
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+
+    # --- overlays (`service.jobs.overlays`) -----------------------------------------------------
+
+    @_retried
+    def claim_overlay(self, job_id: str, lease_s: float = 30.0, max_tries: int = 3) -> OverlayClaim:
+        """Take a succeeded job's pending overlay render for one more try, with a lease."""
+        now = time.time()
+        with self._tx() as db:
+            claimed = overlays.claim(db, job_id, now, lease_s, max_tries)
+            if claimed.outcome == "exhausted":
+                self._emit_ended(db, [job_id], now, "job.overlay_failed")
+            return claimed
+
+    @_retried
+    def renew_overlay(self, job_id: str, token: int, lease_s: float = 30.0) -> None:
+        """Renew the lease of render try ``token`` (fenced)."""
+        with self._tx() as db:
+            overlays.renew(db, job_id, token, time.time() + lease_s)
+
+    @_retried
+    def release_overlay(self, job_id: str, token: int) -> None:
+        """Render try ``token`` stops without an answer: the next claim may try again at once."""
+        with self._tx() as db:
+            overlays.release(db, job_id, token, time.time())
+
+    @_retried
+    def overlay_ready(self, job_id: str, token: int, name: str) -> Job:
+        """Render try ``token`` wrote ``name`` (a file in the job folder): the job's overlay result."""
+        now = time.time()
+        with self._tx() as db:
+            overlays.set_ready(db, job_id, token, name, now)
+            self._emit_ended(db, [job_id], now, "job.overlay_ready")
+        return self.get(job_id)
+
+    @_retried
+    def overlay_failed(self, job_id: str, token: int, code: str, message: str) -> Job:
+        """Render try ``token`` failed for good: the overlay is ``failed`` with a stable code."""
+        now = time.time()
+        with self._tx() as db:
+            overlays.set_failed(db, job_id, token, code, message, now)
+            self._emit_ended(db, [job_id], now, "job.overlay_failed")
+        return self.get(job_id)
+
+    @_retried
+    def pending_overlays(self, now: float | None = None) -> builtins.list[str]:
+        """Succeeded jobs whose overlay waits for a render no live lease holds."""
+        with self._db.read() as db:
+            return overlays.expired(db, time.time() if now is None else now)
 
     # --- maintenance ------------------------------------------------------------------------
 
@@ -518,6 +623,7 @@ class JobStore:
         now = time.time() if now is None else now
         with self._tx(lock_all=True) as db:
             report = recover_stopped(db, self._owner, requeue_running, max_attempts, now)
+            self._emit_ended(db, report.failed + report.cancelled, now)
             known = {r["id"] for r in db.execute("SELECT id FROM jobs").fetchall()}
         self._mark_own_folders(known)
         scan = scan_orphans(self.jobs_dir, self.uploads_dir, known, self.store_id, now, orphan_grace_s)
@@ -558,6 +664,7 @@ class JobStore:
         now = time.time() if now is None else now
         with self._tx(lock_all=True) as db:
             ids = delete_expired_rows(db, now - self.retention_s)
+            purge_outbox(db, now - self.retention_s)
         remove_job_dirs(self.jobs_dir, ids)
         return ids
 
@@ -572,6 +679,33 @@ class JobStore:
         ``max_active`` slots (of one worker) still free. With several workers running more
         than ``max_active`` jobs, the queue alone bounds admission."""
         return _queue_full(queued, running, max_active=self.max_active, max_queued=self.max_queued)
+
+    # --- callbacks (`service.jobs.outbox`) ---------------------------------------------------
+
+    def _emit_ended(self, db: Connection, job_ids: builtins.list[str], now: float, name: str | None = None) -> None:
+        """The callback events of jobs that just ended (``name``: or of their overlay), in the
+        transaction that changed them."""
+        for job_id in job_ids:
+            row = db.execute("SELECT * FROM jobs WHERE id = :id", {"id": job_id}).fetchone()
+            if row is not None:
+                emit(db, self._job(row), now, name)
+
+    @_retried
+    def claim_callbacks(self, hold_s: float = 60.0, limit: int = 16) -> builtins.list[Event]:
+        """Callback events due for delivery, held for this caller for ``hold_s``."""
+        with self._tx() as db:
+            return claim_due(db, db_now(db), hold_s, limit)
+
+    @_retried
+    def callback_delivered(self, event_id: str) -> None:
+        with self._tx() as db:
+            mark_delivered(db, event_id, db_now(db))
+
+    @_retried
+    def callback_failed(self, event_id: str, error: str) -> bool:
+        """A delivery failed; whether the event will be tried again."""
+        with self._tx() as db:
+            return mark_failed(db, event_id, db_now(db), error)
 
     def _job(self, row: Row) -> Job:
         return job_from_row(row, self.jobs_dir)

@@ -198,6 +198,9 @@ function resetViews() {
   ui.image.hidden = true;
   ui.image.removeAttribute("src");
   ui.overlayNone.hidden = true;
+  ui.overlayState.hidden = true;
+  ui.overlayState.textContent = "";
+  delete ui.overlayState.dataset.state;
   ui.tinyNote.hidden = true;
   ui.tracks.hidden = true;
   ui.people.hidden = true;
@@ -328,7 +331,7 @@ function showJob(job) {
 }
 
 function renderJob(job) {
-  ui.jobState.textContent = job.cancel_requested && job.state === "running" ? "stopping" : job.state;
+  ui.jobState.textContent = job.state;
   ui.jobState.dataset.state = job.state;
   const { frames_done: done, frames_total: total } = job.progress;
   if (total) {
@@ -452,15 +455,54 @@ async function showVideoResult(job) {
   }
   addDownload("MOT", `${base}/export?format=mot`, `${job.id}-mot.txt`, "text/plain", true);
 
-  if (job.results.includes("overlay")) {
-    const overlay = `${base}/overlay.mp4`;
-    addDownload("Overlay MP4", overlay, `${job.id}-overlay.mp4`, "video/mp4", true);
-    // Without a key the browser streams and seeks with range requests; with one it cannot send
-    // the header itself, so the file is fetched first.
-    ui.video.src = session.key ? objectUrl(await (await api(overlay)).blob()) : overlay;
-    ui.video.hidden = false;
+  if (job.overlay) {
+    await showOverlay(job);
   } else {
     ui.overlayNone.hidden = false;
+  }
+}
+
+// The overlay video of a render=true job is drawn after the job succeeds (its own state:
+// pending, ready, failed): said while it is drawn, polled until it is ready or failed.
+async function showOverlay(job) {
+  const overlay = job.overlay;
+  ui.overlayState.dataset.state = overlay.state;
+  if (overlay.state === "pending") {
+    ui.overlayState.textContent = "The result is ready; the overlay video is still being drawn…";
+    ui.overlayState.hidden = false;
+    session.pollTimer = setTimeout(() => pollOverlay(job.id), POLL_MS);
+    return;
+  }
+  if (overlay.state === "failed") {
+    const err = overlay.error || { code: "render_failed", message: "the overlay could not be drawn" };
+    ui.overlayState.textContent = `No overlay video (${err.code}): ${err.message}. The result above is complete.`;
+    ui.overlayState.hidden = false;
+    return;
+  }
+  ui.overlayState.hidden = true;
+  const url = `/v1/jobs/${encodeURIComponent(job.id)}/overlay.mp4`;
+  addDownload("Overlay MP4", url, `${job.id}-overlay.mp4`, "video/mp4", true);
+  // Without a key the browser streams and seeks with range requests; with one it cannot send
+  // the header itself, so the file is fetched first.
+  ui.video.src = session.key ? objectUrl(await (await api(url)).blob()) : url;
+  ui.video.hidden = false;
+}
+
+async function pollOverlay(jobId) {
+  session.pollTimer = null;
+  if (session.jobId !== jobId) return;
+  let job;
+  try {
+    job = await apiJson(`/v1/jobs/${encodeURIComponent(jobId)}`);
+  } catch (err) {
+    session.pollTimer = setTimeout(() => pollOverlay(jobId), 3 * POLL_MS); // the service may be restarting
+    return;
+  }
+  if (session.jobId !== jobId || !job.overlay) return;
+  try {
+    await showOverlay(job);
+  } catch (err) {
+    showError(err);
   }
 }
 
@@ -790,6 +832,7 @@ function wire() {
     video: $("overlay-video"),
     image: $("overlay-image"),
     overlayNone: $("overlay-none"),
+    overlayState: $("overlay-state"),
     tinyNote: $("tiny-note"),
     tracks: $("tracks"),
     people: $("people"),
