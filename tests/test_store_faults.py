@@ -276,10 +276,12 @@ def test_a_job_survives_its_database_connections_dropped_twice_and_the_api_answe
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         dropped: asyncio.Queue[int] = asyncio.Queue()
+        go_on = threading.Semaphore(0)
 
         def fault() -> None:  # in the job's thread, between two store calls of the running job
             count = terminate(postgres_server, name)
             loop.call_soon_threadsafe(dropped.put_nowait, count)
+            go_on.acquire(timeout=300)  # the job waits here while the API is called
 
         stages = _FaultyStages(LocalStages(runner.detector, runner.hmr2), {2, 3}, fault)
         host.worker = VideoWorker(stages, settings, models, map_error=host.map_error)
@@ -312,6 +314,7 @@ def test_a_job_survives_its_database_connections_dropped_twice_and_the_api_answe
                 extra = await submit()  # an upload right after the drop: accepted
                 cancelled = await api.post(f"/v1/jobs/{extra['id']}/cancel")
                 assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled", cancelled.text
+                go_on.release()
             interrupted = await result(job["id"])
             final = (await api.get(f"/v1/jobs/{job['id']}")).json()
             assert final["attempts"] == 1  # the drops cost no attempt: the job never stopped
