@@ -370,7 +370,12 @@ class _EngineDatabase:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn, conn.begin():
+        """Statements that only read. PostgreSQL runs each on its own (autocommit: no BEGIN and
+        COMMIT round trips); SQLite reads in one deferred transaction, a consistent snapshot."""
+        conn = self._engine.connect()
+        if self._postgresql:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        with conn, conn.begin():
             yield Connection(conn, self._postgresql)
 
     def close(self) -> None:
