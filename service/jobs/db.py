@@ -23,15 +23,17 @@ serialization failure, deadlock, server starting up, SQLite busy) from a permane
 `retry_transient` retries the first kind with back-off and turns it into 503
 ``job_store_unavailable`` once its time is up.
 
-Schema changes are versioned steps in code (`MIGRATIONS`), not Alembic: they run at every store
-open inside one locked transaction (SQLite ``BEGIN IMMEDIATE``, PostgreSQL advisory lock), in
-order, each idempotent, and the version reached is recorded (SQLite ``PRAGMA user_version``,
-PostgreSQL table ``pose_schema``, as earlier releases recorded it, so their databases migrate
-in place). The steps differ per dialect where the databases do (SQLite cannot drop a column
-constraint and rebuilds the table), which Alembic's autogenerate does not cover either, and
-keeping them here avoids a migrations folder and a second runtime tool for four steps. Columns
-are declared once, in `JOB_COLUMNS`: a fresh table is created with all of them and a column
-missing from an older table is added at open; a new column is one line there.
+Schema changes are versioned steps in code (`MIGRATIONS`), not Alembic. At every store open,
+inside one locked transaction (SQLite ``BEGIN IMMEDIATE``, PostgreSQL advisory lock), the steps
+newer than the database's version run in order, each idempotent, and the version reached is
+recorded (SQLite ``PRAGMA user_version``, PostgreSQL table ``pose_schema``, where earlier
+releases recorded it, so their databases migrate in place). Why not Alembic: the steps differ
+per dialect where the databases do (SQLite cannot drop a column constraint and rebuilds the
+table), the databases of earlier releases carry no Alembic revision to start from, and a
+handful of steps do not pay for a migrations folder, an env script and a second runtime tool.
+Columns are declared once, in `JOB_COLUMNS`: a fresh table is created with all of them and a
+column missing from an older table is added at open, so a new nullable or defaulted column is
+one line there and needs no step; a step is for what ALTER TABLE ADD COLUMN cannot do.
 """
 
 from __future__ import annotations
