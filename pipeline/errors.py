@@ -156,6 +156,7 @@ CODES: dict[str, ErrorCode] = {
         auth_conflict="auth: none together with client keys (deploy)",
         callback_secrets_invalid="the per-client callback secrets cannot be read (deploy)",
         upload_timeout_too_short="video_limits.max_bytes cannot arrive at jobs.min_upload_mbit_s within request_timeout_s (deploy)",
+        job_store_error="the job store refused a statement for a reason retrying does not fix (the message has its cause)",
         job_store_invalid="a job_store URL of an unknown scheme (deploy)",
         job_store_node_local="a node-local job store on a cluster of several nodes (deploy)",
         device_invalid="a device that is not a torch device (deploy)",
@@ -173,7 +174,7 @@ CODES: dict[str, ErrorCode] = {
         not_ready="some deployments are not ready yet",
         videos_unavailable="video jobs are not enabled in this deployment",
         data_dir_unavailable="the data folder cannot be used: video jobs are off, images keep working",
-        job_store_unavailable="the job store cannot be reached",
+        job_store_unavailable="the job store cannot be reached (a store call retried a transient fault for a few seconds; Retry-After)",
         renderer_unavailable="the Renderer did not answer for a job's overlay after its tries (the job's result stands)",
     ),
     # -- model files: the service cannot start until they are fixed ----------------------------

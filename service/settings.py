@@ -20,6 +20,7 @@ from pipeline.weights import CacheRoots
 from service.auth import AuthMode, KeySources
 from service.callbacks import CallbackPolicy, SecretSources
 from service.jobs import JobStore
+from service.jobs.store import API_RETRY_S
 
 DATA_DIR_ENV = "POSE_SERVICE_DATA_DIR"
 
@@ -141,15 +142,18 @@ class JobSettings(BaseModel):
     def store_url(self) -> str | None:
         return self.job_store or os.environ.get(self.job_store_env) or None
 
-    def open_store(self, nodes: int = 1) -> JobStore:
+    def open_store(self, nodes: int = 1, *, retry_s: float = API_RETRY_S) -> JobStore:
         """The job store, checked against where it is used: a node-local store (SQLite) on a
         cluster of several nodes fails here, loudly, rather than split the jobs per node.
 
         A data folder that cannot be used (read-only, not a folder, gone) is `data_dir_unavailable`
         (503): the replicas start anyway, video jobs answer that code, images keep working, and
-        the store is opened again once the folder is usable."""
+        the store is opened again once the folder is usable.
+
+        ``retry_s``: how long each store call retries a transient database fault (the API: a
+        few seconds; a worker: a lease)."""
         try:
-            return self._open_store(nodes)
+            return self._open_store(nodes, retry_s)
         except (OSError, sqlite3.Error) as exc:
             raise PoseError(
                 "data_dir_unavailable",
@@ -158,13 +162,14 @@ class JobSettings(BaseModel):
                 status=503,
             ) from exc
 
-    def _open_store(self, nodes: int) -> JobStore:
+    def _open_store(self, nodes: int, retry_s: float) -> JobStore:
         store = JobStore(
             Path(self.data_dir).expanduser(),
             retention_s=self.retention_s,
             max_active=self.max_active,
             max_queued=self.max_queued,
             url=self.store_url(),
+            retry_s=retry_s,
         )
         if store.node_local and nodes > 1:
             store.close()

@@ -48,6 +48,7 @@ from pipeline.video.frame_range import FrameRange
 from pipeline.video.loop import FrameStages, VideoLoop
 from service.callbacks import post
 from service.jobs import Job, JobStore, redact
+from service.jobs.db import permanent_error
 from service.jobs.outbox import EVENT_HEADER
 from service.settings import JobSettings, ModelSettings
 
@@ -146,12 +147,13 @@ class VideoWorker:
 
     def _open_store(self) -> list[str] | None:
         """Open the store and recover after a restart: the jobs that recovery ended (their
-        callbacks are due), or None on an unusable data folder; the worker then waits (the
-        Ingress refuses video jobs meanwhile) and tries again each poll."""
+        callbacks are due), or None on an unusable data folder or an unreachable database; the
+        worker then waits (the Ingress refuses video jobs meanwhile) and tries again each poll."""
         try:
-            self.store = self.settings.open_store(self.nodes())
+            # a running job's store calls ride out a database fault for up to a lease
+            self.store = self.settings.open_store(self.nodes(), retry_s=self.settings.lease_s)
         except PoseError as exc:
-            if exc.code != "data_dir_unavailable":
+            if exc.code not in ("data_dir_unavailable", "job_store_unavailable"):
                 raise
             if self.store_error is None:
                 logger.error("%s", exc.message)
@@ -284,6 +286,11 @@ class VideoWorker:
             elif err.code in ("attempt_superseded", "job_state_conflict"):  # another attempt owns it, or it was handed back
                 superseded = True
                 logger.warning("job %s: attempt %d stops, %s", job.id, token, err.message)
+            elif err.code == "job_store_unavailable":  # the database, not the job: never the job's failure
+                superseded = True
+                logger.warning("job %s: attempt %d stops, the job store is away (%s); the job goes back to the "
+                               "queue, or its lease runs out and another attempt resumes it", job.id, token, err.message)
+                await asyncio.to_thread(self._hand_back, job.id, token)
             else:
                 if err.code == "internal_error":
                     logger.exception("job %s failed unexpectedly", job.id)
@@ -311,6 +318,15 @@ class VideoWorker:
         logger.info("the data folder has room again (%d bytes free): claiming jobs", free)
         self._no_room_since = None
         return True
+
+    def _hand_back(self, job_id: str, token: int) -> None:
+        """Give the job back to the queue after the store was away (once more within the
+        store's retry bound); if the store is still away, the job's lease runs out instead."""
+        assert self.store is not None  # jobs run only once the store is open
+        try:
+            self.store.release(job_id, token)
+        except Exception as exc:  # superseded meanwhile, or still away: its lease decides
+            logger.warning("job %s: not handed back (%s); its lease will run out", job_id, exc)
 
     def _record_failure(self, job_id: str, token: int, err: PoseError) -> None:
         """Record the failure, retrying a failing store (disk full, database away) for up to a
@@ -567,6 +583,9 @@ class VideoWorker:
         exc = self.unwrap(exc)
         if isinstance(exc, PoseError):
             return exc
+        stored = permanent_error(exc)  # a database error retrying does not fix: its cause, not internal_error
+        if stored is not None:
+            return stored
         mapped = self.map_error(exc)
         if mapped is not None:
             return mapped

@@ -560,7 +560,7 @@ def test_an_empty_or_other_store_on_the_same_storage_removes_no_folder(two_store
         assert mine.scan_orphans(now=later).foreign == [own.id]
         # a job of this store whose row is gone while its folder stayed (a crash between the two)
         with mine._tx() as db:
-            db.execute("DELETE FROM jobs WHERE id = ?", (jobs[0].id,))
+            db.execute("DELETE FROM jobs WHERE id = :id", {"id": jobs[0].id})
         assert mine.recover_after_restart(now=later).removed_dirs == [jobs[0].id]
         assert not mine.job_dir(jobs[0].id).exists() and mine.job_dir(jobs[1].id).is_dir()
         assert (data / "jobs" / own.id).is_dir()
@@ -572,7 +572,7 @@ def test_folders_of_older_releases_are_marked_for_their_store(store):
     store.recover_after_restart()
     assert (store.job_dir(job.id) / "store-id").read_text().strip() == store.store_id
     with store._tx() as db:
-        db.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
+        db.execute("DELETE FROM jobs WHERE id = :id", {"id": job.id})
     store.create()
     assert store.recover_after_restart(now=time.time() + 7200).removed_dirs == [job.id]
 
@@ -585,7 +585,7 @@ def test_cleanup_dry_run_reports_and_removes_nothing(tmp_path, capsys):
         gone = store.create()
         store.create()
         with store._tx() as db:
-            db.execute("DELETE FROM jobs WHERE id = ?", (gone.id,))
+            db.execute("DELETE FROM jobs WHERE id = :id", {"id": gone.id})
         foreign = store.jobs_dir / ("d" * 32)
         foreign.mkdir()
         write_store_id(foreign, "0" * 32)

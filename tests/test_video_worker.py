@@ -105,6 +105,47 @@ def test_stall_s_must_outlast_the_longest_chunk(tmp_path):
         JobSettings(data_dir=str(tmp_path), stall_s=700.0)  # 600 s stage timeout + 120 s of retries
 
 
+def _bare_worker(store: JobStore, tmp_path, process) -> SimpleNamespace:
+    """The worker's own `_run` around ``process`` (its model work), without models or a loop."""
+    worker = SimpleNamespace(
+        store=store, settings=JobSettings(data_dir=str(tmp_path / "data"), lease_s=30.0), unwrap=lambda e: e,
+        map_error=lambda e: None, _tokens={}, _active={}, _delete_when_stopped=set(), _wake=asyncio.Event(),
+        _process=process, _heartbeat=lambda job_id, token: asyncio.sleep(3600),
+        _schedule_callback=lambda job_id: None,
+    )
+    for name in ("_as_job_error", "_hand_back", "_record_failure", "_clean_after_finish"):
+        setattr(worker, name, getattr(WORKER, name).__get__(worker))
+    return worker
+
+
+def test_a_job_store_outage_mid_job_stops_the_attempt_and_never_fails_the_job(tmp_path):
+    """The store stayed away past the worker's retry bound while a chunk was saved: the attempt
+    stops and hands the job back; the job is not failed and no crash is counted."""
+    store, job = _running_job(tmp_path, lease_s=30.0)
+
+    def process(job, token):
+        raise PoseError("job_store_unavailable", "the job store did not answer for 30.0 s", status=503)
+
+    asyncio.run(WORKER._run(_bare_worker(store, tmp_path, process), job))
+    got = store.get(job.id)
+    assert (got.state, got.error, got.crashes) == ("queued", None, 0)
+    assert store.claim_next(30.0).checkpoint == got.checkpoint  # the next attempt resumes where it was
+    store.close()
+
+
+def test_a_permanent_database_error_fails_the_job_with_its_cause(tmp_path):
+    store, job = _running_job(tmp_path, lease_s=30.0)
+
+    def process(job, token):
+        with store._tx() as db:
+            db.execute("UPDATE jobs SET no_such_column = 1")
+
+    asyncio.run(WORKER._run(_bare_worker(store, tmp_path, process), job))
+    got = store.get(job.id)
+    assert got.state == "failed" and got.error.code == "job_store_error" and "no_such_column" in got.error.message
+    store.close()
+
+
 def test_disk_full_is_the_disks_failure_not_the_jobs():
     import errno
 

@@ -70,8 +70,9 @@ class ApiContext:
 
     def open_videos(self) -> VideoJobs | None:
         """The video jobs' store, opened on first use; an unusable data folder disables video jobs
-        (`data_dir_unavailable`, 503) without taking images down, and is tried again at most every
-        10 s, so fixing the folder brings videos back without a restart."""
+        (`data_dir_unavailable`, 503), and so does a database that cannot be reached
+        (`job_store_unavailable`), without taking images down; either is tried again at most
+        every 10 s, so fixing it brings videos back without a restart."""
         if self.videos is not None or self._video_args is None or time.monotonic() < self._videos_retry_at:
             return self.videos
         jobs, api = self._video_args
@@ -79,7 +80,7 @@ class ApiContext:
             self.videos = VideoJobs(self.backend, jobs, api, nodes=self.backend.cluster_nodes())
             self.videos_error = None
         except PoseError as exc:
-            if exc.code != "data_dir_unavailable":
+            if exc.code not in ("data_dir_unavailable", "job_store_unavailable"):
                 raise
             if self.videos_error is None:
                 logger.error("%s", exc.message)

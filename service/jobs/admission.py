@@ -51,7 +51,9 @@ def check_client_jobs(db: Connection, client: str, limit: int | None, *, max_act
     None: no bound of its own (admins: the queue bounds them)."""
     if limit is None:
         return
-    row = db.execute("SELECT COUNT(*) FROM jobs WHERE client = ? AND state IN ('queued', 'running')", (client,)).fetchone()
+    row = db.execute(
+        "SELECT COUNT(*) FROM jobs WHERE client = :client AND state IN ('queued', 'running')", {"client": client}
+    ).fetchone()
     jobs = int(row[0]) if row is not None else 0
     if jobs < limit:
         return

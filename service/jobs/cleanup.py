@@ -106,12 +106,12 @@ def remove_paths(paths: Iterable[Path]) -> list[str]:
 def delete_expired_rows(db: Connection, finished_before: float) -> list[str]:
     """Delete the rows of jobs that finished at or before ``finished_before``; their ids."""
     rows = db.execute(
-        "SELECT id FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at <= ?",
-        (finished_before,),
+        "SELECT id FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at <= :before",
+        {"before": finished_before},
     ).fetchall()
     ids = [r["id"] for r in rows]
     for job_id in ids:
-        db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        db.execute("DELETE FROM jobs WHERE id = :id", {"id": job_id})
     return ids
 
 

@@ -29,8 +29,8 @@ def claim_oldest(
     clock = db_now(db)
     if limit_running:
         running = cast(Row, db.execute(
-            "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND (lease_until IS NULL OR lease_until >= ?)",
-            (clock,),
+            "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND (lease_until IS NULL OR lease_until >= :clock)",
+            {"clock": clock},
         ).fetchone())[0]
         if running >= max_active:
             return None
@@ -42,9 +42,10 @@ def claim_oldest(
     # every claim is a new attempt (a new fencing token); only crashes count against max_attempts.
     # The reason a queued job waited (`JobStore.release`) is cleared: it runs again.
     db.execute(
-        "UPDATE jobs SET state = 'running', started_at = ?, updated_at = ?, attempts = attempts + 1,"
-        " owner = ?, lease_until = ?, progress_at = ?, error_code = NULL, error_message = NULL WHERE id = ?",
-        (now, now, owner, clock + lease_s, clock, row["id"]),
+        "UPDATE jobs SET state = 'running', started_at = :now, updated_at = :now, attempts = attempts + 1,"
+        " owner = :owner, lease_until = :lease_until, progress_at = :clock, error_code = NULL, error_message = NULL"
+        " WHERE id = :id",
+        {"now": now, "owner": owner, "lease_until": clock + lease_s, "clock": clock, "id": row["id"]},
     )
     job_id: str = row["id"]
     return job_id
@@ -53,4 +54,4 @@ def claim_oldest(
 def renew(db: Connection, job_id: str, lease_s: float) -> None:
     """Extend the job's lease to ``lease_s`` from now on the database's clock (the caller has
     checked the attempt)."""
-    db.execute(f"UPDATE jobs SET lease_until = {db.clock} + ? WHERE id = ?", (lease_s, job_id))
+    db.execute(f"UPDATE jobs SET lease_until = {db.clock} + :lease_s WHERE id = :id", {"lease_s": lease_s, "id": job_id})

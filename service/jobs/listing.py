@@ -20,14 +20,15 @@ def check_paging(offset: int, limit: int, state: str | None) -> None:
         raise InputError("state_invalid", f"expected one of {', '.join(JOB_STATES)}, got {state!r}")
 
 
-def list_filter(state: str | None, client: str | None) -> tuple[str, list[Any]]:
+def list_filter(state: str | None, client: str | None) -> tuple[str, dict[str, Any]]:
     """The WHERE clause (or '') and its arguments for jobs of ``state`` and ``client`` (None: any)."""
-    conditions, args = [], []
+    conditions: list[str] = []
+    args: dict[str, Any] = {}
     if state:
-        conditions.append("state = ?")
-        args.append(state)
+        conditions.append("state = :state")
+        args["state"] = state
     if client is not None:
-        conditions.append("client = ?")
-        args.append(client)
+        conditions.append("client = :client")
+        args["client"] = client
     where = "WHERE " + " AND ".join(conditions) if conditions else ""
     return where, args

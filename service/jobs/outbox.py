@@ -67,8 +67,9 @@ def emit(db: Connection, job: Any, now: float, name: str | None = None) -> str |
     body = json.dumps({"event": name, "event_id": event_id, "job": status}, separators=(",", ":"))
     db.execute(
         "INSERT INTO callback_outbox (id, job_id, client, url, event, body, created_at, next_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (event_id, job.id, job.client, job.callback_url, name, body, now, now),
+        " VALUES (:id, :job_id, :client, :url, :event, :body, :now, :now)",
+        {"id": event_id, "job_id": job.id, "client": job.client, "url": job.callback_url, "event": name, "body": body,
+         "now": now},
     )
     return event_id
 
@@ -78,11 +79,12 @@ def claim_due(db: Connection, clock: float, hold_s: float, limit: int) -> list[E
     ``hold_s`` (another worker skips them meanwhile)."""
     rows = db.execute(
         "SELECT id, job_id, client, url, event, body, deliveries FROM callback_outbox"
-        " WHERE delivered_at IS NULL AND next_at <= ? AND deliveries < ? ORDER BY next_at LIMIT ?" + db.skip_locked,
-        (clock, MAX_DELIVERIES, limit),
+        " WHERE delivered_at IS NULL AND next_at <= :clock AND deliveries < :max ORDER BY next_at LIMIT :limit"
+        + db.skip_locked,
+        {"clock": clock, "max": MAX_DELIVERIES, "limit": limit},
     ).fetchall()
     for row in rows:
-        db.execute("UPDATE callback_outbox SET next_at = ? WHERE id = ?", (clock + hold_s, row["id"]))
+        db.execute("UPDATE callback_outbox SET next_at = :at WHERE id = :id", {"at": clock + hold_s, "id": row["id"]})
     return [
         Event(r["id"], r["job_id"], r["client"], r["url"], r["event"], str(r["body"]).encode(), int(r["deliveries"]))
         for r in rows
@@ -91,19 +93,19 @@ def claim_due(db: Connection, clock: float, hold_s: float, limit: int) -> list[E
 
 def mark_delivered(db: Connection, event_id: str, clock: float) -> None:
     db.execute(
-        "UPDATE callback_outbox SET delivered_at = ?, deliveries = deliveries + 1, last_error = NULL WHERE id = ?",
-        (clock, event_id),
+        "UPDATE callback_outbox SET delivered_at = :clock, deliveries = deliveries + 1, last_error = NULL WHERE id = :id",
+        {"clock": clock, "id": event_id},
     )
 
 
 def mark_failed(db: Connection, event_id: str, clock: float, error: str) -> bool:
     """A delivery failed: due again after the back-off; False once it has had `MAX_DELIVERIES`."""
-    row = db.execute("SELECT deliveries FROM callback_outbox WHERE id = ?", (event_id,)).fetchone()
+    row = db.execute("SELECT deliveries FROM callback_outbox WHERE id = :id", {"id": event_id}).fetchone()
     deliveries = (int(row["deliveries"]) if row is not None else MAX_DELIVERIES - 1) + 1
     delay = min(MAX_DELAY_S, FIRST_DELAY_S * 2 ** (deliveries - 1))
     db.execute(
-        "UPDATE callback_outbox SET deliveries = ?, next_at = ?, last_error = ? WHERE id = ?",
-        (deliveries, clock + delay, error[:500], event_id),
+        "UPDATE callback_outbox SET deliveries = :deliveries, next_at = :at, last_error = :error WHERE id = :id",
+        {"deliveries": deliveries, "at": clock + delay, "error": error[:500], "id": event_id},
     )
     return deliveries < MAX_DELIVERIES
 
@@ -111,7 +113,7 @@ def mark_failed(db: Connection, event_id: str, clock: float, error: str) -> bool
 def purge(db: Connection, before: float) -> int:
     """Forget events delivered or given up before ``before`` (the jobs' retention)."""
     cur = db.execute(
-        "DELETE FROM callback_outbox WHERE created_at < ? AND (delivered_at IS NOT NULL OR deliveries >= ?)",
-        (before, MAX_DELIVERIES),
+        "DELETE FROM callback_outbox WHERE created_at < :before AND (delivered_at IS NOT NULL OR deliveries >= :max)",
+        {"before": before, "max": MAX_DELIVERIES},
     )
     return int(getattr(cur, "rowcount", 0) or 0)

@@ -48,8 +48,8 @@ def claim(db: Connection, job_id: str, now: float, lease_s: float, max_tries: in
         )
         return OverlayClaim("exhausted")
     db.execute(
-        "UPDATE jobs SET overlay_tries = ?, overlay_lease_until = ?, updated_at = ? WHERE id = ?",
-        (tries + 1, now + lease_s, now, job_id),
+        "UPDATE jobs SET overlay_tries = :tries, overlay_lease_until = :until, updated_at = :now WHERE id = :id",
+        {"tries": tries + 1, "until": now + lease_s, "now": now, "id": job_id},
     )
     return OverlayClaim("claimed", tries + 1)
 
@@ -68,13 +68,13 @@ def fenced(db: Connection, job_id: str, token: int) -> Row:
 
 def renew(db: Connection, job_id: str, token: int, until: float) -> None:
     fenced(db, job_id, token)
-    db.execute("UPDATE jobs SET overlay_lease_until = ? WHERE id = ?", (until, job_id))
+    db.execute("UPDATE jobs SET overlay_lease_until = :until WHERE id = :id", {"until": until, "id": job_id})
 
 
 def release(db: Connection, job_id: str, token: int, now: float) -> None:
     """Try ``token`` gives the render up (to be tried again at once, by any worker)."""
     fenced(db, job_id, token)
-    db.execute("UPDATE jobs SET overlay_lease_until = NULL, updated_at = ? WHERE id = ?", (now, job_id))
+    db.execute("UPDATE jobs SET overlay_lease_until = NULL, updated_at = :now WHERE id = :id", {"now": now, "id": job_id})
 
 
 def set_ready(db: Connection, job_id: str, token: int, name: str, now: float) -> None:
@@ -82,8 +82,9 @@ def set_ready(db: Connection, job_id: str, token: int, name: str, now: float) ->
     row = fenced(db, job_id, token)
     results = {**json.loads(row["results"]), "overlay": check_name(name)}
     db.execute(
-        "UPDATE jobs SET overlay_state = 'ready', overlay_lease_until = NULL, results = ?, updated_at = ? WHERE id = ?",
-        (json.dumps(results), now, job_id),
+        "UPDATE jobs SET overlay_state = 'ready', overlay_lease_until = NULL, results = :results, updated_at = :now"
+        " WHERE id = :id",
+        {"results": json.dumps(results), "now": now, "id": job_id},
     )
 
 
@@ -94,9 +95,9 @@ def set_failed(db: Connection, job_id: str, token: int, code: str, message: str,
 
 def _set_failed(db: Connection, job_id: str, now: float, code: str, message: str) -> None:
     db.execute(
-        "UPDATE jobs SET overlay_state = 'failed', overlay_error_code = ?, overlay_error_message = ?,"
-        " overlay_lease_until = NULL, updated_at = ? WHERE id = ?",
-        (code, message, now, job_id),
+        "UPDATE jobs SET overlay_state = 'failed', overlay_error_code = :code, overlay_error_message = :message,"
+        " overlay_lease_until = NULL, updated_at = :now WHERE id = :id",
+        {"code": code, "message": message, "now": now, "id": job_id},
     )
 
 
@@ -105,7 +106,7 @@ def expired(db: Connection, now: float) -> list[str]:
     worker stopped renewing), oldest first."""
     rows = db.execute(
         "SELECT id FROM jobs WHERE state = 'succeeded' AND overlay_state = 'pending'"
-        " AND (overlay_lease_until IS NULL OR overlay_lease_until < ?) ORDER BY finished_at",
-        (now,),
+        " AND (overlay_lease_until IS NULL OR overlay_lease_until < :now) ORDER BY finished_at",
+        {"now": now},
     ).fetchall()
     return [r["id"] for r in rows]

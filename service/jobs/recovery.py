@@ -38,25 +38,26 @@ def recover_rows(db: Connection, rows: list[Row], max_attempts: int, now: float,
         crashes = int(row["crashes"]) + 1
         if row["cancel_requested"]:
             set_cancelled(db, job_id, now)
-            db.execute("UPDATE jobs SET crashes = ?, lease_until = NULL WHERE id = ?", (crashes, job_id))
+            db.execute("UPDATE jobs SET crashes = :crashes, lease_until = NULL WHERE id = :id", {"crashes": crashes, "id": job_id})
             cancelled.append(job_id)
         elif crashes >= max_attempts:
             db.execute(
-                "UPDATE jobs SET state = 'failed', error_code = 'interrupted', error_message = ?, crashes = ?,"
-                " finished_at = ?, updated_at = ?, owner = NULL, lease_until = NULL WHERE id = ?",
-                (
-                    f"the worker processing this job {why}, {crashes} times; "
+                "UPDATE jobs SET state = 'failed', error_code = 'interrupted', error_message = :message,"
+                " crashes = :crashes, finished_at = :now, updated_at = :now, owner = NULL, lease_until = NULL"
+                " WHERE id = :id",
+                {
+                    "message": f"the worker processing this job {why}, {crashes} times; "
                     f"expected at most {max_attempts} attempts",
-                    crashes, now, now, job_id,
-                ),
+                    "crashes": crashes, "now": now, "id": job_id,
+                },
             )
             failed.append(job_id)
         else:
             # progress stays: the next attempt resumes from the job's last checkpoint
             db.execute(
-                "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, crashes = ?, updated_at = ?"
-                " WHERE id = ?",
-                (crashes, now, job_id),
+                "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, crashes = :crashes,"
+                " updated_at = :now WHERE id = :id",
+                {"crashes": crashes, "now": now, "id": job_id},
             )
             requeued.append(job_id)
     return RecoveryReport(requeued, failed, cancelled, [])
@@ -64,7 +65,7 @@ def recover_rows(db: Connection, rows: list[Row], max_attempts: int, now: float,
 
 def recover_expired(db: Connection, max_attempts: int, clock: float, now: float) -> RecoveryReport:
     """Take back the running jobs whose lease ran out before ``clock`` (the database's time)."""
-    rows = db.execute(_COLUMNS + " AND lease_until IS NOT NULL AND lease_until < ?", (clock,)).fetchall()
+    rows = db.execute(_COLUMNS + " AND lease_until IS NOT NULL AND lease_until < :clock", {"clock": clock}).fetchall()
     return recover_rows(db, rows, max_attempts, now, "stopped renewing its lease")
 
 
@@ -74,9 +75,9 @@ def recover_stalled(db: Connection, max_attempts: int, stall_s: float, clock: fl
     stuck, its heartbeat alone keeps it. Only while frames remain: the steps after the last
     frame (finalising the result, drawing the overlay) report no frames."""
     rows = db.execute(
-        _COLUMNS + " AND lease_until IS NOT NULL AND progress_at IS NOT NULL AND progress_at < ?"
+        _COLUMNS + " AND lease_until IS NOT NULL AND progress_at IS NOT NULL AND progress_at < :since"
         " AND (frames_total IS NULL OR frames_done < frames_total)",
-        (clock - stall_s,),
+        {"since": clock - stall_s},
     ).fetchall()
     report = recover_rows(db, rows, max_attempts, now, f"made no progress for {stall_s:g} s")
     return RecoveryReport(report.requeued, report.failed, report.cancelled, [], [r["id"] for r in rows])
@@ -86,7 +87,7 @@ def recover_stopped(db: Connection, owner: str, requeue_running: bool, max_attem
     """Take back the running jobs not claimed by ``owner`` (with ``requeue_running`` False, only
     those without a lease)."""
     rows = db.execute(
-        _COLUMNS + " AND (owner IS NULL OR owner != ?)" + ("" if requeue_running else " AND lease_until IS NULL"),
-        (owner,),
+        _COLUMNS + " AND (owner IS NULL OR owner != :owner)" + ("" if requeue_running else " AND lease_until IS NULL"),
+        {"owner": owner},
     ).fetchall()
     return recover_rows(db, rows, max_attempts, now, "stopped")

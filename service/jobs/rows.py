@@ -54,7 +54,7 @@ def visible(row: Row, client: str | None) -> bool:
 
 def locked_row(db: Connection, job_id: str, client: str | None = None) -> Row:
     """The job's row (``client``'s, when given), locked for the rest of the write transaction."""
-    row = db.execute("SELECT * FROM jobs WHERE id = ?" + db.for_update, (check_id(job_id),)).fetchone()
+    row = db.execute("SELECT * FROM jobs WHERE id = :id" + db.for_update, {"id": check_id(job_id)}).fetchone()
     if row is None or not visible(row, client):
         raise not_found(job_id)
     return row

@@ -5,8 +5,9 @@ accepted at once, processed by a worker, polled for progress, fetched when done.
 lives in a database (`service.jobs.db`: SQLite beside the files by default, PostgreSQL for a
 cluster) and every job has a folder under the storage folder (`service.jobs.layout`).
 
-Every method is short and synchronous and one connection guarded by a lock serves all threads
-and asyncio tasks of a process. A worker claims a job with a lease that it renews
+Every method is short and synchronous, one transaction on a connection of the store's pool
+(`service.jobs.db`), safe from any thread; a transient database fault is retried within the
+method (``retry_s``). A worker claims a job with a lease that it renews
 (`heartbeat`, `save_checkpoint`); the claim's attempt number is its fencing token, and every
 write of a running job (checkpoint, progress, finish, fail) is refused once another attempt
 holds the job. A job whose lease runs out goes back to the queue (`expire_leases`) and the
@@ -23,13 +24,14 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import json
 import logging
 import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Mapping, cast
+from typing import Any, Callable, Iterator, Mapping, ParamSpec, TypeVar, cast
 
 from pipeline.atomic import atomic_open
 from pipeline.errors import PoseError
@@ -38,7 +40,7 @@ from service.jobs import overlays
 from service.jobs.admission import check_capacity, check_client_jobs
 from service.jobs.admission import queue_full as _queue_full
 from service.jobs.cleanup import OrphanScan, delete_expired_rows, log_scan, remove_job_dirs, remove_paths, scan_orphans
-from service.jobs.db import Connection, Row, open_database
+from service.jobs.db import Connection, DatabaseSettings, Row, open_database, retry_transient
 from service.jobs.errors import conflict, not_found
 from service.jobs.idempotency import check_key, check_replay, discard, with_fingerprint
 from service.jobs.layout import (
@@ -63,9 +65,31 @@ from service.jobs.validation import check_create_args, check_kind, check_store_a
 
 log = logging.getLogger(__name__)
 
+API_RETRY_S = 5.0  # how long a store call keeps retrying a transient database fault, by default
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _retried(method: Callable[P, R]) -> Callable[P, R]:
+    """The store method, retried while the database has a transient fault, for up to the
+    store's ``retry_s`` (`service.jobs.db.retry_transient`); then 503 ``job_store_unavailable``.
+    Each try is a whole transaction: a failed one was rolled back."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        store = cast(JobStore, args[0])
+        return retry_transient(lambda: method(*args, **kwargs), url=store.url, budget_s=store.retry_s, what=method.__name__)
+
+    return call
+
 
 class JobStore:
     """Jobs in SQLite plus a folder of files per job; see `service.jobs.layout` for the layout.
+
+    Every call is retried while the database has a transient fault (connection lost, server
+    restarting, serialization failure, SQLite busy) for up to ``retry_s`` seconds: a few for
+    the API, a lease for a worker (`service.worker`); past that it raises 503
+    ``job_store_unavailable``.
 
     ``max_active`` running jobs at most (`claim_next` hands out no more); ``max_queued`` jobs may
     wait beyond those, after which `create` refuses with ``too_many_jobs`` (429, ``retry_after``).
@@ -80,8 +104,11 @@ class JobStore:
         max_active: int = 1,
         max_queued: int = 100,
         url: str | None = None,
+        retry_s: float = API_RETRY_S,
+        database: DatabaseSettings | None = None,
     ) -> None:
         check_store_args(max_active, max_queued, retention_s)
+        self.retry_s = retry_s  # a call retries a transient database fault this long (a worker: a lease)
         self.data_dir = Path(data_dir)
         self.retention_s = retention_s
         self.max_active = max_active
@@ -92,7 +119,9 @@ class JobStore:
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         # Jobs this object claimed; recovery leaves them alone, everything else running is orphaned.
         self._owner = uuid.uuid4().hex
-        self._db = open_database(url, self.data_dir)
+        # SQLite's busy wait is part of the bound: a locked database answers within ``retry_s``
+        database = database or DatabaseSettings(busy_timeout_s=min(30.0, max(1.0, retry_s)))
+        self._db = open_database(url, self.data_dir, database)
         with self._tx(lock_all=True) as db:
             create_table(db)
 
@@ -120,6 +149,14 @@ class JobStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _retry(self, fn: Callable[[], R], what: str) -> R:
+        return retry_transient(fn, url=self.url, budget_s=self.retry_s, what=what)
+
+    def _admit(self, client: str, client_limit: int | None) -> None:
+        with self._db.read() as db:
+            check_client_jobs(db, client, client_limit, max_active=self.max_active)
+            check_capacity(db, max_active=self.max_active, max_queued=self.max_queued)
 
     def _tx(self, *, lock_all: bool = False) -> Any:
         """One write transaction; ``lock_all`` also serialises it with other multi-row writes."""
@@ -191,9 +228,7 @@ class JobStore:
             if existing is not None:
                 discard(input_file, move_input)
                 return check_replay(existing, fingerprint)
-        with self._db.read() as db:  # refuse before moving any file
-            check_client_jobs(db, client, client_limit, max_active=self.max_active)
-            check_capacity(db, max_active=self.max_active, max_queued=self.max_queued)
+        self._retry(lambda: self._admit(client, client_limit), "create")  # refuse before moving any file
 
         job_id = uuid.uuid4().hex
         job_dir = self.jobs_dir / job_id
@@ -208,44 +243,62 @@ class JobStore:
             input_file = Path(input_file)
             input_path = move_input_into(job_dir, input_file) if move_input else input_file
         now = time.time()
-        try:
+
+        def insert() -> Job | None:
             with self._tx(lock_all=True) as db:
+                if db.execute("SELECT 1 FROM jobs WHERE id = :id", {"id": job_id}).fetchone() is not None:
+                    return None  # an earlier try committed, its answer was lost
                 if idempotency_key is not None:
                     row = db.execute(
-                        "SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?", (client, idempotency_key)
+                        "SELECT * FROM jobs WHERE client = :client AND idempotency_key = :key",
+                        {"client": client, "key": idempotency_key},
                     ).fetchone()
                     if row is not None:  # a concurrent retry won the race
-                        shutil.rmtree(job_dir, ignore_errors=True)
-                        return check_replay(self._job(row), fingerprint)
+                        return self._job(row)
                 check_client_jobs(db, client, client_limit, max_active=self.max_active)
                 check_capacity(db, max_active=self.max_active, max_queued=self.max_queued)
                 seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
                 db.execute(
                     "INSERT INTO jobs (id, seq, kind, state, created_at, updated_at, input_path, options,"
-                    " idempotency_key, client, callback_url, overlay_state) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, seq, kind, now, now, None if input_path is None else str(input_path), stored_options,
-                     idempotency_key, client, callback_url, "pending" if options and options.get("render") else None),
+                    " idempotency_key, client, callback_url, overlay_state) VALUES (:id, :seq, :kind, 'queued', :now,"
+                    " :now, :input, :options, :key, :client, :callback, :overlay)",
+                    {"id": job_id, "seq": seq, "kind": kind, "now": now,
+                     "input": None if input_path is None else str(input_path), "options": stored_options,
+                     "key": idempotency_key, "client": client, "callback": callback_url,
+                     "overlay": "pending" if options and options.get("render") else None},
                 )
+            return None
+
+        try:
+            replay = self._retry(insert, "create")
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise
+        if replay is not None:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            return check_replay(replay, fingerprint)
         log.info("job %s accepted (%s, client %s)", job_id, kind, client)
         return self.get(job_id)
 
+    @_retried
     def find_by_idempotency_key(self, key: str, client: str = DEFAULT_CLIENT) -> Job | None:
         """The job ``client`` created with this key, if any (keys of other clients are not looked at)."""
         with self._db.read() as db:
-            row = db.execute("SELECT * FROM jobs WHERE client = ? AND idempotency_key = ?", (client, key)).fetchone()
+            row = db.execute(
+                "SELECT * FROM jobs WHERE client = :client AND idempotency_key = :key", {"client": client, "key": key}
+            ).fetchone()
         return None if row is None else self._job(row)
 
+    @_retried
     def get(self, job_id: str, client: str | None = None) -> Job:
         """The job, or ``job_not_found`` (404), also when it belongs to a client other than ``client``."""
         with self._db.read() as db:
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (check_id(job_id),)).fetchone()
+            row = db.execute("SELECT * FROM jobs WHERE id = :id", {"id": check_id(job_id)}).fetchone()
         if row is None or not visible(row, client):
             raise not_found(job_id)
         return self._job(row)
 
+    @_retried
     def list(
         self, offset: int = 0, limit: int = 50, state: str | None = None, client: str | None = None
     ) -> tuple[list[Job], int]:
@@ -255,11 +308,12 @@ class JobStore:
         with self._db.read() as db:
             total = cast(Row, db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone())[0]
             rows = db.execute(
-                f"SELECT * FROM jobs {where} ORDER BY created_at DESC, seq DESC LIMIT ? OFFSET ?",
-                [*args, limit, offset],
+                f"SELECT * FROM jobs {where} ORDER BY created_at DESC, seq DESC LIMIT :limit OFFSET :offset",
+                {**args, "limit": limit, "offset": offset},
             ).fetchall()
         return [self._job(r) for r in rows], total
 
+    @_retried
     def claim_next(self, lease_s: float = 30.0, *, limit_running: bool = True) -> Job | None:
         """The oldest queued job, now running for this store with a new attempt number (its
         fencing token) and a lease of ``lease_s``; None if none is queued.
@@ -276,6 +330,7 @@ class JobStore:
                 return None
         return self.get(job_id)
 
+    @_retried
     def expire_leases(self, max_attempts: int = 3, stall_s: float | None = None) -> RecoveryReport:
         """Running jobs whose attempt stopped renewing its lease (its worker died, hangs or lost
         its node) go back to the queue, keeping their checkpoint, so any worker resumes them;
@@ -305,11 +360,13 @@ class JobStore:
             )
         return expired
 
+    @_retried
     def counts(self) -> dict[str, int]:
         """Jobs per state (the queue length drives the video workers' autoscaling)."""
         with self._db.read() as db:
             return {r[0]: int(r[1]) for r in db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()}
 
+    @_retried
     def release(self, job_id: str, token: int, reason: PoseError | None = None) -> None:
         """Attempt ``token`` stops (its worker shuts down, or cannot write: ``reason``, shown as
         the job's ``waiting`` until it runs again): the job goes back to the queue with its
@@ -320,17 +377,19 @@ class JobStore:
         with self._tx() as db:
             fenced_row(db, job_id, token)
             db.execute(
-                "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, updated_at = ?,"
-                " error_code = ?, error_message = ? WHERE id = ?",
-                (now, code, message, job_id),
+                "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, updated_at = :now,"
+                " error_code = :code, error_message = :message WHERE id = :id",
+                {"now": now, "code": code, "message": message, "id": job_id},
             )
 
+    @_retried
     def heartbeat(self, job_id: str, token: int, lease_s: float = 30.0) -> None:
         """Renew the lease of attempt ``token`` (fenced), on the database's clock."""
         with self._tx() as db:
             fenced_row(db, job_id, token)
             renew(db, job_id, lease_s)
 
+    @_retried
     def save_checkpoint(
         self,
         job_id: str,
@@ -346,6 +405,7 @@ class JobStore:
         with self._tx() as db:
             write_progress(db, job_id, token, frames_done, frames_total, timings, checkpoint=checkpoint, lease_s=lease_s)
 
+    @_retried
     def update_progress(
         self,
         job_id: str,
@@ -359,6 +419,7 @@ class JobStore:
             write_progress(db, job_id, token, frames_done, frames_total, timings)
         return self.get(job_id)
 
+    @_retried
     def finish(self, job_id: str, result_paths: Mapping[str, str | Path], token: int | None = None) -> Job:
         """Mark a running job succeeded with its result files (inside its folder, written already).
 
@@ -374,13 +435,14 @@ class JobStore:
                 set_cancelled(db, job_id, now)
             else:
                 db.execute(
-                    "UPDATE jobs SET state = 'succeeded', results = ?, finished_at = ?, updated_at = ?,"
-                    " owner = NULL, lease_until = NULL WHERE id = ?",
-                    (json.dumps(names), now, now, job_id),
+                    "UPDATE jobs SET state = 'succeeded', results = :results, finished_at = :now, updated_at = :now,"
+                    " owner = NULL, lease_until = NULL WHERE id = :id",
+                    {"results": json.dumps(names), "now": now, "id": job_id},
                 )
             self._emit_ended(db, [job_id], now)
         return self.get(job_id)
 
+    @_retried
     def fail(self, job_id: str, code: str, message: str, token: int | None = None) -> Job:
         """Mark a queued or running job failed with a stable code (cancelled if cancel was asked);
         with ``token`` only while that attempt runs it."""
@@ -395,13 +457,14 @@ class JobStore:
                 set_cancelled(db, job_id, now)
             else:
                 db.execute(
-                    "UPDATE jobs SET state = 'failed', error_code = ?, error_message = ?, finished_at = ?,"
-                    " updated_at = ?, owner = NULL WHERE id = ?",
-                    (code, message, now, now, job_id),
+                    "UPDATE jobs SET state = 'failed', error_code = :code, error_message = :message,"
+                    " finished_at = :now, updated_at = :now, owner = NULL WHERE id = :id",
+                    {"code": code, "message": message, "now": now, "id": job_id},
                 )
             self._emit_ended(db, [job_id], now)
         return self.get(job_id)
 
+    @_retried
     def cancel(self, job_id: str, client: str | None = None) -> Job:
         """Cancel: a queued job at once; a running one is flagged and its worker stops at the next chunk."""
         now = time.time()
@@ -412,19 +475,24 @@ class JobStore:
                 self._emit_ended(db, [job_id], now)
             elif row["state"] == "running":
                 if not row["cancel_requested"]:  # a delete asked already stays asked
-                    db.execute("UPDATE jobs SET cancel_requested = ?, updated_at = ? WHERE id = ?", (CANCEL, now, job_id))
+                    db.execute(
+                        "UPDATE jobs SET cancel_requested = :flag, updated_at = :now WHERE id = :id",
+                        {"flag": CANCEL, "now": now, "id": job_id},
+                    )
             elif row["state"] != "cancelled":
                 raise conflict(job_id, row["state"], "queued or running")
         return self.get(job_id)
 
+    @_retried
     def is_cancelled(self, job_id: str) -> bool:
         """For the worker, between chunks: stop when True (also when the job is gone)."""
         with self._db.read() as db:
             row = db.execute(
-                "SELECT state, cancel_requested FROM jobs WHERE id = ?", (check_id(job_id),)
+                "SELECT state, cancel_requested FROM jobs WHERE id = :id", {"id": check_id(job_id)}
             ).fetchone()
         return row is None or row["state"] == "cancelled" or bool(row["cancel_requested"])
 
+    @_retried
     def mark_cancelled(self, job_id: str, token: int | None = None) -> Job:
         """The worker stopped a running job on request: it ends ``cancelled``."""
         now = time.time()
@@ -434,6 +502,7 @@ class JobStore:
             self._emit_ended(db, [job_id], now)
         return self.get(job_id)
 
+    @_retried
     def request_delete(self, job_id: str, client: str | None = None) -> Job | None:
         """Delete a job for its client: one that is not running at once (None); a running one is
         flagged in its row (``cancel_requested`` = delete) and the job returned: whichever
@@ -444,38 +513,44 @@ class JobStore:
         with self._tx() as db:
             row = locked_row(db, job_id, client)
             if row["state"] == "running":
-                db.execute("UPDATE jobs SET cancel_requested = ?, updated_at = ? WHERE id = ?", (DELETE, now, job_id))
+                db.execute(
+                    "UPDATE jobs SET cancel_requested = :flag, updated_at = :now WHERE id = :id",
+                    {"flag": DELETE, "now": now, "id": job_id},
+                )
             else:
-                db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                db.execute("DELETE FROM jobs WHERE id = :id", {"id": job_id})
         if row["state"] == "running":
             return self.get(job_id)
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
         return None
 
+    @_retried
     def delete_if_requested(self, job_id: str) -> bool:
         """Carry out a delete asked while the job ran, once it has stopped; whether it was deleted."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT state, cancel_requested FROM jobs WHERE id = ?" + db.for_update, (check_id(job_id),)
+                "SELECT state, cancel_requested FROM jobs WHERE id = :id" + db.for_update, {"id": check_id(job_id)}
             ).fetchone()
             if row is None or row["state"] == "running" or int(row["cancel_requested"]) != DELETE:
                 return False
-            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            db.execute("DELETE FROM jobs WHERE id = :id", {"id": job_id})
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
         log.info("job %s deleted as its client asked while it ran", job_id)
         return True
 
+    @_retried
     def delete(self, job_id: str, client: str | None = None) -> None:
         """Remove a job that is not running, and its folder (a referenced media file is kept)."""
         with self._tx() as db:
             row = locked_row(db, job_id, client)
             if row["state"] == "running":
                 raise conflict(job_id, "running", "not running (cancel it first)")
-            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            db.execute("DELETE FROM jobs WHERE id = :id", {"id": job_id})
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
 
     # --- overlays (`service.jobs.overlays`) -----------------------------------------------------
 
+    @_retried
     def claim_overlay(self, job_id: str, lease_s: float = 30.0, max_tries: int = 3) -> OverlayClaim:
         """Take a succeeded job's pending overlay render for one more try, with a lease."""
         now = time.time()
@@ -485,16 +560,19 @@ class JobStore:
                 self._emit_ended(db, [job_id], now, "job.overlay_failed")
             return claimed
 
+    @_retried
     def renew_overlay(self, job_id: str, token: int, lease_s: float = 30.0) -> None:
         """Renew the lease of render try ``token`` (fenced)."""
         with self._tx() as db:
             overlays.renew(db, job_id, token, time.time() + lease_s)
 
+    @_retried
     def release_overlay(self, job_id: str, token: int) -> None:
         """Render try ``token`` stops without an answer: the next claim may try again at once."""
         with self._tx() as db:
             overlays.release(db, job_id, token, time.time())
 
+    @_retried
     def overlay_ready(self, job_id: str, token: int, name: str) -> Job:
         """Render try ``token`` wrote ``name`` (a file in the job folder): the job's overlay result."""
         now = time.time()
@@ -503,6 +581,7 @@ class JobStore:
             self._emit_ended(db, [job_id], now, "job.overlay_ready")
         return self.get(job_id)
 
+    @_retried
     def overlay_failed(self, job_id: str, token: int, code: str, message: str) -> Job:
         """Render try ``token`` failed for good: the overlay is ``failed`` with a stable code."""
         now = time.time()
@@ -511,6 +590,7 @@ class JobStore:
             self._emit_ended(db, [job_id], now, "job.overlay_failed")
         return self.get(job_id)
 
+    @_retried
     def pending_overlays(self, now: float | None = None) -> builtins.list[str]:
         """Succeeded jobs whose overlay waits for a render no live lease holds."""
         with self._db.read() as db:
@@ -518,6 +598,7 @@ class JobStore:
 
     # --- maintenance ------------------------------------------------------------------------
 
+    @_retried
     def recover_after_restart(
         self,
         max_attempts: int = 3,
@@ -552,6 +633,7 @@ class JobStore:
             log.warning("recovered jobs: requeued %s, failed %s, cancelled %s", report.requeued, report.failed, report.cancelled)
         return RecoveryReport(report.requeued, report.failed, report.cancelled, removed)
 
+    @_retried
     def scan_orphans(self, orphan_grace_s: float = 3600.0, now: float | None = None) -> OrphanScan:
         """What orphan cleanup would remove now and what it keeps, and why; removes nothing
         (``python -m service cleanup --dry-run``)."""
@@ -574,6 +656,7 @@ class JobStore:
             elif owner != self.store_id:
                 log.warning("job folder %s names the job store %s, not this one (%s)", job_id, owner, self.store_id)
 
+    @_retried
     def purge_expired(self, now: float | None = None) -> builtins.list[str]:
         """Delete finished jobs older than the retention period; their ids."""
         if self.retention_s is None:
@@ -585,6 +668,7 @@ class JobStore:
         remove_job_dirs(self.jobs_dir, ids)
         return ids
 
+    @_retried
     def check_client_jobs(self, client: str, limit: int | None) -> None:
         """429 ``client_job_limit`` when ``client`` has ``limit`` jobs queued or running (`create` checks again)."""
         with self._db.read() as db:
@@ -602,19 +686,22 @@ class JobStore:
         """The callback events of jobs that just ended (``name``: or of their overlay), in the
         transaction that changed them."""
         for job_id in job_ids:
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute("SELECT * FROM jobs WHERE id = :id", {"id": job_id}).fetchone()
             if row is not None:
                 emit(db, self._job(row), now, name)
 
+    @_retried
     def claim_callbacks(self, hold_s: float = 60.0, limit: int = 16) -> builtins.list[Event]:
         """Callback events due for delivery, held for this caller for ``hold_s``."""
         with self._tx() as db:
             return claim_due(db, db_now(db), hold_s, limit)
 
+    @_retried
     def callback_delivered(self, event_id: str) -> None:
         with self._tx() as db:
             mark_delivered(db, event_id, db_now(db))
 
+    @_retried
     def callback_failed(self, event_id: str, error: str) -> bool:
         """A delivery failed; whether the event will be tried again."""
         with self._tx() as db:

@@ -13,9 +13,9 @@ from service.jobs.rows import fenced_row
 
 def set_cancelled(db: Connection, job_id: str, now: float) -> None:
     db.execute(
-        "UPDATE jobs SET state = 'cancelled', error_code = 'cancelled', error_message = ?,"
-        " finished_at = ?, updated_at = ?, owner = NULL WHERE id = ?",
-        ("cancelled at the caller's request", now, now, job_id),
+        "UPDATE jobs SET state = 'cancelled', error_code = 'cancelled', error_message = :message,"
+        " finished_at = :now, updated_at = :now, owner = NULL WHERE id = :id",
+        {"message": "cancelled at the caller's request", "now": now, "id": job_id},
     )
 
 
@@ -36,17 +36,17 @@ def write_progress(
     now = time.time()
     row = fenced_row(db, job_id, token)
     merged = merged_timings(row, timings)
-    sets = "frames_done = ?, frames_total = COALESCE(?, frames_total), timings = ?, updated_at = ?"
-    values: list[Any] = [int(frames_done), frames_total, json.dumps(merged), now]
+    sets = "frames_done = :done, frames_total = COALESCE(:total, frames_total), timings = :timings, updated_at = :now"
+    values: dict[str, Any] = {"done": int(frames_done), "total": frames_total, "timings": json.dumps(merged), "now": now}
     if checkpoint is not None:
-        sets += ", checkpoint = ?"
-        values.append(json.dumps(dict(checkpoint)))
+        sets += ", checkpoint = :checkpoint"
+        values["checkpoint"] = json.dumps(dict(checkpoint))
     if checkpoint is not None or int(frames_done) != row["frames_done"]:
         sets += f", progress_at = {db.clock}"
     if lease_s is not None:
-        sets += f", lease_until = {db.clock} + ?"
-        values.append(lease_s)
-    db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*values, job_id))
+        sets += f", lease_until = {db.clock} + :lease_s"
+        values["lease_s"] = lease_s
+    db.execute(f"UPDATE jobs SET {sets} WHERE id = :id", {**values, "id": job_id})
 
 
 def merged_timings(row: Row, timings: Mapping[str, float] | None) -> dict[str, float]:
