@@ -9,8 +9,11 @@ awaited to its end. The table prints, per fault, how the jobs ended:
   numbers within 1e-4);
 * ``wrong``: ended ``succeeded`` with another result; ``failed``: ended failed or cancelled;
 * ``lost``: gone (404) or not ended within ``--timeout``;
-* ``redone``: frames computed twice, summed over the jobs: frames done when the fault hit minus
-  the frame the job's next attempt resumed from (0 for a fault a job rode out inside its attempt);
+* ``at fault``: each job's frames done (committed checkpoints) when the fault was injected;
+  ``resumed at``: for each job that needed a new attempt, the frame it resumed from. What a job
+  redoes is the chunk it had in flight past its last checkpoint (at most ``jobs.chunk_size``
+  frames, more only if it checkpointed between the two readings); a model replica's death is
+  ridden out inside the attempt (its chunks in flight are submitted again);
 * ``attempts`` / ``crashes``: summed over the jobs (a graceful hand-off is an attempt, not a crash).
 
 Faults: ``kill-detector``, ``kill-regressor``, ``kill-tracker``, ``kill-renderer`` (SIGKILL of the
@@ -91,7 +94,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a fault's jobs may take to end")
     parser.add_argument("--job-store", default=server_url(), help="PostgreSQL server (a schema of its own is made)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logger.setLevel(logging.INFO)
 
     import httpx
     from ray import serve
@@ -173,7 +177,8 @@ def main() -> None:
             logger.info("%s: injecting at frames %s", fault, progress)
             inject[fault]()
             ended = wait(ids, args.timeout)
-            ok = wrong = failed = lost = redone = attempts = crashes = overlays_ready = 0
+            ok = wrong = failed = lost = attempts = crashes = overlays_ready = 0
+            resumed_at: list[str] = []
             for job_id, job in ended.items():
                 if job is None:
                     lost += 1
@@ -181,8 +186,8 @@ def main() -> None:
                 attempts += int(job["attempts"])
                 crashes += int(job.get("crashes", 0))
                 resumed = job["progress"].get("resumed_from_frame")
-                if resumed is not None:
-                    redone += max(0, progress.get(job_id, 0) - int(resumed))
+                if int(job["attempts"]) > 1 and resumed is not None:
+                    resumed_at.append(str(resumed))
                 if job["state"] != "succeeded":
                     failed += 1
                 elif same_result(client.get(f"/v1/jobs/{job_id}/result").json(), reference):
@@ -197,12 +202,12 @@ def main() -> None:
                             overlays_ready += state == "ready"
                             break
                         time.sleep(0.5)
-            rows.append([fault, args.jobs, ok, wrong, failed, lost, redone, attempts, crashes,
-                         f"{overlays_ready}/{args.jobs}" if render else "-"])
+            rows.append([fault, args.jobs, ok, wrong, failed, lost, ",".join(str(v) for v in progress.values()),
+                         ",".join(resumed_at) or "-", attempts, crashes, f"{overlays_ready}/{args.jobs}" if render else "-"])
             logger.info("%s: %s", fault, rows[-1])
     print_table(
         f"fault campaign: {args.jobs} jobs of {args.frames} frames per fault (tiny profile, PostgreSQL store, lease 4 s)",
-        ["fault", "jobs", "succeeded", "wrong", "failed", "lost", "frames redone", "attempts", "crashes", "overlays ready"],
+        ["fault", "jobs", "succeeded", "wrong", "failed", "lost", "at fault", "resumed at", "attempts", "crashes", "overlays ready"],
         rows,
     )
 
