@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from service.jobs.db import Connection
-from service.jobs.layout import read_store_id
+from service.jobs.layout import read_store_id, write_store_id
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +119,18 @@ def remove_job_dirs(jobs_dir: Path, ids: Iterable[str]) -> None:
     """Remove the folders of deleted jobs (a referenced media file outside them is kept)."""
     for job_id in ids:
         shutil.rmtree(jobs_dir / job_id, ignore_errors=True)
+
+
+def mark_own_folders(jobs_dir: Path, known: Iterable[str], store_id: str) -> None:
+    """Write ``store_id`` into the folders of the store's jobs (``known``) that carry none (made
+    before store ids); a folder that names another store is left as it is, and logged."""
+    for job_id in known:
+        job_dir = jobs_dir / job_id
+        if not job_dir.is_dir():
+            continue
+        owner = read_store_id(job_dir)
+        if owner is None:
+            with contextlib.suppress(OSError):
+                write_store_id(job_dir, store_id)
+        elif owner != store_id:
+            log.warning("job folder %s names the job store %s, not this one (%s)", job_id, owner, store_id)

@@ -16,9 +16,11 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from service.jobs.db import Connection
+from service.jobs.rows import job_from_row
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,15 @@ def emit(db: Connection, job: Any, now: float, name: str | None = None) -> str |
          "now": now},
     )
     return event_id
+
+
+def emit_ended(db: Connection, job_ids: list[str], now: float, jobs_dir: Path, name: str | None = None) -> None:
+    """`emit` for each of ``job_ids`` (just ended, or ``name``: their overlay), read back inside
+    the transaction that changed them."""
+    for job_id in job_ids:
+        row = db.execute("SELECT * FROM jobs WHERE id = :id", {"id": job_id}).fetchone()
+        if row is not None:
+            emit(db, job_from_row(row, jobs_dir), now, name)
 
 
 def claim_due(db: Connection, clock: float, hold_s: float, limit: int) -> list[Event]:

@@ -39,7 +39,15 @@ from service.auth import DEFAULT_CLIENT
 from service.jobs import overlays
 from service.jobs.admission import check_capacity, check_client_jobs
 from service.jobs.admission import queue_full as _queue_full
-from service.jobs.cleanup import OrphanScan, delete_expired_rows, log_scan, remove_job_dirs, remove_paths, scan_orphans
+from service.jobs.cleanup import (
+    OrphanScan,
+    delete_expired_rows,
+    log_scan,
+    mark_own_folders,
+    remove_job_dirs,
+    remove_paths,
+    scan_orphans,
+)
 from service.jobs.db import Connection, DatabaseSettings, Row, open_database, retry_transient
 from service.jobs.errors import conflict, not_found
 from service.jobs.idempotency import check_key, check_replay, discard, with_fingerprint
@@ -47,7 +55,6 @@ from service.jobs.layout import (
     check_id,
     check_name,
     move_input_into,
-    read_store_id,
     result_names,
     upload_name,
     write_store_id,
@@ -55,7 +62,7 @@ from service.jobs.layout import (
 from service.jobs.leases import claim_oldest, db_now, renew
 from service.jobs.listing import check_paging, list_filter
 from service.jobs.model import CANCEL, DELETE, Job, options_json
-from service.jobs.outbox import Event, claim_due, create_table, emit, mark_delivered, mark_failed
+from service.jobs.outbox import Event, claim_due, create_table, emit_ended, mark_delivered, mark_failed
 from service.jobs.outbox import purge as purge_outbox
 from service.jobs.overlays import OverlayClaim
 from service.jobs.recovery import RecoveryReport, recover_expired, recover_stalled, recover_stopped
@@ -346,7 +353,7 @@ class JobStore:
             expired = recover_expired(db, max_attempts, clock, now)
             stalled = recover_stalled(db, max_attempts, stall_s, clock, now) if stall_s is not None else None
             ended = expired.failed + expired.cancelled + ([] if stalled is None else stalled.failed + stalled.cancelled)
-            self._emit_ended(db, ended, now)
+            emit_ended(db, ended, now, self.jobs_dir)
         if stalled is not None:
             expired = RecoveryReport(
                 expired.requeued + stalled.requeued, expired.failed + stalled.failed,
@@ -439,7 +446,7 @@ class JobStore:
                     " owner = NULL, lease_until = NULL WHERE id = :id",
                     {"results": json.dumps(names), "now": now, "id": job_id},
                 )
-            self._emit_ended(db, [job_id], now)
+            emit_ended(db, [job_id], now, self.jobs_dir)
         return self.get(job_id)
 
     @_retried
@@ -461,7 +468,7 @@ class JobStore:
                     " finished_at = :now, updated_at = :now, owner = NULL WHERE id = :id",
                     {"code": code, "message": message, "now": now, "id": job_id},
                 )
-            self._emit_ended(db, [job_id], now)
+            emit_ended(db, [job_id], now, self.jobs_dir)
         return self.get(job_id)
 
     @_retried
@@ -472,7 +479,7 @@ class JobStore:
             row = locked_row(db, job_id, client)
             if row["state"] == "queued":
                 set_cancelled(db, job_id, now)
-                self._emit_ended(db, [job_id], now)
+                emit_ended(db, [job_id], now, self.jobs_dir)
             elif row["state"] == "running":
                 if not row["cancel_requested"]:  # a delete asked already stays asked
                     db.execute(
@@ -499,7 +506,7 @@ class JobStore:
         with self._tx() as db:
             fenced_row(db, job_id, token)
             set_cancelled(db, job_id, now)
-            self._emit_ended(db, [job_id], now)
+            emit_ended(db, [job_id], now, self.jobs_dir)
         return self.get(job_id)
 
     @_retried
@@ -557,7 +564,7 @@ class JobStore:
         with self._tx() as db:
             claimed = overlays.claim(db, job_id, now, lease_s, max_tries)
             if claimed.outcome == "exhausted":
-                self._emit_ended(db, [job_id], now, "job.overlay_failed")
+                emit_ended(db, [job_id], now, self.jobs_dir, "job.overlay_failed")
             return claimed
 
     @_retried
@@ -578,7 +585,7 @@ class JobStore:
         now = time.time()
         with self._tx() as db:
             overlays.set_ready(db, job_id, token, name, now)
-            self._emit_ended(db, [job_id], now, "job.overlay_ready")
+            emit_ended(db, [job_id], now, self.jobs_dir, "job.overlay_ready")
         return self.get(job_id)
 
     @_retried
@@ -587,7 +594,7 @@ class JobStore:
         now = time.time()
         with self._tx() as db:
             overlays.set_failed(db, job_id, token, code, message, now)
-            self._emit_ended(db, [job_id], now, "job.overlay_failed")
+            emit_ended(db, [job_id], now, self.jobs_dir, "job.overlay_failed")
         return self.get(job_id)
 
     @_retried
@@ -623,9 +630,9 @@ class JobStore:
         now = time.time() if now is None else now
         with self._tx(lock_all=True) as db:
             report = recover_stopped(db, self._owner, requeue_running, max_attempts, now)
-            self._emit_ended(db, report.failed + report.cancelled, now)
+            emit_ended(db, report.failed + report.cancelled, now, self.jobs_dir)
             known = {r["id"] for r in db.execute("SELECT id FROM jobs").fetchall()}
-        self._mark_own_folders(known)
+        mark_own_folders(self.jobs_dir, known, self.store_id)
         scan = scan_orphans(self.jobs_dir, self.uploads_dir, known, self.store_id, now, orphan_grace_s)
         log_scan(scan)
         removed = remove_paths(scan.remove)
@@ -641,20 +648,6 @@ class JobStore:
         with self._db.read() as db:
             known = {r["id"] for r in db.execute("SELECT id FROM jobs").fetchall()}
         return scan_orphans(self.jobs_dir, self.uploads_dir, known, self.store_id, now, orphan_grace_s)
-
-    def _mark_own_folders(self, known: set[str]) -> None:
-        """Write this store's id into the folders of its jobs that carry none (made before store
-        ids); a folder that names another store is left as it is, and logged."""
-        for job_id in known:
-            job_dir = self.jobs_dir / job_id
-            if not job_dir.is_dir():
-                continue
-            owner = read_store_id(job_dir)
-            if owner is None:
-                with contextlib.suppress(OSError):
-                    write_store_id(job_dir, self.store_id)
-            elif owner != self.store_id:
-                log.warning("job folder %s names the job store %s, not this one (%s)", job_id, owner, self.store_id)
 
     @_retried
     def purge_expired(self, now: float | None = None) -> builtins.list[str]:
@@ -681,14 +674,6 @@ class JobStore:
         return _queue_full(queued, running, max_active=self.max_active, max_queued=self.max_queued)
 
     # --- callbacks (`service.jobs.outbox`) ---------------------------------------------------
-
-    def _emit_ended(self, db: Connection, job_ids: builtins.list[str], now: float, name: str | None = None) -> None:
-        """The callback events of jobs that just ended (``name``: or of their overlay), in the
-        transaction that changed them."""
-        for job_id in job_ids:
-            row = db.execute("SELECT * FROM jobs WHERE id = :id", {"id": job_id}).fetchone()
-            if row is not None:
-                emit(db, self._job(row), now, name)
 
     @_retried
     def claim_callbacks(self, hold_s: float = 60.0, limit: int = 16) -> builtins.list[Event]:
