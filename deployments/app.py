@@ -134,6 +134,17 @@ class JobArgs(BaseModel):
         description="jobs one client may have queued or running at once, so no client fills the shared queue; "
         "then 429 client_job_limit + Retry-After. Admin keys are bounded by the queue only. None: no bound of its own",
     )
+    max_bytes_per_client: int | None = Field(
+        default=64 * 2**30, ge=0,
+        description="disk bytes one client's jobs may take (inputs, results, overlays; a job's expected results are "
+        "counted from its admission); then 507 client_storage_limit. Admin keys are bounded by the disk only. None: "
+        "no bound of its own",
+    )
+    reserve_people_per_frame: int = Field(
+        default=4, ge=0,
+        description="people per frame a job's results are reserved for on disk at admission, so accepted jobs "
+        "cannot together write past the disk budget",
+    )
     retention_s: float | None = Field(default=7 * 24 * 3600.0, gt=0, description="finished jobs kept; None: forever")
     max_attempts: int = Field(
         default=3, ge=1,
@@ -511,6 +522,8 @@ def build_app(args: AppArgs) -> Application:
         max_active=args.jobs.max_active,
         max_queued=args.jobs.max_queued,
         max_jobs_per_client=args.jobs.max_jobs_per_client,
+        max_bytes_per_client=args.jobs.max_bytes_per_client,
+        reserve_people_per_frame=args.jobs.reserve_people_per_frame,
         retention_s=args.jobs.retention_s,
         max_attempts=args.jobs.max_attempts,
         chunk_size=args.jobs.chunk_size or profile.video_chunk_size,

@@ -163,7 +163,12 @@ CODES: dict[str, ErrorCode] = {
         device_unavailable="device cuda without CUDA (deploy)",
         dtype_invalid="a dtype other than float32, float16 or bfloat16 (deploy)",
     ),
-    **_codes(507, True, storage_full="the disk budget for uploads and results is used up; retry after Retry-After seconds"),
+    **_codes(
+        507,
+        True,
+        storage_full="the disk budget for uploads and results is used up; retry after Retry-After seconds",
+        client_storage_limit="the client's jobs would take more than jobs.max_bytes_per_client bytes; retry after deleting finished jobs",
+    ),
     **_codes(
         503,
         True,

@@ -91,6 +91,10 @@ class JobSettings(BaseModel):
     max_queued: int = Field(default=32, ge=0)  # accepted jobs waiting beyond those; then 429
     # jobs one (non-admin) client may have queued or running; then 429 client_job_limit. None: no bound of its own
     max_jobs_per_client: int | None = Field(default=16, ge=1)
+    # disk bytes one (non-admin) client's jobs may take (inputs, results, overlays); then 507
+    # client_storage_limit. None: no bound of its own
+    max_bytes_per_client: int | None = Field(default=64 * 2**30, ge=0)
+    reserve_people_per_frame: int = Field(default=4, ge=0)  # the people a frame's results are reserved for at admission
     retention_s: float | None = Field(default=7 * 24 * 3600.0, gt=0)  # finished jobs kept this long; None: forever
     max_attempts: int = Field(default=3, ge=1)  # crashed attempts of one job before it fails (hand-offs not counted)
     chunk_size: int = Field(default=8, ge=1, le=256)  # frames decoded and submitted together

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from export_readers import GLTF_VALIDATOR, VALIDATE_JS
@@ -136,6 +138,25 @@ def postgres_url(postgres_server: str):
 
     with isolated_schema(postgres_server) as (url, _):
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_store(request, tmp_path):
+    """``open_store(data_dir, **kw)``: a `JobStore` on this test's backend (same database each call)."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    opened: list[Any] = []
+
+    def make(data_dir, **kw) -> Any:
+        from service.jobs import JobStore
+
+        store = JobStore(data_dir, url=url, **kw)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        with contextlib.suppress(Exception):
+            store.close()
 
 
 @pytest.fixture(scope="session")

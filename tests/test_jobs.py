@@ -25,23 +25,6 @@ from service.jobs.layout import write_store_id
 from service.paths import resolve_media_path
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def open_store(request, tmp_path):
-    """``open_store(data_dir, **kw)``: a `JobStore` on this test's backend (same database each call)."""
-    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
-    opened: list[JobStore] = []
-
-    def make(data_dir, **kw) -> JobStore:
-        store = JobStore(data_dir, url=url, **kw)
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        with contextlib.suppress(Exception):
-            store.close()
-
-
 @pytest.fixture
 def store(open_store, tmp_path):
     with open_store(tmp_path / "data", retention_s=3600, max_active=1, max_queued=3) as s:
@@ -179,12 +162,12 @@ def test_a_client_at_its_limit_is_refused_while_others_and_unbounded_callers_are
     assert store.create(client="bob", client_limit=2).client == "bob"  # another client still submits
     assert store.create(client="alice").client == "alice"  # without a limit of its own (an admin): the queue bounds it
     with pytest.raises(PoseError) as excinfo:
-        store.check_client_jobs("alice", 3)  # the route's check before reading an upload
+        store.check_admission("alice", 3)  # the route's check before reading an upload
     assert excinfo.value.details["client_jobs"] == 3
     finished = store.claim_next(30.0)
     assert finished is not None and finished.client == "alice"
     store.finish(finished.id, {}, finished.attempts)
-    store.check_client_jobs("alice", 3)  # a finished job no longer counts
+    store.check_admission("alice", 3)  # a finished job no longer counts
 
 
 def test_full_queue_refuses_with_429_and_retry_after(store):

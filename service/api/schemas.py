@@ -69,6 +69,11 @@ class JobStatus(BaseModel):
         "for jobs.stall_s); at jobs.max_attempts crashes the job fails interrupted. Graceful hand-offs do not count",
     )
     cancel_requested: bool
+    disk_bytes: int = Field(
+        default=0,
+        description="bytes this job takes on the server's disk (its upload and results), or will once its expected "
+        "results are written (reserved while it is queued or running); counted against jobs.max_bytes_per_client",
+    )
     results: list[str] = Field(description="result formats available: json, jsonl, npz, and overlay (the MP4 of jobs with render=true, once ready)")
     overlay: Optional[OverlayStatus] = Field(
         default=None, description="render=true jobs that have or will have a result: the overlay video's own state; else null"

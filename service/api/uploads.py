@@ -14,6 +14,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from pipeline.errors import InputError, PoseError
 from service.disk import DiskBudget
+from service.jobs.usage import ClientBytes
 
 RAW_VIDEO_TYPES = {
     "video/mp4", "video/quicktime", "video/x-matroska", "video/webm", "video/x-msvideo", "video/avi",
@@ -95,10 +96,20 @@ class _FormSink:
             self.fields[self._name] = self._text.decode("utf-8", "replace")
 
 
-async def stream_upload(request: Request, dest: Path, limit: int, disk: DiskBudget | None = None) -> dict[str, str]:
+async def stream_upload(
+    request: Request,
+    dest: Path,
+    limit: int,
+    disk: DiskBudget | None = None,
+    *,
+    reserved: int = 0,
+    client: ClientBytes | None = None,
+) -> dict[str, str]:
     """The video of a multipart (field ``video``) or raw request body, streamed to ``dest``;
-    returns the text fields. Raises 413 past ``limit`` bytes, 507 ``storage_full`` past the room
-    ``disk`` leaves (before writing past it), 415 for other content types."""
+    returns the text fields. Raises 413 past ``limit`` bytes, 415 for other content types, and
+    507 before writing past a bound: ``storage_full`` past the room ``disk`` leaves once
+    ``reserved`` bytes (what accepted jobs have still to write) are set aside,
+    ``client_storage_limit`` past what ``client``'s bytes limit leaves."""
     ctype = request.headers.get("content-type", "")
     kind = ctype.split(";")[0].strip().lower()
     if kind != "multipart/form-data" and kind not in RAW_VIDEO_TYPES:
@@ -114,8 +125,10 @@ async def stream_upload(request: Request, dest: Path, limit: int, disk: DiskBudg
         raise _too_large(declared_size, limit)
     room = None
     if disk is not None:
-        room = await asyncio.to_thread(disk.room)
+        room = max(0, await asyncio.to_thread(disk.room) - reserved)
         disk.check(declared_size or 0, room)
+    if client is not None:
+        client.check(declared_size or 0)
     received = charged = 0
 
     def count(chunk: bytes) -> None:
@@ -123,6 +136,8 @@ async def stream_upload(request: Request, dest: Path, limit: int, disk: DiskBudg
         received += len(chunk)
         if received > limit:
             raise _too_large(received, limit)
+        if client is not None:
+            client.check(received)
         if disk is not None and room is not None:
             if received > room:
                 raise disk.full(received, room)

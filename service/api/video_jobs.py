@@ -35,6 +35,7 @@ from service.auth import Client
 from service.callbacks import check_url
 from service.disk import DiskBudget
 from service.jobs import Job, JobStore
+from service.jobs.usage import ClientBytes, Reservation, expected_overlay_bytes, expected_result_bytes
 from service.settings import JobSettings, VideoApiSettings
 
 logger = logging.getLogger(__name__)
@@ -69,30 +70,32 @@ class VideoJobs:
         """The jobs ``client`` may have queued or running (None: admins, bounded by the queue only)."""
         return None if client.admin else self.jobs.max_jobs_per_client
 
-    async def check_capacity(self, client: Client) -> None:
-        """Refuse before reading a large upload when the client is at its limit or the queue is
-        already full (the store checks both again, atomically, when the job is created)."""
-        limit = self.client_limit(client)
-        if limit is not None:
-            await self.call(self.store.check_client_jobs, client.id, limit)
-        counts = await self.call(self._counts)
-        if self.store.queue_full(counts["queued"], counts["running"]):
-            raise PoseError(
-                "too_many_jobs",
-                f"expected at most {self.jobs.max_active} running and {self.jobs.max_queued} queued jobs, "
-                f"got {counts['running']} running and {counts['queued']} queued; retry later",
-                status=429,
-                details={
-                    "retry_after": 5,
-                    **counts,
-                    "max_active": self.jobs.max_active,
-                    "max_queued": self.jobs.max_queued,
-                },
-            )
+    def client_max_bytes(self, client: Client) -> int | None:
+        """What ``client``'s jobs may take on disk (None: admins, bounded by the disk only)."""
+        return None if client.admin else self.jobs.max_bytes_per_client
 
-    def _counts(self) -> dict[str, int]:
-        counts = self.store.counts()
-        return {s: counts.get(s, 0) for s in ("queued", "running")}
+    async def check_capacity(self, client: Client, incoming_bytes: int = 0) -> None:
+        """Refuse before reading a large upload (``incoming_bytes``, as declared) when the client
+        is at its limit of jobs or bytes or the queue is already full (the store checks them
+        again, with the disk room, atomically, when the job is created)."""
+        ask = Reservation(input_bytes=incoming_bytes, client_max_bytes=self.client_max_bytes(client))
+        await self.call(self.store.check_admission, client.id, self.client_limit(client), ask)
+
+    async def upload_room(self, client: Client) -> tuple[int, ClientBytes | None]:
+        """For an upload about to stream in: bytes accepted jobs have still to write (the data
+        folder's room less them is the upload's), and the client's bytes against its limit."""
+        reserved = await self.call(self.store.reserved_bytes)
+        return reserved, await self.call(self.store.client_bytes, client.id, self.client_max_bytes(client))
+
+    def reservation(self, info: Any, frames: int, options: dict[str, Any], client: Client) -> Reservation:
+        """The disk bytes a job of ``frames`` frames of this video will write (`service.jobs.usage`)."""
+        people = self.jobs.reserve_people_per_frame
+        return Reservation(
+            result_bytes=expected_result_bytes(frames, people_per_frame=people, vertices=bool(options.get("vertices"))),
+            overlay_bytes=expected_overlay_bytes(frames, info.width, info.height) if options.get("render") else 0,
+            client_max_bytes=self.client_max_bytes(client),
+            room=self.disk.room,
+        )
 
     async def accept(
         self,
@@ -135,6 +138,7 @@ class VideoJobs:
                 fingerprint=fingerprint,
                 client=client.id,
                 client_limit=self.client_limit(client),
+                reservation=self.reservation(info, expected, options, client),
             )
         except BaseException:
             if move:  # once accepted the upload has moved into the job's folder

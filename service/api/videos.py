@@ -94,12 +94,16 @@ def add_upload_route(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> Non
         v = ctx.video_jobs()
         asked = {"start_frame": start_frame, "end_frame": end_frame, "start_s": start_s, "end_s": end_s}
         FrameRange.of(**asked)  # a bad range in the query is refused before the upload is read
+        declared = request.headers.get("content-length", "")
         if idempotency_key is None:
-            await v.check_capacity(caller)
+            await v.check_capacity(caller, int(declared) if declared.isdigit() else 0)
         # With a key the body is read even when the key is known: a replay must be the same request.
+        reserved, client_bytes = await v.upload_room(caller)
         dest = v.store.new_upload_path(".upload")
         try:
-            fields = await stream_upload(request, dest, v.limits.max_bytes + MULTIPART_SLACK, v.disk)
+            fields = await stream_upload(
+                request, dest, v.limits.max_bytes + MULTIPART_SLACK, v.disk, reserved=reserved, client=client_bytes
+            )
             vertices = vertices or form_flag(fields.get("vertices"), "vertices")
             render = render or form_flag(fields.get("render"), "render")
             callback_url = callback_url or fields.get("callback_url") or None
@@ -175,8 +179,7 @@ def add_media_route(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> None
             if job is not None:
                 check_replay(job, fingerprint)
         if job is None:
-            await v.check_capacity(caller)
-            await v.call(v.disk.check, 0)  # the input stays in the media folder; its results need room
+            await v.check_capacity(caller)  # the input stays in the media folder; its results are reserved at `accept`
             job = await v.accept(
                 path,
                 move=False,

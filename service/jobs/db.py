@@ -39,6 +39,7 @@ one line there and needs no step; a step is for what ALTER TABLE ADD COLUMN cann
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sqlite3
 import threading
@@ -46,7 +47,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, ParamSpec, Protocol, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 from pipeline.errors import PoseError
@@ -55,6 +56,7 @@ from service.auth import DEFAULT_CLIENT
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 SCHEMA_VERSION = 3  # 3: jobs belong to a client; idempotency keys are unique per client
 _ADVISORY_KEY = 0x706F7365  # "pose": serialises multi-row writes in PostgreSQL
@@ -97,6 +99,10 @@ JOB_COLUMNS: tuple[tuple[str, str], ...] = (
     ("overlay_error_message", "TEXT"),
     ("overlay_tries", "INTEGER NOT NULL DEFAULT 0"),
     ("overlay_lease_until", "{real}"),
+    # disk bytes the job takes, and reserves while it writes (`service.jobs.usage`)
+    ("disk_bytes", "BIGINT NOT NULL DEFAULT 0"),
+    ("reserved_bytes", "BIGINT NOT NULL DEFAULT 0"),
+    ("overlay_bytes", "BIGINT NOT NULL DEFAULT 0"),
 )
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)",
@@ -306,6 +312,24 @@ def retry_transient(fn: Callable[[], T], *, url: str, budget_s: float, what: str
                 delay = min(delay * 2, 2.0, max(0.05, budget_s / 4))
     finally:
         _retrying.active = False
+
+
+class _Retrying(Protocol):
+    url: str
+    retry_s: float
+
+
+def retried(method: Callable[P, T]) -> Callable[P, T]:
+    """A method of an object with ``url`` and ``retry_s`` (the job store), retried while the
+    database has a transient fault for up to its ``retry_s`` (`retry_transient`); then 503
+    ``job_store_unavailable``. Each try is a whole transaction: a failed one was rolled back."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        owner: _Retrying = args[0]  # type: ignore[assignment]
+        return retry_transient(lambda: method(*args, **kwargs), url=owner.url, budget_s=owner.retry_s, what=method.__name__)
+
+    return call
 
 
 def _first_line(exc: BaseException) -> str:

@@ -62,6 +62,7 @@ class Job:
     delete_requested: bool = False  # delete was asked while it ran; it is deleted once stopped
     overlay_state: str | None = None  # one of OVERLAY_STATES for render=true jobs, else None
     overlay_error: JobError | None = None  # why the overlay failed (the job's result stands)
+    disk_bytes: int = 0  # what its folder takes, or will with its expected results (`service.jobs.usage`)
 
     @property
     def shown_state(self) -> str:
@@ -119,6 +120,7 @@ class Job:
             "attempts": self.attempts,
             "crashes": self.crashes,
             "cancel_requested": self.cancel_requested,
+            "disk_bytes": self.disk_bytes,
             "results": sorted(self.result_paths),
             "overlay": self.overlay,
         }

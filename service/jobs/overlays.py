@@ -77,14 +77,15 @@ def release(db: Connection, job_id: str, token: int, now: float) -> None:
     db.execute("UPDATE jobs SET overlay_lease_until = NULL, updated_at = :now WHERE id = :id", {"now": now, "id": job_id})
 
 
-def set_ready(db: Connection, job_id: str, token: int, name: str, now: float) -> None:
-    """Try ``token``'s file (in the job folder, written already) becomes the ``overlay`` result."""
+def set_ready(db: Connection, job_id: str, token: int, name: str, now: float, disk_bytes: int) -> None:
+    """Try ``token``'s file (in the job folder, written already) becomes the ``overlay`` result;
+    ``disk_bytes``: what the job's folder takes with it."""
     row = fenced(db, job_id, token)
     results = {**json.loads(row["results"]), "overlay": check_name(name)}
     db.execute(
-        "UPDATE jobs SET overlay_state = 'ready', overlay_lease_until = NULL, results = :results, updated_at = :now"
-        " WHERE id = :id",
-        {"results": json.dumps(results), "now": now, "id": job_id},
+        "UPDATE jobs SET overlay_state = 'ready', overlay_lease_until = NULL, results = :results, updated_at = :now,"
+        " disk_bytes = :disk WHERE id = :id",
+        {"results": json.dumps(results), "now": now, "id": job_id, "disk": disk_bytes},
     )
 
 
@@ -96,7 +97,8 @@ def set_failed(db: Connection, job_id: str, token: int, code: str, message: str,
 def _set_failed(db: Connection, job_id: str, now: float, code: str, message: str) -> None:
     db.execute(
         "UPDATE jobs SET overlay_state = 'failed', overlay_error_code = :code, overlay_error_message = :message,"
-        " overlay_lease_until = NULL, updated_at = :now WHERE id = :id",
+        " overlay_lease_until = NULL, updated_at = :now,"
+        " disk_bytes = disk_bytes - CASE WHEN overlay_state = 'pending' THEN overlay_bytes ELSE 0 END WHERE id = :id",
         {"code": code, "message": message, "now": now, "id": job_id},
     )
 

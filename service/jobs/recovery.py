@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from service.jobs.db import Connection, Row
 from service.jobs.transitions import set_cancelled
+from service.jobs.usage import SETTLE_UNFINISHED_SQL
 
 _COLUMNS = "SELECT id, crashes, cancel_requested FROM jobs WHERE state = 'running'"
 
@@ -43,7 +44,7 @@ def recover_rows(db: Connection, rows: list[Row], max_attempts: int, now: float,
         elif crashes >= max_attempts:
             db.execute(
                 "UPDATE jobs SET state = 'failed', error_code = 'interrupted', error_message = :message,"
-                " crashes = :crashes, finished_at = :now, updated_at = :now, owner = NULL, lease_until = NULL"
+                f" {SETTLE_UNFINISHED_SQL}, crashes = :crashes, finished_at = :now, updated_at = :now, owner = NULL, lease_until = NULL"
                 " WHERE id = :id",
                 {
                     "message": f"the worker processing this job {why}, {crashes} times; "

@@ -43,6 +43,7 @@ def job_from_row(row: Row, jobs_dir: Path) -> Job:
         checkpoint=None if row["checkpoint"] is None else json.loads(row["checkpoint"]),
         lease_until=row["lease_until"],
         overlay_state=row["overlay_state"],
+        disk_bytes=int(row["disk_bytes"]),
         overlay_error=None if row["overlay_error_code"] is None else JobError(row["overlay_error_code"], row["overlay_error_message"] or ""),
     )
 

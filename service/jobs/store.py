@@ -24,21 +24,19 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import functools
 import json
 import logging
 import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, ParamSpec, TypeVar, cast
+from typing import Any, Callable, Iterator, Mapping, TypeVar, cast
 
 from pipeline.atomic import atomic_open
 from pipeline.errors import PoseError
 from service.auth import DEFAULT_CLIENT
+from service.disk import folder_bytes
 from service.jobs import overlays
-from service.jobs.admission import check_capacity, check_client_jobs
-from service.jobs.admission import queue_full as _queue_full
 from service.jobs.cleanup import (
     OrphanScan,
     delete_expired_rows,
@@ -48,7 +46,7 @@ from service.jobs.cleanup import (
     remove_paths,
     scan_orphans,
 )
-from service.jobs.db import Connection, DatabaseSettings, Row, open_database, retry_transient
+from service.jobs.db import Connection, DatabaseSettings, Row, open_database, retried, retry_transient
 from service.jobs.errors import conflict, not_found
 from service.jobs.idempotency import check_key, check_replay, discard, with_fingerprint
 from service.jobs.layout import (
@@ -68,26 +66,13 @@ from service.jobs.overlays import OverlayClaim
 from service.jobs.recovery import RecoveryReport, recover_expired, recover_stalled, recover_stopped
 from service.jobs.rows import fenced_row, job_from_row, locked_row, visible
 from service.jobs.transitions import set_cancelled, write_progress
+from service.jobs.usage import SETTLE_UNFINISHED_SQL, ClientBytes, Reservation, admit, client_bytes, reserved_bytes
 from service.jobs.validation import check_create_args, check_kind, check_store_args
 
 log = logging.getLogger(__name__)
 
 API_RETRY_S = 5.0  # how long a store call keeps retrying a transient database fault, by default
-P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def _retried(method: Callable[P, R]) -> Callable[P, R]:
-    """The store method, retried while the database has a transient fault, for up to the
-    store's ``retry_s`` (`service.jobs.db.retry_transient`); then 503 ``job_store_unavailable``.
-    Each try is a whole transaction: a failed one was rolled back."""
-
-    @functools.wraps(method)
-    def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        store = cast(JobStore, args[0])
-        return retry_transient(lambda: method(*args, **kwargs), url=store.url, budget_s=store.retry_s, what=method.__name__)
-
-    return call
 
 
 class JobStore:
@@ -160,10 +145,8 @@ class JobStore:
     def _retry(self, fn: Callable[[], R], what: str) -> R:
         return retry_transient(fn, url=self.url, budget_s=self.retry_s, what=what)
 
-    def _admit(self, client: str, client_limit: int | None) -> None:
-        with self._db.read() as db:
-            check_client_jobs(db, client, client_limit, max_active=self.max_active)
-            check_capacity(db, max_active=self.max_active, max_queued=self.max_queued)
+    def _admit(self, db: Connection, client: str, client_limit: int | None, ask: Reservation, room: int | None) -> None:
+        admit(db, client, client_limit, ask, room, max_active=self.max_active, max_queued=self.max_queued)
 
     def _tx(self, *, lock_all: bool = False) -> Any:
         """One write transaction; ``lock_all`` also serialises it with other multi-row writes."""
@@ -212,9 +195,13 @@ class JobStore:
         fingerprint: str | None = None,
         client: str = DEFAULT_CLIENT,
         client_limit: int | None = None,
+        reservation: Reservation | None = None,
     ) -> Job:
         """Accept a job, queued, for ``client`` (at most ``client_limit`` of its jobs queued or
         running: 429 ``client_job_limit`` beyond; None: no bound of its own). Once this returns, the job and its input survive any restart.
+        ``reservation``: its disk bytes, checked against the client's bytes (507
+        ``client_storage_limit``) and the room left after other jobs' reservations (507
+        ``storage_full``) in the same transaction as its insert (`service.jobs.usage`).
 
         ``move_input``: the file (an upload, see `new_upload_path`) is moved into the job folder
         as ``input<suffix>``; otherwise ``input_file`` is only referenced (a media-folder file).
@@ -235,7 +222,14 @@ class JobStore:
             if existing is not None:
                 discard(input_file, move_input)
                 return check_replay(existing, fingerprint)
-        self._retry(lambda: self._admit(client, client_limit), "create")  # refuse before moving any file
+        ask = (reservation or Reservation()).with_input(Path(input_file) if input_file is not None and move_input else None)
+        room = None if ask.room is None else ask.room()
+
+        def precheck() -> None:  # refuse before moving any file
+            with self._db.read() as db:
+                self._admit(db, client, client_limit, ask, room)
+
+        self._retry(precheck, "create")
 
         job_id = uuid.uuid4().hex
         job_dir = self.jobs_dir / job_id
@@ -262,17 +256,17 @@ class JobStore:
                     ).fetchone()
                     if row is not None:  # a concurrent retry won the race
                         return self._job(row)
-                check_client_jobs(db, client, client_limit, max_active=self.max_active)
-                check_capacity(db, max_active=self.max_active, max_queued=self.max_queued)
+                self._admit(db, client, client_limit, ask, room)
                 seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
                 db.execute(
                     "INSERT INTO jobs (id, seq, kind, state, created_at, updated_at, input_path, options,"
-                    " idempotency_key, client, callback_url, overlay_state) VALUES (:id, :seq, :kind, 'queued', :now,"
-                    " :now, :input, :options, :key, :client, :callback, :overlay)",
+                    " idempotency_key, client, callback_url, overlay_state, disk_bytes, reserved_bytes, overlay_bytes)"
+                    " VALUES (:id, :seq, :kind, 'queued', :now, :now, :input, :options, :key, :client, :callback, :overlay,"
+                    " :disk, :reserved, :overlay_bytes)",
                     {"id": job_id, "seq": seq, "kind": kind, "now": now,
                      "input": None if input_path is None else str(input_path), "options": stored_options,
                      "key": idempotency_key, "client": client, "callback": callback_url,
-                     "overlay": "pending" if options and options.get("render") else None},
+                     "overlay": "pending" if options and options.get("render") else None, **ask.columns()},
                 )
             return None
 
@@ -287,7 +281,7 @@ class JobStore:
         log.info("job %s accepted (%s, client %s)", job_id, kind, client)
         return self.get(job_id)
 
-    @_retried
+    @retried
     def find_by_idempotency_key(self, key: str, client: str = DEFAULT_CLIENT) -> Job | None:
         """The job ``client`` created with this key, if any (keys of other clients are not looked at)."""
         with self._db.read() as db:
@@ -296,7 +290,7 @@ class JobStore:
             ).fetchone()
         return None if row is None else self._job(row)
 
-    @_retried
+    @retried
     def get(self, job_id: str, client: str | None = None) -> Job:
         """The job, or ``job_not_found`` (404), also when it belongs to a client other than ``client``."""
         with self._db.read() as db:
@@ -305,7 +299,7 @@ class JobStore:
             raise not_found(job_id)
         return self._job(row)
 
-    @_retried
+    @retried
     def list(
         self, offset: int = 0, limit: int = 50, state: str | None = None, client: str | None = None
     ) -> tuple[list[Job], int]:
@@ -320,7 +314,7 @@ class JobStore:
             ).fetchall()
         return [self._job(r) for r in rows], total
 
-    @_retried
+    @retried
     def claim_next(self, lease_s: float = 30.0, *, limit_running: bool = True) -> Job | None:
         """The oldest queued job, now running for this store with a new attempt number (its
         fencing token) and a lease of ``lease_s``; None if none is queued.
@@ -337,7 +331,7 @@ class JobStore:
                 return None
         return self.get(job_id)
 
-    @_retried
+    @retried
     def expire_leases(self, max_attempts: int = 3, stall_s: float | None = None) -> RecoveryReport:
         """Running jobs whose attempt stopped renewing its lease (its worker died, hangs or lost
         its node) go back to the queue, keeping their checkpoint, so any worker resumes them;
@@ -367,13 +361,13 @@ class JobStore:
             )
         return expired
 
-    @_retried
+    @retried
     def counts(self) -> dict[str, int]:
         """Jobs per state (the queue length drives the video workers' autoscaling)."""
         with self._db.read() as db:
             return {r[0]: int(r[1]) for r in db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()}
 
-    @_retried
+    @retried
     def release(self, job_id: str, token: int, reason: PoseError | None = None) -> None:
         """Attempt ``token`` stops (its worker shuts down, or cannot write: ``reason``, shown as
         the job's ``waiting`` until it runs again): the job goes back to the queue with its
@@ -389,14 +383,14 @@ class JobStore:
                 {"now": now, "code": code, "message": message, "id": job_id},
             )
 
-    @_retried
+    @retried
     def heartbeat(self, job_id: str, token: int, lease_s: float = 30.0) -> None:
         """Renew the lease of attempt ``token`` (fenced), on the database's clock."""
         with self._tx() as db:
             fenced_row(db, job_id, token)
             renew(db, job_id, lease_s)
 
-    @_retried
+    @retried
     def save_checkpoint(
         self,
         job_id: str,
@@ -412,7 +406,7 @@ class JobStore:
         with self._tx() as db:
             write_progress(db, job_id, token, frames_done, frames_total, timings, checkpoint=checkpoint, lease_s=lease_s)
 
-    @_retried
+    @retried
     def update_progress(
         self,
         job_id: str,
@@ -426,7 +420,7 @@ class JobStore:
             write_progress(db, job_id, token, frames_done, frames_total, timings)
         return self.get(job_id)
 
-    @_retried
+    @retried
     def finish(self, job_id: str, result_paths: Mapping[str, str | Path], token: int | None = None) -> Job:
         """Mark a running job succeeded with its result files (inside its folder, written already).
 
@@ -435,6 +429,7 @@ class JobStore:
         """
         job_dir = self.job_dir(job_id)
         names = result_names(job_dir, result_paths)
+        size = folder_bytes(job_dir)  # what it takes now, plus its overlay while that is pending
         now = time.time()
         with self._tx() as db:
             row = fenced_row(db, job_id, token)
@@ -443,13 +438,14 @@ class JobStore:
             else:
                 db.execute(
                     "UPDATE jobs SET state = 'succeeded', results = :results, finished_at = :now, updated_at = :now,"
-                    " owner = NULL, lease_until = NULL WHERE id = :id",
-                    {"results": json.dumps(names), "now": now, "id": job_id},
+                    " owner = NULL, lease_until = NULL, disk_bytes = :size"
+                    " + CASE WHEN overlay_state = 'pending' THEN overlay_bytes ELSE 0 END WHERE id = :id",
+                    {"results": json.dumps(names), "now": now, "id": job_id, "size": size},
                 )
             emit_ended(db, [job_id], now, self.jobs_dir)
         return self.get(job_id)
 
-    @_retried
+    @retried
     def fail(self, job_id: str, code: str, message: str, token: int | None = None) -> Job:
         """Mark a queued or running job failed with a stable code (cancelled if cancel was asked);
         with ``token`` only while that attempt runs it."""
@@ -465,13 +461,13 @@ class JobStore:
             else:
                 db.execute(
                     "UPDATE jobs SET state = 'failed', error_code = :code, error_message = :message,"
-                    " finished_at = :now, updated_at = :now, owner = NULL WHERE id = :id",
+                    f" {SETTLE_UNFINISHED_SQL}, finished_at = :now, updated_at = :now, owner = NULL WHERE id = :id",
                     {"code": code, "message": message, "now": now, "id": job_id},
                 )
             emit_ended(db, [job_id], now, self.jobs_dir)
         return self.get(job_id)
 
-    @_retried
+    @retried
     def cancel(self, job_id: str, client: str | None = None) -> Job:
         """Cancel: a queued job at once; a running one is flagged and its worker stops at the next chunk."""
         now = time.time()
@@ -490,7 +486,7 @@ class JobStore:
                 raise conflict(job_id, row["state"], "queued or running")
         return self.get(job_id)
 
-    @_retried
+    @retried
     def is_cancelled(self, job_id: str) -> bool:
         """For the worker, between chunks: stop when True (also when the job is gone)."""
         with self._db.read() as db:
@@ -499,7 +495,7 @@ class JobStore:
             ).fetchone()
         return row is None or row["state"] == "cancelled" or bool(row["cancel_requested"])
 
-    @_retried
+    @retried
     def mark_cancelled(self, job_id: str, token: int | None = None) -> Job:
         """The worker stopped a running job on request: it ends ``cancelled``."""
         now = time.time()
@@ -509,7 +505,7 @@ class JobStore:
             emit_ended(db, [job_id], now, self.jobs_dir)
         return self.get(job_id)
 
-    @_retried
+    @retried
     def request_delete(self, job_id: str, client: str | None = None) -> Job | None:
         """Delete a job for its client: one that is not running at once (None); a running one is
         flagged in its row (``cancel_requested`` = delete) and the job returned: whichever
@@ -531,7 +527,7 @@ class JobStore:
         shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
         return None
 
-    @_retried
+    @retried
     def delete_if_requested(self, job_id: str) -> bool:
         """Carry out a delete asked while the job ran, once it has stopped; whether it was deleted."""
         with self._tx() as db:
@@ -545,7 +541,7 @@ class JobStore:
         log.info("job %s deleted as its client asked while it ran", job_id)
         return True
 
-    @_retried
+    @retried
     def delete(self, job_id: str, client: str | None = None) -> None:
         """Remove a job that is not running, and its folder (a referenced media file is kept)."""
         with self._tx() as db:
@@ -557,7 +553,7 @@ class JobStore:
 
     # --- overlays (`service.jobs.overlays`) -----------------------------------------------------
 
-    @_retried
+    @retried
     def claim_overlay(self, job_id: str, lease_s: float = 30.0, max_tries: int = 3) -> OverlayClaim:
         """Take a succeeded job's pending overlay render for one more try, with a lease."""
         now = time.time()
@@ -567,28 +563,28 @@ class JobStore:
                 emit_ended(db, [job_id], now, self.jobs_dir, "job.overlay_failed")
             return claimed
 
-    @_retried
+    @retried
     def renew_overlay(self, job_id: str, token: int, lease_s: float = 30.0) -> None:
         """Renew the lease of render try ``token`` (fenced)."""
         with self._tx() as db:
             overlays.renew(db, job_id, token, time.time() + lease_s)
 
-    @_retried
+    @retried
     def release_overlay(self, job_id: str, token: int) -> None:
         """Render try ``token`` stops without an answer: the next claim may try again at once."""
         with self._tx() as db:
             overlays.release(db, job_id, token, time.time())
 
-    @_retried
+    @retried
     def overlay_ready(self, job_id: str, token: int, name: str) -> Job:
         """Render try ``token`` wrote ``name`` (a file in the job folder): the job's overlay result."""
-        now = time.time()
+        now, size = time.time(), folder_bytes(self.job_dir(job_id))
         with self._tx() as db:
-            overlays.set_ready(db, job_id, token, name, now)
+            overlays.set_ready(db, job_id, token, name, now, size)
             emit_ended(db, [job_id], now, self.jobs_dir, "job.overlay_ready")
         return self.get(job_id)
 
-    @_retried
+    @retried
     def overlay_failed(self, job_id: str, token: int, code: str, message: str) -> Job:
         """Render try ``token`` failed for good: the overlay is ``failed`` with a stable code."""
         now = time.time()
@@ -597,7 +593,7 @@ class JobStore:
             emit_ended(db, [job_id], now, self.jobs_dir, "job.overlay_failed")
         return self.get(job_id)
 
-    @_retried
+    @retried
     def pending_overlays(self, now: float | None = None) -> builtins.list[str]:
         """Succeeded jobs whose overlay waits for a render no live lease holds."""
         with self._db.read() as db:
@@ -605,7 +601,7 @@ class JobStore:
 
     # --- maintenance ------------------------------------------------------------------------
 
-    @_retried
+    @retried
     def recover_after_restart(
         self,
         max_attempts: int = 3,
@@ -640,7 +636,7 @@ class JobStore:
             log.warning("recovered jobs: requeued %s, failed %s, cancelled %s", report.requeued, report.failed, report.cancelled)
         return RecoveryReport(report.requeued, report.failed, report.cancelled, removed)
 
-    @_retried
+    @retried
     def scan_orphans(self, orphan_grace_s: float = 3600.0, now: float | None = None) -> OrphanScan:
         """What orphan cleanup would remove now and what it keeps, and why; removes nothing
         (``python -m service cleanup --dry-run``)."""
@@ -649,7 +645,7 @@ class JobStore:
             known = {r["id"] for r in db.execute("SELECT id FROM jobs").fetchall()}
         return scan_orphans(self.jobs_dir, self.uploads_dir, known, self.store_id, now, orphan_grace_s)
 
-    @_retried
+    @retried
     def purge_expired(self, now: float | None = None) -> builtins.list[str]:
         """Delete finished jobs older than the retention period; their ids."""
         if self.retention_s is None:
@@ -661,32 +657,41 @@ class JobStore:
         remove_job_dirs(self.jobs_dir, ids)
         return ids
 
-    @_retried
-    def check_client_jobs(self, client: str, limit: int | None) -> None:
-        """429 ``client_job_limit`` when ``client`` has ``limit`` jobs queued or running (`create` checks again)."""
+    @retried
+    def check_admission(self, client: str, limit: int | None, reservation: Reservation | None = None) -> None:
+        """The bounds `create` checks (again), without the disk room: for a route, before it
+        reads an upload (429 ``client_job_limit`` / ``too_many_jobs``, 507 ``client_storage_limit``)."""
         with self._db.read() as db:
-            check_client_jobs(db, client, limit, max_active=self.max_active)
+            self._admit(db, client, limit, reservation or Reservation(), None)
 
-    def queue_full(self, queued: int, running: int) -> bool:
-        """Whether a new job must wait outside: ``max_queued`` jobs wait already, beyond the
-        ``max_active`` slots (of one worker) still free. With several workers running more
-        than ``max_active`` jobs, the queue alone bounds admission."""
-        return _queue_full(queued, running, max_active=self.max_active, max_queued=self.max_queued)
+    @retried
+    def client_bytes(self, client: str, limit: int | None) -> ClientBytes | None:
+        """``client``'s bytes against ``limit`` (None: no bound of its own), for an upload to check as it streams."""
+        if limit is None:
+            return None
+        with self._db.read() as db:
+            return ClientBytes(client, client_bytes(db, client), limit)
+
+    @retried
+    def reserved_bytes(self) -> int:
+        """Bytes accepted jobs have still to write (`service.jobs.usage.reserved_bytes`)."""
+        with self._db.read() as db:
+            return reserved_bytes(db)
 
     # --- callbacks (`service.jobs.outbox`) ---------------------------------------------------
 
-    @_retried
+    @retried
     def claim_callbacks(self, hold_s: float = 60.0, limit: int = 16) -> builtins.list[Event]:
         """Callback events due for delivery, held for this caller for ``hold_s``."""
         with self._tx() as db:
             return claim_due(db, db_now(db), hold_s, limit)
 
-    @_retried
+    @retried
     def callback_delivered(self, event_id: str) -> None:
         with self._tx() as db:
             mark_delivered(db, event_id, db_now(db))
 
-    @_retried
+    @retried
     def callback_failed(self, event_id: str, error: str) -> bool:
         """A delivery failed; whether the event will be tried again."""
         with self._tx() as db:

@@ -9,12 +9,13 @@ from typing import Any, Mapping
 
 from service.jobs.db import Connection, Row
 from service.jobs.rows import fenced_row
+from service.jobs.usage import SETTLE_UNFINISHED_SQL
 
 
 def set_cancelled(db: Connection, job_id: str, now: float) -> None:
     db.execute(
         "UPDATE jobs SET state = 'cancelled', error_code = 'cancelled', error_message = :message,"
-        " finished_at = :now, updated_at = :now, owner = NULL WHERE id = :id",
+        f" {SETTLE_UNFINISHED_SQL}, finished_at = :now, updated_at = :now, owner = NULL WHERE id = :id",
         {"message": "cancelled at the caller's request", "now": now, "id": job_id},
     )
 

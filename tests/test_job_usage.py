@@ -1,0 +1,273 @@
+"""Disk bytes per job (`service.jobs.usage`): each client's bytes bounded (507
+``client_storage_limit`` with its figures, while other clients still submit), and the disk room
+reserved at admission, atomically, for the upload and its expected results, on SQLite and on
+the real PostgreSQL; then the same answers through the real FastAPI application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.errors import PoseError
+from service.jobs import JobStore
+from service.jobs.usage import Reservation
+
+# The documented reservation of one frame's results (docs/serving.md, "Bounded disk"): 256 bytes
+# of the frame itself and 23,200 per person (JSON and NPZ, in segments and published).
+FRAME_BYTES, PERSON_BYTES = 256, 23_200
+
+
+def _upload(store: JobStore, nbytes: int) -> Path:
+    path = store.new_upload_path(".mp4")
+    path.write_bytes(os.urandom(nbytes))
+    return path
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _refused(call: Any) -> PoseError:
+    with pytest.raises(PoseError) as excinfo:
+        call()
+    return excinfo.value
+
+
+@pytest.fixture
+def store(open_store, tmp_path):
+    with open_store(tmp_path / "data", max_active=4, max_queued=16) as s:
+        yield s
+
+
+def test_a_client_past_its_bytes_gets_507_with_its_figures_while_another_submits(store):
+    first = store.create(
+        input_file=_upload(store, 4000), move_input=True, client="alice",
+        reservation=Reservation(result_bytes=3000, client_max_bytes=10_000),
+    )
+    assert first.disk_bytes == 7000  # its upload and its expected results
+    upload = _upload(store, 2000)
+    err = _refused(lambda: store.create(
+        input_file=upload, move_input=True, client="alice",
+        reservation=Reservation(result_bytes=2000, client_max_bytes=10_000),
+    ))
+    assert (err.code, err.status) == ("client_storage_limit", 507)
+    assert {k: err.details[k] for k in ("client", "client_bytes", "incoming_bytes", "max_bytes_per_client")} == {
+        "client": "alice", "client_bytes": 7000, "incoming_bytes": 4000, "max_bytes_per_client": 10_000,
+    }
+    assert upload.exists()  # refused before it moved: the route deletes it
+    other = store.create(input_file=_upload(store, 9000), move_input=True, client="bob",
+                         reservation=Reservation(client_max_bytes=10_000))
+    assert other.disk_bytes == 9000
+    _refused(lambda: store.check_admission("alice", None, Reservation(input_bytes=3001, client_max_bytes=10_000)))
+    store.check_admission("alice", None, Reservation(input_bytes=3000, client_max_bytes=10_000))  # fits exactly
+
+    # The job runs and publishes a result far smaller than reserved: the client's bytes become
+    # what its folder holds, and the second upload fits.
+    job = store.claim_next(30.0)
+    assert job is not None and job.id == first.id
+    store.update_progress(job.id, 10, 10, token=job.attempts)
+    store.write_result(job.id, "result.json", b"x" * 500)
+    done = store.finish(job.id, {"json": "result.json"}, job.attempts)
+    assert done.disk_bytes == _tree_bytes(store.job_dir(job.id)) < 5000
+    second = store.create(input_file=upload, move_input=True, client="alice",
+                          reservation=Reservation(result_bytes=2000, client_max_bytes=10_000))
+    assert second.disk_bytes == 4000
+    store.delete(done.id, "alice")
+    store.check_admission("alice", None, Reservation(input_bytes=6000, client_max_bytes=10_000))
+
+
+def test_the_room_left_after_reservations_admits_one_job_not_two(store):
+    room = 10_000
+    first = store.create(client="alice", reservation=Reservation(result_bytes=6000, room=lambda: room))
+    err = _refused(lambda: store.create(client="bob", reservation=Reservation(result_bytes=6000, room=lambda: room)))
+    assert (err.code, err.status) == ("storage_full", 507)
+    assert {k: err.details[k] for k in ("incoming_bytes", "room_bytes", "reserved_bytes")} == {
+        "incoming_bytes": 6000, "room_bytes": 4000, "reserved_bytes": 6000,
+    }
+    assert store.reserved_bytes() == 6000
+    store.cancel(first.id)  # a queued job cancelled gives its reservation back
+    assert store.reserved_bytes() == 0
+    assert store.get(first.id).disk_bytes == 0  # it had no input and wrote nothing
+    store.create(client="bob", reservation=Reservation(result_bytes=6000, room=lambda: room))
+
+
+def test_uploads_admitted_at_once_by_two_stores_never_overbook_the_room(open_store, tmp_path):
+    """Two Ingress replicas (two stores on one database), eight uploads at the same instant, room
+    for three: exactly three are accepted, and the reservations stay within the room."""
+    data = tmp_path / "data"
+    stores = [open_store(data, max_active=4, max_queued=16) for _ in range(2)]
+    room, each, callers = 10_000, 3000, 8
+    start = threading.Barrier(callers)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def submit(i: int) -> None:
+        store = stores[i % 2]
+        start.wait()
+        try:
+            store.create(client=f"c{i}", reservation=Reservation(result_bytes=each, room=lambda: room))
+            outcome = "accepted"
+        except PoseError as exc:
+            outcome = exc.code
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes) == ["accepted"] * 3 + ["storage_full"] * 5
+    assert stores[0].reserved_bytes() == 9000
+
+
+def test_a_running_job_reserves_what_it_has_still_to_write_and_an_ending_gives_the_rest_back(store):
+    job = store.create(input_file=_upload(store, 1000), move_input=True,
+                       options={"render": True}, reservation=Reservation(result_bytes=8000, overlay_bytes=2000))
+    assert job.disk_bytes == 11_000 and store.reserved_bytes() == 10_000
+    running = store.claim_next(30.0)
+    assert running is not None
+    store.update_progress(running.id, 25, 100, token=running.attempts)
+    assert store.reserved_bytes() == 6000 + 2000  # three quarters of its results, and the overlay
+    store.write_result(running.id, "result.json", b"r" * 700)
+    done = store.finish(running.id, {"json": "result.json"}, running.attempts)
+    assert store.reserved_bytes() == 2000  # the overlay, still to be drawn
+    assert done.disk_bytes == _tree_bytes(store.job_dir(running.id)) + 2000
+    claim = store.claim_overlay(running.id, 30.0)
+    store.write_result(running.id, "overlay.mp4", b"v" * 300)
+    drawn = store.overlay_ready(running.id, claim.token, "overlay.mp4")
+    assert store.reserved_bytes() == 0
+    assert drawn.disk_bytes == _tree_bytes(store.job_dir(running.id))
+
+    failing = store.create(input_file=_upload(store, 1000), move_input=True, reservation=Reservation(result_bytes=8000))
+    claimed = store.claim_next(30.0)
+    assert claimed is not None and claimed.id == failing.id
+    store.update_progress(claimed.id, 50, 100, token=claimed.attempts)
+    failed = store.fail(claimed.id, "video_corrupt", "a frame cannot be decoded", claimed.attempts)
+    assert failed.disk_bytes == 1000 + 4000  # its input and the half of its results it wrote
+    assert store.reserved_bytes() == 0
+
+
+# -- through the FastAPI application --------------------------------------------------------------
+
+
+class _NoModels:
+    """The API's model backend where no job runs: jobs stay queued (`service.api.backend`)."""
+
+    async def readiness(self) -> dict[str, bool]:
+        return {}
+
+    async def stages_info(self) -> dict[str, Any]:
+        return {}
+
+    def host_info(self) -> dict[str, Any]:
+        return {}
+
+    def cluster_nodes(self) -> int:
+        return 1
+
+    def has_video_worker(self) -> bool:
+        return True
+
+    def wake_worker(self) -> None:
+        return None
+
+    def map_error(self, exc: BaseException) -> PoseError | None:
+        return None
+
+
+def _api(tmp_path: Path, **jobs: Any) -> tuple[Any, dict[str, dict[str, str]]]:
+    """The real application (keys for alice, bob and an admin), its job settings ``jobs``."""
+    from service.api.app import build_app
+    from service.api.backend import NoMetrics
+    from service.api.context import ApiContext
+    from service.auth import key_line, new_key
+    from service.settings import ApiSettings, JobSettings
+
+    keys = {name: new_key() for name in ("alice", "bob", "ops")}
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text("".join(key_line(c, k, admin=c == "ops") + "\n" for c, k in keys.items()))
+    settings = JobSettings(data_dir=str(tmp_path / "data"), max_active=1, max_queued=8, **jobs)
+    ctx = ApiContext(ApiSettings(profile="tiny", auth_keys_file=str(keys_file)), _NoModels(), NoMetrics(), jobs=settings)
+    return build_app(ctx), {c: {"authorization": f"Bearer {k}"} for c, k in keys.items()}
+
+
+def _run(app: Any, scenario: Any) -> None:
+    import httpx
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+            await scenario(api)
+
+    asyncio.run(main())
+
+
+def _left_on_disk(data: Path) -> list[str]:
+    return sorted(p.name for p in (data / "uploads").iterdir())
+
+
+def test_the_api_answers_a_client_past_its_bytes_507_before_reading_and_another_client_submits(tmp_path):
+    from videos import crossing_video
+
+    frames = 6
+    clip = crossing_video(tmp_path / "clip.mp4", n=frames).read_bytes()
+    first_job = len(clip) + frames * (FRAME_BYTES + 4 * PERSON_BYTES)
+    limit = first_job + len(clip) // 2  # room for one such job, not two
+    app, auth = _api(tmp_path, max_bytes_per_client=limit)
+    files = {"video": ("clip.mp4", clip, "video/mp4")}
+
+    async def scenario(api: Any) -> None:
+        first = await api.post("/v1/videos", files=files, headers=auth["alice"])
+        assert first.status_code == 202, first.text
+        assert first.json()["disk_bytes"] == first_job
+        refused = await api.post("/v1/videos", files=files, headers=auth["alice"])
+        assert refused.status_code == 507, refused.text
+        error = refused.json()["error"]
+        body = int(refused.request.headers["content-length"])  # refused on its declared length
+        assert error["code"] == "client_storage_limit"
+        assert {k: error["details"][k] for k in ("client", "client_bytes", "incoming_bytes", "max_bytes_per_client")} == {
+            "client": "alice", "client_bytes": first_job, "incoming_bytes": body, "max_bytes_per_client": limit,
+        }
+        assert refused.headers["retry-after"] == str(error["details"]["retry_after"])
+        assert _left_on_disk(tmp_path / "data") == []
+        assert (await api.post("/v1/videos", files=files, headers=auth["bob"])).status_code == 202
+        assert (await api.post("/v1/videos", files=files, headers=auth["ops"])).status_code == 202  # admins: the disk only
+        assert (await api.delete(f"/v1/jobs/{first.json()['id']}", headers=auth["alice"])).status_code == 204
+        assert (await api.post("/v1/videos", files=files, headers=auth["alice"])).status_code == 202
+
+    _run(app, scenario)
+
+
+def test_the_api_reserves_each_jobs_results_so_a_second_upload_finds_no_room(tmp_path):
+    """A disk budget with room for one job's expected results: the second upload lands, then is
+    refused at admission (507 ``storage_full`` naming what is reserved) and deleted; a cancelled
+    job gives its room back."""
+    from videos import crossing_video
+
+    frames, people = 6, 40
+    clip = crossing_video(tmp_path / "clip.mp4", n=frames).read_bytes()
+    results = frames * (FRAME_BYTES + people * PERSON_BYTES)
+    app, auth = _api(tmp_path, max_disk_bytes=int(results * 1.6), reserve_people_per_frame=people)
+    files = {"video": ("clip.mp4", clip, "video/mp4")}
+
+    async def scenario(api: Any) -> None:
+        first = await api.post("/v1/videos", files=files, headers=auth["alice"])
+        assert first.status_code == 202, first.text
+        refused = await api.post("/v1/videos", files=files, headers=auth["bob"])
+        assert refused.status_code == 507, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "storage_full"
+        assert (error["details"]["incoming_bytes"], error["details"]["reserved_bytes"]) == (results, results)
+        assert _left_on_disk(tmp_path / "data") == []
+        jobs = (await api.get("/v1/jobs", headers=auth["ops"])).json()
+        assert [j["id"] for j in jobs["jobs"]] == [first.json()["id"]]
+        assert (await api.post(f"/v1/jobs/{first.json()['id']}/cancel", headers=auth["alice"])).status_code == 200
+        assert (await api.post("/v1/videos", files=files, headers=auth["bob"])).status_code == 202
+
+    _run(app, scenario)
