@@ -90,9 +90,9 @@ def test_the_room_left_after_reservations_admits_one_job_not_two(store):
     assert {k: err.details[k] for k in ("incoming_bytes", "room_bytes", "reserved_bytes")} == {
         "incoming_bytes": 6000, "room_bytes": 4000, "reserved_bytes": 6000,
     }
-    assert store.reserved_bytes() == 6000
+    assert store.usage("alice").reserved == 6000
     store.cancel(first.id)  # a queued job cancelled gives its reservation back
-    assert store.reserved_bytes() == 0
+    assert store.usage("alice").reserved == 0
     assert store.get(first.id).disk_bytes == 0  # it had no input and wrote nothing
     store.create(client="bob", reservation=Reservation(result_bytes=6000, room=lambda: room))
 
@@ -124,25 +124,25 @@ def test_uploads_admitted_at_once_by_two_stores_never_overbook_the_room(open_sto
     for t in threads:
         t.join(60)
     assert sorted(outcomes) == ["accepted"] * 3 + ["storage_full"] * 5
-    assert stores[0].reserved_bytes() == 9000
+    assert stores[0].usage("c0").reserved == 9000
 
 
 def test_a_running_job_reserves_what_it_has_still_to_write_and_an_ending_gives_the_rest_back(store):
     job = store.create(input_file=_upload(store, 1000), move_input=True,
                        options={"render": True}, reservation=Reservation(result_bytes=8000, overlay_bytes=2000))
-    assert job.disk_bytes == 11_000 and store.reserved_bytes() == 10_000
+    assert job.disk_bytes == 11_000 and store.usage("alice").reserved == 10_000
     running = store.claim_next(30.0)
     assert running is not None
     store.update_progress(running.id, 25, 100, token=running.attempts)
-    assert store.reserved_bytes() == 6000 + 2000  # three quarters of its results, and the overlay
+    assert store.usage("alice").reserved == 6000 + 2000  # three quarters of its results, and the overlay
     store.write_result(running.id, "result.json", b"r" * 700)
     done = store.finish(running.id, {"json": "result.json"}, running.attempts)
-    assert store.reserved_bytes() == 2000  # the overlay, still to be drawn
+    assert store.usage("alice").reserved == 2000  # the overlay, still to be drawn
     assert done.disk_bytes == _tree_bytes(store.job_dir(running.id)) + 2000
     claim = store.claim_overlay(running.id, 30.0)
     store.write_result(running.id, "overlay.mp4", b"v" * 300)
     drawn = store.overlay_ready(running.id, claim.token, "overlay.mp4")
-    assert store.reserved_bytes() == 0
+    assert store.usage("alice").reserved == 0
     assert drawn.disk_bytes == _tree_bytes(store.job_dir(running.id))
 
     failing = store.create(input_file=_upload(store, 1000), move_input=True, reservation=Reservation(result_bytes=8000))
@@ -151,7 +151,7 @@ def test_a_running_job_reserves_what_it_has_still_to_write_and_an_ending_gives_t
     store.update_progress(claimed.id, 50, 100, token=claimed.attempts)
     failed = store.fail(claimed.id, "video_corrupt", "a frame cannot be decoded", claimed.attempts)
     assert failed.disk_bytes == 1000 + 4000  # its input and the half of its results it wrote
-    assert store.reserved_bytes() == 0
+    assert store.usage("alice").reserved == 0
 
 
 # -- through the FastAPI application --------------------------------------------------------------
@@ -219,13 +219,15 @@ def test_the_api_answers_a_client_past_its_bytes_507_before_reading_and_another_
     clip = crossing_video(tmp_path / "clip.mp4", n=frames).read_bytes()
     first_job = len(clip) + frames * (FRAME_BYTES + 4 * PERSON_BYTES)
     limit = first_job + len(clip) // 2  # room for one such job, not two
-    app, auth = _api(tmp_path, max_bytes_per_client=limit)
+    app, auth = _api(tmp_path, max_bytes_per_client=limit, max_jobs_per_client=3)
     files = {"video": ("clip.mp4", clip, "video/mp4")}
 
     async def scenario(api: Any) -> None:
         first = await api.post("/v1/videos", files=files, headers=auth["alice"])
         assert first.status_code == 202, first.text
         assert first.json()["disk_bytes"] == first_job
+        own = (await api.get("/v1/info", headers=auth["alice"])).json()["videos"]["client"]
+        assert own == {"jobs": 1, "max_jobs": 3, "disk_bytes": first_job, "max_disk_bytes": limit}
         refused = await api.post("/v1/videos", files=files, headers=auth["alice"])
         assert refused.status_code == 507, refused.text
         error = refused.json()["error"]

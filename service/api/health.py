@@ -69,6 +69,7 @@ async def service_info(ctx: ApiContext, caller: Client) -> dict[str, Any]:
             "retention_s": videos.jobs.retention_s,
             "video_limits": videos.jobs.video_limits.model_dump(),
             "pose_video_route": videos.media_root is not None,
+            "client": await videos.usage(caller),  # the caller's own jobs and bytes, against its limits
             # the data folder's budget (service.disk): the figures of the server's disk, for admins
             "disk": await asyncio.to_thread(videos.disk.report) if caller.admin else None,
         },

@@ -84,8 +84,16 @@ class VideoJobs:
     async def upload_room(self, client: Client) -> tuple[int, ClientBytes | None]:
         """For an upload about to stream in: bytes accepted jobs have still to write (the data
         folder's room less them is the upload's), and the client's bytes against its limit."""
-        reserved = await self.call(self.store.reserved_bytes)
-        return reserved, await self.call(self.store.client_bytes, client.id, self.client_max_bytes(client))
+        usage = await self.call(self.store.usage, client.id)
+        return usage.reserved, usage.client_room(self.client_max_bytes(client))
+
+    async def usage(self, client: Client) -> dict[str, int | None]:
+        """The caller's own jobs and bytes against its limits (``/v1/info``)."""
+        usage = await self.call(self.store.usage, client.id)
+        return {
+            "jobs": usage.client_jobs, "max_jobs": self.client_limit(client),
+            "disk_bytes": usage.client_bytes, "max_disk_bytes": self.client_max_bytes(client),
+        }
 
     def reservation(self, info: Any, frames: int, options: dict[str, Any], client: Client) -> Reservation:
         """The disk bytes a job of ``frames`` frames of this video will write (`service.jobs.usage`)."""

@@ -66,7 +66,7 @@ from service.jobs.overlays import OverlayClaim
 from service.jobs.recovery import RecoveryReport, recover_expired, recover_stalled, recover_stopped
 from service.jobs.rows import fenced_row, job_from_row, locked_row, visible
 from service.jobs.transitions import set_cancelled, write_progress
-from service.jobs.usage import SETTLE_UNFINISHED_SQL, ClientBytes, Reservation, admit, client_bytes, reserved_bytes
+from service.jobs.usage import SETTLE_UNFINISHED_SQL, Reservation, Usage, admit, read_usage
 from service.jobs.validation import check_create_args, check_kind, check_store_args
 
 log = logging.getLogger(__name__)
@@ -665,18 +665,10 @@ class JobStore:
             self._admit(db, client, limit, reservation or Reservation(), None)
 
     @retried
-    def client_bytes(self, client: str, limit: int | None) -> ClientBytes | None:
-        """``client``'s bytes against ``limit`` (None: no bound of its own), for an upload to check as it streams."""
-        if limit is None:
-            return None
+    def usage(self, client: str) -> Usage:
+        """What accepted jobs have still to write, and ``client``'s jobs and bytes (`service.jobs.usage`)."""
         with self._db.read() as db:
-            return ClientBytes(client, client_bytes(db, client), limit)
-
-    @retried
-    def reserved_bytes(self) -> int:
-        """Bytes accepted jobs have still to write (`service.jobs.usage.reserved_bytes`)."""
-        with self._db.read() as db:
-            return reserved_bytes(db)
+            return read_usage(db, client)
 
     # --- callbacks (`service.jobs.outbox`) ---------------------------------------------------
 

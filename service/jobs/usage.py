@@ -144,6 +144,28 @@ class ClientBytes:
         )
 
 
+@dataclass(frozen=True)
+class Usage:
+    """The figures admission goes by, read together: bytes accepted jobs have still to write
+    (``reserved``), and one client's jobs queued or running and bytes."""
+
+    reserved: int
+    client: str
+    client_jobs: int
+    client_bytes: int
+
+    def client_room(self, limit: int | None) -> ClientBytes | None:
+        """The client's bytes against ``limit`` (None: no bound of its own)."""
+        return None if limit is None else ClientBytes(self.client, self.client_bytes, limit)
+
+
+def read_usage(db: Connection, client: str) -> Usage:
+    row = db.execute(
+        "SELECT COUNT(*) FROM jobs WHERE client = :client AND state IN ('queued', 'running')", {"client": client}
+    ).fetchone()
+    return Usage(reserved_bytes(db), client, int(row[0]) if row is not None else 0, client_bytes(db, client))
+
+
 def check_client_bytes(db: Connection, client: str, incoming: int, limit: int | None) -> None:
     """`ClientBytes.check` on the client's bytes now (``limit`` None: no bound of its own)."""
     if limit is not None:
