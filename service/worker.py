@@ -261,7 +261,7 @@ class VideoWorker:
         assert self.store is not None  # jobs run only once the store is open
         token = job.attempts
         self._tokens[job.id] = token
-        beat = asyncio.get_running_loop().create_task(self._heartbeat(job.id, token))
+        beat = asyncio.get_running_loop().create_task(self._keep_lease(self.store.heartbeat, job.id, token))
         superseded = False
         try:
             names = await asyncio.to_thread(self._process, job, token)
@@ -349,17 +349,17 @@ class VideoWorker:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _heartbeat(self, job_id: str, token: int) -> None:
-        """Renew the attempt's lease while a long chunk runs (checkpoints renew it too)."""
-        assert self.store is not None  # jobs run only once the store is open
+    async def _keep_lease(self, renew: Callable[[str, int, float], None], job_id: str, token: int) -> None:
+        """Renew attempt ``token``'s lease (``renew``: a job's, or its overlay render's) every
+        third of a lease while a long chunk or render runs, until cancelled or superseded."""
         while True:
             await asyncio.sleep(self.settings.lease_s / 3)
             try:
-                await asyncio.to_thread(self.store.heartbeat, job_id, token, self.settings.lease_s)
-            except PoseError:
+                await asyncio.to_thread(renew, job_id, token, self.settings.lease_s)
+            except PoseError:  # another attempt holds it now (or the job is gone)
                 return
             except Exception:
-                logger.exception("job %s: heartbeat failed", job_id)
+                logger.exception("job %s: %s failed", job_id, getattr(renew, "__name__", "lease renewal"))
 
     def _process(self, job: Job, token: int) -> dict[str, str]:
         """Run (or resume) the job in this thread; write its result files; their names."""
@@ -449,7 +449,7 @@ class VideoWorker:
                     return
                 token = claim.token
                 self._overlay_tokens[job_id] = token
-                beat = asyncio.get_running_loop().create_task(self._overlay_heartbeat(job_id, token))
+                beat = asyncio.get_running_loop().create_task(self._keep_lease(store.renew_overlay, job_id, token))
                 try:
                     name = await self._render(job_id, token)
                     error = None
@@ -504,18 +504,6 @@ class VideoWorker:
         if err.code in TRANSIENT_RENDER_CODES or err.code == "renderer_unavailable":
             return PoseError("renderer_unavailable", f"the Renderer did not answer: {err.message}", status=503)
         return PoseError("render_failed", f"the overlay could not be drawn: {err.code}: {err.message}", status=500)
-
-    async def _overlay_heartbeat(self, job_id: str, token: int) -> None:
-        """Renew the render's lease while the Renderer draws."""
-        assert self.store is not None  # jobs run only once the store is open
-        while True:
-            await asyncio.sleep(self.settings.lease_s / 3)
-            try:
-                await asyncio.to_thread(self.store.renew_overlay, job_id, token, self.settings.lease_s)
-            except PoseError:
-                return
-            except Exception:
-                logger.exception("job %s: overlay heartbeat failed", job_id)
 
     def _clean_overlays(self, job_id: str, keep: str) -> None:
         """Files of other render tries go (a lost try's file, or what a killed Renderer left

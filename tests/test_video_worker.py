@@ -110,7 +110,7 @@ def _bare_worker(store: JobStore, tmp_path, process) -> SimpleNamespace:
     worker = SimpleNamespace(
         store=store, settings=JobSettings(data_dir=str(tmp_path / "data"), lease_s=30.0), unwrap=lambda e: e,
         map_error=lambda e: None, _tokens={}, _active={}, _delete_when_stopped=set(), _wake=asyncio.Event(),
-        _process=process, _heartbeat=lambda job_id, token: asyncio.sleep(3600),
+        _process=process, _keep_lease=lambda renew, job_id, token: asyncio.sleep(3600),
         _schedule_callback=lambda job_id: None,
     )
     for name in ("_as_job_error", "_hand_back", "_record_failure", "_clean_after_finish"):
