@@ -355,20 +355,25 @@ function renderJob(job) {
   ui.cancel.hidden = TERMINAL.has(job.state);
 }
 
-async function poll(jobId) {
+// One poll of the job shown: the job, or null when the page has moved on to another job or the
+// fetch failed. A failure is shown (unless `quiet`) and `again` is scheduled later when the
+// service may be restarting (no answer, 5xx; any failure when `quiet`).
+async function fetchShownJob(jobId, again, quiet = false) {
   session.pollTimer = null;
-  if (session.jobId !== jobId) return;
-  let job;
+  if (session.jobId !== jobId) return null;
   try {
-    job = await apiJson(`/v1/jobs/${encodeURIComponent(jobId)}`);
+    const job = await apiJson(`/v1/jobs/${encodeURIComponent(jobId)}`);
+    return session.jobId === jobId ? job : null;
   } catch (err) {
-    showError(err);
-    if (err.status === 0 || err.status >= 500) {
-      session.pollTimer = setTimeout(() => poll(jobId), 3 * POLL_MS); // the service may be restarting
-    }
-    return;
+    if (!quiet) showError(err);
+    if (quiet || err.status === 0 || err.status >= 500) session.pollTimer = setTimeout(again, 3 * POLL_MS);
+    return null;
   }
-  if (session.jobId !== jobId) return;
+}
+
+async function poll(jobId) {
+  const job = await fetchShownJob(jobId, () => poll(jobId));
+  if (!job) return;
   renderJob(job);
   if (TERMINAL.has(job.state)) {
     await finished(job);
@@ -489,16 +494,8 @@ async function showOverlay(job) {
 }
 
 async function pollOverlay(jobId) {
-  session.pollTimer = null;
-  if (session.jobId !== jobId) return;
-  let job;
-  try {
-    job = await apiJson(`/v1/jobs/${encodeURIComponent(jobId)}`);
-  } catch (err) {
-    session.pollTimer = setTimeout(() => pollOverlay(jobId), 3 * POLL_MS); // the service may be restarting
-    return;
-  }
-  if (session.jobId !== jobId || !job.overlay) return;
+  const job = await fetchShownJob(jobId, () => pollOverlay(jobId), true);
+  if (!job || !job.overlay) return;
   try {
     await showOverlay(job);
   } catch (err) {
