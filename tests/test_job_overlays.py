@@ -95,6 +95,21 @@ def test_a_lost_render_is_taken_again_and_the_old_try_can_publish_nothing(store)
     assert store.claim_overlay(job_id, 30.0, 3).token == 3
 
 
+def test_a_render_lease_is_judged_on_the_database_clock_not_the_nodes(store, monkeypatch):
+    """A render claimed by a node whose clock is an hour behind, looked at by a node an hour
+    ahead: still held, because both ask the database for the time."""
+    import service.jobs.store as store_module
+
+    job_id = _succeeded(store)
+    real = store_module.time.time
+    monkeypatch.setattr(store_module.time, "time", lambda: real() - 3600)
+    claim = store.claim_overlay(job_id, 30.0, 3)
+    store.renew_overlay(job_id, claim.token, 30.0)
+    monkeypatch.setattr(store_module.time, "time", lambda: real() + 3600)
+    assert store.pending_overlays() == []
+    assert store.claim_overlay(job_id, 30.0, 3).outcome == "busy"
+
+
 def test_renders_are_tried_a_bounded_number_of_times(store):
     job_id = _succeeded(store)
     for token in (1, 2):

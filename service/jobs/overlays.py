@@ -18,6 +18,7 @@ from typing import Literal
 from pipeline.errors import PoseError
 from service.jobs.db import Connection, Row
 from service.jobs.layout import check_name
+from service.jobs.leases import db_now
 from service.jobs.rows import locked_row
 
 ClaimOutcome = Literal["claimed", "busy", "done", "exhausted"]
@@ -34,11 +35,14 @@ class OverlayClaim:
 
 
 def claim(db: Connection, job_id: str, now: float, lease_s: float, max_tries: int) -> OverlayClaim:
-    """Take the job's pending render for one more try (the row is locked by the caller's transaction)."""
+    """Take the job's pending render for one more try (the row is locked by the caller's
+    transaction). Its lease is granted and judged on the database's clock, as a job's
+    (`service.jobs.leases`); ``now`` is this node's, shown as ``updated_at``."""
     row = locked_row(db, job_id)
     if row["state"] != "succeeded" or row["overlay_state"] != "pending":
         return OverlayClaim("done")
-    if row["overlay_lease_until"] is not None and row["overlay_lease_until"] > now:
+    clock = db_now(db)
+    if row["overlay_lease_until"] is not None and row["overlay_lease_until"] > clock:
         return OverlayClaim("busy")
     tries = int(row["overlay_tries"])
     if tries >= max_tries:
@@ -49,7 +53,7 @@ def claim(db: Connection, job_id: str, now: float, lease_s: float, max_tries: in
         return OverlayClaim("exhausted")
     db.execute(
         "UPDATE jobs SET overlay_tries = :tries, overlay_lease_until = :until, updated_at = :now WHERE id = :id",
-        {"tries": tries + 1, "until": now + lease_s, "now": now, "id": job_id},
+        {"tries": tries + 1, "until": clock + lease_s, "now": now, "id": job_id},
     )
     return OverlayClaim("claimed", tries + 1)
 
@@ -66,9 +70,10 @@ def fenced(db: Connection, job_id: str, token: int) -> Row:
     return row
 
 
-def renew(db: Connection, job_id: str, token: int, until: float) -> None:
+def renew(db: Connection, job_id: str, token: int, lease_s: float) -> None:
+    """Try ``token``'s lease runs ``lease_s`` more seconds of the database's clock."""
     fenced(db, job_id, token)
-    db.execute("UPDATE jobs SET overlay_lease_until = :until WHERE id = :id", {"until": until, "id": job_id})
+    db.execute("UPDATE jobs SET overlay_lease_until = :until WHERE id = :id", {"until": db_now(db) + lease_s, "id": job_id})
 
 
 def release(db: Connection, job_id: str, token: int, now: float) -> None:
@@ -103,12 +108,13 @@ def _set_failed(db: Connection, job_id: str, now: float, code: str, message: str
     )
 
 
-def expired(db: Connection, now: float) -> list[str]:
+def expired(db: Connection) -> list[str]:
     """Succeeded jobs whose render is pending and held by no live lease (never claimed, or its
-    worker stopped renewing), oldest first."""
+    worker stopped renewing; on the database's clock), oldest first."""
+    now = db_now(db)
     rows = db.execute(
         "SELECT id FROM jobs WHERE state = 'succeeded' AND overlay_state = 'pending'"
-        " AND (overlay_lease_until IS NULL OR overlay_lease_until < :now) ORDER BY finished_at",
+        " AND (overlay_lease_until IS NULL OR overlay_lease_until <= :now) ORDER BY finished_at",
         {"now": now},
     ).fetchall()
     return [r["id"] for r in rows]

@@ -567,7 +567,7 @@ class JobStore:
     def renew_overlay(self, job_id: str, token: int, lease_s: float = 30.0) -> None:
         """Renew the lease of render try ``token`` (fenced)."""
         with self._tx() as db:
-            overlays.renew(db, job_id, token, time.time() + lease_s)
+            overlays.renew(db, job_id, token, lease_s)
 
     @retried
     def release_overlay(self, job_id: str, token: int) -> None:
@@ -594,10 +594,10 @@ class JobStore:
         return self.get(job_id)
 
     @retried
-    def pending_overlays(self, now: float | None = None) -> builtins.list[str]:
+    def pending_overlays(self) -> builtins.list[str]:
         """Succeeded jobs whose overlay waits for a render no live lease holds."""
         with self._db.read() as db:
-            return overlays.expired(db, time.time() if now is None else now)
+            return overlays.expired(db)
 
     # --- maintenance ------------------------------------------------------------------------
 
