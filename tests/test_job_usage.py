@@ -273,3 +273,24 @@ def test_the_api_reserves_each_jobs_results_so_a_second_upload_finds_no_room(tmp
         assert (await api.post("/v1/videos", files=files, headers=auth["bob"])).status_code == 202
 
     _run(app, scenario)
+
+
+def test_the_job_store_bench_prints_a_row_per_call_backend_and_size(postgres_server):
+    """`bench/job_store.py` as README shows it, at a small size: its table, one row per call."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "POSE_TEST_POSTGRES_URL": postgres_server}
+    done = subprocess.run(
+        [sys.executable, "bench/job_store.py", "--jobs", "0", "20", "--seconds", "0.05"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines() if line.split()[:1] in (["sqlite"], ["postgresql"])]
+    calls = ["create", "create+reserve", "usage", "get", "heartbeat"]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (backend, jobs, call) for backend in ("sqlite", "postgresql") for jobs in ("0", "20") for call in calls
+    ]
+    assert all(float(r[3]) > 0 for r in rows) and all(r[4] == "1.00" for r in rows if r[2] == "create")
