@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -136,6 +137,24 @@ def postgres_url(postgres_server: str):
 
     with isolated_schema(postgres_server) as (url, _):
         yield url
+
+
+@pytest.fixture
+def private_postgres():
+    """(URL, `pg_helpers.PrivateServer`): a PostgreSQL server of the test's own, to restart or
+    stop (the shared one serves other tests); removed after the test.
+
+    Server programs missing: a skip with the reason, except in CI (``CI=true``) where it is a failure."""
+    from pg_helpers import PrivateServerUnavailable, private_server
+
+    with contextlib.ExitStack() as stack:
+        try:
+            url, server = stack.enter_context(private_server())
+        except PrivateServerUnavailable as exc:
+            if _in_ci():
+                pytest.fail(str(exc))
+            pytest.skip(str(exc))
+        yield url, server
 
 
 @pytest.fixture(scope="session")
