@@ -409,10 +409,16 @@ def test_a_job_survives_its_database_server_restarted_and_down_for_seconds_and_t
     def down() -> bool:
         had = _connections(server_url, name)
         server.stop("fast")
-        threading.Timer(DOWN_S, up).start()
+        timers.append(threading.Timer(DOWN_S, up))
+        timers[-1].start()
         return had >= 1
 
-    calls = _video_job_through(url, tmp_path, [restart, down])
+    timers: list[threading.Timer] = []
+    try:
+        calls = _video_job_through(url, tmp_path, [restart, down])
+    finally:
+        for timer in timers:  # the server is started before the fixture stops it
+            timer.join()
     sent, answered = calls[1]
     assert sent < came_back[0] < answered  # sent while the server was down, answered after it was back
 
