@@ -1,7 +1,7 @@
 """A fault campaign: video jobs through the real application while one fault at a time hits it.
 
-One local Ray + Serve application (tiny profile), its jobs in PostgreSQL (a schema of its own)
-with a short lease. A reference job runs first, undisturbed. Then, per fault, ``--jobs`` jobs of
+One local Ray + Serve application (tiny profile), its jobs in PostgreSQL (a schema of its own,
+or with ``db-restart`` a server of its own) with a short lease. A reference job runs first, undisturbed. Then, per fault, ``--jobs`` jobs of
 the same clip are submitted; once they have made progress the fault is injected; every job is
 awaited to its end. The table prints, per fault, how the jobs ended:
 
@@ -19,7 +19,9 @@ awaited to its end. The table prints, per fault, how the jobs ended:
 Faults: ``kill-detector``, ``kill-regressor``, ``kill-tracker``, ``kill-renderer`` (SIGKILL of the
 replica's process, its pid from ``/v1/info``; the renderer's jobs ask for the overlay, which must
 end ``ready``), ``db-drop`` (every store connection terminated twice, 2 s apart, with
-``pg_terminate_backend``), ``redeploy`` (the application deleted and deployed again three times:
+``pg_terminate_backend``), ``db-restart`` (the store's PostgreSQL server, one the campaign
+starts for itself, restarted with ``pg_ctl restart -m fast``, then stopped for 3 s and started
+again: within the workers' lease and the API's retry bound), ``redeploy`` (the application deleted and deployed again three times:
 graceful hand-offs), ``none``.
 
     python bench/fault_campaign.py [--jobs 2] [--frames 64] [--faults kill-tracker db-drop ...]
@@ -43,11 +45,11 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE.parent))
 from _common import print_table  # noqa: E402
-from pg_helpers import isolated_schema, server_url  # noqa: E402
+from pg_helpers import PrivateServer, isolated_schema, private_server, server_url  # noqa: E402
 
 logger = logging.getLogger("fault_campaign")
 
-FAULTS = ("none", "kill-detector", "kill-regressor", "kill-tracker", "kill-renderer", "db-drop", "redeploy")
+FAULTS = ("none", "kill-detector", "kill-regressor", "kill-tracker", "kill-renderer", "db-drop", "db-restart", "redeploy")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -72,12 +74,12 @@ def kill_replica(client: Any, deployment: str) -> None:
     os.kill(int(pid), signal.SIGKILL)
 
 
-def drop_database_connections(store_url: str, times: int = 2, gap_s: float = 2.0) -> None:
+def drop_database_connections(server: str, times: int = 2, gap_s: float = 2.0) -> None:
     """Terminate every connection of the job store (its application_name), ``times`` times."""
     import psycopg
 
     for i in range(times):
-        with psycopg.connect(server_url(), autocommit=True) as conn:
+        with psycopg.connect(server, autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE application_name LIKE 'pose-service%' AND pid <> pg_backend_pid()"
@@ -86,13 +88,26 @@ def drop_database_connections(store_url: str, times: int = 2, gap_s: float = 2.0
         time.sleep(gap_s)
 
 
+def restart_database(server: PrivateServer, down_s: float = 3.0) -> None:
+    """Restart the store's server (``-m fast``: its sessions are ended), then stop it, keep it
+    down ``down_s`` and start it again."""
+    server.restart("fast")
+    logger.info("database restarted")
+    time.sleep(2.0)
+    server.stop("fast")
+    time.sleep(down_s)
+    server.start()
+    logger.info("database down %.1f s, started again", down_s)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2, help="jobs per fault, submitted together")
     parser.add_argument("--frames", type=int, default=64, help="frames of the clip (crossing figures, 10 fps)")
     parser.add_argument("--faults", nargs="+", choices=FAULTS, default=list(FAULTS))
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a fault's jobs may take to end")
-    parser.add_argument("--job-store", default=server_url(), help="PostgreSQL server (a schema of its own is made)")
+    parser.add_argument("--job-store", default=server_url(),
+                        help="PostgreSQL server (a schema of its own is made); with db-restart a server of the campaign's own")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
@@ -110,7 +125,11 @@ def main() -> None:
     clip = crossing_video(work / "clip.mp4", n=args.frames).read_bytes()
     rows: list[list[object]] = []
     with contextlib.ExitStack() as stack:
-        store_url, _ = stack.enter_context(isolated_schema(args.job_store, "pose_faults"))
+        pg: PrivateServer | None = None
+        server = args.job_store
+        if "db-restart" in args.faults:  # the shared server is not restarted: a server of our own
+            server, pg = stack.enter_context(private_server())
+        store_url, _ = stack.enter_context(isolated_schema(server, "pose_faults"))
         app_args: dict[str, Any] = {
             "data_dir": str(work / "data"),
             "jobs": {"max_active": max(2, args.jobs), "max_queued": 64, "lease_s": 4.0, "job_store": store_url},
@@ -157,7 +176,8 @@ def main() -> None:
             "kill-regressor": lambda: kill_replica(client, "regressor"),
             "kill-tracker": lambda: kill_replica(client, "tracker"),
             "kill-renderer": lambda: kill_replica(client, "renderer"),
-            "db-drop": lambda: drop_database_connections(store_url),
+            "db-drop": lambda: drop_database_connections(server),
+            "db-restart": lambda: restart_database(pg) if pg is not None else None,
             "redeploy": redeploy,
         }
         for fault in args.faults:

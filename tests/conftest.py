@@ -159,6 +159,24 @@ def open_store(request, tmp_path):
             store.close()
 
 
+@pytest.fixture
+def private_postgres():
+    """(URL, `pg_helpers.PrivateServer`): a PostgreSQL server of the test's own, to restart or
+    stop (the shared one serves other tests); removed after the test.
+
+    Server programs missing: a skip with the reason, except in CI (``CI=true``) where it is a failure."""
+    from pg_helpers import PrivateServerUnavailable, private_server
+
+    with contextlib.ExitStack() as stack:
+        try:
+            url, server = stack.enter_context(private_server())
+        except PrivateServerUnavailable as exc:
+            if _in_ci():
+                pytest.fail(str(exc))
+            pytest.skip(str(exc))
+        yield url, server
+
+
 @pytest.fixture(scope="session")
 def gltf_validator(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, dict[str, str]]:
     """node + the Khronos glTF-Validator (npm ``gltf-validator``), installed once into

@@ -3,8 +3,9 @@ caught by a fault is tried again, a database away for longer answers 503
 ``job_store_unavailable`` (never an internal error), and databases of earlier schemas migrate.
 
 Faults are real: the store's PostgreSQL connections are terminated by the server
-(``pg_terminate_backend``), and SQLite's write lock is held by another connection. A restart of
-the PostgreSQL server itself is not done here: the server is shared with other tests.
+(``pg_terminate_backend``), a PostgreSQL server is restarted and kept down (a server of the
+test's own, `pg_helpers.private_server`: the shared one serves other tests), and SQLite's write
+lock is held by another connection.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 import uuid
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import pytest
 
@@ -26,6 +29,14 @@ def _named(url: str) -> tuple[str, str]:
     """(the URL with an application name of its own, that name): its connections can be found."""
     name = f"pose_test_{uuid.uuid4().hex[:10]}"
     return f"{url}{'&' if '?' in url else '?'}application_name={name}", name
+
+
+def _connections(server: str, name: str) -> int:
+    """How many server connections application ``name`` has open."""
+    import psycopg
+
+    with psycopg.connect(server, autocommit=True) as conn:
+        return len(conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (name,)).fetchall())
 
 
 def terminate(server: str, name: str) -> int:
@@ -111,6 +122,26 @@ def test_a_database_away_past_the_retry_bound_is_503_with_retry_after(tmp_path):
         other.close()
 
 
+def test_a_database_server_down_past_the_retry_bound_is_503_with_retry_after_then_answers_as_usual(
+    private_postgres, tmp_path
+):
+    """The PostgreSQL server itself stopped (the test's own) for longer than a call retries: the
+    call is refused with 503 ``job_store_unavailable`` (never an internal error); once the server
+    is started again the same calls succeed, on new connections."""
+    url, server = private_postgres
+    with JobStore(tmp_path / "data", url=url, max_queued=10, retry_s=1.0) as store:
+        job = store.create()
+        server.stop("fast")
+        for call in (lambda: store.get(job.id), lambda: store.cancel(job.id)):
+            with pytest.raises(PoseError) as err:
+                call()
+            assert err.value.code == "job_store_unavailable" and err.value.status == 503
+            assert err.value.details["retry_after"] >= 1 and is_transient(err.value)
+        server.start()
+        assert store.get(job.id).state == "queued"  # the refused cancel changed nothing
+        assert store.cancel(job.id).state == "cancelled"
+
+
 def test_a_permanent_error_is_raised_at_once_with_its_cause(tmp_path):
     from sqlalchemy.exc import DBAPIError
 
@@ -185,7 +216,7 @@ def test_a_first_schema_database_migrates_in_order_and_once(backend, request, tm
         assert again.store_id == store_id and again.list()[1] == 3 and version() == SCHEMA_VERSION
 
 
-# -- a video job through the HTTP API while the database drops its connections ------------------
+# -- a video job through the HTTP API while the database drops its connections or restarts ---------
 
 
 class _Host:
@@ -246,12 +277,14 @@ class _FaultyStages:
         return self.inner.transient(exc)
 
 
-def test_a_job_survives_its_database_connections_dropped_twice_and_the_api_answers_as_usual(
-    postgres_server, postgres_url, tmp_path
-):
-    """The issue's promise: PostgreSQL connections terminated twice mid-job; the job ends equal to
-    an uninterrupted run of the same video, and every API call made right after each drop answers
-    as usual (no 500)."""
+def _video_job_through(url: str, tmp_path: Path, faults: Sequence[Callable[[], bool]]) -> list[tuple[float, float]]:
+    """A video job through the real API and a real `VideoWorker`, its store at ``url``, with
+    ``faults[i]`` called in the job's thread while the job is held before its chunk ``i + 2``
+    (each returns whether it hit the store's connections). Right after each fault the API is
+    called: the job's status, the listing and an upload at once, then the upload's cancel; each
+    must answer as usual. The job must end equal to an uninterrupted run of the same video before
+    it, in its first attempt. Returns, per fault, when the calls were sent and when the last of
+    them answered (``time.monotonic()``)."""
     import httpx
     from videos import crossing_video
 
@@ -264,30 +297,32 @@ def test_a_job_survives_its_database_connections_dropped_twice_and_the_api_answe
     from service.settings import ApiSettings, JobSettings, ModelSettings
     from service.worker import VideoWorker
 
-    url, name = _named(postgres_url)
-    clip = crossing_video(tmp_path / "crossing.mp4", n=14).read_bytes()
+    clip = crossing_video(tmp_path / "crossing.mp4", n=14).read_bytes()  # 4 chunks of 4 frames at most
+    assert len(faults) <= 3
     models = ModelSettings(profile="tiny", tiny_dir=str(tmp_path / "tiny"), download=False)
     roots = models.roots()  # the worker loads the same files
     runner = VideoRunner.from_cache(roots, download=False, device="cpu", **{**runner_settings(), "chunk_size": 4})
     settings = JobSettings(data_dir=str(tmp_path / "data"), job_store=url, chunk_size=4, max_active=1,
                            poll_interval_s=0.2, lease_s=30.0)
     host = _Host()
+    calls: list[tuple[float, float]] = []
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        dropped: asyncio.Queue[int] = asyncio.Queue()
+        faulted: asyncio.Queue[bool] = asyncio.Queue()
         go_on = threading.Semaphore(0)
+        pending = list(faults)
 
         def fault() -> None:  # in the job's thread, between two store calls of the running job
-            count = terminate(postgres_server, name)
-            loop.call_soon_threadsafe(dropped.put_nowait, count)
+            hit = pending.pop(0)()
+            loop.call_soon_threadsafe(faulted.put_nowait, hit)
             go_on.acquire(timeout=300)  # the job waits here while the API is called
 
-        stages = _FaultyStages(LocalStages(runner.detector, runner.hmr2), {2, 3}, fault)
+        stages = _FaultyStages(LocalStages(runner.detector, runner.hmr2), set(range(2, 2 + len(faults))), fault)
         host.worker = VideoWorker(stages, settings, models, map_error=host.map_error)
         ctx = ApiContext(ApiSettings(profile="tiny", auth="none"), host, NoMetrics(), jobs=settings)
         transport = httpx.ASGITransport(app=build_app(ctx))
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", timeout=60) as api:
 
             async def submit() -> dict[str, Any]:
                 answer = await api.post("/v1/videos", files={"video": ("crossing.mp4", clip, "video/mp4")})
@@ -305,29 +340,87 @@ def test_a_job_survives_its_database_connections_dropped_twice_and_the_api_answe
             uninterrupted = await result((await submit())["id"])
             stages.armed = True
             job = await submit()
-            for _ in range(2):
-                assert await dropped.get() >= 1  # the store's connections were there, and are gone
-                status = await api.get(f"/v1/jobs/{job['id']}")
+            for _ in faults:
+                assert await faulted.get()  # the store's connections were there when the fault hit
+                sent = time.monotonic()
+                status, listing, extra = await asyncio.gather(
+                    api.get(f"/v1/jobs/{job['id']}"), api.get("/v1/jobs"), submit()  # an upload: accepted
+                )
                 assert status.status_code == 200 and status.json()["state"] == "running", status.text
-                listing = await api.get("/v1/jobs")
                 assert listing.status_code == 200 and listing.json()["total"] >= 2, listing.text
-                extra = await submit()  # an upload right after the drop: accepted
                 cancelled = await api.post(f"/v1/jobs/{extra['id']}/cancel")
                 assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled", cancelled.text
+                calls.append((sent, time.monotonic()))
                 go_on.release()
             interrupted = await result(job["id"])
             final = (await api.get(f"/v1/jobs/{job['id']}")).json()
-            assert final["attempts"] == 1  # the drops cost no attempt: the job never stopped
+            assert final["attempts"] == 1  # the faults cost no attempt: the job never stopped
+            # the worker's loops end first: a store call of theirs after the close would open a
+            # connection that nothing closes
+            host.worker.stop()
+            await asyncio.wait_for(asyncio.gather(host.worker._loop_task, host.worker._delivery_task), 30)
             for store in (host.worker.store, ctx.videos.store if ctx.videos else None):
                 if store is not None:
                     store.close()
-        host.worker.stop()
         for key in ("job",):  # the documents differ only in the job they describe
             uninterrupted.pop(key, None)
             interrupted.pop(key, None)
         assert interrupted == uninterrupted
 
     asyncio.run(scenario())
+    return calls
+
+
+def test_a_job_survives_its_database_connections_dropped_twice_and_the_api_answers_as_usual(
+    postgres_server, postgres_url, tmp_path
+):
+    """The issue's promise: PostgreSQL connections terminated twice mid-job; the job ends equal to
+    an uninterrupted run of the same video, and every API call made right after each drop answers
+    as usual (no 500)."""
+    url, name = _named(postgres_url)
+    _video_job_through(url, tmp_path, [lambda: terminate(postgres_server, name) >= 1] * 2)
+
+
+DOWN_S = 2.0  # a restart that keeps the server down this long: well within the API's retry bound (5 s)
+
+
+def test_a_job_survives_its_database_server_restarted_and_down_for_seconds_and_the_api_answers_as_usual(
+    private_postgres, tmp_path
+):
+    """The issue's promise for a restart of the PostgreSQL server itself (one of the test's own):
+    mid-job the server is restarted (``pg_ctl restart -m fast``), then stopped, kept down for
+    `DOWN_S` and started again. The job ends equal to an uninterrupted run in its first attempt
+    (its worker's store calls ride out a fault for up to a lease, 30 s), and the API calls made
+    right after each fault answer as usual: after the restart at once, and those sent while the
+    server is down once it is back, their store calls retrying meanwhile (for up to 5 s)."""
+    server_url, server = private_postgres
+    url, name = _named(server_url)
+    came_back: list[float] = []  # when the server was started again (it accepts nothing before)
+
+    def restart() -> bool:
+        had = _connections(server_url, name)
+        server.restart("fast")
+        return had >= 1
+
+    def up() -> None:
+        came_back.append(time.monotonic())
+        server.start()
+
+    def down() -> bool:
+        had = _connections(server_url, name)
+        server.stop("fast")
+        timers.append(threading.Timer(DOWN_S, up))
+        timers[-1].start()
+        return had >= 1
+
+    timers: list[threading.Timer] = []
+    try:
+        calls = _video_job_through(url, tmp_path, [restart, down])
+    finally:
+        for timer in timers:  # the server is started before the fixture stops it
+            timer.join()
+    sent, answered = calls[1]
+    assert sent < came_back[0] < answered  # sent while the server was down, answered after it was back
 
 
 def test_a_database_unreachable_at_start_answers_503_with_retry_after(tmp_path):
