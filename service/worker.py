@@ -248,9 +248,14 @@ class VideoWorker:
             self._schedule_ended(job_id)
         if not await asyncio.to_thread(self._room_to_run):
             return
-        while len(self._active) < self.settings.max_active:
+        while not self._stopping and len(self._active) < self.settings.max_active:
             job = await asyncio.to_thread(self.store.claim_next, self.settings.lease_s, limit_running=False)
             if job is None:
+                return
+            if self._stopping:  # stopped while the claim ran: hand the job straight back, as `stop` did the others
+                with contextlib.suppress(Exception):  # else its lease runs out
+                    await asyncio.to_thread(self.store.release, job.id, job.attempts)
+                    logger.info("job %s handed back to the queue (attempt %d)", job.id, job.attempts)
                 return
             where = "from its checkpoint at frame %d" % job.checkpoint["next_frame"] if job.checkpoint else "from the start"
             logger.info("job %s claimed (attempt %d), %s", job.id, job.attempts, where)
