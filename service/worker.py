@@ -357,13 +357,15 @@ class VideoWorker:
     async def _heartbeat(self, job_id: str, token: int) -> None:
         """Renew the attempt's lease while a long chunk runs (checkpoints renew it too)."""
         assert self.store is not None  # jobs run only once the store is open
-        while True:
+        while not self._stopping:  # a stopped worker has handed its jobs back
             await asyncio.sleep(self.settings.lease_s / 3)
             try:
                 await asyncio.to_thread(self.store.heartbeat, job_id, token, self.settings.lease_s)
             except PoseError:
                 return
             except Exception:
+                if self._stopping:  # the replica's executor is already shut down
+                    return
                 logger.exception("job %s: heartbeat failed", job_id)
 
     def _process(self, job: Job, token: int) -> dict[str, str]:
@@ -513,13 +515,15 @@ class VideoWorker:
     async def _overlay_heartbeat(self, job_id: str, token: int) -> None:
         """Renew the render's lease while the Renderer draws."""
         assert self.store is not None  # jobs run only once the store is open
-        while True:
+        while not self._stopping:  # a stopped worker has handed its jobs back
             await asyncio.sleep(self.settings.lease_s / 3)
             try:
                 await asyncio.to_thread(self.store.renew_overlay, job_id, token, self.settings.lease_s)
             except PoseError:
                 return
             except Exception:
+                if self._stopping:  # the replica's executor is already shut down
+                    return
                 logger.exception("job %s: overlay heartbeat failed", job_id)
 
     def _clean_overlays(self, job_id: str, keep: str) -> None:
