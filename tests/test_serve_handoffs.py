@@ -17,9 +17,10 @@ The application is deployed from a config, as ``serve deploy serve_config.yaml``
 workers can be redeployed alone: the same config with one option of the ``Tracker`` deployment
 changed (its replicas' environment) makes Serve replace the Tracker's replicas, one at a time,
 while the model deployments keep theirs; the replica count is that deployment's
-``num_replicas``, as in the file. Serve stops a replica gracefully only once it is RUNNING (one
-still STARTING is killed at once), so each redeploy waits for the new worker to be RUNNING and
-to have made progress on the job.
+``num_replicas``, as in the file. Serve stops a replica gracefully only once it is RUNNING: one
+still STARTING is killed at once, although a Tracker claims jobs as soon as it is constructed,
+a moment before Serve counts it RUNNING (a job it holds then comes back through its lease, as a
+crash). So each redeploy here waits for the new worker to be RUNNING and to have made progress.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -72,7 +73,6 @@ class Deployed:
     args: dict[str, Any]
     rollout: int = 0  # bumped for every redeploy of the workers
     workers: int = 1
-    deployed: list[int] = field(default_factory=list)
 
     def config(self) -> dict[str, Any]:
         from configs.profiles import tiny
