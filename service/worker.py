@@ -248,9 +248,14 @@ class VideoWorker:
             self._schedule_ended(job_id)
         if not await asyncio.to_thread(self._room_to_run):
             return
-        while len(self._active) < self.settings.max_active:
+        while not self._stopping and len(self._active) < self.settings.max_active:
             job = await asyncio.to_thread(self.store.claim_next, self.settings.lease_s, limit_running=False)
             if job is None:
+                return
+            if self._stopping:  # stopped while the claim ran: hand the job straight back, as `stop` did the others
+                with contextlib.suppress(Exception):  # else its lease runs out
+                    await asyncio.to_thread(self.store.release, job.id, job.attempts)
+                    logger.info("job %s handed back to the queue (attempt %d)", job.id, job.attempts)
                 return
             where = "from its checkpoint at frame %d" % job.checkpoint["next_frame"] if job.checkpoint else "from the start"
             logger.info("job %s claimed (attempt %d), %s", job.id, job.attempts, where)
@@ -352,13 +357,15 @@ class VideoWorker:
     async def _keep_lease(self, renew: Callable[[str, int, float], None], job_id: str, token: int) -> None:
         """Renew attempt ``token``'s lease (``renew``: a job's, or its overlay render's) every
         third of a lease while a long chunk or render runs, until cancelled or superseded."""
-        while True:
+        while not self._stopping:  # a stopped worker has handed its jobs back
             await asyncio.sleep(self.settings.lease_s / 3)
             try:
                 await asyncio.to_thread(renew, job_id, token, self.settings.lease_s)
             except PoseError:  # another attempt holds it now (or the job is gone)
                 return
             except Exception:
+                if self._stopping:  # the replica's executor is already shut down
+                    return
                 logger.exception("job %s: %s failed", job_id, getattr(renew, "__name__", "lease renewal"))
 
     def _process(self, job: Job, token: int) -> dict[str, str]:

@@ -94,6 +94,18 @@ def tiny_roots(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder the serving tests pass as the application's ``tiny_dir``: tiny models written
+    once per session (half a minute on two cores), before any replica starts, so the replicas
+    find them instead of racing to write."""
+    from pipeline.tiny.cache import tiny_roots
+
+    base = tmp_path_factory.mktemp("tiny")
+    tiny_roots(base)
+    return base
+
+
+@pytest.fixture(scope="session")
 def phalp_golden_models(golden):
     """PHALP's pose predictor and appearance encoder from the golden files, built by the same
     loader the service uses (gzip'ed weight files are read as they are)."""

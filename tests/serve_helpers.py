@@ -47,6 +47,23 @@ def wait_overlay(client: Any, job_id: str, timeout: float = 240.0, poll_s: float
     raise AssertionError(f"the overlay of job {job_id} was still pending after {timeout} s: {job}")
 
 
+def assert_same_result(got: dict[str, Any], want: dict[str, Any]) -> None:
+    """Two video results agree: same frames, people and track ids; numbers within 1e-4
+    (batching may change rounding)."""
+    assert got["video"] == want["video"] and got["tracks"] == want["tracks"] and got["models"] == want["models"]
+    assert len(got["frames"]) == len(want["frames"])
+    for fg, fw in zip(got["frames"], want["frames"]):
+        assert (fg["frame_index"], fg["time_s"]) == (fw["frame_index"], fw["time_s"])
+        assert [p["track_id"] for p in fg["people"]] == [p["track_id"] for p in fw["people"]]
+        for pg, pw in zip(fg["people"], fw["people"]):
+            assert abs(pg["score"] - pw["score"]) <= 1e-4, (pg["score"], pw["score"])
+            for key in ("bbox", "keypoints_2d", "keypoints_3d"):
+                np.testing.assert_allclose(pg[key], pw[key], rtol=1e-4, atol=1e-4, err_msg=key)
+            for group in ("smpl", "camera"):
+                for key, value in pw[group].items():
+                    np.testing.assert_allclose(pg[group][key], value, rtol=1e-4, atol=1e-4, err_msg=f"{group}.{key}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,16 +20,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 UPLOAD_LIMIT = 2 * 2**20
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny models written once here, so the replicas find them instead of racing to write."""
-    from pipeline.tiny.cache import tiny_roots
-
-    base = tmp_path_factory.mktemp("tiny")
-    tiny_roots(base)
-    return base
-
-
 MAX_IMAGES = 3
 APP_ARGS: dict[str, Any] = {
     "limits": {"max_upload_bytes": UPLOAD_LIMIT, "max_images_per_request": MAX_IMAGES},

@@ -15,15 +15,6 @@ from serve_helpers import encode, pipeline_cli, serve_tiny, stick_figures, wait_
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.tiny.cache import tiny_roots
-
-    base = tmp_path_factory.mktemp("tiny")
-    tiny_roots(base)
-    return base
-
-
-@pytest.fixture(scope="module")
 def service(tiny_dir: Path) -> Iterator[str]:
     with serve_tiny(tiny_dir, detector="regnety", auth="none") as url:
         yield url

@@ -29,16 +29,6 @@ FRAMES = 40  # the long clip: its overlay takes long enough to kill a replica wh
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny models written once here, so the replicas find them instead of racing to write."""
-    from pipeline.tiny.cache import tiny_roots
-
-    base = tmp_path_factory.mktemp("tiny")
-    tiny_roots(base)
-    return base
-
-
-@pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("clips")
     media = base / "media"

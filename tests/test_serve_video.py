@@ -28,23 +28,13 @@ httpx = pytest.importorskip("httpx")
 jsonschema = pytest.importorskip("jsonschema")
 
 from export_readers import parse_bvh, parse_glb, validate_glb  # noqa: E402
-from serve_helpers import free_port, pipeline_cli, serve_tiny, wait_job, wait_overlay  # noqa: E402
+from serve_helpers import assert_same_result, free_port, pipeline_cli, serve_tiny, wait_job, wait_overlay  # noqa: E402
 from videos import audio_only, crossing_video, figure_frame, write_video  # noqa: E402
 
 from service.callbacks import SIGNATURE_HEADER, verify  # noqa: E402
 
 MAX_ACTIVE, MAX_QUEUED = 2, 1
 PER_CLIENT = 2  # jobs.max_jobs_per_client: below the queue's 3, so one client at its limit leaves room
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny models written once here, so the replicas find them instead of racing to write."""
-    from pipeline.tiny.cache import tiny_roots
-
-    base = tmp_path_factory.mktemp("tiny")
-    tiny_roots(base)
-    return base
 
 
 CALLBACK_SECRET = "test-callback-secret"
@@ -156,22 +146,6 @@ def assert_error(resp: httpx.Response, status: int, code: str) -> dict[str, Any]
     assert body["error"]["code"] == code, body
     assert body["error"]["message"]
     return body
-
-
-def assert_same_result(got: dict[str, Any], want: dict[str, Any]) -> None:
-    """Same frames, people and track ids; numbers within 1e-4 (batching may change rounding)."""
-    assert got["video"] == want["video"] and got["tracks"] == want["tracks"] and got["models"] == want["models"]
-    assert len(got["frames"]) == len(want["frames"])
-    for fg, fw in zip(got["frames"], want["frames"]):
-        assert (fg["frame_index"], fg["time_s"]) == (fw["frame_index"], fw["time_s"])
-        assert [p["track_id"] for p in fg["people"]] == [p["track_id"] for p in fw["people"]]
-        for pg, pw in zip(fg["people"], fw["people"]):
-            assert pg["score"] == pytest.approx(pw["score"], abs=1e-4)
-            for key in ("bbox", "keypoints_2d", "keypoints_3d"):
-                np.testing.assert_allclose(pg[key], pw[key], rtol=1e-4, atol=1e-4, err_msg=key)
-            for group in ("smpl", "camera"):
-                for key, value in pw[group].items():
-                    np.testing.assert_allclose(pg[group][key], value, rtol=1e-4, atol=1e-4, err_msg=f"{group}.{key}")
 
 
 @pytest.fixture(scope="module")

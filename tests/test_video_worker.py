@@ -98,6 +98,38 @@ def test_jobs_handed_back_by_stopping_workers_are_not_crashes(tmp_path):
         assert report.requeued == [created.id] and (got.state, got.attempts, got.crashes) == ("queued", 4, 1)
 
 
+def test_a_worker_stopped_while_it_claims_hands_the_job_straight_back(tmp_path):
+    """The host stops the worker (`stop`) while the worker loop's claim runs in its thread: the
+    job that claim took goes back to the queue at once, a hand-off rather than a lease left to
+    run out (a crash), and the stopped worker claims nothing more."""
+    settings = JobSettings(data_dir=str(tmp_path / "data"), lease_s=30.0, max_attempts=3, max_active=2)
+    with JobStore(tmp_path / "data", max_active=2, max_queued=4) as store:
+        first, second = store.create("video"), store.create("video")
+
+        class StoppedDuringClaim:
+            """The real store; the worker is stopped while `claim_next` runs."""
+
+            def __getattr__(self, name: str):
+                return getattr(store, name)
+
+            def claim_next(self, *args, **kwargs):
+                job = store.claim_next(*args, **kwargs)
+                WORKER.stop(worker)
+                return job
+
+        started: list[str] = []
+        worker = SimpleNamespace(
+            store=StoppedDuringClaim(), settings=settings, _stopping=False, _tokens={}, _overlay_tokens={}, _active={},
+            _room_to_run=lambda: True, _schedule_ended=lambda job_id: None,
+            _run=lambda job: asyncio.sleep(0, started.append(job.id)),
+        )
+        asyncio.run(WORKER._claim_jobs(worker))
+        assert worker._active == {} and started == []
+        got = store.get(first.id)
+        assert (got.state, got.attempts, got.crashes) == ("queued", 1, 0)
+        assert (store.get(second.id).state, store.get(second.id).attempts) == ("queued", 0)
+
+
 def test_stall_s_must_outlast_the_longest_chunk(tmp_path):
     assert JobSettings(data_dir=str(tmp_path)).stall_s == 1800.0
     assert JobSettings(data_dir=str(tmp_path), stall_s=None).stall_s is None
