@@ -113,6 +113,9 @@ class Tracker:
             RemoteStages(detector, regressor, settings.stage_timeout_s), settings, models,
             map_error=as_pose_error, unwrap=unwrap_error, nodes=alive_nodes,
             renderer=None if renderer is None else RemoteRenderer(renderer),
+            # Serve health-checks RUNNING replicas only, and kills one stopped while STARTING
+            # without a graceful stop: a job it had claimed would come back as a crash.
+            claim_after_health_check=True,
         )
         self.start = start_info(self.worker.load_s)
         self.queue_metrics = QueueMetrics()

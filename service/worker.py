@@ -103,6 +103,7 @@ class VideoWorker:
         unwrap: Callable[[BaseException], BaseException] = lambda exc: exc,
         nodes: Callable[[], int] = lambda: 1,
         renderer: OverlayStage | None = None,
+        claim_after_health_check: bool = False,
     ) -> None:
         self.map_error = map_error  # a failure of the host's stages as a stable code
         self.unwrap = unwrap  # the original exception inside the host's wrappers
@@ -134,6 +135,10 @@ class VideoWorker:
         self._loop_beat = time.monotonic()
         self._no_room_since: float | None = None  # a job was handed back for want of disk room
         self._stopping = False  # set when the host stops the worker: the loop claims nothing more
+        # A host that may kill a replica still starting without stopping it (Serve does) says the
+        # worker is serving by checking its health: until then it claims nothing, so nothing it
+        # claimed can be lost with it (and counted as a crash).
+        self._serving = not claim_after_health_check
         self._loop_task = asyncio.get_running_loop().create_task(self._worker())
         self._delivery_task = asyncio.get_running_loop().create_task(self._deliver_callbacks())
 
@@ -210,6 +215,9 @@ class VideoWorker:
         in a store call fails it, and Serve replaces the replica; its jobs' leases run out)."""
         if self._loop_task.done():
             raise RuntimeError("the video worker loop has stopped")
+        if not self._serving:  # the host checks only replicas it counts as running: claim from now on
+            self._serving = True
+            self._wake.set()
         stalled = time.monotonic() - self._loop_beat
         limit = max(60.0, 10 * self.settings.poll_interval_s, 2 * self.settings.lease_s)
         if stalled > limit:
@@ -226,8 +234,9 @@ class VideoWorker:
                         continue
                     for job_id in ended:
                         self._schedule_ended(job_id)
-                await self._claim_jobs()
-                await self._sweep_overlays()
+                if self._serving:
+                    await self._claim_jobs()
+                    await self._sweep_overlays()
                 if time.time() - self._last_purge > 600 and self.store is not None:
                     self._last_purge = time.time()
                     purged = await asyncio.to_thread(self.store.purge_expired)

@@ -67,7 +67,7 @@ def test_health_check_fails_when_the_worker_loop_stalls_or_stops(tmp_path):
     async def scenario() -> None:
         settings = JobSettings(data_dir=str(tmp_path), poll_interval_s=1.0, lease_s=30.0)
         running = asyncio.get_running_loop().create_future()
-        worker = SimpleNamespace(settings=settings, _loop_task=running, _loop_beat=time.monotonic())
+        worker = SimpleNamespace(settings=settings, _loop_task=running, _loop_beat=time.monotonic(), _serving=True)
         await WORKER.check_health(worker)  # went round just now: healthy
         worker._loop_beat = time.monotonic() - 61.0  # stuck past max(60 s, 10 polls, 2 leases)
         with pytest.raises(RuntimeError, match="has not gone round"):
@@ -287,6 +287,40 @@ class _Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def test_a_worker_whose_host_kills_starting_replicas_claims_only_once_its_health_is_checked(tmp_path):
+    """Serve kills a replica stopped while it is still STARTING without a graceful stop, and
+    health-checks RUNNING replicas only: the Tracker's worker claims nothing before the first
+    check, so a job can never be lost with a replica that was never running."""
+    from pipeline.tiny.cache import runner_settings
+    from pipeline.video.loop import LocalStages
+    from pipeline.video.runner import VideoRunner
+    from service.settings import ModelSettings
+
+    models = ModelSettings(profile="tiny", tiny_dir=str(tmp_path / "tiny"))
+    runner = VideoRunner.from_cache(models.roots(), download=False, device="cpu", **runner_settings())
+    settings = JobSettings(data_dir=str(tmp_path / "data"), poll_interval_s=0.1, lease_s=30.0)
+
+    async def scenario() -> None:
+        store = settings.open_store()
+        job = store.create("video")
+        worker = VideoWorker(LocalStages(runner.detector, runner.hmr2), settings, models, map_error=lambda exc: None,
+                             claim_after_health_check=True)
+        try:
+            await worker.wake()
+            await asyncio.sleep(1.0)  # ten polls
+            assert (store.get(job.id).state, store.get(job.id).attempts) == ("queued", 0)
+            await worker.check_health()  # the host counts it as running now
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and store.get(job.id).attempts == 0:
+                await asyncio.sleep(0.05)
+            assert store.get(job.id).attempts == 1
+        finally:
+            worker.stop()
+            store.close()
+
+    asyncio.run(scenario())
 
 
 def test_a_callback_pending_when_its_worker_died_is_delivered_by_the_next_once(tmp_path):
