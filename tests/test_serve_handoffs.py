@@ -18,9 +18,9 @@ workers can be redeployed alone: the same config with one option of the ``Tracke
 changed (its replicas' environment) makes Serve replace the Tracker's replicas, one at a time,
 while the model deployments keep theirs; the replica count is that deployment's
 ``num_replicas``, as in the file. Serve stops a replica gracefully only once it is RUNNING: one
-still STARTING is killed at once, although a Tracker claims jobs as soon as it is constructed,
-a moment before Serve counts it RUNNING (a job it holds then comes back through its lease, as a
-crash). So each redeploy here waits for the new worker to be RUNNING and to have made progress.
+still STARTING is killed at once. A Tracker therefore claims jobs only after Serve's first
+health check (made on RUNNING replicas only; `service.worker.VideoWorker`), and each redeploy
+here comes once the new worker holds the job and has made progress.
 """
 
 from __future__ import annotations
