@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -121,3 +122,44 @@ def serve_tiny(
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+class InProcessHost:
+    """The API's model backend (`service.api.backend.ModelBackend`) without Ray: what the Serve
+    deployments are to the API, for one in-process video worker (``worker``: a
+    `service.worker.VideoWorker`, or None when no job is to run). Images are not served here."""
+
+    def __init__(self) -> None:
+        self.worker: Any = None
+
+    async def regress(self, image: Any, boxes: Any, vertices: bool) -> Any:
+        from pipeline.errors import PoseError
+
+        raise PoseError("not_ready", "images are not served by this host", status=503)
+
+    async def overlay(self, image: Any, boxes: Any, side_view: bool = False) -> bytes:
+        from pipeline.errors import PoseError
+
+        raise PoseError("not_ready", "images are not served by this host", status=503)
+
+    async def readiness(self) -> dict[str, bool]:
+        return {"Tracker": self.worker is not None}
+
+    async def stages_info(self) -> dict[str, Any]:
+        return {}
+
+    def host_info(self) -> dict[str, Any]:
+        return {}
+
+    def cluster_nodes(self) -> int:
+        return 1
+
+    def has_video_worker(self) -> bool:
+        return True
+
+    def wake_worker(self) -> None:
+        if self.worker is not None:
+            asyncio.get_running_loop().create_task(self.worker.wake())
+
+    def map_error(self, exc: BaseException) -> Any:
+        return None

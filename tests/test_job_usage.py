@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from serve_helpers import InProcessHost
 
 from pipeline.errors import PoseError
 from service.jobs import JobStore
@@ -157,31 +158,6 @@ def test_a_running_job_reserves_what_it_has_still_to_write_and_an_ending_gives_t
 # -- through the FastAPI application --------------------------------------------------------------
 
 
-class _NoModels:
-    """The API's model backend where no job runs: jobs stay queued (`service.api.backend`)."""
-
-    async def readiness(self) -> dict[str, bool]:
-        return {}
-
-    async def stages_info(self) -> dict[str, Any]:
-        return {}
-
-    def host_info(self) -> dict[str, Any]:
-        return {}
-
-    def cluster_nodes(self) -> int:
-        return 1
-
-    def has_video_worker(self) -> bool:
-        return True
-
-    def wake_worker(self) -> None:
-        return None
-
-    def map_error(self, exc: BaseException) -> PoseError | None:
-        return None
-
-
 def _api(tmp_path: Path, **jobs: Any) -> tuple[Any, dict[str, dict[str, str]]]:
     """The real application (keys for alice, bob and an admin), its job settings ``jobs``."""
     from service.api.app import build_app
@@ -194,7 +170,7 @@ def _api(tmp_path: Path, **jobs: Any) -> tuple[Any, dict[str, dict[str, str]]]:
     keys_file = tmp_path / "keys.txt"
     keys_file.write_text("".join(key_line(c, k, admin=c == "ops") + "\n" for c, k in keys.items()))
     settings = JobSettings(data_dir=str(tmp_path / "data"), max_active=1, max_queued=8, **jobs)
-    ctx = ApiContext(ApiSettings(profile="tiny", auth_keys_file=str(keys_file)), _NoModels(), NoMetrics(), jobs=settings)
+    ctx = ApiContext(ApiSettings(profile="tiny", auth_keys_file=str(keys_file)), InProcessHost(), NoMetrics(), jobs=settings)
     return build_app(ctx), {c: {"authorization": f"Bearer {k}"} for c, k in keys.items()}
 
 

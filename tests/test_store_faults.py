@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pytest
+from serve_helpers import InProcessHost
 
 from pipeline.errors import PoseError
 from service.jobs import JobStore
@@ -219,45 +220,6 @@ def test_a_first_schema_database_migrates_in_order_and_once(backend, request, tm
 # -- a video job through the HTTP API while the database drops its connections or restarts ---------
 
 
-class _Host:
-    """The API's model backend for one in-process video worker: what the Serve deployments are to
-    the API (`service.api.backend.ModelBackend`); images are not served here."""
-
-    def __init__(self) -> None:
-        self.worker: Any = None
-
-    async def regress(self, image: Any, boxes: Any, vertices: bool) -> Any:
-        raise PoseError("not_ready", "images are not served by this host", status=503)
-
-    async def overlay(self, image: Any, boxes: Any, side_view: bool = False) -> bytes:
-        raise PoseError("not_ready", "images are not served by this host", status=503)
-
-    async def readiness(self) -> dict[str, bool]:
-        return {"Tracker": self.worker is not None}
-
-    async def stages_info(self) -> dict[str, Any]:
-        return {}
-
-    def host_info(self) -> dict[str, Any]:
-        return {}
-
-    def cluster_nodes(self) -> int:
-        return 1
-
-    def has_video_worker(self) -> bool:
-        return True
-
-    def wake_worker(self) -> None:
-        if self.worker is not None:
-            asyncio.get_running_loop().create_task(self.worker.wake())
-
-    async def cancel_running(self, job_id: str, delete: bool) -> None:
-        await self.worker.cancel(job_id, delete)
-
-    def map_error(self, exc: BaseException) -> PoseError | None:
-        return None
-
-
 class _FaultyStages:
     """The in-process model stages; while armed, the server terminates every connection of the
     job store (the worker's and the API's) when the chunks numbered in ``at`` are submitted."""
@@ -304,7 +266,7 @@ def _video_job_through(url: str, tmp_path: Path, faults: Sequence[Callable[[], b
     runner = VideoRunner.from_cache(roots, download=False, device="cpu", **{**runner_settings(), "chunk_size": 4})
     settings = JobSettings(data_dir=str(tmp_path / "data"), job_store=url, chunk_size=4, max_active=1,
                            poll_interval_s=0.2, lease_s=30.0)
-    host = _Host()
+    host = InProcessHost()
     calls: list[tuple[float, float]] = []
 
     async def scenario() -> None:
@@ -434,7 +396,7 @@ def test_a_database_unreachable_at_start_answers_503_with_retry_after(tmp_path):
     from service.settings import ApiSettings, JobSettings
 
     settings = JobSettings(data_dir=str(tmp_path / "data"), job_store="postgresql://nobody@127.0.0.1:9/none?connect_timeout=1")
-    ctx = ApiContext(ApiSettings(profile="tiny", auth="none"), _Host(), NoMetrics(), jobs=settings)
+    ctx = ApiContext(ApiSettings(profile="tiny", auth="none"), InProcessHost(), NoMetrics(), jobs=settings)
 
     async def scenario() -> None:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(ctx)), base_url="http://api") as api:
