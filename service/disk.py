@@ -6,14 +6,13 @@ Two bounds, either of which refuses new work with ``storage_full`` (507, ``Retry
 * ``min_free_bytes``: what must stay free on its file system, for the results of the jobs
   already accepted and for everything else on that disk.
 
-An upload is checked before its body is read (its declared length) and again as it arrives, so
-it is refused before it writes past either bound; a refused upload's file is deleted at once.
-Accepted jobs always run to their end: their results are what the free-space floor is kept for,
-and retention (`service.jobs.JobStore.purge_expired`) frees the space of old ones.
+What is promised and not yet written (the expected results of accepted jobs, the uploads
+streaming in) is held in the job store (`service.jobs.usage`), on every Ingress replica's view:
+an upload and a job fit only in the room this leaves less those holds. A refused upload's file
+is deleted at once. Accepted jobs always run to their end, and retention
+(`service.jobs.JobStore.purge_expired`) frees the space of old ones.
 
-Usage is the sum of file sizes under the folder, walked at most every ``cache_s`` seconds and
-raised at once by what this process writes (`charge`), so uploads arriving together see each
-other. On shared storage several processes count the same folder; each refuses on its own view.
+Usage is the sum of file sizes under the folder, walked at most every ``cache_s`` seconds.
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ class DiskBudget:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def used_bytes(self) -> int:
-        """Bytes under the folder: walked at most every ``cache_s``, plus what was charged since."""
+        """Bytes under the folder, walked at most every ``cache_s`` seconds."""
         with self._lock:
             if time.monotonic() - self._walked_at >= self.cache_s:
                 self._used = folder_bytes(self.root)
@@ -72,11 +71,6 @@ class DiskBudget:
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
-
-    def charge(self, nbytes: int) -> None:
-        """Count ``nbytes`` written by this process before the next walk sees them."""
-        with self._lock:
-            self._used += nbytes
 
     def room(self) -> int:
         """Bytes that may still be written: the tighter of the budget and the free-space floor."""
@@ -92,13 +86,12 @@ class DiskBudget:
         if room <= 0 or incoming > room:
             raise self.full(incoming, room)
 
+    def bounds(self) -> dict[str, int]:
+        """The two bounds, for a ``storage_full`` answer's details."""
+        return {"min_free_bytes": self.min_free_bytes, **({} if self.max_bytes is None else {"max_bytes": self.max_bytes})}
+
     def full(self, incoming: int, room: int) -> PoseError:
-        details: dict[str, int] = {
-            "retry_after": RETRY_AFTER_S, "incoming_bytes": incoming, "room_bytes": room,
-            "min_free_bytes": self.min_free_bytes,
-        }
-        if self.max_bytes is not None:
-            details["max_bytes"] = self.max_bytes
+        details: dict[str, int] = {"retry_after": RETRY_AFTER_S, "incoming_bytes": incoming, "room_bytes": room, **self.bounds()}
         return PoseError(
             "storage_full",
             f"the data folder has room for {room} more bytes, this request needs {incoming} or more; "

@@ -67,15 +67,14 @@ def test_the_free_space_floor_holds_without_a_budget(tmp_path: Path) -> None:
     assert refused.value.code == "storage_full" and "max_bytes" not in refused.value.details
 
 
-def test_charged_bytes_count_before_the_next_walk(tmp_path: Path) -> None:
+def test_the_walk_is_cached_for_its_period(tmp_path: Path) -> None:
     budget = DiskBudget(tmp_path, max_bytes=1000, cache_s=3600.0)
     assert budget.used_bytes() == 0
-    budget.charge(700)  # an upload arriving: another one starting now sees it
-    assert budget.room() == 300
-    budget.charge(-700)  # refused and deleted
+    _write(tmp_path / "jobs" / "j1" / "input.mp4", 700)  # written after the walk: seen at the next one
     assert budget.room() == 1000
     report = budget.report()
     assert report["used_bytes"] == 0 and report["max_bytes"] == 1000 and report["room_bytes"] == 1000
+    assert budget.bounds() == {"min_free_bytes": 0, "max_bytes": 1000}
 
 
 def _args(max_bytes: int, mbit_s: float):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,36 @@ def test_uploads_admitted_at_once_by_two_stores_never_overbook_the_room(open_sto
         t.join(60)
     assert sorted(outcomes) == ["accepted"] * 3 + ["storage_full"] * 5
     assert stores[0].usage("c0").reserved == 9000
+
+
+def test_uploads_streaming_on_two_replicas_hold_their_room_until_their_job_takes_it_over(open_store, tmp_path):
+    """An upload holds its bytes while it streams; another replica's upload that does not fit
+    beside the hold is refused before it writes; a hold ends when its job is created (its bytes
+    are on disk then) and lapses by itself when its Ingress died."""
+    data = tmp_path / "data"
+    one, other = open_store(data, max_active=4, max_queued=16), open_store(data, max_active=4, max_queued=16)
+    room = 20_000
+    one.hold_upload("upload-a", 6000, room, 30.0)
+    err = _refused(lambda: other.hold_upload("upload-b", 15_000, room, 30.0))
+    assert (err.code, err.details["reserved_bytes"], err.details["room_bytes"]) == ("storage_full", 6000, 14_000)
+    other.hold_upload("upload-b", 10_000, room, 0.3)  # fits beside it; its Ingress dies now
+    assert other.usage("x").reserved == 16_000
+    one.hold_upload("upload-a", 6000, room, 30.0)  # taken again (renewed): not counted twice
+    assert one.usage("x").reserved == 16_000
+    # upload-a has landed (6,000 bytes of the room are its file now) and becomes a job with
+    # 3,000 bytes of results: its admission sees upload-b's hold, not its own.
+    landed = room - 6000
+    job = one.create(client="alice", reservation=Reservation(result_bytes=3000, room=lambda: landed, upload_hold="upload-a"))
+    assert one.usage("x").reserved == 3000 + 10_000  # the job's results, upload-b's hold
+    err = _refused(lambda: other.create(reservation=Reservation(result_bytes=1001, room=lambda: landed)))
+    assert (err.code, err.details["reserved_bytes"]) == ("storage_full", 13_000)
+    time.sleep(0.4)  # upload-b's hold lapses
+    assert other.usage("x").reserved == 3000
+    other.hold_upload("upload-c", 11_000, landed, 30.0)
+    one.end_upload_hold("upload-c")  # refused for another reason: its hold ends at once
+    assert one.usage("x").reserved == 3000
+    one.cancel(job.id)
+    assert one.usage("x").reserved == 0
 
 
 def test_a_running_job_reserves_what_it_has_still_to_write_and_an_ending_gives_the_rest_back(store):
@@ -247,6 +278,44 @@ def test_the_api_reserves_each_jobs_results_so_a_second_upload_finds_no_room(tmp
         assert [j["id"] for j in jobs["jobs"]] == [first.json()["id"]]
         assert (await api.post(f"/v1/jobs/{first.json()['id']}/cancel", headers=auth["alice"])).status_code == 200
         assert (await api.post("/v1/videos", files=files, headers=auth["bob"])).status_code == 202
+
+    _run(app, scenario)
+
+
+def test_an_upload_streaming_in_holds_its_room_so_another_is_refused_before_it_writes(tmp_path):
+    """Upload A announces 12 MiB and is still arriving: its room is held in the job store, so
+    upload B (6 MiB) does not fit in a 16 MiB budget and is refused at once, naming the bytes
+    held; once A has ended (here: refused, its body cut short), nothing is held any more."""
+    budget, a_bytes, b_bytes = 16 * 2**20, 12 * 2**20, 6 * 2**20
+    app, auth = _api(tmp_path, max_disk_bytes=budget)
+    raw = {"content-type": "video/mp4"}
+
+    async def scenario(api: Any) -> None:
+        arrived, release = asyncio.Event(), asyncio.Event()
+
+        async def slow_body() -> Any:
+            yield b"\0" * 1024
+            arrived.set()
+            await release.wait()
+
+        headers = {**raw, "content-length": str(a_bytes), **auth["alice"]}
+        a = asyncio.create_task(api.post("/v1/videos", content=slow_body(), headers=headers))
+        await asyncio.wait_for(arrived.wait(), 30)
+        disk = (await api.get("/v1/info", headers=auth["ops"])).json()["videos"]["disk"]
+        assert disk["reserved_bytes"] == a_bytes
+        refused = await api.post("/v1/videos", content=b"\0" * b_bytes, headers={**raw, **auth["bob"]})
+        assert refused.status_code == 507, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "storage_full"
+        assert (error["details"]["reserved_bytes"], error["details"]["incoming_bytes"]) == (a_bytes, b_bytes)
+        assert error["details"]["max_bytes"] == budget
+        assert len(_left_on_disk(tmp_path / "data")) == 1  # A's file only: B wrote nothing
+        release.set()
+        answer = await a
+        assert answer.status_code != 202  # 1 KiB of zeros is no video
+        disk = (await api.get("/v1/info", headers=auth["ops"])).json()["videos"]["disk"]
+        assert disk["reserved_bytes"] == 0
+        assert _left_on_disk(tmp_path / "data") == []
 
     _run(app, scenario)
 

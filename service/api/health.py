@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import Any
@@ -71,7 +70,7 @@ async def service_info(ctx: ApiContext, caller: Client) -> dict[str, Any]:
             "pose_video_route": videos.media_root is not None,
             "client": await videos.usage(caller),  # the caller's own jobs and bytes, against its limits
             # the data folder's budget (service.disk): the figures of the server's disk, for admins
-            "disk": await asyncio.to_thread(videos.disk.report) if caller.admin else None,
+            "disk": await videos.disk_report() if caller.admin else None,
         },
         "resources": settings.app_info,
         "ingress": ctx.backend.host_info(),

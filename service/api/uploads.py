@@ -5,15 +5,13 @@ before a byte past them is written."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Awaitable, Callable, cast
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from pipeline.errors import InputError, PoseError
-from service.disk import DiskBudget
 from service.jobs.usage import ClientBytes
 
 RAW_VIDEO_TYPES = {
@@ -22,6 +20,12 @@ RAW_VIDEO_TYPES = {
 }
 _FORM_FIELD_BYTES = 4096  # a text field of the upload form (options, callback URL)
 MULTIPART_SLACK = 64 * 1024  # multipart framing and text fields on top of the video's own limit
+# An upload holds its disk room in the job store (`service.jobs.usage.hold_upload`): all of its
+# declared length at once, else this much more each time it outgrows its hold; the hold is taken
+# again (renewed) every HOLD_STEP bytes and lapses HOLD_S after, so a crashed Ingress's holds
+# free themselves (at the slowest rate the limits assume, HOLD_STEP takes under a minute).
+HOLD_STEP = 64 * 2**20
+HOLD_S = 600.0
 
 
 class _FormSink:
@@ -100,16 +104,14 @@ async def stream_upload(
     request: Request,
     dest: Path,
     limit: int,
-    disk: DiskBudget | None = None,
     *,
-    reserved: int = 0,
+    hold: Callable[[int], Awaitable[None]] | None = None,
     client: ClientBytes | None = None,
 ) -> dict[str, str]:
     """The video of a multipart (field ``video``) or raw request body, streamed to ``dest``;
     returns the text fields. Raises 413 past ``limit`` bytes, 415 for other content types, and
-    507 before writing past a bound: ``storage_full`` past the room ``disk`` leaves once
-    ``reserved`` bytes (what accepted jobs have still to write) are set aside,
-    ``client_storage_limit`` past what ``client``'s bytes limit leaves."""
+    507 before writing past a bound: ``storage_full`` when ``hold(n)`` cannot hold the room for
+    ``n`` bytes (see HOLD_STEP), ``client_storage_limit`` past what ``client``'s bytes limit leaves."""
     ctype = request.headers.get("content-type", "")
     kind = ctype.split(";")[0].strip().lower()
     if kind != "multipart/form-data" and kind not in RAW_VIDEO_TYPES:
@@ -123,39 +125,32 @@ async def stream_upload(
     declared_size = int(declared) if declared is not None and declared.isdigit() else None
     if declared_size is not None and declared_size > limit:
         raise _too_large(declared_size, limit)
-    room = None
-    if disk is not None:
-        room = max(0, await asyncio.to_thread(disk.room) - reserved)
-        disk.check(declared_size or 0, room)
     if client is not None:
         client.check(declared_size or 0)
-    received = charged = 0
+    held = declared_size if declared_size is not None else min(limit, HOLD_STEP)
+    if hold is not None:
+        await hold(held)
+    received, renew_at = 0, HOLD_STEP
 
-    def count(chunk: bytes) -> None:
-        nonlocal received, charged
+    async def count(chunk: bytes) -> None:
+        nonlocal received, held, renew_at
         received += len(chunk)
         if received > limit:
             raise _too_large(received, limit)
         if client is not None:
             client.check(received)
-        if disk is not None and room is not None:
-            if received > room:
-                raise disk.full(received, room)
-            disk.charge(len(chunk))  # seen at once by uploads that start meanwhile
-            charged += len(chunk)
+        if hold is not None and (received > held or received >= renew_at):
+            held = max(held, min(limit, received + HOLD_STEP))  # outgrown (no declared length), or renewed
+            renew_at = received + HOLD_STEP
+            await hold(held)
 
-    try:
-        if kind != "multipart/form-data":
-            with open(dest, "wb") as f:
-                async for chunk in request.stream():
-                    count(chunk)
-                    f.write(chunk)
-            return {}
-        return await _stream_multipart(request, ctype, dest, count)
-    except BaseException:
-        if disk is not None:  # the caller deletes a refused upload: its bytes are free again
-            disk.charge(-charged)
-        raise
+    if kind != "multipart/form-data":
+        with open(dest, "wb") as f:
+            async for chunk in request.stream():
+                await count(chunk)
+                f.write(chunk)
+        return {}
+    return await _stream_multipart(request, ctype, dest, count)
 
 
 async def _stream_multipart(request: Request, ctype: str, dest: Path, count: Any) -> dict[str, str]:
@@ -167,7 +162,7 @@ async def _stream_multipart(request: Request, ctype: str, dest: Path, count: Any
     try:
         parser = MultipartParser(boundary, cast(Any, sink.callbacks()))  # a TypedDict of callbacks in its stubs
         async for chunk in request.stream():
-            count(chunk)
+            await count(chunk)
             parser.write(chunk)
             if sink.error is not None:
                 raise sink.error

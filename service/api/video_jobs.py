@@ -16,8 +16,9 @@ import logging
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
@@ -31,6 +32,7 @@ from pipeline.video.results import iter_json_document
 from service.api.backend import ModelBackend
 from service.api.files import attachment, ranged_file_response
 from service.api.schemas import ResultSummary
+from service.api.uploads import HOLD_S
 from service.auth import Client
 from service.callbacks import check_url
 from service.disk import DiskBudget
@@ -81,11 +83,42 @@ class VideoJobs:
         ask = Reservation(input_bytes=incoming_bytes, client_max_bytes=self.client_max_bytes(client))
         await self.call(self.store.check_admission, client.id, self.client_limit(client), ask)
 
-    async def upload_room(self, client: Client) -> tuple[int, ClientBytes | None]:
-        """For an upload about to stream in: bytes accepted jobs have still to write (the data
-        folder's room less them is the upload's), and the client's bytes against its limit."""
+    async def client_room(self, client: Client) -> ClientBytes | None:
+        """For an upload about to stream in: the client's bytes against its limit (None: none)."""
         usage = await self.call(self.store.usage, client.id)
-        return usage.reserved, usage.client_room(self.client_max_bytes(client))
+        return usage.client_room(self.client_max_bytes(client))
+
+    def upload_hold(self) -> tuple[str, Callable[[int], Awaitable[None]]]:
+        """A new upload's hold id, and ``hold(n)``: hold the data folder's room for its ``n``
+        bytes in the job store, seen by every Ingress replica (`service.jobs.usage.hold_upload`);
+        507 ``storage_full`` with the folder's bounds when they do not fit."""
+        hold_id = uuid.uuid4().hex
+
+        async def hold(nbytes: int) -> None:
+            room = await self.call(self.disk.room)
+            try:
+                await self.call(self.store.hold_upload, hold_id, nbytes, room, HOLD_S)
+            except PoseError as exc:
+                if exc.code == "storage_full":
+                    exc.details.update(self.disk.bounds())
+                raise
+
+        return hold_id, hold
+
+    async def disk_report(self) -> dict[str, int | None]:
+        """The data folder's figures (`DiskBudget.report`) and what is promised on it and not yet
+        written (``reserved_bytes``: accepted jobs' results, uploads streaming in)."""
+        report = await self.call(self.disk.report)
+        usage = await self.call(self.store.usage, "")
+        return {**report, "reserved_bytes": usage.reserved}
+
+    async def end_hold(self, hold_id: str) -> None:
+        """An upload that became a job, or was refused, holds no room any more (best effort: a
+        hold left behind lapses by itself)."""
+        try:
+            await self.call(self.store.end_upload_hold, hold_id)
+        except Exception as exc:  # the store away: the hold runs out
+            logger.warning("upload hold %s not ended (it lapses by itself): %s", hold_id, exc)
 
     async def usage(self, client: Client) -> dict[str, int | None]:
         """The caller's own jobs and bytes against its limits (``/v1/info``)."""
@@ -95,10 +128,13 @@ class VideoJobs:
             "disk_bytes": usage.client_bytes, "max_disk_bytes": self.client_max_bytes(client),
         }
 
-    def reservation(self, info: Any, frames: int, options: dict[str, Any], client: Client) -> Reservation:
+    def reservation(
+        self, info: Any, frames: int, options: dict[str, Any], client: Client, upload_hold: str | None = None
+    ) -> Reservation:
         """The disk bytes a job of ``frames`` frames of this video will write (`service.jobs.usage`)."""
         people = self.jobs.reserve_people_per_frame
         return Reservation(
+            upload_hold=upload_hold,
             result_bytes=expected_result_bytes(frames, people_per_frame=people, vertices=bool(options.get("vertices"))),
             overlay_bytes=expected_overlay_bytes(frames, info.width, info.height) if options.get("render") else 0,
             client_max_bytes=self.client_max_bytes(client),
@@ -116,6 +152,7 @@ class VideoJobs:
         client: Client,
         fingerprint: str | None = None,
         frame_range: FrameRange | None = None,
+        upload_hold: str | None = None,
     ) -> Job:
         """Probe the video (a bad one is refused here, as a 4xx), then queue a job for it, ``client``'s.
 
@@ -146,7 +183,7 @@ class VideoJobs:
                 fingerprint=fingerprint,
                 client=client.id,
                 client_limit=self.client_limit(client),
-                reservation=self.reservation(info, expected, options, client),
+                reservation=self.reservation(info, expected, options, client, upload_hold),
             )
         except BaseException:
             if move:  # once accepted the upload has moved into the job's folder

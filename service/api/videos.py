@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any, Optional
 
@@ -98,12 +99,11 @@ def add_upload_route(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> Non
         if idempotency_key is None:
             await v.check_capacity(caller, int(declared) if declared.isdigit() else 0)
         # With a key the body is read even when the key is known: a replay must be the same request.
-        reserved, client_bytes = await v.upload_room(caller)
+        client_room = await v.client_room(caller)
+        hold_id, hold = v.upload_hold()
         dest = v.store.new_upload_path(".upload")
         try:
-            fields = await stream_upload(
-                request, dest, v.limits.max_bytes + MULTIPART_SLACK, v.disk, reserved=reserved, client=client_bytes
-            )
+            fields = await stream_upload(request, dest, v.limits.max_bytes + MULTIPART_SLACK, hold=hold, client=client_room)
             vertices = vertices or form_flag(fields.get("vertices"), "vertices")
             render = render or form_flag(fields.get("render"), "render")
             callback_url = callback_url or fields.get("callback_url") or None
@@ -117,21 +117,28 @@ def add_upload_route(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> Non
                 existing = await v.call(v.store.find_by_idempotency_key, idempotency_key, caller.id)
                 if existing is not None:
                     dest.unlink()
+                    await v.end_hold(hold_id)
                     return accepted(check_replay(existing, fingerprint), True)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 dest.unlink()
+            await asyncio.shield(v.end_hold(hold_id))
             raise
-        job = await v.accept(
-            dest,
-            move=True,
-            options={"vertices": vertices, "render": render, "source": "upload"},
-            idempotency_key=idempotency_key,
-            callback_url=callback_url,
-            client=caller,
-            fingerprint=fingerprint,
-            frame_range=frame_range,
-        )
+        try:
+            job = await v.accept(
+                dest,
+                move=True,
+                options={"vertices": vertices, "render": render, "source": "upload"},
+                idempotency_key=idempotency_key,
+                callback_url=callback_url,
+                client=caller,
+                fingerprint=fingerprint,
+                frame_range=frame_range,
+                upload_hold=hold_id,  # ended in the transaction that creates the job
+            )
+        except BaseException:
+            await asyncio.shield(v.end_hold(hold_id))
+            raise
         return accepted(job, False)
 
 

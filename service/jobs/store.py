@@ -36,7 +36,7 @@ from pipeline.atomic import atomic_open
 from pipeline.errors import PoseError
 from service.auth import DEFAULT_CLIENT
 from service.disk import folder_bytes
-from service.jobs import overlays
+from service.jobs import overlays, usage
 from service.jobs.cleanup import (
     OrphanScan,
     delete_expired_rows,
@@ -66,7 +66,7 @@ from service.jobs.overlays import OverlayClaim
 from service.jobs.recovery import RecoveryReport, recover_expired, recover_stalled, recover_stopped
 from service.jobs.rows import fenced_row, job_from_row, locked_row, visible
 from service.jobs.transitions import set_cancelled, write_progress
-from service.jobs.usage import SETTLE_UNFINISHED_SQL, Reservation, Usage, admit, read_usage
+from service.jobs.usage import SETTLE_UNFINISHED_SQL, Reservation, Usage, admit
 from service.jobs.validation import check_create_args, check_kind, check_store_args
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ class JobStore:
         self._db = open_database(url, self.data_dir, database)
         with self._tx(lock_all=True) as db:
             create_table(db)
+            usage.create_table(db)
 
     @property
     def node_local(self) -> bool:
@@ -148,17 +149,13 @@ class JobStore:
     def _admit(self, db: Connection, client: str, client_limit: int | None, ask: Reservation, room: int | None) -> None:
         admit(db, client, client_limit, ask, room, max_active=self.max_active, max_queued=self.max_queued)
 
-    def _tx(self, *, lock_all: bool = False) -> Any:
+    @contextlib.contextmanager
+    def _tx(self, *, lock_all: bool = False) -> Iterator[Connection]:
         """One write transaction; ``lock_all`` also serialises it with other multi-row writes."""
-
-        @contextlib.contextmanager
-        def tx() -> Iterator[Connection]:
-            with self._db.write() as db:
-                if lock_all:
-                    db.lock_all()
-                yield db
-
-        return tx()
+        with self._db.write() as db:
+            if lock_all:
+                db.lock_all()
+            yield db
 
     # --- files ----------------------------------------------------------------------------
 
@@ -197,19 +194,15 @@ class JobStore:
         client_limit: int | None = None,
         reservation: Reservation | None = None,
     ) -> Job:
-        """Accept a job, queued, for ``client`` (at most ``client_limit`` of its jobs queued or
-        running: 429 ``client_job_limit`` beyond; None: no bound of its own). Once this returns, the job and its input survive any restart.
-        ``reservation``: its disk bytes, checked against the client's bytes (507
-        ``client_storage_limit``) and the room left after other jobs' reservations (507
-        ``storage_full``) in the same transaction as its insert (`service.jobs.usage`).
+        """Accept a job, queued, for ``client``; once this returns, the job and its input survive any restart.
 
-        ``move_input``: the file (an upload, see `new_upload_path`) is moved into the job folder
-        as ``input<suffix>``; otherwise ``input_file`` is only referenced (a media-folder file).
-        A known ``idempotency_key`` of the same client returns the existing job and drops the new upload, when the
-        request's ``fingerprint`` (a digest of what was sent, kept with the job) is the one the
-        job was made from; another payload under the same key is refused (422
-        ``idempotency_key_reused``), as the IETF Idempotency-Key draft asks.
-        Raises ``too_many_jobs`` (429, ``details["retry_after"]`` seconds) when full.
+        Refused, in one transaction with the insert: 429 ``client_job_limit`` past ``client_limit``
+        jobs queued or running (None: no bound), 429 ``too_many_jobs`` when the queue is full,
+        507 ``client_storage_limit`` / ``storage_full`` for ``reservation``'s disk bytes
+        (`service.jobs.usage`). ``move_input``: the file (see `new_upload_path`) moves into the
+        job folder as ``input<suffix>``, else it is only referenced (a media-folder file). A
+        known ``idempotency_key`` of the client returns its job (the new upload dropped) when
+        ``fingerprint`` (a digest of the request) matches; else 422 ``idempotency_key_reused``.
         """
         check_kind(kind)
         options = with_fingerprint(options, fingerprint)
@@ -257,7 +250,9 @@ class JobStore:
                     if row is not None:  # a concurrent retry won the race
                         return self._job(row)
                 self._admit(db, client, client_limit, ask, room)
-                seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+                if ask.upload_hold is not None:  # its bytes are on disk now, in the room just read
+                    usage.end_hold(db, ask.upload_hold)
+                seq = cast(Row, db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone())[0]
                 db.execute(
                     "INSERT INTO jobs (id, seq, kind, state, created_at, updated_at, input_path, options,"
                     " idempotency_key, client, callback_url, overlay_state, disk_bytes, reserved_bytes, overlay_bytes)"
@@ -668,7 +663,18 @@ class JobStore:
     def usage(self, client: str) -> Usage:
         """What accepted jobs have still to write, and ``client``'s jobs and bytes (`service.jobs.usage`)."""
         with self._db.read() as db:
-            return read_usage(db, client)
+            return usage.read_usage(db, client)
+
+    @retried
+    def hold_upload(self, hold: str, nbytes: int, room: int, hold_s: float) -> None:
+        """Hold disk room for an upload streaming in (`service.jobs.usage.hold_upload`)."""
+        with self._tx(lock_all=True) as db:
+            usage.hold_upload(db, hold, nbytes, room, hold_s)
+
+    @retried
+    def end_upload_hold(self, hold: str) -> None:
+        with self._tx() as db:
+            usage.end_hold(db, hold)
 
     # --- callbacks (`service.jobs.outbox`) ---------------------------------------------------
 

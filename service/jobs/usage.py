@@ -12,11 +12,18 @@ uploads that each fit would together fill the disk with their results. Each job 
   running.
 * ``overlay_bytes``: its expected overlay video, reserved while the overlay is pending.
 
+An upload holds its bytes while it streams in (`hold_upload`, a row of ``upload_holds``, renewed
+as it goes and lapsing ``until`` a time on the database's clock, so a crashed Ingress's hold
+frees itself): uploads on every Ingress replica see each other before a byte is written. Its
+hold ends in the transaction that creates its job (its bytes are on disk then) or when it is
+refused.
+
 Admission (`admit`) runs inside the store's job-creating transaction, which is serialised with
 every other multi-row write (`service.jobs.db` ``lock_all``): two uploads admitted at once see
 each other's reservation, so together they cannot take more than the room there is. The room
 itself (free space and budget) is read from the file system just before; what landed on disk
-already (this very upload) is in it.
+already (this very upload) is in it. A hold is counted in full although part of its file is on
+disk already: the error is on the safe side, and only while uploads stream.
 
 The expected results are an estimate with a margin (`expected_result_bytes`), so a job's
 reservation is nearly always above what it writes; a job that writes more is not stopped (its
@@ -33,6 +40,7 @@ from pipeline.errors import PoseError
 from service.disk import RETRY_AFTER_S
 from service.jobs.admission import check_capacity, check_client_jobs
 from service.jobs.db import Connection
+from service.jobs.leases import db_now
 
 # One person of one frame in the published result: ~9.6 kB of JSON (461 floats written in full)
 # plus ~1.9 kB of NPZ arrays; segments hold the same again until the result is published.
@@ -84,6 +92,7 @@ class Reservation:
     overlay_bytes: int = 0
     client_max_bytes: int | None = None
     room: Callable[[], int] | None = None
+    upload_hold: str | None = None  # the hold its upload took while streaming (`hold_upload`), ended with the insert
 
     @property
     def total(self) -> int:
@@ -103,15 +112,42 @@ class Reservation:
         return {"disk": self.total, "reserved": self.result_bytes, "overlay_bytes": self.overlay_bytes}
 
 
-def reserved_bytes(db: Connection) -> int:
-    """Bytes accepted jobs have still to write: unwritten results of queued and running jobs,
-    and pending overlays."""
+def create_table(db: Connection) -> None:
+    """The upload holds (idempotent; DOUBLE PRECISION is REAL to SQLite)."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS upload_holds (id TEXT PRIMARY KEY, bytes BIGINT NOT NULL, until DOUBLE PRECISION NOT NULL)"
+    )
+
+
+def reserved_bytes(db: Connection, except_hold: str | None = None) -> int:
+    """Bytes promised and not yet on disk: unwritten results of queued and running jobs, pending
+    overlays, and the live holds of uploads streaming in (but ``except_hold``)."""
     row = db.execute(
         f"SELECT COALESCE(SUM(CASE WHEN state IN ('queued', 'running') THEN {UNWRITTEN_SQL} ELSE 0 END"
         " + CASE WHEN overlay_state = 'pending' AND state IN ('queued', 'running', 'succeeded')"
         " THEN overlay_bytes ELSE 0 END), 0) FROM jobs"
     ).fetchone()
-    return int(row[0]) if row is not None else 0
+    held = db.execute(
+        "SELECT COALESCE(SUM(bytes), 0) FROM upload_holds WHERE until > :now AND id <> :hold",
+        {"now": db_now(db), "hold": except_hold or ""},
+    ).fetchone()
+    return (int(row[0]) if row is not None else 0) + (int(held[0]) if held is not None else 0)
+
+
+def hold_upload(db: Connection, hold: str, nbytes: int, room: int, hold_s: float) -> None:
+    """Hold ``nbytes`` for the upload ``hold`` (taken again: its new size and time) for
+    ``hold_s`` seconds; ``storage_full`` (507) when they do not fit in ``room`` less what is
+    reserved. The caller's transaction must be serialised with admission (``lock_all``)."""
+    check_room(db, room, nbytes, except_hold=hold)
+    end_hold(db, hold)
+    db.execute(
+        "INSERT INTO upload_holds (id, bytes, until) VALUES (:id, :bytes, :until)",
+        {"id": hold, "bytes": nbytes, "until": db_now(db) + hold_s},
+    )
+
+
+def end_hold(db: Connection, hold: str) -> None:
+    db.execute("DELETE FROM upload_holds WHERE id = :id OR until < :now", {"id": hold, "now": db_now(db) - 3600})
 
 
 def client_bytes(db: Connection, client: str) -> int:
@@ -172,10 +208,10 @@ def check_client_bytes(db: Connection, client: str, incoming: int, limit: int | 
         ClientBytes(client, client_bytes(db, client), limit).check(incoming)
 
 
-def check_room(db: Connection, room: int, incoming: int) -> None:
-    """``storage_full`` (507) when ``incoming`` bytes do not fit in ``room`` less what accepted
-    jobs have reserved."""
-    reserved = reserved_bytes(db)
+def check_room(db: Connection, room: int, incoming: int, except_hold: str | None = None) -> None:
+    """``storage_full`` (507) when ``incoming`` bytes do not fit in ``room`` less what is
+    reserved (`reserved_bytes`)."""
+    reserved = reserved_bytes(db, except_hold)
     if incoming <= room - reserved:
         return
     left = max(0, room - reserved)
@@ -203,4 +239,4 @@ def admit(
     check_client_bytes(db, client, reservation.total, reservation.client_max_bytes)
     check_capacity(db, max_active=max_active, max_queued=max_queued)
     if room is not None:
-        check_room(db, room, reservation.pending)
+        check_room(db, room, reservation.pending, except_hold=reservation.upload_hold)
