@@ -320,6 +320,34 @@ def test_an_upload_streaming_in_holds_its_room_so_another_is_refused_before_it_w
     _run(app, scenario)
 
 
+def test_an_upload_without_a_length_is_held_as_it_arrives_and_fits_up_to_the_room(tmp_path):
+    """No Content-Length: the hold grows with what has arrived, so a body that fits the room is
+    read whole (here refused afterwards as no video, 4xx) and one past it is refused with 507
+    before it writes past the room."""
+    budget = 4 * 2**20
+    app, auth = _api(tmp_path, max_disk_bytes=budget)
+    raw = {"content-type": "video/mp4", **auth["alice"]}
+
+    def chunks(total: int) -> Any:
+        async def body() -> Any:
+            for _ in range(total // 2**16):
+                yield b"\0" * 2**16
+        return body()
+
+    async def scenario(api: Any) -> None:
+        fits = await api.post("/v1/videos", content=chunks(3 * 2**20), headers=raw)
+        assert fits.status_code in (400, 415, 422) and fits.json()["error"]["code"].startswith("video_"), fits.text
+        too_big = await api.post("/v1/videos", content=chunks(5 * 2**20), headers=raw)
+        assert too_big.status_code == 507, too_big.text
+        details = too_big.json()["error"]["details"]
+        assert details["max_bytes"] == budget and details["incoming_bytes"] <= 5 * 2**20
+        assert _left_on_disk(tmp_path / "data") == []
+        disk = (await api.get("/v1/info", headers=auth["ops"])).json()["videos"]["disk"]
+        assert disk["reserved_bytes"] == 0
+
+    _run(app, scenario)
+
+
 def test_the_job_store_bench_prints_a_row_per_call_backend_and_size(postgres_server):
     """`bench/job_store.py` as README shows it, at a small size: its table, one row per call."""
     import subprocess

@@ -21,9 +21,12 @@ RAW_VIDEO_TYPES = {
 _FORM_FIELD_BYTES = 4096  # a text field of the upload form (options, callback URL)
 MULTIPART_SLACK = 64 * 1024  # multipart framing and text fields on top of the video's own limit
 # An upload holds its disk room in the job store (`service.jobs.usage.hold_upload`): all of its
-# declared length at once, else this much more each time it outgrows its hold; the hold is taken
-# again (renewed) every HOLD_STEP bytes and lapses HOLD_S after, so a crashed Ingress's holds
-# free themselves (at the slowest rate the limits assume, HOLD_STEP takes under a minute).
+# declared length at once; without one, FIRST_HOLD, then as much again as has arrived (at most
+# HOLD_STEP more) each time it outgrows its hold, and near a full disk just what has arrived. The
+# hold is taken again (renewed) every HOLD_STEP bytes and lapses HOLD_S after, so a crashed
+# Ingress's holds free themselves (at the slowest rate the limits assume, HOLD_STEP takes under
+# a minute).
+FIRST_HOLD = 2**20
 HOLD_STEP = 64 * 2**20
 HOLD_S = 600.0
 
@@ -127,7 +130,7 @@ async def stream_upload(
         raise _too_large(declared_size, limit)
     if client is not None:
         client.check(declared_size or 0)
-    held = declared_size if declared_size is not None else min(limit, HOLD_STEP)
+    held = declared_size if declared_size is not None else min(limit, FIRST_HOLD)
     if hold is not None:
         await hold(held)
     received, renew_at = 0, HOLD_STEP
@@ -139,10 +142,21 @@ async def stream_upload(
             raise _too_large(received, limit)
         if client is not None:
             client.check(received)
-        if hold is not None and (received > held or received >= renew_at):
-            held = max(held, min(limit, received + HOLD_STEP))  # outgrown (no declared length), or renewed
-            renew_at = received + HOLD_STEP
+        if hold is None or (received <= held and received < renew_at):
+            return
+        renew_at = received + HOLD_STEP
+        if received <= held:  # renewed
             await hold(held)
+            return
+        grown = min(limit, received + min(HOLD_STEP, max(FIRST_HOLD, received)))  # outgrown: no declared length
+        try:
+            await hold(grown)
+        except PoseError as exc:
+            if exc.code != "storage_full":
+                raise
+            await hold(received)  # what has arrived may still fit: held chunk by chunk from here
+            grown = received
+        held = grown
 
     if kind != "multipart/form-data":
         with open(dest, "wb") as f:
