@@ -246,6 +246,9 @@ def test_the_api_answers_a_client_past_its_bytes_507_before_reading_and_another_
         assert refused.headers["retry-after"] == str(error["details"]["retry_after"])
         assert _left_on_disk(tmp_path / "data") == []
         assert (await api.post("/v1/videos", files=files, headers=auth["bob"])).status_code == 202
+        in_seconds = await api.post("/v1/videos?end_s=0.3", files=files, headers=auth["ops"])  # no exact count before decoding
+        assert in_seconds.status_code == 202, in_seconds.text
+        assert in_seconds.json()["disk_bytes"] == first_job  # reserved for the whole video
         assert (await api.post("/v1/videos", files=files, headers=auth["ops"])).status_code == 202  # admins: the disk only
         assert (await api.delete(f"/v1/jobs/{first.json()['id']}", headers=auth["alice"])).status_code == 204
         assert (await api.post("/v1/videos", files=files, headers=auth["alice"])).status_code == 202

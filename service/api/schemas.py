@@ -155,7 +155,7 @@ ACCEPT_CODES = (
     "unauthorized", "request_invalid", "video_corrupt", "video_empty", "video_unreadable", "video_unsupported_format",
     "video_no_video_stream", "video_too_large", "video_too_long", "callback_url_invalid", "callback_url_forbidden",
     "callback_url_unresolvable", "callbacks_disabled", "idempotency_key_invalid", "idempotency_key_reused",
-    "too_many_jobs", "storage_full", *JOBS_OFF,
+    "too_many_jobs", "client_job_limit", "storage_full", "client_storage_limit", *JOBS_OFF,
     # a frame range (pipeline.video.frame_range); past_end and empty also as a job's failure
     "frame_range_invalid", "frame_range_mixed", "frame_range_negative", "frame_range_empty", "frame_range_past_end",
 )

@@ -183,7 +183,9 @@ class VideoJobs:
                 fingerprint=fingerprint,
                 client=client.id,
                 client_limit=self.client_limit(client),
-                reservation=self.reservation(info, expected, options, client, upload_hold),
+                # a range in seconds has no exact frame count before decoding: the whole video's bounds it
+                reservation=self.reservation(info, info.frame_count if expected is None else expected, options, client,
+                                             upload_hold),
             )
         except BaseException:
             if move:  # once accepted the upload has moved into the job's folder
