@@ -119,12 +119,6 @@ def add_upload_route(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> Non
                     dest.unlink()
                     await v.end_hold(hold_id)
                     return accepted(check_replay(existing, fingerprint), True)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                dest.unlink()
-            await asyncio.shield(v.end_hold(hold_id))
-            raise
-        try:
             job = await v.accept(
                 dest,
                 move=True,
@@ -136,7 +130,9 @@ def add_upload_route(app: FastAPI, ctx: ApiContext, protected: list[Any]) -> Non
                 frame_range=frame_range,
                 upload_hold=hold_id,  # ended in the transaction that creates the job
             )
-        except BaseException:
+        except BaseException:  # refused: nothing it sent stays on disk, nothing stays held
+            with contextlib.suppress(FileNotFoundError):
+                dest.unlink()
             await asyncio.shield(v.end_hold(hold_id))
             raise
         return accepted(job, False)
