@@ -280,7 +280,8 @@ def test_delete_goes_through_the_store_to_whichever_worker_runs_the_job(store):
     assert not store.delete_if_requested(queued.id)  # still running: nothing yet
     # the owner, whichever worker it is, sees the request at its next chunk and stops
     assert store.is_cancelled(queued.id)
-    store.mark_cancelled(queued.id)
+    stopped = store.mark_cancelled(queued.id)
+    assert (stopped.state, stopped.to_dict()["state"]) == ("cancelled", "deleting")  # until it is gone
     assert store.delete_if_requested(queued.id) and not store.job_dir(queued.id).exists()
     with pytest.raises(PoseError) as excinfo:
         store.get(queued.id)

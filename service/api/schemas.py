@@ -42,7 +42,7 @@ class JobStatus(BaseModel):
     kind: str
     state: Literal["queued", "running", "cancelling", "deleting", "succeeded", "failed", "cancelled"] = Field(
         description="cancelling / deleting: a running job asked to stop (POST .../cancel, DELETE), until its worker "
-        "has stopped it at its next chunk; a deleted job then answers 404"
+        "has stopped it at its next chunk; deleting lasts until the job is gone, then it answers 404"
     )
     created_at: float = Field(description="unix seconds")
     updated_at: float

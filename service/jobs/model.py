@@ -67,8 +67,9 @@ class Job:
     @property
     def shown_state(self) -> str:
         """The state callers see: a running job asked to stop shows ``cancelling`` or
-        ``deleting`` until its worker has stopped it (the stored state stays ``running``)."""
-        if self.state == "running" and self.delete_requested:
+        ``deleting`` until its worker has stopped it (the stored state stays ``running``); one
+        asked to be deleted shows ``deleting`` until it is gone (its worker ends it, then deletes it)."""
+        if self.delete_requested:
             return "deleting"
         if self.state == "running" and self.cancel_requested:
             return "cancelling"
