@@ -92,9 +92,9 @@ def test_the_room_left_after_reservations_admits_one_job_not_two(store):
     assert {k: err.details[k] for k in ("incoming_bytes", "room_bytes", "reserved_bytes")} == {
         "incoming_bytes": 6000, "room_bytes": 4000, "reserved_bytes": 6000,
     }
-    assert store.usage("alice").reserved == 6000
+    assert store.reserved_bytes() == 6000
     store.cancel(first.id)  # a queued job cancelled gives its reservation back
-    assert store.usage("alice").reserved == 0
+    assert store.reserved_bytes() == 0
     assert store.get(first.id).disk_bytes == 0  # it had no input and wrote nothing
     store.create(client="bob", reservation=Reservation(result_bytes=6000, room=lambda: room))
 
@@ -126,7 +126,7 @@ def test_uploads_admitted_at_once_by_two_stores_never_overbook_the_room(open_sto
     for t in threads:
         t.join(60)
     assert sorted(outcomes) == ["accepted"] * 3 + ["storage_full"] * 5
-    assert stores[0].usage("c0").reserved == 9000
+    assert stores[0].reserved_bytes() == 9000
 
 
 def test_uploads_streaming_on_two_replicas_hold_their_room_until_their_job_takes_it_over(open_store, tmp_path):
@@ -140,41 +140,41 @@ def test_uploads_streaming_on_two_replicas_hold_their_room_until_their_job_takes
     err = _refused(lambda: other.hold_upload("upload-b", 15_000, room, 30.0))
     assert (err.code, err.details["reserved_bytes"], err.details["room_bytes"]) == ("storage_full", 6000, 14_000)
     other.hold_upload("upload-b", 10_000, room, 0.3)  # fits beside it; its Ingress dies now
-    assert other.usage("x").reserved == 16_000
+    assert other.reserved_bytes() == 16_000
     one.hold_upload("upload-a", 6000, room, 30.0)  # taken again (renewed): not counted twice
-    assert one.usage("x").reserved == 16_000
+    assert one.reserved_bytes() == 16_000
     # upload-a has landed (6,000 bytes of the room are its file now) and becomes a job with
     # 3,000 bytes of results: its admission sees upload-b's hold, not its own.
     landed = room - 6000
     job = one.create(client="alice", reservation=Reservation(result_bytes=3000, room=lambda: landed, upload_hold="upload-a"))
-    assert one.usage("x").reserved == 3000 + 10_000  # the job's results, upload-b's hold
+    assert one.reserved_bytes() == 3000 + 10_000  # the job's results, upload-b's hold
     err = _refused(lambda: other.create(reservation=Reservation(result_bytes=1001, room=lambda: landed)))
     assert (err.code, err.details["reserved_bytes"]) == ("storage_full", 13_000)
     time.sleep(0.4)  # upload-b's hold lapses
-    assert other.usage("x").reserved == 3000
+    assert other.reserved_bytes() == 3000
     other.hold_upload("upload-c", 11_000, landed, 30.0)
     one.end_upload_hold("upload-c")  # refused for another reason: its hold ends at once
-    assert one.usage("x").reserved == 3000
+    assert one.reserved_bytes() == 3000
     one.cancel(job.id)
-    assert one.usage("x").reserved == 0
+    assert one.reserved_bytes() == 0
 
 
 def test_a_running_job_reserves_what_it_has_still_to_write_and_an_ending_gives_the_rest_back(store):
     job = store.create(input_file=_upload(store, 1000), move_input=True,
                        options={"render": True}, reservation=Reservation(result_bytes=8000, overlay_bytes=2000))
-    assert job.disk_bytes == 11_000 and store.usage("alice").reserved == 10_000
+    assert job.disk_bytes == 11_000 and store.reserved_bytes() == 10_000
     running = store.claim_next(30.0)
     assert running is not None
     store.update_progress(running.id, 25, 100, token=running.attempts)
-    assert store.usage("alice").reserved == 6000 + 2000  # three quarters of its results, and the overlay
+    assert store.reserved_bytes() == 6000 + 2000  # three quarters of its results, and the overlay
     store.write_result(running.id, "result.json", b"r" * 700)
     done = store.finish(running.id, {"json": "result.json"}, running.attempts)
-    assert store.usage("alice").reserved == 2000  # the overlay, still to be drawn
+    assert store.reserved_bytes() == 2000  # the overlay, still to be drawn
     assert done.disk_bytes == _tree_bytes(store.job_dir(running.id)) + 2000
     claim = store.claim_overlay(running.id, 30.0)
     store.write_result(running.id, "overlay.mp4", b"v" * 300)
     drawn = store.overlay_ready(running.id, claim.token, "overlay.mp4")
-    assert store.usage("alice").reserved == 0
+    assert store.reserved_bytes() == 0
     assert drawn.disk_bytes == _tree_bytes(store.job_dir(running.id))
 
     failing = store.create(input_file=_upload(store, 1000), move_input=True, reservation=Reservation(result_bytes=8000))
@@ -183,7 +183,7 @@ def test_a_running_job_reserves_what_it_has_still_to_write_and_an_ending_gives_t
     store.update_progress(claimed.id, 50, 100, token=claimed.attempts)
     failed = store.fail(claimed.id, "video_corrupt", "a frame cannot be decoded", claimed.attempts)
     assert failed.disk_bytes == 1000 + 4000  # its input and the half of its results it wrote
-    assert store.usage("alice").reserved == 0
+    assert store.reserved_bytes() == 0
 
 
 # -- through the FastAPI application --------------------------------------------------------------

@@ -109,8 +109,7 @@ class VideoJobs:
         """The data folder's figures (`DiskBudget.report`) and what is promised on it and not yet
         written (``reserved_bytes``: accepted jobs' results, uploads streaming in)."""
         report = await self.call(self.disk.report)
-        usage = await self.call(self.store.usage, "")
-        return {**report, "reserved_bytes": usage.reserved}
+        return {**report, "reserved_bytes": await self.call(self.store.reserved_bytes)}
 
     async def end_hold(self, hold_id: str) -> None:
         """An upload that became a job, or was refused, holds no room any more (best effort: a

@@ -51,10 +51,7 @@ def check_client_jobs(db: Connection, client: str, limit: int | None, *, max_act
     None: no bound of its own (admins: the queue bounds them)."""
     if limit is None:
         return
-    row = db.execute(
-        "SELECT COUNT(*) FROM jobs WHERE client = :client AND state IN ('queued', 'running')", {"client": client}
-    ).fetchone()
-    jobs = int(row[0]) if row is not None else 0
+    jobs = client_jobs(db, client)
     if jobs < limit:
         return
     retry_after = retry_after_s(db, max_active)
@@ -65,6 +62,14 @@ def check_client_jobs(db: Connection, client: str, limit: int | None, *, max_act
         status=429,
         details={"retry_after": retry_after, "client": client, "client_jobs": jobs, "max_jobs_per_client": limit},
     )
+
+
+def client_jobs(db: Connection, client: str) -> int:
+    """``client``'s jobs queued or running."""
+    row = db.execute(
+        "SELECT COUNT(*) FROM jobs WHERE client = :client AND state IN ('queued', 'running')", {"client": client}
+    ).fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 def retry_after_s(db: Connection, max_active: int) -> int:

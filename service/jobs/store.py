@@ -76,16 +76,12 @@ R = TypeVar("R")
 
 
 class JobStore:
-    """Jobs in SQLite plus a folder of files per job; see `service.jobs.layout` for the layout.
+    """Jobs in a database plus a folder of files per job (`service.jobs.layout`).
 
-    Every call is retried while the database has a transient fault (connection lost, server
-    restarting, serialization failure, SQLite busy) for up to ``retry_s`` seconds: a few for
-    the API, a lease for a worker (`service.worker`); past that it raises 503
-    ``job_store_unavailable``.
-
-    ``max_active`` running jobs at most (`claim_next` hands out no more); ``max_queued`` jobs may
-    wait beyond those, after which `create` refuses with ``too_many_jobs`` (429, ``retry_after``).
-    Finished jobs are deleted by `purge_expired` after ``retention_s`` seconds (None: kept).
+    Every call retries a transient database fault for up to ``retry_s`` seconds (a few for the
+    API, a lease for a worker), then raises 503 ``job_store_unavailable``. ``max_active`` running
+    jobs at most (`claim_next`); ``max_queued`` may wait beyond those, then `create` refuses with
+    ``too_many_jobs`` (429). Finished jobs are deleted by `purge_expired` after ``retention_s``.
     """
 
     def __init__(
@@ -654,16 +650,21 @@ class JobStore:
 
     @retried
     def check_admission(self, client: str, limit: int | None, reservation: Reservation | None = None) -> None:
-        """The bounds `create` checks (again), without the disk room: for a route, before it
-        reads an upload (429 ``client_job_limit`` / ``too_many_jobs``, 507 ``client_storage_limit``)."""
+        """The bounds `create` checks (again) but the disk room: for a route, before it reads an upload."""
         with self._db.read() as db:
             self._admit(db, client, limit, reservation or Reservation(), None)
 
     @retried
     def usage(self, client: str) -> Usage:
-        """What accepted jobs have still to write, and ``client``'s jobs and bytes (`service.jobs.usage`)."""
+        """``client``'s jobs and bytes (`service.jobs.usage`)."""
         with self._db.read() as db:
             return usage.read_usage(db, client)
+
+    @retried
+    def reserved_bytes(self) -> int:
+        """Bytes promised and not yet on disk (`service.jobs.usage.reserved_bytes`)."""
+        with self._db.read() as db:
+            return usage.reserved_bytes(db)
 
     @retried
     def hold_upload(self, hold: str, nbytes: int, room: int, hold_s: float) -> None:

@@ -38,7 +38,7 @@ from typing import Callable
 
 from pipeline.errors import PoseError
 from service.disk import RETRY_AFTER_S
-from service.jobs.admission import check_capacity, check_client_jobs
+from service.jobs.admission import check_capacity, check_client_jobs, client_jobs
 from service.jobs.db import Connection
 from service.jobs.leases import db_now
 
@@ -182,10 +182,8 @@ class ClientBytes:
 
 @dataclass(frozen=True)
 class Usage:
-    """The figures admission goes by, read together: bytes accepted jobs have still to write
-    (``reserved``), and one client's jobs queued or running and bytes."""
+    """One client's jobs queued or running, and the bytes its jobs take."""
 
-    reserved: int
     client: str
     client_jobs: int
     client_bytes: int
@@ -196,10 +194,7 @@ class Usage:
 
 
 def read_usage(db: Connection, client: str) -> Usage:
-    row = db.execute(
-        "SELECT COUNT(*) FROM jobs WHERE client = :client AND state IN ('queued', 'running')", {"client": client}
-    ).fetchone()
-    return Usage(reserved_bytes(db), client, int(row[0]) if row is not None else 0, client_bytes(db, client))
+    return Usage(client, client_jobs(db, client), client_bytes(db, client))
 
 
 def check_client_bytes(db: Connection, client: str, incoming: int, limit: int | None) -> None:
